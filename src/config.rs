@@ -1,0 +1,213 @@
+//! Keepalive settings and the RFC 7252 §4.8 transmission parameters.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// RFC 7252 §4.8 transmission parameters: how a Confirmable message (a UDP / DTLS ping or request)
+/// is retransmitted before it is given up.
+///
+/// The first timeout is drawn uniformly from `[ack_timeout, ack_timeout * ack_random_factor]` and
+/// doubles on each of the `max_retransmit` retransmissions; after the last one the message is given
+/// up when the doubled timeout expires once more.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct TransmissionParams {
+    /// ACK_TIMEOUT. Default 2 s.
+    pub ack_timeout: Duration,
+    /// ACK_RANDOM_FACTOR, at least 1.0. Default 1.5.
+    pub ack_random_factor: f64,
+    /// MAX_RETRANSMIT. Default 4.
+    pub max_retransmit: u32,
+    /// NSTART: Confirmable messages outstanding to one peer. Default 1 (the only value supported:
+    /// a request in flight stands in for the keepalive ping).
+    pub nstart: u32,
+}
+
+impl Default for TransmissionParams {
+    fn default() -> Self {
+        TransmissionParams {
+            ack_timeout: Duration::from_secs(2),
+            ack_random_factor: 1.5,
+            max_retransmit: 4,
+            nstart: 1,
+        }
+    }
+}
+
+impl TransmissionParams {
+    /// The parameters with the given ACK_TIMEOUT, the rest unchanged.
+    pub fn with_ack_timeout(mut self, ack_timeout: Duration) -> Self {
+        self.ack_timeout = ack_timeout;
+        self
+    }
+
+    /// The parameters with the given ACK_RANDOM_FACTOR, the rest unchanged.
+    pub fn with_ack_random_factor(mut self, factor: f64) -> Self {
+        self.ack_random_factor = factor;
+        self
+    }
+
+    /// The parameters with the given MAX_RETRANSMIT, the rest unchanged.
+    pub fn with_max_retransmit(mut self, max_retransmit: u32) -> Self {
+        self.max_retransmit = max_retransmit;
+        self
+    }
+
+    /// MAX_TRANSMIT_SPAN: the longest time from the first transmission to the last retransmission,
+    /// `ack_timeout * (2^max_retransmit - 1) * ack_random_factor` (45 s with the defaults).
+    pub fn max_transmit_span(&self) -> Duration {
+        self.ack_timeout
+            .mul_f64(((1u64 << self.max_retransmit.min(32)) - 1) as f64 * self.ack_random_factor)
+    }
+
+    /// MAX_TRANSMIT_WAIT: the longest time from the first transmission until the message is given
+    /// up, `ack_timeout * (2^(max_retransmit + 1) - 1) * ack_random_factor` (93 s with the defaults).
+    pub fn max_transmit_wait(&self) -> Duration {
+        self.ack_timeout.mul_f64(
+            ((1u64 << (self.max_retransmit.min(32) + 1)) - 1) as f64 * self.ack_random_factor,
+        )
+    }
+
+    /// Checks the parameters: a non-zero ACK_TIMEOUT, a random factor of at least 1, NSTART 1, and
+    /// at most 20 retransmissions (beyond that the doubling timeout is meaningless).
+    pub fn validate(&self) -> Result<()> {
+        if self.ack_timeout.is_zero() {
+            return Err(Error::Config("ACK_TIMEOUT must be positive".into()));
+        }
+        if !(self.ack_random_factor >= 1.0 && self.ack_random_factor.is_finite()) {
+            return Err(Error::Config("ACK_RANDOM_FACTOR must be at least 1.0".into()));
+        }
+        if self.max_retransmit > 20 {
+            return Err(Error::Config("MAX_RETRANSMIT must be at most 20".into()));
+        }
+        if self.nstart != 1 {
+            return Err(Error::Config("only NSTART = 1 is supported".into()));
+        }
+        Ok(())
+    }
+}
+
+/// How a session keeps its peer alive.
+///
+/// A `Context` holds one of these; every session it creates starts from a copy, and
+/// `Session::set_keepalive` changes the interval of one session.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct KeepaliveConfig {
+    /// Send a ping after this long without receiving anything from the peer. `None` disables
+    /// keepalive (the peer's pings are still answered). Default `None`, as in libcoap.
+    pub interval: Option<Duration>,
+    /// Fraction of the interval (0.0 to 1.0) by which each ping is randomly brought forward, so
+    /// that the pings of many sessions spread out. Default 0.0.
+    pub jitter: f64,
+    /// Retransmission of UDP / DTLS pings. Default: the RFC 7252 values.
+    pub transmission: TransmissionParams,
+    /// How long a TCP / TLS ping waits for its Pong before it counts as unanswered. `None` means
+    /// the keepalive interval itself, so a dead peer is declared after twice the interval, as
+    /// libcoap does. Default `None`.
+    pub pong_timeout: Option<Duration>,
+    /// Consecutive unanswered TCP / TLS pings that fail the session; the next ping goes out as soon
+    /// as one times out. Default 1.
+    pub max_unanswered: u32,
+}
+
+impl Default for KeepaliveConfig {
+    fn default() -> Self {
+        KeepaliveConfig {
+            interval: None,
+            jitter: 0.0,
+            transmission: TransmissionParams::default(),
+            pong_timeout: None,
+            max_unanswered: 1,
+        }
+    }
+}
+
+impl KeepaliveConfig {
+    /// The configuration with keepalive every `secs` idle seconds, libcoap's `-K` (0 disables).
+    pub fn with_interval_secs(mut self, secs: u64) -> Self {
+        self.interval = (secs > 0).then(|| Duration::from_secs(secs));
+        self
+    }
+
+    /// The configuration with the given idle interval (`None` or zero disables keepalive).
+    pub fn with_interval(mut self, interval: Option<Duration>) -> Self {
+        self.interval = interval.filter(|d| !d.is_zero());
+        self
+    }
+
+    /// The configuration with the given jitter fraction.
+    pub fn with_jitter(mut self, jitter: f64) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
+    /// The configuration with the given transmission parameters.
+    pub fn with_transmission(mut self, transmission: TransmissionParams) -> Self {
+        self.transmission = transmission;
+        self
+    }
+
+    /// The configuration with the given pong timeout.
+    pub fn with_pong_timeout(mut self, timeout: Duration) -> Self {
+        self.pong_timeout = Some(timeout);
+        self
+    }
+
+    /// The configuration with the given number of unanswered pings tolerated over TCP / TLS.
+    pub fn with_max_unanswered(mut self, n: u32) -> Self {
+        self.max_unanswered = n;
+        self
+    }
+
+    /// The pong timeout in force: the configured one, else the interval.
+    pub fn effective_pong_timeout(&self) -> Option<Duration> {
+        self.pong_timeout.or(self.interval)
+    }
+
+    /// Checks every field; the error names the one that is wrong.
+    pub fn validate(&self) -> Result<()> {
+        self.transmission.validate()?;
+        if !(0.0..=1.0).contains(&self.jitter) {
+            return Err(Error::Config("jitter must be between 0.0 and 1.0".into()));
+        }
+        if self.max_unanswered == 0 {
+            return Err(Error::Config("max_unanswered must be at least 1".into()));
+        }
+        if self.pong_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::Config("pong timeout must be positive".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc7252_derived_times() {
+        let p = TransmissionParams::default();
+        assert_eq!(p.max_transmit_span(), Duration::from_secs(45));
+        assert_eq!(p.max_transmit_wait(), Duration::from_secs(93));
+    }
+
+    #[test]
+    fn zero_interval_disables() {
+        assert_eq!(KeepaliveConfig::default().with_interval_secs(0).interval, None);
+        assert_eq!(
+            KeepaliveConfig::default().with_interval_secs(3).interval,
+            Some(Duration::from_secs(3))
+        );
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let bad = KeepaliveConfig::default().with_jitter(1.5);
+        assert!(bad.validate().unwrap_err().to_string().contains("jitter"));
+        let bad = KeepaliveConfig::default()
+            .with_transmission(TransmissionParams::default().with_ack_random_factor(0.5));
+        assert!(bad.validate().unwrap_err().to_string().contains("ACK_RANDOM_FACTOR"));
+    }
+}

@@ -1,0 +1,107 @@
+//! Errors of the crate and the reasons a session fails.
+
+use std::fmt;
+use std::io;
+
+/// Why a session was given up: the reason passed to the nack handler.
+///
+/// A session that fails is closed and removed from its context's session table after the nack
+/// handler ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum NackReason {
+    /// A keepalive ping (or a Confirmable request standing in for one) got no answer: over UDP /
+    /// DTLS after all RFC 7252 retransmissions, over TCP / TLS after `max_unanswered` pongs missed.
+    TooManyRetries,
+    /// The connection was closed or reset by the peer, or a datagram could not be sent.
+    NotDeliverable,
+    /// The peer answered our Confirmable message with a Reset.
+    Rst,
+    /// The (D)TLS handshake failed, timed out, or the peer sent a fatal alert.
+    TlsFailed,
+    /// The peer violated the protocol badly enough that the session was aborted (for instance a
+    /// first TCP message that was not a CSM); a 7.05 Abort was sent where the transport has one.
+    ProtocolError,
+}
+
+impl NackReason {
+    /// A short human-readable description, as the command line prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NackReason::TooManyRetries => "too many retries",
+            NackReason::NotDeliverable => "not deliverable",
+            NackReason::Rst => "reset by peer",
+            NackReason::TlsFailed => "TLS failed",
+            NackReason::ProtocolError => "protocol error",
+        }
+    }
+}
+
+impl fmt::Display for NackReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The crate's error type.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A socket operation failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] io::Error),
+    /// A URI could not be parsed or names an unsupported scheme.
+    #[error("invalid URI {uri:?}: {reason}")]
+    InvalidUri {
+        /// The URI as given.
+        uri: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A setting is invalid or incomplete (for example a secured endpoint without credentials).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// Certificates or keys could not be generated, read or parsed.
+    #[error("certificate error: {0}")]
+    Certificate(String),
+    /// The (D)TLS handshake failed or timed out, or the peer sent a fatal alert.
+    #[error("TLS failed: {0}")]
+    Tls(String),
+    /// The operation did not complete in time.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// The session failed; the reason is the one given to the nack handler.
+    #[error("session failed: {0}")]
+    SessionFailed(NackReason),
+    /// The session or context was closed before the operation completed.
+    #[error("session closed")]
+    Closed,
+    /// The peer sent something that violates the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl Error {
+    /// True when the error means that a deadline passed (a handshake or request timeout, or a
+    /// keepalive that got no answer).
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self,
+            Error::Timeout(_) | Error::SessionFailed(NackReason::TooManyRetries)
+        )
+    }
+
+    /// The nack reason this error corresponds to, for reporting a failed session.
+    pub fn nack_reason(&self) -> NackReason {
+        match self {
+            Error::Tls(_) | Error::Certificate(_) => NackReason::TlsFailed,
+            Error::SessionFailed(reason) => *reason,
+            Error::Timeout(_) => NackReason::TooManyRetries,
+            Error::Protocol(_) => NackReason::ProtocolError,
+            _ => NackReason::NotDeliverable,
+        }
+    }
+}
+
+/// A `Result` with the crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,904 @@
+//! The sans-IO keepalive state machine of one session.
+//!
+//! It owns no socket and reads no clock: every input carries the current instant, and the outputs
+//! are polled — [`Keepalive::poll_transmit`] for pings to send, [`Keepalive::poll_event`] for
+//! pongs and failures, [`Keepalive::poll_timeout`] for the next instant it must be woken at. A
+//! driver (or an application with its own event loop) repeats: feed input, call
+//! [`Keepalive::handle_timeout`] when the deadline passed, flush transmits, deliver events.
+//!
+//! The rules (see DESIGN.md, "Keepalive semantics"):
+//! - a ping is due when nothing was received from the peer for the interval (less a random jitter);
+//!   anything received proves liveness, anything sent does not;
+//! - over datagrams (UDP, DTLS) a ping is an empty Confirmable message retransmitted per RFC 7252 and
+//!   answered by an RST (or an empty ACK) with its Message ID;
+//! - over streams (TCP, TLS) a ping is a 7.02 answered by a 7.03 Pong, no ping is sent before the
+//!   peer's CSM arrived, and `max_unanswered` consecutive pong timeouts fail the session;
+//! - while a Confirmable request is outstanding no ping is sent: the request is the probe;
+//! - a failure is reported once, and the machine then stays failed.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::config::KeepaliveConfig;
+use crate::error::NackReason;
+use crate::rng::Rng;
+
+/// Length of the tokens of our 7.02 Pings.
+pub const PING_TOKEN_LEN: usize = 4;
+
+/// Which kind of ping a session sends: decided by its transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PingStyle {
+    /// UDP and DTLS: empty Confirmable 0.00, answered by RST.
+    Datagram,
+    /// TCP and TLS: RFC 8323 7.02 Ping, answered by 7.03 Pong.
+    Stream,
+}
+
+/// A ping the driver must send now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PingTransmit {
+    /// An empty Confirmable message, `40 00 MM MM`.
+    Datagram {
+        /// Its Message ID (the same on every retransmission).
+        message_id: u16,
+        /// True for a retransmission of an earlier ping.
+        retransmission: bool,
+    },
+    /// A 7.02 Ping carrying this token.
+    Stream {
+        /// The token the Pong should echo.
+        token: [u8; PING_TOKEN_LEN],
+    },
+}
+
+impl PingTransmit {
+    /// The bytes of this ping on the wire.
+    pub fn encode(&self) -> Vec<u8> {
+        match *self {
+            PingTransmit::Datagram { message_id, .. } => crate::wire::udp::ping(message_id).to_vec(),
+            PingTransmit::Stream { token } => {
+                crate::wire::signal::Signal::Ping { custody: false }.encode(&token)
+            }
+        }
+    }
+}
+
+/// Something the keepalive machine reports to the application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepaliveEvent {
+    /// Our ping was answered after `rtt` (measured from its last transmission).
+    Pong {
+        /// Round-trip time of the answered transmission.
+        rtt: Duration,
+    },
+    /// A stream ping got no Pong within the pong timeout; `count` consecutive ones so far.
+    Unanswered {
+        /// Consecutive unanswered pings, including this one.
+        count: u32,
+    },
+    /// The session failed; it reports nothing more.
+    Failed(NackReason),
+}
+
+/// Round-trip times of answered pings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RttStats {
+    /// The latest sample.
+    pub last: Option<Duration>,
+    /// The smallest sample.
+    pub min: Option<Duration>,
+    /// Smoothed RTT (RFC 6298 style, gain 1/8).
+    pub smoothed: Option<Duration>,
+    /// The largest sample.
+    pub max: Option<Duration>,
+}
+
+impl RttStats {
+    /// Adds one sample.
+    pub fn record(&mut self, rtt: Duration) {
+        self.last = Some(rtt);
+        self.min = Some(self.min.map_or(rtt, |m| m.min(rtt)));
+        self.max = Some(self.max.map_or(rtt, |m| m.max(rtt)));
+        self.smoothed = Some(match self.smoothed {
+            None => rtt,
+            Some(s) => (s * 7 + rtt) / 8,
+        });
+    }
+}
+
+/// Counters of one session (and, summed, of a context).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Pings we sent, not counting retransmissions.
+    pub pings_sent: u64,
+    /// Retransmissions of our UDP / DTLS pings.
+    pub retransmissions: u64,
+    /// Answers to our pings (RST, empty ACK or 7.03).
+    pub pongs: u64,
+    /// Pings the peer sent us.
+    pub pings_received: u64,
+    /// Failures (0 or 1 for a session).
+    pub failures: u64,
+    /// Round-trip times of answered pings.
+    pub rtt: RttStats,
+}
+
+impl Stats {
+    /// Adds another session's counters to these (RTT min / max / last merged, smoothed kept).
+    pub fn accumulate(&mut self, other: &Stats) {
+        self.pings_sent += other.pings_sent;
+        self.retransmissions += other.retransmissions;
+        self.pongs += other.pongs;
+        self.pings_received += other.pings_received;
+        self.failures += other.failures;
+        if let Some(min) = other.rtt.min {
+            self.rtt.min = Some(self.rtt.min.map_or(min, |m| m.min(min)));
+        }
+        if let Some(max) = other.rtt.max {
+            self.rtt.max = Some(self.rtt.max.map_or(max, |m| m.max(max)));
+        }
+        if other.rtt.last.is_some() {
+            self.rtt.last = other.rtt.last;
+        }
+        if self.rtt.smoothed.is_none() {
+            self.rtt.smoothed = other.rtt.smoothed;
+        }
+    }
+}
+
+/// What the ping we are waiting for is identified by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProbeId {
+    MessageId(u16),
+    Token([u8; PING_TOKEN_LEN]),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    /// No ping outstanding. The next one is due at `due`, computed when the last receipt was
+    /// `from`; `None` while keepalive is off, before the CSM, or while a request stands in.
+    Idle {
+        due: Option<Instant>,
+        from: Instant,
+    },
+    /// A ping is out and waits for its answer until `deadline`.
+    Outstanding {
+        id: ProbeId,
+        sent_at: Instant,
+        retransmits: u32,
+        timeout: Duration,
+        deadline: Instant,
+    },
+    /// Failed with this reason; terminal.
+    Failed(NackReason),
+    /// Closed by the application; terminal.
+    Closed,
+}
+
+/// The keepalive state machine of one session. Time is always an argument.
+#[derive(Debug, Clone)]
+pub struct Keepalive {
+    style: PingStyle,
+    config: KeepaliveConfig,
+    rng: Rng,
+    last_rx: Instant,
+    established: bool,
+    request_in_flight: bool,
+    probe: Probe,
+    unanswered: u32,
+    next_message_id: u16,
+    transmits: VecDeque<PingTransmit>,
+    events: VecDeque<KeepaliveEvent>,
+    stats: Stats,
+}
+
+impl Keepalive {
+    /// A machine for a session that starts at `now`. Datagram sessions count as established at
+    /// once; stream sessions after [`Keepalive::handle_established`] (the peer's CSM).
+    pub fn new(style: PingStyle, config: KeepaliveConfig, mut rng: Rng, now: Instant) -> Self {
+        let next_message_id = rng.next_u64() as u16;
+        let mut keepalive = Keepalive {
+            style,
+            config,
+            rng,
+            last_rx: now,
+            established: style == PingStyle::Datagram,
+            request_in_flight: false,
+            probe: Probe::Idle {
+                due: None,
+                from: now,
+            },
+            unanswered: 0,
+            next_message_id,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+        };
+        keepalive.schedule();
+        keepalive
+    }
+
+    // ---- getters ----
+
+    /// The ping style (datagram or stream).
+    pub fn style(&self) -> PingStyle {
+        self.style
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &KeepaliveConfig {
+        &self.config
+    }
+
+    /// The counters of this session.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The last instant something was received from the peer (or reported by `mark_active`).
+    pub fn last_activity(&self) -> Instant {
+        self.last_rx
+    }
+
+    /// How long the peer has been silent at `now`.
+    pub fn idle(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.last_rx)
+    }
+
+    /// True once the session may ping (datagram: always; stream: after the peer's CSM).
+    pub fn is_established(&self) -> bool {
+        self.established
+    }
+
+    /// True while one of our pings waits for its answer.
+    pub fn is_awaiting_pong(&self) -> bool {
+        matches!(self.probe, Probe::Outstanding { .. })
+    }
+
+    /// The reason the session failed, if it did.
+    pub fn failure(&self) -> Option<NackReason> {
+        match self.probe {
+            Probe::Failed(reason) => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// True after a failure or [`Keepalive::close`]: nothing more will happen.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.probe, Probe::Failed(_) | Probe::Closed)
+    }
+
+    // ---- inputs ----
+
+    /// Something arrived from the peer at `now`: it is alive. An outstanding ping stops being
+    /// retransmitted (its late answer is harmless) and the next ping is due an interval from now.
+    pub fn handle_activity(&mut self, now: Instant) {
+        if now > self.last_rx {
+            self.last_rx = now;
+        }
+        if self.is_finished() {
+            return;
+        }
+        self.unanswered = 0;
+        if let Probe::Outstanding { .. } = self.probe {
+            self.probe = Probe::Idle {
+                due: None,
+                from: self.last_rx,
+            };
+            self.schedule();
+        }
+    }
+
+    /// The application has other evidence that the peer is alive (`Session::mark_active`).
+    pub fn mark_active(&mut self, now: Instant) {
+        self.handle_activity(now);
+    }
+
+    /// A stream session's peer sent its CSM: pings may start. Counts as activity.
+    pub fn handle_established(&mut self, now: Instant) {
+        self.established = true;
+        self.handle_activity(now);
+        if let Probe::Idle { due: None, .. } = self.probe {
+            self.schedule();
+        }
+    }
+
+    /// An RST or empty ACK with `message_id` arrived. Returns true when it answered our ping (a
+    /// [`KeepaliveEvent::Pong`] is queued). Either way it counts as activity.
+    pub fn handle_datagram_answer(&mut self, now: Instant, message_id: u16) -> bool {
+        let matched = matches!(self.probe,
+            Probe::Outstanding { id: ProbeId::MessageId(id), .. } if id == message_id);
+        self.answered(now, matched)
+    }
+
+    /// A 7.03 Pong with `token` arrived. It answers our ping when the token matches, or when it is
+    /// empty (libcoap never echoes the token) and a ping is outstanding. Returns true when it did.
+    pub fn handle_pong(&mut self, now: Instant, token: &[u8]) -> bool {
+        let matched = matches!(self.probe,
+            Probe::Outstanding { id: ProbeId::Token(t), .. } if token.is_empty() || token == t);
+        self.answered(now, matched)
+    }
+
+    /// The peer pinged us (counted; the answer is the session's business).
+    pub fn note_peer_ping(&mut self, now: Instant) {
+        self.stats.pings_received += 1;
+        self.handle_activity(now);
+    }
+
+    fn answered(&mut self, now: Instant, matched: bool) -> bool {
+        if matched {
+            if let Probe::Outstanding { sent_at, .. } = self.probe {
+                let rtt = now.saturating_duration_since(sent_at);
+                self.stats.pongs += 1;
+                self.stats.rtt.record(rtt);
+                self.events.push_back(KeepaliveEvent::Pong { rtt });
+            }
+        }
+        self.handle_activity(now);
+        matched
+    }
+
+    /// Marks whether a Confirmable request to the peer is outstanding (NSTART = 1). While one is,
+    /// no ping is scheduled: the request is the probe. A ping already out is left to finish.
+    pub fn set_request_in_flight(&mut self, now: Instant, in_flight: bool) {
+        self.request_in_flight = in_flight;
+        if let Probe::Idle { .. } = self.probe {
+            self.probe = Probe::Idle {
+                due: None,
+                from: self.last_rx,
+            };
+            if !in_flight {
+                let _ = now;
+                self.schedule();
+            }
+        }
+    }
+
+    /// Changes the idle interval of this session (`None` or zero turns its pings off). A ping
+    /// already out is left to finish; the next one follows the new interval.
+    pub fn set_interval(&mut self, interval: Option<Duration>) {
+        self.config.interval = interval.filter(|d| !d.is_zero());
+        if let Probe::Idle { .. } = self.probe {
+            self.schedule();
+        }
+    }
+
+    /// Replaces the whole configuration (same rule as [`Keepalive::set_interval`]).
+    pub fn set_config(&mut self, config: KeepaliveConfig) {
+        self.config = config;
+        if let Probe::Idle { .. } = self.probe {
+            self.schedule();
+        }
+    }
+
+    /// Fails the session for a reason found outside the machine (connection closed, handshake
+    /// failed, request given up). Reported once; later calls are ignored.
+    pub fn fail(&mut self, reason: NackReason) {
+        if self.is_finished() {
+            return;
+        }
+        self.probe = Probe::Failed(reason);
+        self.stats.failures += 1;
+        self.transmits.clear();
+        self.events.push_back(KeepaliveEvent::Failed(reason));
+    }
+
+    /// Stops the machine without a failure (graceful close).
+    pub fn close(&mut self) {
+        if !self.is_finished() {
+            self.probe = Probe::Closed;
+            self.transmits.clear();
+        }
+    }
+
+    /// Advances the timers to `now`: sends a due ping, retransmits, or gives up.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.probe {
+            Probe::Idle {
+                due: Some(due),
+                from,
+            } if now >= due => {
+                if self.last_rx > from {
+                    // Traffic arrived since this deadline was set: move it, lazily, so that
+                    // receiving costs no timer update.
+                    self.schedule();
+                    if matches!(self.probe, Probe::Idle { due: Some(d), .. } if d > now) {
+                        return;
+                    }
+                }
+                self.send_ping(now);
+            }
+            Probe::Outstanding {
+                id,
+                sent_at,
+                retransmits,
+                timeout,
+                deadline,
+            } if now >= deadline => match (self.style, id) {
+                (PingStyle::Datagram, ProbeId::MessageId(message_id)) => {
+                    if retransmits < self.config.transmission.max_retransmit {
+                        let timeout = timeout * 2;
+                        self.probe = Probe::Outstanding {
+                            id,
+                            sent_at: now,
+                            retransmits: retransmits + 1,
+                            timeout,
+                            deadline: now + timeout,
+                        };
+                        self.stats.retransmissions += 1;
+                        self.transmits.push_back(PingTransmit::Datagram {
+                            message_id,
+                            retransmission: true,
+                        });
+                    } else {
+                        let _ = sent_at;
+                        self.fail(NackReason::TooManyRetries);
+                    }
+                }
+                _ => {
+                    self.unanswered += 1;
+                    self.events.push_back(KeepaliveEvent::Unanswered {
+                        count: self.unanswered,
+                    });
+                    if self.unanswered >= self.config.max_unanswered {
+                        self.fail(NackReason::TooManyRetries);
+                    } else {
+                        self.send_ping(now);
+                    }
+                }
+            },
+            _ => {}
+        }
+    }
+
+    /// Sends a ping now, whatever the schedule (an application's explicit probe). Ignored while a
+    /// ping is already outstanding, before a stream session is established, or once finished.
+    pub fn ping_now(&mut self, now: Instant) {
+        if self.established && matches!(self.probe, Probe::Idle { .. }) {
+            self.send_ping(now);
+        }
+    }
+
+    /// A fresh Message ID for this session (pings and requests share the sequence).
+    pub fn allocate_message_id(&mut self) -> u16 {
+        let id = self.next_message_id;
+        self.next_message_id = self.next_message_id.wrapping_add(1);
+        id
+    }
+
+    /// The session's random source (tokens of requests come from it too).
+    pub fn rng(&mut self) -> &mut Rng {
+        &mut self.rng
+    }
+
+    // ---- outputs ----
+
+    /// The next ping to send, if any.
+    pub fn poll_transmit(&mut self) -> Option<PingTransmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event for the application, if any.
+    pub fn poll_event(&mut self) -> Option<KeepaliveEvent> {
+        self.events.pop_front()
+    }
+
+    /// The next instant [`Keepalive::handle_timeout`] must be called at; `None` when nothing is
+    /// scheduled. It may be earlier than strictly needed (traffic moves deadlines lazily), never
+    /// later.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.probe {
+            Probe::Idle { due, .. } => due,
+            Probe::Outstanding { deadline, .. } => Some(deadline),
+            Probe::Failed(_) | Probe::Closed => None,
+        }
+    }
+
+    // ---- internals ----
+
+    /// Recomputes the idle deadline from the last receipt.
+    fn schedule(&mut self) {
+        let due = match self.config.interval {
+            Some(interval) if self.established && !self.request_in_flight => {
+                let early = interval.mul_f64(self.config.jitter * self.rng.next_f64());
+                Some(self.last_rx + (interval - early))
+            }
+            _ => None,
+        };
+        self.probe = Probe::Idle {
+            due,
+            from: self.last_rx,
+        };
+    }
+
+    fn send_ping(&mut self, now: Instant) {
+        let (id, timeout, transmit) = match self.style {
+            PingStyle::Datagram => {
+                let message_id = self.allocate_message_id();
+                let params = &self.config.transmission;
+                let factor = 1.0 + (params.ack_random_factor - 1.0) * self.rng.next_f64();
+                (
+                    ProbeId::MessageId(message_id),
+                    params.ack_timeout.mul_f64(factor),
+                    PingTransmit::Datagram {
+                        message_id,
+                        retransmission: false,
+                    },
+                )
+            }
+            PingStyle::Stream => {
+                let token = (self.rng.next_u64() as u32).to_be_bytes();
+                let timeout = self
+                    .config
+                    .effective_pong_timeout()
+                    .unwrap_or(self.config.transmission.ack_timeout);
+                (ProbeId::Token(token), timeout, PingTransmit::Stream { token })
+            }
+        };
+        self.probe = Probe::Outstanding {
+            id,
+            sent_at: now,
+            retransmits: 0,
+            timeout,
+            deadline: now + timeout,
+        };
+        self.stats.pings_sent += 1;
+        self.transmits.push_back(transmit);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TransmissionParams;
+
+    fn secs(s: f64) -> Duration {
+        Duration::from_secs_f64(s)
+    }
+
+    fn datagram(interval: u64, params: TransmissionParams) -> (Keepalive, Instant) {
+        let t0 = Instant::now();
+        let config = KeepaliveConfig::default()
+            .with_interval_secs(interval)
+            .with_transmission(params);
+        (
+            Keepalive::new(PingStyle::Datagram, config, Rng::seeded(1), t0),
+            t0,
+        )
+    }
+
+    fn deterministic() -> TransmissionParams {
+        TransmissionParams::default()
+            .with_ack_timeout(secs(2.0))
+            .with_ack_random_factor(1.0)
+            .with_max_retransmit(4)
+    }
+
+    /// Drives the machine through its own deadlines until `end`, returning each transmit and
+    /// event with the second (relative to `t0`) it happened at.
+    fn run_until(
+        k: &mut Keepalive,
+        t0: Instant,
+        end: f64,
+    ) -> (Vec<(f64, PingTransmit)>, Vec<(f64, KeepaliveEvent)>) {
+        let (mut tx, mut ev) = (Vec::new(), Vec::new());
+        while let Some(at) = k.poll_timeout() {
+            if at > t0 + secs(end) {
+                break;
+            }
+            k.handle_timeout(at);
+            let rel = (at - t0).as_secs_f64();
+            while let Some(t) = k.poll_transmit() {
+                tx.push((rel, t));
+            }
+            while let Some(e) = k.poll_event() {
+                ev.push((rel, e));
+            }
+        }
+        (tx, ev)
+    }
+
+    fn times(tx: &[(f64, PingTransmit)]) -> Vec<f64> {
+        tx.iter().map(|(t, _)| (t * 1000.0).round() / 1000.0).collect()
+    }
+
+    #[test]
+    fn silent_udp_peer_follows_rfc7252_schedule_to_the_nack() {
+        let (mut k, t0) = datagram(10, deterministic());
+        let (tx, ev) = run_until(&mut k, t0, 200.0);
+        assert_eq!(times(&tx), vec![10.0, 12.0, 16.0, 24.0, 40.0]);
+        let ids: Vec<u16> = tx
+            .iter()
+            .map(|(_, t)| match t {
+                PingTransmit::Datagram { message_id, .. } => *message_id,
+                _ => panic!("stream ping on UDP"),
+            })
+            .collect();
+        assert!(ids.iter().all(|&id| id == ids[0]), "retransmissions keep the MID");
+        assert_eq!(ev, vec![(72.0, KeepaliveEvent::Failed(NackReason::TooManyRetries))]);
+        assert_eq!(k.stats().retransmissions, 4);
+        assert_eq!(k.stats().failures, 1);
+        assert_eq!(k.poll_timeout(), None, "a failed session schedules nothing");
+    }
+
+    #[test]
+    fn random_factor_bounds_the_first_timeout_and_doubles() {
+        for seed in 0..50 {
+            let t0 = Instant::now();
+            let params = TransmissionParams::default()
+                .with_ack_timeout(secs(0.2))
+                .with_max_retransmit(2);
+            let config = KeepaliveConfig::default()
+                .with_interval_secs(1)
+                .with_transmission(params);
+            let mut k = Keepalive::new(PingStyle::Datagram, config, Rng::seeded(seed), t0);
+            let (tx, ev) = run_until(&mut k, t0, 10.0);
+            assert_eq!(tx.len(), 3);
+            let first = tx[1].0 - tx[0].0;
+            assert!((0.2..=0.3 + 1e-9).contains(&first), "first timeout {first}");
+            assert!(((tx[2].0 - tx[1].0) - 2.0 * first).abs() < 1e-6);
+            let give_up = ev[0].0 - tx[0].0;
+            assert!((give_up - 7.0 * first).abs() < 1e-6);
+            assert!((1.4..=2.1 + 1e-9).contains(&give_up));
+        }
+    }
+
+    #[test]
+    fn rst_answers_the_ping_and_reschedules_from_its_arrival() {
+        let (mut k, t0) = datagram(10, deterministic());
+        k.handle_timeout(t0 + secs(10.0));
+        let Some(PingTransmit::Datagram { message_id, .. }) = k.poll_transmit() else {
+            panic!("no ping at 10 s");
+        };
+        assert!(!k.handle_datagram_answer(t0 + secs(10.1), message_id.wrapping_add(1)));
+        // the unrelated RST still proved liveness: the probe ended
+        assert!(!k.is_awaiting_pong());
+        let (mut k, t0) = datagram(10, deterministic());
+        k.handle_timeout(t0 + secs(10.0));
+        let Some(PingTransmit::Datagram { message_id, .. }) = k.poll_transmit() else {
+            panic!();
+        };
+        assert!(k.handle_datagram_answer(t0 + secs(10.25), message_id));
+        assert_eq!(
+            k.poll_event(),
+            Some(KeepaliveEvent::Pong { rtt: secs(0.25) })
+        );
+        assert_eq!(k.poll_timeout(), Some(t0 + secs(20.25)));
+        assert_eq!(k.stats().pongs, 1);
+        assert_eq!(k.stats().rtt.last, Some(secs(0.25)));
+    }
+
+    #[test]
+    fn empty_ack_counts_as_pong_too() {
+        let (mut k, t0) = datagram(5, deterministic());
+        k.handle_timeout(t0 + secs(5.0));
+        let Some(PingTransmit::Datagram { message_id, .. }) = k.poll_transmit() else {
+            panic!();
+        };
+        // the session cannot tell RST from ACK here: both come in through the same input
+        assert!(k.handle_datagram_answer(t0 + secs(5.1), message_id));
+    }
+
+    #[test]
+    fn answer_after_a_retransmission_measures_from_the_last_transmission() {
+        let (mut k, t0) = datagram(10, deterministic());
+        let (tx, _) = run_until(&mut k, t0, 12.0);
+        assert_eq!(times(&tx), vec![10.0, 12.0]);
+        let PingTransmit::Datagram { message_id, .. } = tx[0].1 else {
+            panic!()
+        };
+        assert!(k.handle_datagram_answer(t0 + secs(12.5), message_id));
+        assert_eq!(
+            k.poll_event(),
+            Some(KeepaliveEvent::Pong { rtt: secs(0.5) })
+        );
+    }
+
+    #[test]
+    fn incoming_traffic_postpones_the_ping_and_outgoing_does_not_exist_here() {
+        let (mut k, t0) = datagram(10, deterministic());
+        k.handle_activity(t0 + secs(7.0));
+        let (tx, _) = run_until(&mut k, t0, 17.5);
+        assert_eq!(times(&tx), vec![17.0]);
+    }
+
+    #[test]
+    fn mark_active_postpones_the_ping() {
+        let (mut k, t0) = datagram(10, deterministic());
+        k.mark_active(t0 + secs(9.0));
+        let (tx, _) = run_until(&mut k, t0, 19.5);
+        assert_eq!(times(&tx), vec![19.0]);
+    }
+
+    #[test]
+    fn traffic_during_retransmission_ends_the_probe() {
+        let (mut k, t0) = datagram(10, deterministic());
+        let (tx, _) = run_until(&mut k, t0, 16.0);
+        assert_eq!(times(&tx), vec![10.0, 12.0, 16.0]);
+        k.handle_activity(t0 + secs(17.0));
+        let (tx, ev) = run_until(&mut k, t0, 27.5);
+        assert_eq!(times(&tx), vec![27.0], "next ping an interval after the traffic");
+        assert!(ev.is_empty());
+    }
+
+    #[test]
+    fn keepalive_off_schedules_nothing_and_can_be_turned_on() {
+        let (mut k, t0) = datagram(0, deterministic());
+        assert_eq!(k.poll_timeout(), None);
+        k.handle_activity(t0 + secs(3.0));
+        k.set_interval(Some(secs(4.0)));
+        assert_eq!(k.poll_timeout(), Some(t0 + secs(7.0)));
+        k.set_interval(None);
+        assert_eq!(k.poll_timeout(), None);
+    }
+
+    #[test]
+    fn jitter_brings_pings_forward_within_the_fraction() {
+        let t0 = Instant::now();
+        let mut seen = Vec::new();
+        for seed in 0..200 {
+            let config = KeepaliveConfig::default()
+                .with_interval_secs(30)
+                .with_jitter(0.2);
+            let mut k = Keepalive::new(PingStyle::Datagram, config, Rng::seeded(seed), t0);
+            let due = (k.poll_timeout().unwrap() - t0).as_secs_f64();
+            assert!((24.0..=30.0).contains(&due), "due {due}");
+            k.handle_timeout(t0 + secs(due));
+            assert!(k.poll_transmit().is_some());
+            seen.push(due);
+        }
+        let spread = seen.iter().cloned().fold(f64::MIN, f64::max)
+            - seen.iter().cloned().fold(f64::MAX, f64::min);
+        assert!(spread > 5.0, "pings spread over the jitter window");
+    }
+
+    #[test]
+    fn same_seed_same_instants_and_ids() {
+        let run = || {
+            let t0 = Instant::now();
+            let config = KeepaliveConfig::default()
+                .with_interval_secs(3)
+                .with_jitter(0.5);
+            let mut k = Keepalive::new(PingStyle::Datagram, config, Rng::seeded(42), t0);
+            let (tx, ev) = run_until(&mut k, t0, 300.0);
+            (times(&tx), tx.iter().map(|t| t.1).collect::<Vec<_>>(), ev.len())
+        };
+        assert_eq!(run(), run());
+    }
+
+    fn stream(interval: u64, pong_timeout: Option<f64>, max_unanswered: u32) -> (Keepalive, Instant) {
+        let t0 = Instant::now();
+        let mut config = KeepaliveConfig::default()
+            .with_interval_secs(interval)
+            .with_max_unanswered(max_unanswered);
+        if let Some(p) = pong_timeout {
+            config = config.with_pong_timeout(secs(p));
+        }
+        (
+            Keepalive::new(PingStyle::Stream, config, Rng::seeded(3), t0),
+            t0,
+        )
+    }
+
+    #[test]
+    fn stream_never_pings_before_the_csm() {
+        let (mut k, t0) = stream(2, None, 1);
+        assert_eq!(k.poll_timeout(), None);
+        k.handle_timeout(t0 + secs(100.0));
+        assert!(k.poll_transmit().is_none());
+        k.handle_established(t0 + secs(5.0));
+        let (tx, _) = run_until(&mut k, t0, 7.5);
+        assert_eq!(times(&tx), vec![7.0]);
+        assert!(matches!(tx[0].1, PingTransmit::Stream { .. }));
+    }
+
+    #[test]
+    fn silent_stream_peer_fails_after_the_pong_timeout() {
+        // default pong timeout = interval: libcoap's "disconnect at 2n"
+        let (mut k, t0) = stream(10, None, 1);
+        k.handle_established(t0);
+        let (tx, ev) = run_until(&mut k, t0, 100.0);
+        assert_eq!(times(&tx), vec![10.0]);
+        assert_eq!(
+            ev,
+            vec![
+                (20.0, KeepaliveEvent::Unanswered { count: 1 }),
+                (20.0, KeepaliveEvent::Failed(NackReason::TooManyRetries))
+            ]
+        );
+    }
+
+    #[test]
+    fn max_unanswered_pings_back_to_back_then_fails() {
+        let (mut k, t0) = stream(10, Some(3.0), 3);
+        k.handle_established(t0);
+        let (tx, ev) = run_until(&mut k, t0, 100.0);
+        assert_eq!(times(&tx), vec![10.0, 13.0, 16.0]);
+        let tokens: Vec<_> = tx.iter().map(|t| t.1).collect();
+        assert_ne!(tokens[0], tokens[1], "each ping has a fresh token");
+        assert_eq!(
+            ev.last(),
+            Some(&(19.0, KeepaliveEvent::Failed(NackReason::TooManyRetries)))
+        );
+    }
+
+    #[test]
+    fn pong_with_matching_token_or_no_token_answers() {
+        let (mut k, t0) = stream(10, Some(3.0), 1);
+        k.handle_established(t0);
+        k.handle_timeout(t0 + secs(10.0));
+        let Some(PingTransmit::Stream { token }) = k.poll_transmit() else {
+            panic!()
+        };
+        // a wrong token does not answer (but the traffic still proves liveness)
+        assert!(!k.handle_pong(t0 + secs(10.1), &[9, 9, 9, 9]));
+        let (mut k, t0) = stream(10, Some(3.0), 1);
+        k.handle_established(t0);
+        k.handle_timeout(t0 + secs(10.0));
+        assert!(k.poll_transmit().is_some());
+        assert!(k.handle_pong(t0 + secs(10.2), &[]), "libcoap's tokenless Pong");
+        assert_eq!(
+            k.poll_event(),
+            Some(KeepaliveEvent::Pong { rtt: secs(0.2) })
+        );
+        let _ = token;
+    }
+
+    #[test]
+    fn unsolicited_pong_is_no_pong() {
+        let (mut k, t0) = stream(10, None, 1);
+        k.handle_established(t0);
+        assert!(!k.handle_pong(t0 + secs(1.0), &[]));
+        assert_eq!(k.poll_event(), None);
+    }
+
+    #[test]
+    fn request_in_flight_suppresses_pings_and_its_end_restores_them() {
+        let (mut k, t0) = datagram(10, deterministic());
+        k.set_request_in_flight(t0 + secs(1.0), true);
+        let (tx, _) = run_until(&mut k, t0, 50.0);
+        assert!(tx.is_empty(), "no ping while the request is the probe");
+        // the response arrives at 51 s: activity, then the request is done
+        k.handle_activity(t0 + secs(51.0));
+        k.set_request_in_flight(t0 + secs(51.0), false);
+        let (tx, _) = run_until(&mut k, t0, 61.5);
+        assert_eq!(times(&tx), vec![61.0]);
+    }
+
+    #[test]
+    fn failing_request_fails_the_session_once() {
+        let (mut k, _t0) = datagram(10, deterministic());
+        k.fail(NackReason::TooManyRetries);
+        k.fail(NackReason::NotDeliverable);
+        assert_eq!(
+            k.poll_event(),
+            Some(KeepaliveEvent::Failed(NackReason::TooManyRetries))
+        );
+        assert_eq!(k.poll_event(), None);
+        assert_eq!(k.failure(), Some(NackReason::TooManyRetries));
+    }
+
+    #[test]
+    fn closed_machine_is_silent() {
+        let (mut k, t0) = datagram(1, deterministic());
+        k.close();
+        k.handle_timeout(t0 + secs(100.0));
+        assert!(k.poll_transmit().is_none());
+        assert!(k.poll_event().is_none());
+        assert!(k.poll_timeout().is_none());
+    }
+
+    #[test]
+    fn encoded_pings_match_the_wire_vectors() {
+        let d = PingTransmit::Datagram {
+            message_id: 0x1234,
+            retransmission: false,
+        };
+        assert_eq!(d.encode(), [0x40, 0x00, 0x12, 0x34]);
+        let s = PingTransmit::Stream {
+            token: [1, 2, 3, 4],
+        };
+        assert_eq!(s.encode(), [0x04, 0xe2, 1, 2, 3, 4]);
+    }
+}
