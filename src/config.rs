@@ -76,7 +76,9 @@ impl TransmissionParams {
             return Err(Error::Config("ACK_TIMEOUT must be positive".into()));
         }
         if !(self.ack_random_factor >= 1.0 && self.ack_random_factor.is_finite()) {
-            return Err(Error::Config("ACK_RANDOM_FACTOR must be at least 1.0".into()));
+            return Err(Error::Config(
+                "ACK_RANDOM_FACTOR must be at least 1.0".into(),
+            ));
         }
         if self.max_retransmit > 20 {
             return Err(Error::Config("MAX_RETRANSMIT must be at most 20".into()));
@@ -195,7 +197,10 @@ mod tests {
 
     #[test]
     fn zero_interval_disables() {
-        assert_eq!(KeepaliveConfig::default().with_interval_secs(0).interval, None);
+        assert_eq!(
+            KeepaliveConfig::default().with_interval_secs(0).interval,
+            None
+        );
         assert_eq!(
             KeepaliveConfig::default().with_interval_secs(3).interval,
             Some(Duration::from_secs(3))
@@ -208,6 +213,10 @@ mod tests {
         assert!(bad.validate().unwrap_err().to_string().contains("jitter"));
         let bad = KeepaliveConfig::default()
             .with_transmission(TransmissionParams::default().with_ack_random_factor(0.5));
-        assert!(bad.validate().unwrap_err().to_string().contains("ACK_RANDOM_FACTOR"));
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("ACK_RANDOM_FACTOR"));
     }
 }

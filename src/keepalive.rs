@@ -56,7 +56,9 @@ impl PingTransmit {
     /// The bytes of this ping on the wire.
     pub fn encode(&self) -> Vec<u8> {
         match *self {
-            PingTransmit::Datagram { message_id, .. } => crate::wire::udp::ping(message_id).to_vec(),
+            PingTransmit::Datagram { message_id, .. } => {
+                crate::wire::udp::ping(message_id).to_vec()
+            }
             PingTransmit::Stream { token } => {
                 crate::wire::signal::Signal::Ping { custody: false }.encode(&token)
             }
@@ -158,10 +160,7 @@ enum ProbeId {
 enum Probe {
     /// No ping outstanding. The next one is due at `due`, computed when the last receipt was
     /// `from`; `None` while keepalive is off, before the CSM, or while a request stands in.
-    Idle {
-        due: Option<Instant>,
-        from: Instant,
-    },
+    Idle { due: Option<Instant>, from: Instant },
     /// A ping is out and waits for its answer until `deadline`.
     Outstanding {
         id: ProbeId,
@@ -533,7 +532,11 @@ impl Keepalive {
                     .config
                     .effective_pong_timeout()
                     .unwrap_or(self.config.transmission.ack_timeout);
-                (ProbeId::Token(token), timeout, PingTransmit::Stream { token })
+                (
+                    ProbeId::Token(token),
+                    timeout,
+                    PingTransmit::Stream { token },
+                )
             }
         };
         self.probe = Probe::Outstanding {
@@ -600,7 +603,9 @@ mod tests {
     }
 
     fn times(tx: &[(f64, PingTransmit)]) -> Vec<f64> {
-        tx.iter().map(|(t, _)| (t * 1000.0).round() / 1000.0).collect()
+        tx.iter()
+            .map(|(t, _)| (t * 1000.0).round() / 1000.0)
+            .collect()
     }
 
     #[test]
@@ -615,8 +620,14 @@ mod tests {
                 _ => panic!("stream ping on UDP"),
             })
             .collect();
-        assert!(ids.iter().all(|&id| id == ids[0]), "retransmissions keep the MID");
-        assert_eq!(ev, vec![(72.0, KeepaliveEvent::Failed(NackReason::TooManyRetries))]);
+        assert!(
+            ids.iter().all(|&id| id == ids[0]),
+            "retransmissions keep the MID"
+        );
+        assert_eq!(
+            ev,
+            vec![(72.0, KeepaliveEvent::Failed(NackReason::TooManyRetries))]
+        );
         assert_eq!(k.stats().retransmissions, 4);
         assert_eq!(k.stats().failures, 1);
         assert_eq!(k.poll_timeout(), None, "a failed session schedules nothing");
@@ -718,7 +729,11 @@ mod tests {
         assert_eq!(times(&tx), vec![10.0, 12.0, 16.0]);
         k.handle_activity(t0 + secs(17.0));
         let (tx, ev) = run_until(&mut k, t0, 27.5);
-        assert_eq!(times(&tx), vec![27.0], "next ping an interval after the traffic");
+        assert_eq!(
+            times(&tx),
+            vec![27.0],
+            "next ping an interval after the traffic"
+        );
         assert!(ev.is_empty());
     }
 
@@ -762,12 +777,20 @@ mod tests {
                 .with_jitter(0.5);
             let mut k = Keepalive::new(PingStyle::Datagram, config, Rng::seeded(42), t0);
             let (tx, ev) = run_until(&mut k, t0, 300.0);
-            (times(&tx), tx.iter().map(|t| t.1).collect::<Vec<_>>(), ev.len())
+            (
+                times(&tx),
+                tx.iter().map(|t| t.1).collect::<Vec<_>>(),
+                ev.len(),
+            )
         };
         assert_eq!(run(), run());
     }
 
-    fn stream(interval: u64, pong_timeout: Option<f64>, max_unanswered: u32) -> (Keepalive, Instant) {
+    fn stream(
+        interval: u64,
+        pong_timeout: Option<f64>,
+        max_unanswered: u32,
+    ) -> (Keepalive, Instant) {
         let t0 = Instant::now();
         let mut config = KeepaliveConfig::default()
             .with_interval_secs(interval)
@@ -837,7 +860,10 @@ mod tests {
         k.handle_established(t0);
         k.handle_timeout(t0 + secs(10.0));
         assert!(k.poll_transmit().is_some());
-        assert!(k.handle_pong(t0 + secs(10.2), &[]), "libcoap's tokenless Pong");
+        assert!(
+            k.handle_pong(t0 + secs(10.2), &[]),
+            "libcoap's tokenless Pong"
+        );
         assert_eq!(
             k.poll_event(),
             Some(KeepaliveEvent::Pong { rtt: secs(0.2) })

@@ -1,0 +1,376 @@
+//! `Context`: the keepalive setting, the session table, the handlers, and the endpoints and
+//! connections it runs.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use coap_lite::{MessageClass, Packet, ResponseType};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::KeepaliveConfig;
+use crate::error::{Error, NackReason, Result};
+use crate::handler::{
+    EventHandler, Handlers, NackHandler, PeerPing, PingDecision, PingHandler, PongHandler,
+    SessionEvent,
+};
+use crate::keepalive::Stats;
+use crate::protocol::ProtocolEvent;
+use crate::rng::Rng;
+use crate::session::{lock, Command, Session, SessionState, Transport};
+use crate::uri::CoapUri;
+
+/// Settings of a context other than keepalive.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ContextSettings {
+    /// Max-Message-Size announced in our CSM and enforced on received TCP / TLS frames.
+    /// Default 65,536 bytes.
+    pub max_message_size: u32,
+    /// How long a TCP connect, a (D)TLS handshake or a CSM exchange may take. Default 10 s.
+    pub connect_timeout: Duration,
+    /// Seed of the context's random source; `None` seeds from the clock. Default `None`.
+    pub seed: Option<u64>,
+    /// OS-level TCP keepalive (SO_KEEPALIVE) idle time for TCP / TLS sockets; `None` leaves it
+    /// off. Default `None`.
+    pub tcp_keepalive: Option<Duration>,
+}
+
+impl Default for ContextSettings {
+    fn default() -> Self {
+        ContextSettings {
+            max_message_size: crate::protocol::stream::DEFAULT_MAX_MESSAGE_SIZE,
+            connect_timeout: Duration::from_secs(10),
+            seed: None,
+            tcp_keepalive: None,
+        }
+    }
+}
+
+/// A CoAP context: holds the keepalive setting, the handlers and the table of sessions, and
+/// runs the endpoints (`listen_*`) and connections (`connect*`) created from it.
+///
+/// Cloning is cheap; every clone is the same context.
+#[derive(Clone)]
+pub struct Context {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    keepalive: Mutex<KeepaliveConfig>,
+    pub(crate) settings: ContextSettings,
+    pub(crate) handlers: Handlers,
+    sessions: Mutex<HashMap<crate::session::SessionId, Session>>,
+    ended: Mutex<Stats>,
+    next_id: AtomicU64,
+    rng: Mutex<Rng>,
+    shutdown: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A listening endpoint of a context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The transport it serves.
+    pub transport: Transport,
+    /// The address it is bound to (with the real port when port 0 was asked for).
+    pub local_addr: SocketAddr,
+}
+
+/// What a driver must do after the context handled a protocol event.
+#[derive(Debug)]
+pub(crate) enum Reaction {
+    /// Nothing.
+    None,
+    /// Send these bytes (the answer to a ping).
+    Send(Vec<u8>),
+    /// Answer the request with this response through the session protocol.
+    Respond(Box<(Packet, Packet)>),
+    /// The session ended: drop it.
+    Ended,
+}
+
+impl Default for Context {
+    fn default() -> Self {
+        Context::new()
+    }
+}
+
+impl Context {
+    /// A context with default settings and keepalive off.
+    pub fn new() -> Context {
+        Context::with_settings(ContextSettings::default())
+    }
+
+    /// A context with the given settings and keepalive off.
+    pub fn with_settings(settings: ContextSettings) -> Context {
+        let rng = settings.seed.map_or_else(Rng::from_entropy, Rng::seeded);
+        let (shutdown, _) = watch::channel(false);
+        Context {
+            inner: Arc::new(Inner {
+                keepalive: Mutex::new(KeepaliveConfig::default()),
+                settings,
+                handlers: Handlers::default(),
+                sessions: Mutex::new(HashMap::new()),
+                ended: Mutex::new(Stats::default()),
+                next_id: AtomicU64::new(1),
+                rng: Mutex::new(rng),
+                shutdown,
+                tasks: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// The context's settings.
+    pub fn settings(&self) -> &ContextSettings {
+        &self.inner.settings
+    }
+
+    /// Sets the keepalive interval in seconds for every session of this context; 0 disables
+    /// (the default). Sessions that have their own `Session::set_keepalive` keep it.
+    pub fn set_keepalive(&self, secs: u64) {
+        let interval = (secs > 0).then(|| Duration::from_secs(secs));
+        self.set_keepalive_interval(interval);
+    }
+
+    /// Like [`Context::set_keepalive`] with any duration (`None` disables).
+    pub fn set_keepalive_interval(&self, interval: Option<Duration>) {
+        let interval = interval.filter(|d| !d.is_zero());
+        lock(&self.inner.keepalive).interval = interval;
+        for session in self.sessions() {
+            if !session.keepalive_overridden() {
+                session.command(Command::InheritKeepalive(interval));
+            }
+        }
+    }
+
+    /// Replaces the whole keepalive configuration used for sessions created from now on.
+    pub fn set_keepalive_config(&self, config: KeepaliveConfig) -> Result<()> {
+        config.validate()?;
+        *lock(&self.inner.keepalive) = config;
+        Ok(())
+    }
+
+    /// The keepalive configuration new sessions start from.
+    pub fn keepalive_config(&self) -> KeepaliveConfig {
+        *lock(&self.inner.keepalive)
+    }
+
+    /// Registers the handler called for each ping from a peer, before the automatic answer.
+    pub fn register_ping_handler<F>(&self, handler: F)
+    where
+        F: Fn(&Session, &PeerPing) -> PingDecision + Send + Sync + 'static,
+    {
+        self.inner
+            .handlers
+            .set_ping(Arc::new(handler) as PingHandler);
+    }
+
+    /// Registers the handler called when one of our pings is answered, with its round-trip time.
+    pub fn register_pong_handler<F>(&self, handler: F)
+    where
+        F: Fn(&Session, Duration) + Send + Sync + 'static,
+    {
+        self.inner
+            .handlers
+            .set_pong(Arc::new(handler) as PongHandler);
+    }
+
+    /// Registers the handler called once when a session fails, with the reason.
+    pub fn register_nack_handler<F>(&self, handler: F)
+    where
+        F: Fn(&Session, NackReason) + Send + Sync + 'static,
+    {
+        self.inner
+            .handlers
+            .set_nack(Arc::new(handler) as NackHandler);
+    }
+
+    /// Registers the handler called for other session events (established, closed, a ping
+    /// unanswered).
+    pub fn register_event_handler<F>(&self, handler: F)
+    where
+        F: Fn(&Session, SessionEvent) + Send + Sync + 'static,
+    {
+        self.inner
+            .handlers
+            .set_event(Arc::new(handler) as EventHandler);
+    }
+
+    /// The live sessions, ordered by id.
+    pub fn sessions(&self) -> Vec<Session> {
+        let mut sessions: Vec<Session> = lock(&self.inner.sessions).values().cloned().collect();
+        sessions.sort_by_key(Session::id);
+        sessions
+    }
+
+    /// Counters summed over every session this context has had, live or ended.
+    pub fn stats(&self) -> Stats {
+        let mut total = *lock(&self.inner.ended);
+        for session in lock(&self.inner.sessions).values() {
+            total.accumulate(&session.stats());
+        }
+        total
+    }
+
+    /// Serves CoAP over UDP on `addr`: all of its sessions from one socket and one task.
+    pub async fn listen_udp(&self, addr: SocketAddr) -> Result<Endpoint> {
+        crate::transport::udp::listen(self, addr).await
+    }
+
+    /// Serves CoAP over TCP on `addr`: a task per connection.
+    pub async fn listen_tcp(&self, addr: SocketAddr) -> Result<Endpoint> {
+        crate::transport::tcp::listen(self, addr).await
+    }
+
+    /// Opens a UDP session to `peer` from a fresh local port.
+    pub async fn connect_udp(&self, peer: SocketAddr) -> Result<Session> {
+        crate::transport::udp::connect(self, peer).await
+    }
+
+    /// Opens a TCP session to `peer`; returns once the peer's CSM arrived.
+    pub async fn connect_tcp(&self, peer: SocketAddr) -> Result<Session> {
+        crate::transport::tcp::connect(self, peer).await
+    }
+
+    /// Opens a session to the host of `uri` over the transport its scheme names. Secured
+    /// schemes need credentials: use the transport-specific calls for them.
+    pub async fn connect(&self, uri: &str) -> Result<Session> {
+        let uri = CoapUri::parse(uri)?;
+        let peer = uri.resolve().await?;
+        match uri.transport {
+            Transport::Udp => self.connect_udp(peer).await,
+            Transport::Tcp => self.connect_tcp(peer).await,
+            other => Err(Error::Config(format!(
+                "{}:// needs credentials: use the {} connect call with a PSK or certificates",
+                other.scheme(),
+                other.name()
+            ))),
+        }
+    }
+
+    /// Closes every session gracefully (7.04 Release over TCP / TLS) and stops every endpoint,
+    /// waiting at most `deadline` for them to finish.
+    pub async fn shutdown_within(&self, deadline: Duration) {
+        self.inner.shutdown.send_replace(true);
+        let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *lock(&self.inner.tasks));
+        let all = async {
+            for task in tasks {
+                let _ = task.await;
+            }
+        };
+        if tokio::time::timeout(deadline, all).await.is_err() {
+            tracing::warn!("shutdown deadline passed; remaining tasks abandoned");
+        }
+    }
+
+    /// [`Context::shutdown_within`] with a 5 s deadline.
+    pub async fn shutdown(&self) {
+        self.shutdown_within(Duration::from_secs(5)).await
+    }
+
+    // ---- for the drivers ----
+
+    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.inner.shutdown.subscribe()
+    }
+
+    pub(crate) fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let handle = tokio::spawn(task);
+        let mut tasks = lock(&self.inner.tasks);
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(handle);
+    }
+
+    pub(crate) fn next_session_id(&self) -> crate::session::SessionId {
+        crate::session::SessionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// A random source for a new session, forked from the context's.
+    pub(crate) fn session_rng(&self) -> Rng {
+        lock(&self.inner.rng).fork()
+    }
+
+    pub(crate) fn register(&self, session: &Session) {
+        lock(&self.inner.sessions).insert(session.id(), session.clone());
+    }
+
+    /// Removes an ended session from the table, keeping its counters in the context's totals.
+    pub(crate) fn unregister(&self, session: &Session, state: SessionState) {
+        session.set_state(state);
+        if lock(&self.inner.sessions).remove(&session.id()).is_some() {
+            lock(&self.inner.ended).accumulate(&session.stats());
+        }
+    }
+
+    /// Runs the handlers for one protocol event and says what the driver must do.
+    pub(crate) fn on_event(
+        &self,
+        session: &Session,
+        stats: &Stats,
+        now: Instant,
+        event: ProtocolEvent,
+    ) -> Reaction {
+        let handlers = &self.inner.handlers;
+        match event {
+            ProtocolEvent::PeerPing { ping, answer } => {
+                session.note_receipt(now);
+                session.set_stats(stats);
+                match handlers.ping(session, &ping) {
+                    PingDecision::Answer => Reaction::Send(answer),
+                    PingDecision::Suppress => Reaction::None,
+                }
+            }
+            ProtocolEvent::Pong { rtt } => {
+                session.note_receipt(now);
+                session.set_stats(stats);
+                handlers.pong(session, rtt);
+                Reaction::None
+            }
+            ProtocolEvent::PingUnanswered { count } => {
+                session.set_stats(stats);
+                handlers.event(session, SessionEvent::PingUnanswered { count });
+                Reaction::None
+            }
+            ProtocolEvent::Established => {
+                session.set_state(SessionState::Established);
+                handlers.event(session, SessionEvent::Established);
+                Reaction::None
+            }
+            ProtocolEvent::Request(request) => {
+                session.note_receipt(now);
+                let response = self.answer_request(session, &request);
+                Reaction::Respond(Box::new((request, response)))
+            }
+            ProtocolEvent::Closed => {
+                session.set_stats(stats);
+                handlers.event(session, SessionEvent::Closed);
+                self.unregister(session, SessionState::Closed);
+                Reaction::Ended
+            }
+            ProtocolEvent::Failed(reason) => {
+                session.set_stats(stats);
+                session.set_state(SessionState::Failed(reason));
+                handlers.nack(session, reason);
+                self.unregister(session, SessionState::Failed(reason));
+                Reaction::Ended
+            }
+            ProtocolEvent::Rejected(why) => {
+                tracing::debug!(session = %session, %why, "input rejected");
+                Reaction::None
+            }
+        }
+    }
+
+    /// The response to a request from a peer. No resources are registered yet: every path is
+    /// 4.04 Not Found.
+    fn answer_request(&self, session: &Session, request: &Packet) -> Packet {
+        tracing::debug!(session = %session, code = %request.header.code, "request");
+        let mut response = Packet::new();
+        response.header.code = MessageClass::Response(ResponseType::NotFound);
+        response
+    }
+}

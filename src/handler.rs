@@ -1,0 +1,126 @@
+//! Application callbacks: ping, pong, nack and session events, and their dispatch.
+//!
+//! Handlers run on the session's driver task, so they should return quickly; hand long work to
+//! another task.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use crate::error::NackReason;
+use crate::session::Session;
+
+/// A ping the peer sent us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PeerPing {
+    /// An empty Confirmable (or Non-confirmable) message over UDP / DTLS.
+    Datagram {
+        /// Its Message ID, echoed by our RST.
+        message_id: u16,
+    },
+    /// A 7.02 Ping over TCP / TLS.
+    Stream {
+        /// Its token, echoed by our Pong.
+        token: Vec<u8>,
+        /// Whether it asked for Custody.
+        custody: bool,
+    },
+}
+
+/// What the ping handler wants done with a peer's ping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PingDecision {
+    /// Send the protocol's answer (RST or 7.03 Pong). The default.
+    #[default]
+    Answer,
+    /// Send nothing: to the peer we look dead (tests and fault injection use this).
+    Suppress,
+}
+
+/// A change in a session's life, for the event handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SessionEvent {
+    /// The session is ready (UDP: created; DTLS / TLS: handshake done; TCP / TLS: peer's CSM).
+    Established,
+    /// The session ended gracefully.
+    Closed,
+    /// A stream ping went unanswered; the session fails when `count` reaches `max_unanswered`.
+    PingUnanswered {
+        /// Consecutive unanswered pings so far.
+        count: u32,
+    },
+}
+
+/// Called for each ping from the peer, before the automatic answer.
+pub type PingHandler = Arc<dyn Fn(&Session, &PeerPing) -> PingDecision + Send + Sync>;
+/// Called when one of our pings is answered, with its round-trip time.
+pub type PongHandler = Arc<dyn Fn(&Session, Duration) + Send + Sync>;
+/// Called once when a session fails, before it is removed from the table.
+pub type NackHandler = Arc<dyn Fn(&Session, NackReason) + Send + Sync>;
+/// Called for other session events.
+pub type EventHandler = Arc<dyn Fn(&Session, SessionEvent) + Send + Sync>;
+
+/// The registered handlers of a context.
+#[derive(Default)]
+pub(crate) struct Handlers {
+    ping: RwLock<Option<PingHandler>>,
+    pong: RwLock<Option<PongHandler>>,
+    nack: RwLock<Option<NackHandler>>,
+    event: RwLock<Option<EventHandler>>,
+}
+
+fn read<T: Clone>(slot: &RwLock<Option<T>>) -> Option<T> {
+    slot.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+fn write<T>(slot: &RwLock<Option<T>>, value: T) {
+    *slot.write().unwrap_or_else(|p| p.into_inner()) = Some(value);
+}
+
+impl Handlers {
+    pub(crate) fn set_ping(&self, handler: PingHandler) {
+        write(&self.ping, handler);
+    }
+
+    pub(crate) fn set_pong(&self, handler: PongHandler) {
+        write(&self.pong, handler);
+    }
+
+    pub(crate) fn set_nack(&self, handler: NackHandler) {
+        write(&self.nack, handler);
+    }
+
+    pub(crate) fn set_event(&self, handler: EventHandler) {
+        write(&self.event, handler);
+    }
+
+    pub(crate) fn ping(&self, session: &Session, ping: &PeerPing) -> PingDecision {
+        tracing::debug!(session = %session, ?ping, "ping received");
+        match read(&self.ping) {
+            Some(handler) => handler(session, ping),
+            None => PingDecision::Answer,
+        }
+    }
+
+    pub(crate) fn pong(&self, session: &Session, rtt: Duration) {
+        tracing::debug!(session = %session, rtt_ms = rtt.as_secs_f64() * 1e3, "pong received");
+        if let Some(handler) = read(&self.pong) {
+            handler(session, rtt);
+        }
+    }
+
+    pub(crate) fn nack(&self, session: &Session, reason: NackReason) {
+        tracing::warn!(session = %session, %reason, "session failed");
+        if let Some(handler) = read(&self.nack) {
+            handler(session, reason);
+        }
+    }
+
+    pub(crate) fn event(&self, session: &Session, event: SessionEvent) {
+        tracing::debug!(session = %session, ?event, "session event");
+        if let Some(handler) = read(&self.event) {
+            handler(session, event);
+        }
+    }
+}

@@ -1,0 +1,443 @@
+//! One TCP or TLS session: RFC 8323 frames in, CSM / Pong / Abort / Release and pings out.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use coap_lite::{MessageClass, Packet};
+
+use crate::config::KeepaliveConfig;
+use crate::error::NackReason;
+use crate::handler::PeerPing;
+use crate::keepalive::{Keepalive, PingStyle};
+use crate::protocol::ProtocolEvent;
+use crate::rng::Rng;
+use crate::wire::signal::{Signal, SignalError, BASE_MAX_MESSAGE_SIZE};
+use crate::wire::tcp::{Frame, FrameDecoder, FrameError};
+
+/// The Max-Message-Size we announce and enforce unless told otherwise.
+pub const DEFAULT_MAX_MESSAGE_SIZE: u32 = 65_536;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the peer's CSM.
+    AwaitingCsm,
+    /// CSM exchanged.
+    Established,
+    /// Release or Abort sent or received: the driver flushes and closes.
+    Done,
+}
+
+/// The sans-IO protocol state of one stream session.
+#[derive(Debug)]
+pub struct StreamSession {
+    keepalive: Keepalive,
+    decoder: FrameDecoder,
+    phase: Phase,
+    peer_max_message_size: u32,
+    transmits: VecDeque<Vec<u8>>,
+    events: VecDeque<ProtocolEvent>,
+}
+
+impl StreamSession {
+    /// A session whose connection opened at `now`. Our CSM is queued at once: neither side waits
+    /// for the other's (RFC 8323 §5.3).
+    pub fn new(config: KeepaliveConfig, rng: Rng, now: Instant, max_message_size: u32) -> Self {
+        let mut session = StreamSession {
+            keepalive: Keepalive::new(PingStyle::Stream, config, rng, now),
+            decoder: FrameDecoder::new(max_message_size),
+            phase: Phase::AwaitingCsm,
+            peer_max_message_size: BASE_MAX_MESSAGE_SIZE,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        };
+        let csm = Signal::Csm {
+            max_message_size: Some(max_message_size),
+            block_wise_transfer: false,
+        };
+        session.transmits.push_back(csm.encode(&[]));
+        session
+    }
+
+    /// The keepalive machine (read-only).
+    pub fn keepalive(&self) -> &Keepalive {
+        &self.keepalive
+    }
+
+    /// The keepalive machine, for commands.
+    pub fn keepalive_mut(&mut self) -> &mut Keepalive {
+        &mut self.keepalive
+    }
+
+    /// True once the peer's CSM arrived and the session is not done.
+    pub fn is_established(&self) -> bool {
+        self.phase == Phase::Established
+    }
+
+    /// The Max-Message-Size the peer announced (1152 until it does).
+    pub fn peer_max_message_size(&self) -> u32 {
+        self.peer_max_message_size
+    }
+
+    /// Bytes of an incomplete frame being held (a peer that stops mid-frame).
+    pub fn buffered(&self) -> usize {
+        self.decoder.buffered()
+    }
+
+    /// Bytes read from the connection.
+    pub fn handle_bytes(&mut self, now: Instant, bytes: &[u8]) {
+        if self.phase == Phase::Done {
+            return;
+        }
+        self.decoder.push(bytes);
+        loop {
+            match self.decoder.next_frame() {
+                Ok(Some(frame)) => {
+                    self.handle_frame(now, frame);
+                    if self.phase == Phase::Done {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(FrameError::TooLarge { declared, limit }) => {
+                    self.abort(
+                        None,
+                        format!("message of {declared} bytes exceeds Max-Message-Size {limit}"),
+                    );
+                    break;
+                }
+                Err(error) => {
+                    self.abort(None, format!("malformed message: {error}"));
+                    break;
+                }
+            }
+        }
+        self.pump();
+    }
+
+    fn handle_frame(&mut self, now: Instant, frame: Frame) {
+        self.dispatch_frame(now, frame);
+        // Any frame proves the peer alive; after the dispatch, so that a Pong is matched to its
+        // Ping before the activity ends the probe.
+        self.keepalive.handle_activity(now);
+    }
+
+    fn dispatch_frame(&mut self, now: Instant, frame: Frame) {
+        if frame.code == 0 {
+            // Empty message: always allowed, ignored (RFC 8323 §3.4).
+            return;
+        }
+        if !frame.is_signal() {
+            if self.phase == Phase::AwaitingCsm {
+                self.abort(None, "first message must be a CSM".into());
+                return;
+            }
+            let packet = frame.to_packet();
+            match packet.header.code {
+                MessageClass::Request(_) => self.events.push_back(ProtocolEvent::Request(packet)),
+                _ => self.events.push_back(ProtocolEvent::Rejected(format!(
+                    "unexpected {} matches no request",
+                    packet.header.code
+                ))),
+            }
+            return;
+        }
+        let signal = match Signal::parse(&frame) {
+            Ok(signal) => signal,
+            Err(SignalError::UnknownCriticalOption { number, .. }) => {
+                self.abort(
+                    Some(number),
+                    format!(
+                        "unknown critical option {number} in {}",
+                        code_name(frame.code)
+                    ),
+                );
+                return;
+            }
+            Err(error) => {
+                self.abort(None, format!("bad signalling message: {error}"));
+                return;
+            }
+        };
+        if self.phase == Phase::AwaitingCsm && !matches!(signal, Signal::Csm { .. }) {
+            self.abort(None, "first message must be a CSM".into());
+            return;
+        }
+        match signal {
+            Signal::Csm {
+                max_message_size, ..
+            } => {
+                if let Some(size) = max_message_size {
+                    self.peer_max_message_size = size;
+                }
+                if self.phase == Phase::AwaitingCsm {
+                    self.phase = Phase::Established;
+                    self.keepalive.handle_established(now);
+                    self.events.push_back(ProtocolEvent::Established);
+                }
+            }
+            Signal::Ping { custody } => {
+                self.keepalive.note_peer_ping(now);
+                let answer = Signal::Pong { custody }.encode(&frame.token);
+                self.events.push_back(ProtocolEvent::PeerPing {
+                    ping: PeerPing::Stream {
+                        token: frame.token,
+                        custody,
+                    },
+                    answer,
+                });
+            }
+            Signal::Pong { .. } => {
+                self.keepalive.handle_pong(now, &frame.token);
+            }
+            Signal::Release { .. } => {
+                // The peer goes away gracefully: no nack.
+                self.phase = Phase::Done;
+                self.keepalive.close();
+                self.events.push_back(ProtocolEvent::Closed);
+            }
+            Signal::Abort { diagnostic, .. } => {
+                self.phase = Phase::Done;
+                self.events.push_back(ProtocolEvent::Rejected(format!(
+                    "peer aborted: {diagnostic}"
+                )));
+                self.keepalive.fail(NackReason::NotDeliverable);
+            }
+        }
+    }
+
+    /// Answers `request` with `response` (token copied).
+    pub fn respond(&mut self, request: &Packet, mut response: Packet) {
+        if self.phase == Phase::Done {
+            return;
+        }
+        response.set_token(request.get_token().to_vec());
+        let bytes = Frame::from_packet(&response).encode();
+        self.transmits.push_back(bytes);
+    }
+
+    /// The connection reached end of file or failed at `now`.
+    pub fn handle_eof(&mut self, _now: Instant) {
+        if self.phase != Phase::Done {
+            self.phase = Phase::Done;
+            self.keepalive.fail(NackReason::NotDeliverable);
+            self.pump();
+        }
+    }
+
+    /// Advances timers.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.keepalive.handle_timeout(now);
+        self.pump();
+    }
+
+    /// Sends a ping now if established and none is outstanding.
+    pub fn ping_now(&mut self, now: Instant) {
+        self.keepalive.ping_now(now);
+        self.pump();
+    }
+
+    /// Closes gracefully: queues a 7.04 Release; the driver flushes it and closes.
+    pub fn close(&mut self) {
+        if self.phase != Phase::Done && !self.keepalive.is_finished() {
+            self.phase = Phase::Done;
+            self.keepalive.close();
+            self.transmits.push_back(
+                Signal::Release {
+                    alternative_addresses: Vec::new(),
+                    hold_off: None,
+                    diagnostic: String::new(),
+                }
+                .encode(&[]),
+            );
+            self.events.push_back(ProtocolEvent::Closed);
+        }
+    }
+
+    /// Fails the session (e.g. TLS alert, write error).
+    pub fn fail(&mut self, reason: NackReason) {
+        self.phase = Phase::Done;
+        self.keepalive.fail(reason);
+        self.pump();
+    }
+
+    /// Sends 7.05 Abort and fails the session with a protocol error.
+    pub fn abort(&mut self, bad_csm_option: Option<u16>, diagnostic: String) {
+        if self.phase == Phase::Done {
+            return;
+        }
+        self.transmits.push_back(
+            Signal::Abort {
+                bad_csm_option,
+                diagnostic: diagnostic.clone(),
+            }
+            .encode(&[]),
+        );
+        self.events.push_back(ProtocolEvent::Rejected(diagnostic));
+        self.phase = Phase::Done;
+        self.keepalive.fail(NackReason::ProtocolError);
+    }
+
+    /// True when the driver should flush what is queued and close the connection.
+    pub fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    /// The next bytes to write.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<ProtocolEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`StreamSession::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.keepalive.poll_timeout()
+    }
+
+    fn pump(&mut self) {
+        while let Some(ping) = self.keepalive.poll_transmit() {
+            self.transmits.push_back(ping.encode());
+        }
+        while let Some(event) = self.keepalive.poll_event() {
+            self.events.push_back(ProtocolEvent::from_keepalive(event));
+        }
+    }
+}
+
+fn code_name(code: u8) -> String {
+    format!("{}.{:02}", code >> 5, code & 0x1f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn session(interval: u64) -> (StreamSession, Instant) {
+        let t0 = Instant::now();
+        let config = KeepaliveConfig::default().with_interval_secs(interval);
+        (StreamSession::new(config, Rng::seeded(9), t0, 1152), t0)
+    }
+
+    fn decode(bytes: &[u8]) -> Frame {
+        let mut decoder = FrameDecoder::new(1 << 20);
+        decoder.push(bytes);
+        decoder.next_frame().unwrap().unwrap()
+    }
+
+    #[test]
+    fn csm_goes_out_first_without_waiting() {
+        let (mut s, _) = session(0);
+        // 7.01 with Max-Message-Size 1152: 30 e1 22 04 80
+        assert_eq!(s.poll_transmit(), Some(vec![0x30, 0xe1, 0x22, 0x04, 0x80]));
+    }
+
+    #[test]
+    fn ping_is_answered_with_pong_echoing_token_and_custody_only_when_asked() {
+        let (mut s, t0) = session(0);
+        s.poll_transmit();
+        s.handle_bytes(t0, &[0x50, 0xe1, 0x23, 0x80, 0x01, 0x00, 0x20]); // libcoap's CSM
+        assert_eq!(s.poll_event(), Some(ProtocolEvent::Established));
+        s.handle_bytes(t0, &[0x00, 0xe2]);
+        let Some(ProtocolEvent::PeerPing { answer, .. }) = s.poll_event() else {
+            panic!()
+        };
+        assert_eq!(answer, vec![0x00, 0xe3]);
+        s.handle_bytes(t0, &[0x12, 0xe2, 0x12, 0x34, 0x20]);
+        let Some(ProtocolEvent::PeerPing { answer, .. }) = s.poll_event() else {
+            panic!()
+        };
+        assert_eq!(answer, vec![0x12, 0xe3, 0x12, 0x34, 0x20]);
+        assert_eq!(s.peer_max_message_size(), 8_388_864);
+    }
+
+    #[test]
+    fn first_message_not_a_csm_is_aborted() {
+        let (mut s, t0) = session(0);
+        s.poll_transmit();
+        s.handle_bytes(t0, &[0x00, 0xe2]);
+        let abort = decode(&s.poll_transmit().unwrap());
+        assert_eq!(abort.code, 0xe5);
+        assert!(s.is_done());
+        assert!(matches!(s.poll_event(), Some(ProtocolEvent::Rejected(_))));
+        assert_eq!(
+            s.poll_event(),
+            Some(ProtocolEvent::Failed(NackReason::ProtocolError))
+        );
+    }
+
+    #[test]
+    fn unknown_critical_csm_option_gets_bad_csm_option() {
+        let (mut s, t0) = session(0);
+        s.poll_transmit();
+        // CSM with option 6 (critical, unknown), empty: 01 e1 60 -> Len 1, option delta 6 len 0
+        s.handle_bytes(t0, &[0x10, 0xe1, 0x60]);
+        // Abort carrying Bad-CSM-Option = 6
+        let abort = decode(&s.poll_transmit().unwrap());
+        assert_eq!(abort.code, 0xe5);
+        assert!(matches!(
+            Signal::parse(&abort),
+            Ok(Signal::Abort {
+                bad_csm_option: Some(6),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn pings_only_after_the_csm_and_fail_without_pong() {
+        let (mut s, t0) = session(2);
+        s.poll_transmit();
+        s.handle_timeout(t0 + Duration::from_secs(5));
+        assert_eq!(s.poll_transmit(), None, "no ping before the peer's CSM");
+        s.handle_bytes(t0 + Duration::from_secs(5), &[0x00, 0xe1]);
+        s.handle_timeout(t0 + Duration::from_secs(7));
+        let ping = s.poll_transmit().unwrap();
+        assert_eq!(ping[1], 0xe2);
+        s.handle_timeout(t0 + Duration::from_secs(9));
+        let events: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+        assert!(events.contains(&ProtocolEvent::Failed(NackReason::TooManyRetries)));
+    }
+
+    #[test]
+    fn libcoap_pong_answers_our_ping() {
+        let (mut s, t0) = session(2);
+        s.handle_bytes(t0, &[0x00, 0xe1]);
+        s.handle_timeout(t0 + Duration::from_secs(2));
+        while s.poll_transmit().is_some() {}
+        s.poll_event();
+        s.handle_bytes(t0 + Duration::from_millis(2_005), &[0x10, 0xe3, 0x20]);
+        assert_eq!(
+            s.poll_event(),
+            Some(ProtocolEvent::Pong {
+                rtt: Duration::from_millis(5)
+            })
+        );
+    }
+
+    #[test]
+    fn oversized_frame_is_aborted_before_its_body_arrives() {
+        let (mut s, t0) = session(0);
+        s.poll_transmit();
+        s.handle_bytes(t0, &[0x00, 0xe1]);
+        s.handle_bytes(t0, &[0xf0, 0xff, 0xff, 0xff, 0xff]);
+        let abort = decode(&s.poll_transmit().unwrap());
+        assert_eq!(abort.code, 0xe5);
+        assert!(s.is_done());
+    }
+
+    #[test]
+    fn release_from_peer_closes_without_nack() {
+        let (mut s, t0) = session(0);
+        s.handle_bytes(t0, &[0x00, 0xe1, 0x00, 0xe4]);
+        let events: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+        assert_eq!(
+            events,
+            vec![ProtocolEvent::Established, ProtocolEvent::Closed]
+        );
+        assert!(s.is_done());
+    }
+}

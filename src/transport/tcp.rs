@@ -1,0 +1,233 @@
+//! The TCP driver: a task per connection moving bytes and time in and out of its
+//! [`StreamSession`]. TLS connections run through the same loop over their encrypted stream.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::context::{Context, Endpoint, Reaction};
+use crate::error::{Error, NackReason, Result};
+use crate::protocol::stream::StreamSession;
+use crate::session::{Command, CommandSender, Role, Session, SessionState, Transport};
+
+/// Binds `addr` and serves every connection accepted on it.
+pub(crate) async fn listen(ctx: &Context, addr: SocketAddr) -> Result<Endpoint> {
+    let listener = TcpListener::bind(addr).await?;
+    let local_addr = listener.local_addr()?;
+    let accept_ctx = ctx.clone();
+    let mut shutdown = ctx.shutdown_signal();
+    ctx.spawn(async move {
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        configure(&accept_ctx, &stream);
+                        let local = stream.local_addr().unwrap_or(local_addr);
+                        let (session, run) = start(&accept_ctx, stream, peer, local, Transport::Tcp, Role::Server);
+                        tracing::debug!(session = %session, "tcp connection accepted");
+                        accept_ctx.spawn(run);
+                    }
+                    Err(error) => {
+                        // Out of descriptors or similar: keep serving the others.
+                        tracing::warn!(%error, "tcp accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                },
+                _ = shutdown.changed() => return,
+            }
+        }
+    });
+    tracing::info!(%local_addr, "listening on tcp");
+    Ok(Endpoint {
+        transport: Transport::Tcp,
+        local_addr,
+    })
+}
+
+/// Connects to `peer` and returns once the peer's CSM arrived (within the connect timeout).
+pub(crate) async fn connect(ctx: &Context, peer: SocketAddr) -> Result<Session> {
+    let timeout = ctx.settings().connect_timeout;
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(peer))
+        .await
+        .map_err(|_| Error::Timeout(format!("TCP connect to {peer}")))??;
+    configure(ctx, &stream);
+    let local = stream.local_addr()?;
+    let (session, run) = start(ctx, stream, peer, local, Transport::Tcp, Role::Client);
+    ctx.spawn(run);
+    wait_established(&session, timeout).await?;
+    Ok(session)
+}
+
+/// Sets TCP_NODELAY (pings must not wait for Nagle) and the optional OS keepalive.
+pub(crate) fn configure(ctx: &Context, stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    if let Some(idle) = ctx.settings().tcp_keepalive {
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(idle)
+            .with_interval(idle);
+        if let Err(error) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+            tracing::warn!(%error, "could not enable SO_KEEPALIVE");
+        }
+    }
+}
+
+/// Waits until `session` leaves the connecting state; an error if it ended instead.
+pub(crate) async fn wait_established(
+    session: &Session,
+    timeout: std::time::Duration,
+) -> Result<()> {
+    let wait = async {
+        let mut rx = session.shared.ended.subscribe();
+        loop {
+            match session.state() {
+                SessionState::Established => return Ok(()),
+                SessionState::Failed(reason) => return Err(Error::SessionFailed(reason)),
+                SessionState::Closed => return Err(Error::Closed),
+                SessionState::Connecting => {}
+            }
+            // Woken on the end of the session; otherwise poll briefly for establishment.
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(5), rx.changed()).await;
+        }
+    };
+    match tokio::time::timeout(timeout, wait).await {
+        Ok(result) => result,
+        Err(_) => {
+            session.close();
+            Err(Error::Timeout(format!(
+                "no CSM from {} within {:?}",
+                session.peer(),
+                timeout
+            )))
+        }
+    }
+}
+
+/// Creates the session and its protocol state, registers it, and returns the task that runs it.
+pub(crate) fn start<S>(
+    ctx: &Context,
+    stream: S,
+    peer: SocketAddr,
+    local: SocketAddr,
+    transport: Transport,
+    role: Role,
+) -> (
+    Session,
+    impl std::future::Future<Output = ()> + Send + 'static,
+)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let now = Instant::now();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let session = Session::new(
+        ctx.next_session_id(),
+        peer,
+        local,
+        transport,
+        role,
+        CommandSender::Own(tx),
+        now,
+    );
+    ctx.register(&session);
+    let core = StreamSession::new(
+        ctx.keepalive_config(),
+        ctx.session_rng(),
+        now,
+        ctx.settings().max_message_size,
+    );
+    let run = run(ctx.clone(), session.clone(), core, stream, rx);
+    (session, run)
+}
+
+/// The connection loop: flush, react, wait for bytes, a deadline, a command or shutdown.
+async fn run<S>(
+    ctx: Context,
+    session: Session,
+    mut core: StreamSession,
+    mut stream: S,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut shutdown = ctx.shutdown_signal();
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut ended = false;
+    loop {
+        // Flush what the protocol queued and react to its events until both are drained.
+        loop {
+            if let Some(bytes) = core.poll_transmit() {
+                if let Err(error) = stream.write_all(&bytes).await {
+                    tracing::debug!(session = %session, %error, "write failed");
+                    core.fail(NackReason::NotDeliverable);
+                }
+                continue;
+            }
+            let Some(event) = core.poll_event() else {
+                break;
+            };
+            let stats = *core.keepalive().stats();
+            match ctx.on_event(&session, &stats, Instant::now(), event) {
+                Reaction::None => {}
+                Reaction::Send(bytes) => {
+                    if let Err(error) = stream.write_all(&bytes).await {
+                        tracing::debug!(session = %session, %error, "write failed");
+                        core.fail(NackReason::NotDeliverable);
+                    }
+                }
+                Reaction::Respond(exchange) => {
+                    let (request, response) = *exchange;
+                    core.respond(&request, response);
+                }
+                Reaction::Ended => ended = true,
+            }
+        }
+        let _ = stream.flush().await;
+        if ended || core.is_done() {
+            let _ = stream.shutdown().await;
+            if !ended {
+                // Done without a terminal event (cannot happen today): still leave the table.
+                ctx.unregister(&session, SessionState::Closed);
+            }
+            return;
+        }
+        let deadline = core.poll_timeout();
+        let sleep = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            read = stream.read(&mut buf) => {
+                let now = Instant::now();
+                match read {
+                    Ok(0) => core.handle_eof(now),
+                    Ok(n) => core.handle_bytes(now, &buf[..n]),
+                    Err(error) => {
+                        tracing::debug!(session = %session, %error, "read failed");
+                        core.handle_eof(now);
+                    }
+                }
+            }
+            _ = sleep => core.handle_timeout(Instant::now()),
+            Some(command) = commands.recv() => {
+                let now = Instant::now();
+                match command {
+                    Command::SetKeepalive(interval) | Command::InheritKeepalive(interval) => {
+                        core.keepalive_mut().set_interval(interval)
+                    }
+                    Command::MarkActive => {
+                        core.keepalive_mut().mark_active(now);
+                        session.note_receipt(now);
+                    }
+                    Command::PingNow => core.ping_now(now),
+                    Command::Close => core.close(),
+                }
+            }
+            _ = shutdown.changed() => core.close(),
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! The UDP driver: one socket and one task serve every session of an endpoint.
+//!
+//! It moves datagrams and time in and out of each session's [`DatagramSession`] and runs the
+//! context's handlers; it decides nothing about the protocol.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+
+use crate::context::{Context, Endpoint, Reaction};
+use crate::error::{NackReason, Result};
+use crate::protocol::datagram::DatagramSession;
+use crate::session::{Command, CommandSender, Role, Session, SessionId, SessionState, Transport};
+use crate::table::{Key, SessionTable, Timed};
+
+/// Largest datagram we read (the UDP maximum).
+const MAX_DATAGRAM: usize = 65_536;
+
+/// Binds `addr` and serves every peer that writes to it.
+pub(crate) async fn listen(ctx: &Context, addr: SocketAddr) -> Result<Endpoint> {
+    let socket = UdpSocket::bind(addr).await?;
+    let local_addr = socket.local_addr()?;
+    let (driver, _) = UdpDriver::new(ctx, socket, true);
+    ctx.spawn(driver.run());
+    tracing::info!(%local_addr, "listening on udp");
+    Ok(Endpoint {
+        transport: Transport::Udp,
+        local_addr,
+    })
+}
+
+/// Opens a session to `peer` from a fresh port of the matching address family.
+pub(crate) async fn connect(ctx: &Context, peer: SocketAddr) -> Result<Session> {
+    let bind: SocketAddr = if peer.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(bind).await?;
+    let (mut driver, _) = UdpDriver::new(ctx, socket, false);
+    let session = driver.add_session(peer, Role::Client, Instant::now());
+    ctx.spawn(driver.run());
+    Ok(session)
+}
+
+/// One session as the endpoint task holds it.
+struct Peer {
+    core: DatagramSession,
+    handle: Session,
+}
+
+impl Timed for Peer {
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.core.poll_timeout()
+    }
+}
+
+struct UdpDriver {
+    ctx: Context,
+    socket: Arc<UdpSocket>,
+    local: SocketAddr,
+    accept: bool,
+    table: SessionTable<Peer>,
+    ids: HashMap<SessionId, Key>,
+    commands_tx: mpsc::UnboundedSender<(SessionId, Command)>,
+    commands: mpsc::UnboundedReceiver<(SessionId, Command)>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl UdpDriver {
+    fn new(ctx: &Context, socket: UdpSocket, accept: bool) -> (Self, SocketAddr) {
+        let local = socket
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let (commands_tx, commands) = mpsc::unbounded_channel();
+        (
+            UdpDriver {
+                ctx: ctx.clone(),
+                socket: Arc::new(socket),
+                local,
+                accept,
+                table: SessionTable::new(),
+                ids: HashMap::new(),
+                commands_tx,
+                commands,
+                shutdown: ctx.shutdown_signal(),
+            },
+            local,
+        )
+    }
+
+    fn add_session(&mut self, peer: SocketAddr, role: Role, now: Instant) -> Session {
+        let id = self.ctx.next_session_id();
+        let handle = Session::new(
+            id,
+            peer,
+            self.local,
+            Transport::Udp,
+            role,
+            CommandSender::Endpoint(self.commands_tx.clone()),
+            now,
+        );
+        let core = DatagramSession::new(self.ctx.keepalive_config(), self.ctx.session_rng(), now);
+        handle.set_state(SessionState::Established);
+        self.ctx.register(&handle);
+        let key = self.table.insert(
+            peer,
+            Peer {
+                core,
+                handle: handle.clone(),
+            },
+        );
+        self.ids.insert(id, key);
+        tracing::debug!(session = %handle, "udp session created");
+        self.ctx
+            .inner
+            .handlers
+            .event(&handle, crate::handler::SessionEvent::Established);
+        handle
+    }
+
+    async fn run(mut self) {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            let deadline = self.table.next_deadline();
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                received = self.socket.recv_from(&mut buf) => match received {
+                    Ok((len, peer)) => self.on_datagram(peer, &buf[..len]).await,
+                    Err(error) if is_transient(&error) => {
+                        // An ICMP error for an earlier send; the retransmission timers decide.
+                        tracing::trace!(%error, "udp receive error ignored");
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, local = %self.local, "udp endpoint failed");
+                        self.fail_all(NackReason::NotDeliverable).await;
+                        return;
+                    }
+                },
+                _ = sleep => self.on_timers().await,
+                Some((id, command)) = self.commands.recv() => self.on_command(id, command).await,
+                _ = self.shutdown.changed() => {
+                    self.close_all().await;
+                    return;
+                }
+            }
+            if !self.accept && self.table.is_empty() {
+                // A client endpoint whose session ended has nothing left to do.
+                return;
+            }
+        }
+    }
+
+    async fn on_datagram(&mut self, peer: SocketAddr, bytes: &[u8]) {
+        let now = Instant::now();
+        let key = match self.table.key_of(&peer) {
+            Some(key) => key,
+            None if self.accept && bytes.len() >= 4 => {
+                self.add_session(peer, Role::Server, now);
+                match self.table.key_of(&peer) {
+                    Some(key) => key,
+                    None => return,
+                }
+            }
+            None => return,
+        };
+        if let Some(p) = self.table.get_mut(key) {
+            p.core.handle_datagram(now, bytes);
+        }
+        self.flush(key, now).await;
+    }
+
+    async fn on_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(key) = self.table.pop_due(now) {
+            if let Some(p) = self.table.get_mut(key) {
+                p.core.handle_timeout(now);
+            }
+            self.flush(key, now).await;
+        }
+    }
+
+    async fn on_command(&mut self, id: SessionId, command: Command) {
+        let Some(&key) = self.ids.get(&id) else {
+            return;
+        };
+        let now = Instant::now();
+        if let Some(p) = self.table.get_mut(key) {
+            match command {
+                Command::SetKeepalive(interval) | Command::InheritKeepalive(interval) => {
+                    p.core.keepalive_mut().set_interval(interval)
+                }
+                Command::MarkActive => {
+                    p.core.keepalive_mut().mark_active(now);
+                    p.handle.note_receipt(now);
+                }
+                Command::PingNow => p.core.ping_now(now),
+                Command::Close => p.core.close(),
+            }
+        }
+        self.flush(key, now).await;
+    }
+
+    /// Sends what the session queued, runs its events through the context, and reschedules or
+    /// removes it.
+    async fn flush(&mut self, key: Key, now: Instant) {
+        let Some(peer) = self.table.peer(key) else {
+            return;
+        };
+        let mut ended = false;
+        loop {
+            let Some(p) = self.table.get_mut(key) else {
+                return;
+            };
+            if let Some(bytes) = p.core.poll_transmit() {
+                if let Err(error) = self.socket.send_to(&bytes, peer).await {
+                    if !is_transient(&error) {
+                        tracing::debug!(%error, %peer, "udp send failed");
+                        p.core.fail(NackReason::NotDeliverable);
+                    }
+                }
+                continue;
+            }
+            let Some(event) = p.core.poll_event() else {
+                break;
+            };
+            let stats = *p.core.keepalive().stats();
+            let handle = p.handle.clone();
+            match self.ctx.on_event(&handle, &stats, now, event) {
+                Reaction::None => {}
+                Reaction::Send(bytes) => {
+                    if let Err(error) = self.socket.send_to(&bytes, peer).await {
+                        tracing::debug!(%error, %peer, "udp send failed");
+                    }
+                }
+                Reaction::Respond(exchange) => {
+                    let (request, response) = *exchange;
+                    if let Some(p) = self.table.get_mut(key) {
+                        p.core.respond(&request, response);
+                    }
+                }
+                Reaction::Ended => ended = true,
+            }
+        }
+        if ended {
+            if let Some(p) = self.table.remove(key) {
+                self.ids.remove(&p.handle.id());
+            }
+        } else {
+            self.table.reschedule(key);
+        }
+    }
+
+    async fn close_all(&mut self) {
+        let now = Instant::now();
+        for key in self.table.keys() {
+            if let Some(p) = self.table.get_mut(key) {
+                p.core.close();
+            }
+            self.flush(key, now).await;
+        }
+    }
+
+    async fn fail_all(&mut self, reason: NackReason) {
+        let now = Instant::now();
+        for key in self.table.keys() {
+            if let Some(p) = self.table.get_mut(key) {
+                p.core.fail(reason);
+            }
+            self.flush(key, now).await;
+        }
+    }
+}
+
+/// Errors a UDP socket reports for earlier datagrams (ICMP unreachable and the like), which say
+/// nothing about the socket itself.
+fn is_transient(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::WouldBlock
+            | io::ErrorKind::Interrupted
+    ) || error.raw_os_error() == Some(113) // EHOSTUNREACH
+        || error.raw_os_error() == Some(101) // ENETUNREACH
+}
