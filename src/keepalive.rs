@@ -578,13 +578,16 @@ mod tests {
             .with_max_retransmit(4)
     }
 
+    /// What happened, with the second (relative to the start) it happened at.
+    type Timeline<T> = Vec<(f64, T)>;
+
     /// Drives the machine through its own deadlines until `end`, returning each transmit and
     /// event with the second (relative to `t0`) it happened at.
     fn run_until(
         k: &mut Keepalive,
         t0: Instant,
         end: f64,
-    ) -> (Vec<(f64, PingTransmit)>, Vec<(f64, KeepaliveEvent)>) {
+    ) -> (Timeline<PingTransmit>, Timeline<KeepaliveEvent>) {
         let (mut tx, mut ev) = (Vec::new(), Vec::new());
         while let Some(at) = k.poll_timeout() {
             if at > t0 + secs(end) {
