@@ -1,1 +1,62 @@
-fn main() {}
+//! `coap-keepalive`: serve, ping, demo and certs — the command line of the coap-keepalive stack.
+//!
+//! It prints for people: one line per event, a summary at the end, and a non-zero exit status
+//! on failure. `-v` / `-vv` add the library's tracing output on stderr.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cli;
+
+/// A CoAP keepalive stack: servers and pings over UDP and TCP that keep sessions provably alive.
+#[derive(Debug, Parser)]
+#[command(name = "coap-keepalive", version, about)]
+struct Args {
+    /// More logging on stderr (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve CoAP on the given addresses: answer pings and requests, ping clients every -K idle
+    /// seconds, print ping / pong / nack events.
+    Serve(cli::serve::ServeArgs),
+    /// Ping a CoAP peer like ping(8): one line per pong, a summary at the end.
+    Ping(cli::ping::PingArgs),
+    /// Run a server and clients on loopback, show pings and pongs, then silence the server and
+    /// show the clients' nacks. Needs no arguments and no setup.
+    Demo(cli::demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    cli::output::init_tracing(args.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("coap-keepalive: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match args.command {
+            Command::Serve(a) => cli::serve::run(a).await,
+            Command::Ping(a) => cli::ping::run(a).await,
+            Command::Demo(a) => cli::demo::run(a).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("coap-keepalive: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

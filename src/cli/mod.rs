@@ -1,0 +1,6 @@
+//! The subcommands of the `coap-keepalive` binary, one per file.
+
+pub mod demo;
+pub mod output;
+pub mod ping;
+pub mod serve;
