@@ -164,6 +164,7 @@ enum Probe {
     /// A ping is out and waits for its answer until `deadline`.
     Outstanding {
         id: ProbeId,
+        first_sent: Instant,
         sent_at: Instant,
         retransmits: u32,
         timeout: Duration,
@@ -270,22 +271,16 @@ impl Keepalive {
 
     // ---- inputs ----
 
-    /// Something arrived from the peer at `now`: it is alive. An outstanding ping stops being
-    /// retransmitted (its late answer is harmless) and the next ping is due an interval from now.
+    /// Something arrived from the peer at `now`: it is alive, and the next ping is due an
+    /// interval from now. An outstanding ping stays outstanding, so that its answer is still
+    /// matched and timed; when its deadline comes and the peer was heard from since it went out,
+    /// it is dropped without retransmission or failure.
     pub fn handle_activity(&mut self, now: Instant) {
         if now > self.last_rx {
             self.last_rx = now;
         }
-        if self.is_finished() {
-            return;
-        }
-        self.unanswered = 0;
-        if let Probe::Outstanding { .. } = self.probe {
-            self.probe = Probe::Idle {
-                due: None,
-                from: self.last_rx,
-            };
-            self.schedule();
+        if !self.is_finished() {
+            self.unanswered = 0;
         }
     }
 
@@ -326,15 +321,16 @@ impl Keepalive {
     }
 
     fn answered(&mut self, now: Instant, matched: bool) -> bool {
+        self.handle_activity(now);
         if matched {
             if let Probe::Outstanding { sent_at, .. } = self.probe {
                 let rtt = now.saturating_duration_since(sent_at);
                 self.stats.pongs += 1;
                 self.stats.rtt.record(rtt);
                 self.events.push_back(KeepaliveEvent::Pong { rtt });
+                self.schedule();
             }
         }
-        self.handle_activity(now);
         matched
     }
 
@@ -409,17 +405,28 @@ impl Keepalive {
                 self.send_ping(now);
             }
             Probe::Outstanding {
+                first_sent,
+                deadline,
+                ..
+            } if now >= deadline && self.last_rx >= first_sent => {
+                // No answer to the ping itself, but the peer was heard from since it went out:
+                // it is alive. Drop the probe quietly.
+                self.schedule();
+            }
+            Probe::Outstanding {
                 id,
-                sent_at,
+                first_sent,
                 retransmits,
                 timeout,
                 deadline,
+                ..
             } if now >= deadline => match (self.style, id) {
                 (PingStyle::Datagram, ProbeId::MessageId(message_id)) => {
                     if retransmits < self.config.transmission.max_retransmit {
                         let timeout = timeout * 2;
                         self.probe = Probe::Outstanding {
                             id,
+                            first_sent,
                             sent_at: now,
                             retransmits: retransmits + 1,
                             timeout,
@@ -431,7 +438,6 @@ impl Keepalive {
                             retransmission: true,
                         });
                     } else {
-                        let _ = sent_at;
                         self.fail(NackReason::TooManyRetries);
                     }
                 }
@@ -541,6 +547,7 @@ impl Keepalive {
         };
         self.probe = Probe::Outstanding {
             id,
+            first_sent: now,
             sent_at: now,
             retransmits: 0,
             timeout,
@@ -666,8 +673,10 @@ mod tests {
             panic!("no ping at 10 s");
         };
         assert!(!k.handle_datagram_answer(t0 + secs(10.1), message_id.wrapping_add(1)));
-        // the unrelated RST still proved liveness: the probe ended
-        assert!(!k.is_awaiting_pong());
+        // the unrelated RST proves liveness: no retransmission at 12 s, next ping 10 s after it
+        let (tx, ev) = run_until(&mut k, t0, 20.5);
+        assert_eq!(times(&tx), vec![20.1]);
+        assert!(ev.is_empty());
         let (mut k, t0) = datagram(10, deterministic());
         k.handle_timeout(t0 + secs(10.0));
         let Some(PingTransmit::Datagram { message_id, .. }) = k.poll_transmit() else {
@@ -723,6 +732,22 @@ mod tests {
         k.mark_active(t0 + secs(9.0));
         let (tx, _) = run_until(&mut k, t0, 19.5);
         assert_eq!(times(&tx), vec![19.0]);
+    }
+
+    #[test]
+    fn cross_traffic_does_not_steal_the_pong() {
+        // The peer's own ping arrives while ours is out; our RST-pong still counts with its RTT.
+        let (mut k, t0) = datagram(10, deterministic());
+        k.handle_timeout(t0 + secs(10.0));
+        let Some(PingTransmit::Datagram { message_id, .. }) = k.poll_transmit() else {
+            panic!()
+        };
+        k.note_peer_ping(t0 + secs(10.01));
+        assert!(k.handle_datagram_answer(t0 + secs(10.02), message_id));
+        assert_eq!(
+            k.poll_event(),
+            Some(KeepaliveEvent::Pong { rtt: secs(0.02) })
+        );
     }
 
     #[test]

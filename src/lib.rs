@@ -1,5 +1,51 @@
-//! coap-keepalive (work in progress)
+//! # coap-keepalive
+//!
+//! A CoAP stack (RFC 7252 over UDP, RFC 8323 over TCP) whose sessions stay provably alive.
+//!
+//! A [`Context`] holds the keepalive setting and the session table. Every session — client or
+//! server side — answers its peer's pings, sends its own when the peer has been idle for the
+//! interval, and reports pongs (with their round-trip time) and failures to the handlers the
+//! application registered:
+//!
+//! - over UDP a ping is an empty Confirmable message (`40 00 MM MM`) answered by an RST with the
+//!   same Message ID, retransmitted per RFC 7252 until the peer answers or the session fails
+//!   with [`NackReason::TooManyRetries`];
+//! - over TCP a ping is a 7.02 Ping answered by a 7.03 Pong, sent only after the CSM exchange;
+//!   a Pong that does not arrive within the pong timeout fails the session the same way.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use coap_keepalive::Context;
+//!
+//! # async fn example() -> coap_keepalive::Result<()> {
+//! let ctx = Context::new();
+//! ctx.set_keepalive(30); // ping after 30 idle seconds; 0 turns it off
+//! ctx.register_pong_handler(|session, rtt| println!("{session}: pong in {rtt:?}"));
+//! ctx.register_nack_handler(|session, reason| eprintln!("{session}: {reason}"));
+//! let session = ctx.connect("coap+tcp://127.0.0.1:5683").await?;
+//! session.ping(); // one now; the rest follow the idle interval
+//! # Ok(()) }
+//! ```
+//!
+//! ## Layout
+//! - [`config`]: [`KeepaliveConfig`] and the RFC 7252 [`TransmissionParams`].
+//! - [`error`]: [`Error`] and [`NackReason`].
+//! - [`wire`]: codecs, sans-IO — UDP message classification, RFC 8323 framing, signalling.
+//! - [`keepalive`]: the sans-IO keepalive state machine of one session; time is an argument.
+//!   Programs with their own event loop can drive it directly (`handle_*`, `poll_transmit`,
+//!   `poll_event`, `poll_timeout`).
+//! - [`protocol`]: the sans-IO protocol of one session (answers, CSM, Abort, Release), per
+//!   transport family, built on the keepalive machine.
+//! - [`table`]: the session table of an endpoint with one deadline queue for all its sessions.
+//! - [`session`]: the [`Session`] handle — id, peer, transport, role, state, statistics.
+//! - [`context`]: [`Context`] — settings, handlers, listen / connect, shutdown.
+//! - [`handler`]: the ping / pong / nack / event handler types.
+//! - [`transport`]: the tokio drivers, the only code that touches sockets.
+//! - [`uri`]: `coap://`, `coaps://`, `coap+tcp://`, `coaps+tcp://`.
+//! - [`rng`]: the seedable random source.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod context;
 pub mod error;
@@ -12,3 +58,11 @@ pub mod table;
 pub mod transport;
 pub mod uri;
 pub mod wire;
+
+pub use config::{KeepaliveConfig, TransmissionParams};
+pub use context::{Context, ContextSettings, Endpoint};
+pub use error::{Error, NackReason, Result};
+pub use handler::{PeerPing, PingDecision, SessionEvent};
+pub use keepalive::{Keepalive, KeepaliveEvent, PingStyle, PingTransmit, RttStats, Stats};
+pub use session::{Role, Session, SessionId, SessionState, Transport};
+pub use uri::CoapUri;

@@ -1,0 +1,540 @@
+//! Our client against our server over UDP and TCP, on loopback with millisecond keepalive
+//! settings: pings answered, a silenced peer, server-side keepalive, per-session overrides,
+//! graceful shutdown and a peer that closes its socket.
+//!
+//! Every scenario is written once, as a function taking the transport, and run for both.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use coap_keepalive::config::{KeepaliveConfig, TransmissionParams};
+use coap_keepalive::context::Context;
+use coap_keepalive::error::NackReason;
+use coap_keepalive::handler::PingDecision;
+use coap_keepalive::keepalive::Stats;
+use coap_keepalive::session::{Role, Session, SessionId, SessionState, Transport};
+
+/// The most any test here may take; each finishes in well under a second when all is well.
+const TEST_LIMIT: Duration = Duration::from_secs(5);
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// Runs a test body under [`TEST_LIMIT`].
+async fn bounded<F: Future>(body: F) -> F::Output {
+    tokio::time::timeout(TEST_LIMIT, body)
+        .await
+        .expect("test exceeded its time limit")
+}
+
+/// Waits at most `limit` for the next item of `rx`.
+async fn next<T>(rx: &mut mpsc::UnboundedReceiver<T>, limit: Duration, what: &str) -> T {
+    tokio::time::timeout(limit, rx.recv())
+        .await
+        .unwrap_or_else(|_| panic!("no {what} within {limit:?}"))
+        .unwrap_or_else(|| panic!("{what} channel closed"))
+}
+
+/// Polls `condition` every few milliseconds until it holds, at most `limit`.
+async fn eventually(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        assert!(Instant::now() < deadline, "{what} not within {limit:?}");
+        tokio::time::sleep(ms(2)).await;
+    }
+}
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+async fn listen(ctx: &Context, transport: Transport) -> SocketAddr {
+    let endpoint = match transport {
+        Transport::Udp => ctx.listen_udp(loopback()).await,
+        Transport::Tcp => ctx.listen_tcp(loopback()).await,
+        other => panic!("{other} is not tested here"),
+    }
+    .expect("listen");
+    assert_eq!(endpoint.transport, transport);
+    endpoint.local_addr
+}
+
+async fn connect(ctx: &Context, transport: Transport, server: SocketAddr) -> Session {
+    match transport {
+        Transport::Udp => ctx.connect_udp(server).await,
+        Transport::Tcp => ctx.connect_tcp(server).await,
+        other => panic!("{other} is not tested here"),
+    }
+    .expect("connect")
+}
+
+/// A pong as the pong handler saw it: the session's id, the RTT, the session's counters at that
+/// moment, and when it arrived.
+#[derive(Debug, Clone, Copy)]
+struct Pong {
+    session: SessionId,
+    role: Role,
+    rtt: Duration,
+    stats: Stats,
+}
+
+fn pongs(ctx: &Context) -> mpsc::UnboundedReceiver<Pong> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    ctx.register_pong_handler(move |session, rtt| {
+        let _ = tx.send(Pong {
+            session: session.id(),
+            role: session.role(),
+            rtt,
+            stats: session.stats(),
+        });
+    });
+    rx
+}
+
+/// A nack as the nack handler saw it, with the instant it ran.
+#[derive(Debug, Clone)]
+struct Nack {
+    session: Session,
+    reason: NackReason,
+    at: Instant,
+}
+
+fn nacks(ctx: &Context) -> mpsc::UnboundedReceiver<Nack> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    ctx.register_nack_handler(move |session, reason| {
+        let _ = tx.send(Nack {
+            session: session.clone(),
+            reason,
+            at: Instant::now(),
+        });
+    });
+    rx
+}
+
+/// Registers a ping handler that answers (or not) and reports the pinging peer's port and the
+/// instant of each ping.
+fn pings(ctx: &Context, decision: PingDecision) -> mpsc::UnboundedReceiver<(u16, Instant)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    ctx.register_ping_handler(move |session, _ping| {
+        let _ = tx.send((session.peer().port(), Instant::now()));
+        decision
+    });
+    rx
+}
+
+fn drain<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> Vec<T> {
+    std::iter::from_fn(|| rx.try_recv().ok()).collect()
+}
+
+// ---- pings answered ----
+
+async fn pings_are_answered(transport: Transport) {
+    let server = Context::new();
+    let pings_seen = Arc::new(AtomicU64::new(0));
+    let counter = pings_seen.clone();
+    server.register_ping_handler(move |_, _| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        PingDecision::Answer
+    });
+    let addr = listen(&server, transport).await;
+
+    let client = Context::new();
+    client.set_keepalive_interval(Some(ms(100)));
+    let mut pong_rx = pongs(&client);
+    let mut nack_rx = nacks(&client);
+    let session = connect(&client, transport, addr).await;
+
+    let mut got = Vec::new();
+    let started = Instant::now();
+    while got.len() < 3 {
+        let limit = Duration::from_secs(1).saturating_sub(started.elapsed());
+        got.push(next(&mut pong_rx, limit, "pong").await);
+    }
+    for (i, pong) in got.iter().enumerate() {
+        assert_eq!(pong.session, session.id());
+        assert_eq!(pong.role, Role::Client);
+        assert!(
+            pong.rtt > Duration::ZERO && pong.rtt < ms(100),
+            "{transport} rtt {:?}",
+            pong.rtt
+        );
+        // The handler sees the counters that include its own pong.
+        assert_eq!(pong.stats.pongs, i as u64 + 1);
+        assert_eq!(pong.stats.rtt.last, Some(pong.rtt));
+        assert!(pong.stats.pings_sent >= pong.stats.pongs);
+    }
+
+    let stats = session.stats();
+    assert!(stats.pongs >= 3, "{stats:?}");
+    assert!(stats.pings_sent >= stats.pongs, "{stats:?}");
+    assert_eq!(stats.failures, 0);
+    let (min, max) = (stats.rtt.min.unwrap(), stats.rtt.max.unwrap());
+    for pong in &got {
+        assert!(min <= pong.rtt && pong.rtt <= max, "{stats:?} vs {pong:?}");
+    }
+    assert!(stats.rtt.smoothed.is_some());
+    assert!(pings_seen.load(Ordering::SeqCst) >= 3);
+
+    let ours = client.sessions();
+    assert_eq!(ours.len(), 1);
+    assert_eq!(ours[0].id(), session.id());
+    assert_eq!(ours[0].transport(), transport);
+    assert_eq!(ours[0].role(), Role::Client);
+    assert_eq!(ours[0].state(), SessionState::Established);
+
+    let theirs = server.sessions();
+    assert_eq!(theirs.len(), 1);
+    assert_eq!(theirs[0].transport(), transport);
+    assert_eq!(theirs[0].role(), Role::Server);
+    assert_eq!(theirs[0].peer().port(), session.local_addr().port());
+    assert!(theirs[0].stats().pings_received >= 3);
+
+    assert!(drain(&mut nack_rx).is_empty());
+}
+
+#[tokio::test]
+async fn udp_pings_are_answered() {
+    bounded(pings_are_answered(Transport::Udp)).await
+}
+
+#[tokio::test]
+async fn tcp_pings_are_answered() {
+    bounded(pings_are_answered(Transport::Tcp)).await
+}
+
+// ---- silenced peer ----
+
+async fn silenced_peer_fails_the_session(transport: Transport, config: KeepaliveConfig) {
+    let server = Context::new();
+    let mut server_pings = pings(&server, PingDecision::Suppress);
+    let addr = listen(&server, transport).await;
+
+    let client = Context::new();
+    client.set_keepalive_config(config).unwrap();
+    let mut nack_rx = nacks(&client);
+    let mut pong_rx = pongs(&client);
+
+    // Every instant of the session's life comes after this one.
+    let start = Instant::now();
+    let session = connect(&client, transport, addr).await;
+    let nack = next(&mut nack_rx, Duration::from_secs(2), "nack").await;
+    let elapsed = nack.at - start;
+
+    assert_eq!(nack.reason, NackReason::TooManyRetries);
+    assert_eq!(nack.session.id(), session.id());
+    let (earliest, expected_pings) = match transport {
+        // Ping at 100, retransmissions after 50 and 100 more, given up 200 after the last.
+        Transport::Udp => (ms(100 + 50 + 100 + 200), 3),
+        // Ping at 100, no Pong by 200: second ping, no Pong by 300: failed.
+        _ => (ms(100 + 100 + 100), 2),
+    };
+    assert!(
+        elapsed >= earliest && elapsed < earliest + ms(400),
+        "{transport} nack after {elapsed:?}, expected {earliest:?} and a little"
+    );
+
+    assert_eq!(
+        tokio::time::timeout(ms(500), session.closed())
+            .await
+            .expect("session ended"),
+        SessionState::Failed(NackReason::TooManyRetries)
+    );
+    assert!(
+        client.sessions().is_empty(),
+        "a failed session left the table"
+    );
+
+    let stats = session.stats();
+    assert_eq!(stats.failures, 1);
+    assert_eq!(stats.pongs, 0);
+    match transport {
+        Transport::Udp => {
+            assert_eq!(stats.pings_sent, 1);
+            assert_eq!(stats.retransmissions, 2);
+        }
+        _ => assert_eq!(stats.pings_sent, 2),
+    }
+    assert_eq!(drain(&mut server_pings).len(), expected_pings);
+    assert!(drain(&mut pong_rx).is_empty());
+    assert!(drain(&mut nack_rx).is_empty(), "one nack per failure");
+}
+
+#[tokio::test]
+async fn udp_silenced_peer_gives_too_many_retries() {
+    let config = KeepaliveConfig::default()
+        .with_interval(Some(ms(100)))
+        .with_transmission(
+            TransmissionParams::default()
+                .with_ack_timeout(ms(50))
+                .with_ack_random_factor(1.0)
+                .with_max_retransmit(2),
+        );
+    bounded(silenced_peer_fails_the_session(Transport::Udp, config)).await
+}
+
+#[tokio::test]
+async fn tcp_silenced_peer_gives_too_many_retries() {
+    let config = KeepaliveConfig::default()
+        .with_interval(Some(ms(100)))
+        .with_pong_timeout(ms(100))
+        .with_max_unanswered(2);
+    bounded(silenced_peer_fails_the_session(Transport::Tcp, config)).await
+}
+
+// ---- server-side keepalive ----
+
+async fn server_pings_its_client(transport: Transport) {
+    let server = Context::new();
+    server.set_keepalive_interval(Some(ms(100)));
+    let mut server_pongs = pongs(&server);
+    let mut server_nacks = nacks(&server);
+    let addr = listen(&server, transport).await;
+
+    let client = Context::new();
+    let mut client_pings = pings(&client, PingDecision::Answer);
+    let session = connect(&client, transport, addr).await;
+    if transport == Transport::Udp {
+        // A UDP server learns of a client only from its first datagram.
+        session.ping();
+    }
+
+    for _ in 0..3 {
+        let pong = next(&mut server_pongs, Duration::from_secs(1), "server pong").await;
+        assert_eq!(pong.role, Role::Server);
+        assert!(pong.rtt < ms(100));
+    }
+    let server_sessions = server.sessions();
+    assert_eq!(server_sessions.len(), 1);
+    assert_eq!(server_sessions[0].transport(), transport);
+    assert!(server_sessions[0].stats().pings_sent >= 3);
+
+    let answered = drain(&mut client_pings);
+    assert!(answered.len() >= 3, "client answered {answered:?}");
+    assert!(answered.iter().all(|(port, _)| *port == addr.port()));
+    assert!(session.stats().pings_received >= 3);
+    // The client's keepalive is off: at most the one ping made by hand.
+    assert!(session.stats().pings_sent <= 1);
+    assert!(drain(&mut server_nacks).is_empty());
+}
+
+#[tokio::test]
+async fn udp_server_pings_its_client() {
+    bounded(server_pings_its_client(Transport::Udp)).await
+}
+
+#[tokio::test]
+async fn tcp_server_pings_its_client() {
+    bounded(server_pings_its_client(Transport::Tcp)).await
+}
+
+// ---- per-session overrides ----
+
+async fn session_override_stops_pings(transport: Transport) {
+    let server = Context::new();
+    let mut server_pings = pings(&server, PingDecision::Answer);
+    let addr = listen(&server, transport).await;
+
+    let client = Context::new();
+    client.set_keepalive_interval(Some(ms(100)));
+    let mut pong_rx = pongs(&client);
+    let quiet = connect(&client, transport, addr).await;
+    quiet.set_keepalive(0);
+    let chatty = connect(&client, transport, addr).await;
+
+    let mut chatty_pongs = 0;
+    while chatty_pongs < 3 {
+        let pong = next(&mut pong_rx, Duration::from_secs(1), "pong").await;
+        assert_eq!(pong.session, chatty.id(), "the quiet session got a pong");
+        chatty_pongs += 1;
+    }
+    // By now the quiet session would have pinged three times.
+    let quiet_port = quiet.local_addr().port();
+    let from_quiet = drain(&mut server_pings)
+        .into_iter()
+        .filter(|(port, _)| *port == quiet_port)
+        .count();
+    assert_eq!(from_quiet, 0, "{transport}: the overridden session pinged");
+    assert_eq!(quiet.stats().pings_sent, 0);
+
+    // A later context-wide change leaves the override alone.
+    client.set_keepalive_interval(Some(ms(50)));
+    tokio::time::sleep(ms(120)).await;
+    let from_quiet = drain(&mut server_pings)
+        .into_iter()
+        .filter(|(port, _)| *port == quiet_port)
+        .count();
+    assert_eq!(from_quiet, 0, "{transport}: the context overrode the session");
+}
+
+#[tokio::test]
+async fn udp_session_override_stops_pings() {
+    bounded(session_override_stops_pings(Transport::Udp)).await
+}
+
+#[tokio::test]
+async fn tcp_session_override_stops_pings() {
+    bounded(session_override_stops_pings(Transport::Tcp)).await
+}
+
+async fn mark_active_postpones_the_ping(transport: Transport) {
+    const INTERVAL: Duration = Duration::from_millis(200);
+    let server = Context::new();
+    let mut server_pings = pings(&server, PingDecision::Answer);
+    let addr = listen(&server, transport).await;
+
+    let client = Context::new();
+    client.set_keepalive_interval(Some(INTERVAL));
+    let session = connect(&client, transport, addr).await;
+
+    // Twice the interval of evidence of life from elsewhere: no ping is due meanwhile.
+    let mut marked = Instant::now();
+    for _ in 0..8 {
+        tokio::time::sleep(ms(50)).await;
+        marked = Instant::now();
+        session.mark_active();
+    }
+    assert!(
+        drain(&mut server_pings).is_empty(),
+        "{transport}: pinged although marked active"
+    );
+    assert_eq!(session.stats().pings_sent, 0);
+
+    // Then the ping comes one interval after the last mark.
+    let (_, pinged) = next(&mut server_pings, Duration::from_secs(1), "ping").await;
+    let after = pinged - marked;
+    assert!(
+        after >= INTERVAL && after < INTERVAL + ms(150),
+        "{transport}: ping {after:?} after the last mark_active"
+    );
+}
+
+#[tokio::test]
+async fn udp_mark_active_postpones_the_ping() {
+    bounded(mark_active_postpones_the_ping(Transport::Udp)).await
+}
+
+#[tokio::test]
+async fn tcp_mark_active_postpones_the_ping() {
+    bounded(mark_active_postpones_the_ping(Transport::Tcp)).await
+}
+
+// ---- graceful shutdown and closed connections (TCP) ----
+
+#[tokio::test]
+async fn tcp_graceful_shutdown_releases_the_server_session() {
+    bounded(async {
+        let server = Context::new();
+        let mut server_nacks = nacks(&server);
+        let (tx, mut server_events) = mpsc::unbounded_channel();
+        server.register_event_handler(move |session, event| {
+            let _ = tx.send((session.id(), event));
+        });
+        let addr = listen(&server, Transport::Tcp).await;
+
+        let client = Context::new();
+        client.set_keepalive_interval(Some(ms(100)));
+        let mut client_nacks = nacks(&client);
+        let session = connect(&client, Transport::Tcp, addr).await;
+        let server_session = server.sessions().pop().expect("server session");
+        assert_eq!(server_session.role(), Role::Server);
+
+        client.shutdown_within(Duration::from_secs(1)).await;
+        assert_eq!(session.closed().await, SessionState::Closed);
+        assert!(client.sessions().is_empty());
+
+        // The Release reaches the server, which closes its session without a nack.
+        let ended = tokio::time::timeout(Duration::from_secs(1), server_session.closed())
+            .await
+            .expect("server session ended");
+        assert_eq!(ended, SessionState::Closed);
+        assert!(server.sessions().is_empty(), "server session left in table");
+        let events: Vec<_> = drain(&mut server_events)
+            .into_iter()
+            .filter(|(id, _)| *id == server_session.id())
+            .map(|(_, event)| event)
+            .collect();
+        assert!(
+            events.contains(&coap_keepalive::handler::SessionEvent::Closed),
+            "{events:?}"
+        );
+        // Nothing trails the close: the EOF after the Release is not a failure.
+        tokio::time::sleep(ms(50)).await;
+        assert!(drain(&mut server_nacks).is_empty());
+        assert!(drain(&mut client_nacks).is_empty());
+    })
+    .await
+}
+
+/// The CSM a raw peer sends: empty, all defaults.
+const EMPTY_CSM: [u8; 2] = [0x00, 0xe1];
+
+#[tokio::test]
+async fn tcp_server_closing_its_socket_is_not_deliverable() {
+    bounded(async {
+        let listener = TcpListener::bind(loopback()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            stream.write_all(&EMPTY_CSM).await.unwrap();
+            // Read the client's CSM so that closing sends a FIN, not a reset.
+            let mut buf = [0u8; 64];
+            let _ = stream.read(&mut buf).await.unwrap();
+            stream
+        });
+
+        let client = Context::new();
+        let mut client_nacks = nacks(&client);
+        let session = connect(&client, Transport::Tcp, addr).await;
+        drop(peer.await.unwrap());
+
+        let nack = next(&mut client_nacks, Duration::from_secs(1), "nack").await;
+        assert_eq!(nack.reason, NackReason::NotDeliverable);
+        assert_eq!(nack.session.id(), session.id());
+        assert_eq!(
+            session.closed().await,
+            SessionState::Failed(NackReason::NotDeliverable)
+        );
+        assert!(client.sessions().is_empty());
+    })
+    .await
+}
+
+#[tokio::test]
+async fn tcp_client_closing_its_socket_is_not_deliverable() {
+    bounded(async {
+        let server = Context::new();
+        let mut server_nacks = nacks(&server);
+        let addr = listen(&server, Transport::Tcp).await;
+
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(&EMPTY_CSM).await.unwrap();
+        let mut buf = [0u8; 64];
+        assert!(stream.read(&mut buf).await.unwrap() > 0, "server CSM");
+        eventually(Duration::from_secs(1), "server session established", || {
+            server
+                .sessions()
+                .iter()
+                .any(|s| s.state() == SessionState::Established)
+        })
+        .await;
+        drop(stream);
+
+        let nack = next(&mut server_nacks, Duration::from_secs(1), "nack").await;
+        assert_eq!(nack.reason, NackReason::NotDeliverable);
+        assert_eq!(nack.session.role(), Role::Server);
+        assert_eq!(
+            nack.session.closed().await,
+            SessionState::Failed(NackReason::NotDeliverable)
+        );
+        assert!(server.sessions().is_empty());
+    })
+    .await
+}
