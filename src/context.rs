@@ -299,11 +299,14 @@ impl Context {
     }
 
     /// Removes an ended session from the table, keeping its counters in the context's totals.
+    ///
+    /// The terminal state is published (waking [`Session::closed`]) only after the session left
+    /// the table, so whoever awaits it never sees a zombie in [`Context::sessions`].
     pub(crate) fn unregister(&self, session: &Session, state: SessionState) {
-        session.set_state(state);
         if lock(&self.inner.sessions).remove(&session.id()).is_some() {
             lock(&self.inner.ended).accumulate(&session.stats());
         }
+        session.set_state(state);
     }
 
     /// Runs the handlers for one protocol event and says what the driver must do.
@@ -353,7 +356,8 @@ impl Context {
             }
             ProtocolEvent::Failed(reason) => {
                 session.set_stats(stats);
-                session.set_state(SessionState::Failed(reason));
+                // The nack handler sees the failure; `closed()` wakes once the session is gone.
+                session.record_state(SessionState::Failed(reason));
                 handlers.nack(session, reason);
                 self.unregister(session, SessionState::Failed(reason));
                 Reaction::Ended

@@ -290,10 +290,15 @@ impl Session {
     }
 
     pub(crate) fn set_state(&self, state: SessionState) {
-        *lock(&self.shared.state) = state;
+        self.record_state(state);
         if state.is_terminal() {
             self.shared.ended.send_replace(Some(state));
         }
+    }
+
+    /// Sets the state without waking [`Session::closed`] (see `Context::unregister`).
+    pub(crate) fn record_state(&self, state: SessionState) {
+        *lock(&self.shared.state) = state;
     }
 
     pub(crate) fn set_stats(&self, stats: &Stats) {

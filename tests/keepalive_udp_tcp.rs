@@ -371,7 +371,10 @@ async fn session_override_stops_pings(transport: Transport) {
         .into_iter()
         .filter(|(port, _)| *port == quiet_port)
         .count();
-    assert_eq!(from_quiet, 0, "{transport}: the context overrode the session");
+    assert_eq!(
+        from_quiet, 0,
+        "{transport}: the context overrode the session"
+    );
 }
 
 #[tokio::test]
@@ -476,7 +479,8 @@ async fn tcp_graceful_shutdown_releases_the_server_session() {
 /// The CSM a raw peer sends: empty, all defaults.
 const EMPTY_CSM: [u8; 2] = [0x00, 0xe1];
 
-#[tokio::test]
+// Two worker threads: `closed()` must not wake before the session left the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_server_closing_its_socket_is_not_deliverable() {
     bounded(async {
         let listener = TcpListener::bind(loopback()).await.unwrap();
@@ -507,7 +511,8 @@ async fn tcp_server_closing_its_socket_is_not_deliverable() {
     .await
 }
 
-#[tokio::test]
+// Two worker threads: `closed()` must not wake before the session left the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_client_closing_its_socket_is_not_deliverable() {
     bounded(async {
         let server = Context::new();
