@@ -42,7 +42,11 @@ async fn main() -> coap_keepalive::Result<()> {
     );
     let _ = tokio::signal::ctrl_c().await;
     for session in ctx.sessions() {
-        println!("{session}: {:?}, idle {:?}", session.state(), session.idle());
+        println!(
+            "{session}: {:?}, idle {:?}",
+            session.state(),
+            session.idle()
+        );
     }
     ctx.shutdown().await;
     Ok(())

@@ -90,7 +90,10 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     let quiet = client.connect_udp(udp.local_addr).await?;
     quiet.ping();
     quiet.set_keepalive(0);
-    printer.session(&quiet, "client: connected, keepalive off (the server pings this one)");
+    printer.session(
+        &quiet,
+        "client: connected, keepalive off (the server pings this one)",
+    );
 
     tokio::time::sleep(Duration::from_secs(args.alive_secs)).await;
     printer.line("--- the server goes silent: it stops answering and stops pinging ---");

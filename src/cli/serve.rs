@@ -22,7 +22,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     tcp: Vec<SocketAddr>,
     /// Ping each client after this many idle seconds (0: only answer pings).
-    #[arg(short = 'K', long = "keepalive", value_name = "SECS", default_value_t = 0)]
+    #[arg(
+        short = 'K',
+        long = "keepalive",
+        value_name = "SECS",
+        default_value_t = 0
+    )]
     keepalive: u64,
     /// Print only the summary, not a line per event (for load tests).
     #[arg(short, long)]
