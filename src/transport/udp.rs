@@ -1,7 +1,9 @@
-//! The UDP driver: one socket and one task serve every session of an endpoint.
+//! The datagram driver: one socket and one task serve every session of an endpoint.
 //!
 //! It moves datagrams and time in and out of each session's [`DatagramSession`] and runs the
-//! context's handlers; it decides nothing about the protocol.
+//! context's handlers; it decides nothing about the protocol. It runs over anything that sends
+//! and receives datagrams ([`DatagramIo`]): a UDP socket serving many peers, or one DTLS
+//! connection serving its one peer.
 
 use std::collections::HashMap;
 use std::io;
@@ -21,11 +23,47 @@ use crate::table::{Key, SessionTable, Timed};
 /// Largest datagram we read (the UDP maximum).
 const MAX_DATAGRAM: usize = 65_536;
 
+/// A source and sink of datagrams the driver runs over.
+pub(crate) trait DatagramIo: Send + Sync + 'static {
+    /// Receives one datagram and the address it came from. `UnexpectedEof` means the peer
+    /// closed the connection gracefully (DTLS close_notify).
+    fn recv_from<'a>(
+        &'a self,
+        buf: &'a mut [u8],
+    ) -> impl std::future::Future<Output = io::Result<(usize, SocketAddr)>> + Send + 'a;
+    /// Sends one datagram to `peer`.
+    fn send_to<'a>(
+        &'a self,
+        buf: &'a [u8],
+        peer: SocketAddr,
+    ) -> impl std::future::Future<Output = io::Result<()>> + Send + 'a;
+    /// Our address.
+    fn local_addr(&self) -> io::Result<SocketAddr>;
+    /// Closes the underlying connection, if it is one (DTLS sends close_notify).
+    fn close(&self) -> impl std::future::Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+impl DatagramIo for UdpSocket {
+    async fn recv_from<'a>(&'a self, buf: &'a mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        UdpSocket::recv_from(self, buf).await
+    }
+
+    async fn send_to<'a>(&'a self, buf: &'a [u8], peer: SocketAddr) -> io::Result<()> {
+        UdpSocket::send_to(self, buf, peer).await.map(|_| ())
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        UdpSocket::local_addr(self)
+    }
+}
+
 /// Binds `addr` and serves every peer that writes to it.
 pub(crate) async fn listen(ctx: &Context, addr: SocketAddr) -> Result<Endpoint> {
     let socket = UdpSocket::bind(addr).await?;
     let local_addr = socket.local_addr()?;
-    let (driver, _) = UdpDriver::new(ctx, socket, true);
+    let driver = DatagramDriver::new(ctx, socket, Transport::Udp, true);
     ctx.spawn(driver.run());
     tracing::info!(%local_addr, "listening on udp");
     Ok(Endpoint {
@@ -42,7 +80,7 @@ pub(crate) async fn connect(ctx: &Context, peer: SocketAddr) -> Result<Session> 
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
     let socket = UdpSocket::bind(bind).await?;
-    let (mut driver, _) = UdpDriver::new(ctx, socket, false);
+    let mut driver = DatagramDriver::new(ctx, socket, Transport::Udp, false);
     let session = driver.add_session(peer, Role::Client, Instant::now());
     ctx.spawn(driver.run());
     Ok(session)
@@ -60,9 +98,11 @@ impl Timed for Peer {
     }
 }
 
-struct UdpDriver {
+/// The task serving every session of one datagram socket.
+pub(crate) struct DatagramDriver<IO> {
     ctx: Context,
-    socket: Arc<UdpSocket>,
+    socket: Arc<IO>,
+    transport: Transport,
     local: SocketAddr,
     accept: bool,
     table: SessionTable<Peer>,
@@ -72,35 +112,37 @@ struct UdpDriver {
     shutdown: watch::Receiver<bool>,
 }
 
-impl UdpDriver {
-    fn new(ctx: &Context, socket: UdpSocket, accept: bool) -> (Self, SocketAddr) {
+impl<IO: DatagramIo> DatagramDriver<IO> {
+    /// A driver over `socket`. With `accept`, a datagram from an unknown peer opens a server
+    /// session; without, only sessions added with [`DatagramDriver::add_session`] are served and
+    /// the task ends with the last of them.
+    pub(crate) fn new(ctx: &Context, socket: IO, transport: Transport, accept: bool) -> Self {
         let local = socket
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let (commands_tx, commands) = mpsc::unbounded_channel();
-        (
-            UdpDriver {
-                ctx: ctx.clone(),
-                socket: Arc::new(socket),
-                local,
-                accept,
-                table: SessionTable::new(),
-                ids: HashMap::new(),
-                commands_tx,
-                commands,
-                shutdown: ctx.shutdown_signal(),
-            },
+        DatagramDriver {
+            ctx: ctx.clone(),
+            socket: Arc::new(socket),
+            transport,
             local,
-        )
+            accept,
+            table: SessionTable::new(),
+            ids: HashMap::new(),
+            commands_tx,
+            commands,
+            shutdown: ctx.shutdown_signal(),
+        }
     }
 
-    fn add_session(&mut self, peer: SocketAddr, role: Role, now: Instant) -> Session {
+    /// Opens a session with `peer`, registered in the context and established at once.
+    pub(crate) fn add_session(&mut self, peer: SocketAddr, role: Role, now: Instant) -> Session {
         let id = self.ctx.next_session_id();
         let handle = Session::new(
             id,
             peer,
             self.local,
-            Transport::Udp,
+            self.transport,
             role,
             CommandSender::Endpoint(self.commands_tx.clone()),
             now,
@@ -116,7 +158,7 @@ impl UdpDriver {
             },
         );
         self.ids.insert(id, key);
-        tracing::debug!(session = %handle, "udp session created");
+        tracing::debug!(session = %handle, "datagram session created");
         self.ctx
             .inner
             .handlers
@@ -124,7 +166,13 @@ impl UdpDriver {
         handle
     }
 
-    async fn run(mut self) {
+    /// Serves until shutdown, a fatal socket error, or (without `accept`) the last session's end.
+    pub(crate) async fn run(mut self) {
+        self.serve().await;
+        self.socket.close().await;
+    }
+
+    async fn serve(&mut self) {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         loop {
             let deadline = self.table.next_deadline();
@@ -137,12 +185,17 @@ impl UdpDriver {
             tokio::select! {
                 received = self.socket.recv_from(&mut buf) => match received {
                     Ok((len, peer)) => self.on_datagram(peer, &buf[..len]).await,
+                    Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => {
+                        // The peer closed the connection gracefully (DTLS close_notify).
+                        self.close_all().await;
+                        return;
+                    }
                     Err(error) if is_transient(&error) => {
                         // An ICMP error for an earlier send; the retransmission timers decide.
                         tracing::trace!(%error, "udp receive error ignored");
                     }
                     Err(error) => {
-                        tracing::error!(%error, local = %self.local, "udp endpoint failed");
+                        tracing::warn!(%error, local = %self.local, "datagram endpoint failed");
                         self.fail_all(NackReason::NotDeliverable).await;
                         return;
                     }
