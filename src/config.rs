@@ -69,6 +69,13 @@ impl TransmissionParams {
         )
     }
 
+    /// EXCHANGE_LIFETIME: how long a Message ID must be remembered for deduplication,
+    /// `MAX_TRANSMIT_SPAN + 2 * MAX_LATENCY (100 s) + PROCESSING_DELAY (= ACK_TIMEOUT)`
+    /// (247 s with the defaults).
+    pub fn exchange_lifetime(&self) -> Duration {
+        self.max_transmit_span() + Duration::from_secs(200) + self.ack_timeout
+    }
+
     /// Checks the parameters: a non-zero ACK_TIMEOUT, a random factor of at least 1, NSTART 1, and
     /// at most 20 retransmissions (beyond that the doubling timeout is meaningless).
     pub fn validate(&self) -> Result<()> {
@@ -193,6 +200,7 @@ mod tests {
         let p = TransmissionParams::default();
         assert_eq!(p.max_transmit_span(), Duration::from_secs(45));
         assert_eq!(p.max_transmit_wait(), Duration::from_secs(93));
+        assert_eq!(p.exchange_lifetime(), Duration::from_secs(247));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use coap_lite::{MessageClass, Packet, ResponseType};
+use coap_lite::Packet;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -18,7 +18,10 @@ use crate::handler::{
     SessionEvent,
 };
 use crate::keepalive::Stats;
+use crate::message::{Request, Response};
+use crate::protocol::exchange::RequestError;
 use crate::protocol::ProtocolEvent;
+use crate::resource::{Resource, Routed, Router};
 use crate::rng::Rng;
 use crate::session::{lock, Command, Session, SessionState, Transport};
 use crate::uri::CoapUri;
@@ -63,6 +66,7 @@ pub(crate) struct Inner {
     keepalive: Mutex<KeepaliveConfig>,
     pub(crate) settings: ContextSettings,
     pub(crate) handlers: Handlers,
+    pub(crate) router: Router,
     sessions: Mutex<HashMap<crate::session::SessionId, Session>>,
     ended: Mutex<Stats>,
     next_id: AtomicU64,
@@ -89,8 +93,12 @@ pub(crate) enum Reaction {
     Send(Vec<u8>),
     /// Answer the request with this response through the session protocol.
     Respond(Box<(Packet, Packet)>),
-    /// The session ended: drop it.
-    Ended,
+    /// The handler answers later: acknowledge the request now (separate response).
+    RespondLater(Box<Packet>),
+    /// Hand this outcome to whoever waits for the request with this token.
+    Deliver(Vec<u8>, Result<Response>),
+    /// The session ended: fail its waiters with this error and drop it.
+    Ended(Error),
 }
 
 impl Default for Context {
@@ -114,6 +122,7 @@ impl Context {
                 keepalive: Mutex::new(KeepaliveConfig::default()),
                 settings,
                 handlers: Handlers::default(),
+                router: Router::default(),
                 sessions: Mutex::new(HashMap::new()),
                 ended: Mutex::new(Stats::default()),
                 next_id: AtomicU64::new(1),
@@ -198,6 +207,22 @@ impl Context {
         self.inner
             .handlers
             .set_event(Arc::new(handler) as EventHandler);
+    }
+
+    /// Adds (or replaces) a resource served to every session of this context.
+    pub fn add_resource(&self, resource: Resource) {
+        self.inner.router.add(resource);
+    }
+
+    /// Sends every observer of the observable resource at `path` its current representation
+    /// (the GET handler's answer). Returns the number of notifications sent.
+    pub fn notify(&self, path: &str) -> usize {
+        self.inner.router.notify(path)
+    }
+
+    /// Number of sessions observing `path`.
+    pub fn observer_count(&self, path: &str) -> usize {
+        self.inner.router.observer_count(path)
     }
 
     /// The live sessions, ordered by id.
@@ -298,7 +323,8 @@ impl Context {
         lock(&self.inner.sessions).insert(session.id(), session.clone());
     }
 
-    /// Removes an ended session from the table, keeping its counters in the context's totals.
+    /// Removes an ended session from the table (and its observations), keeping its counters in
+    /// the context's totals.
     ///
     /// The terminal state is published (waking [`Session::closed`]) only after the session left
     /// the table, so whoever awaits it never sees a zombie in [`Context::sessions`].
@@ -306,6 +332,7 @@ impl Context {
         if lock(&self.inner.sessions).remove(&session.id()).is_some() {
             lock(&self.inner.ended).accumulate(&session.stats());
         }
+        self.inner.router.forget_session(session.id());
         session.set_state(state);
     }
 
@@ -343,16 +370,41 @@ impl Context {
                 handlers.event(session, SessionEvent::Established);
                 Reaction::None
             }
-            ProtocolEvent::Request(request) => {
+            ProtocolEvent::Request(packet) => {
                 session.note_receipt(now);
-                let response = self.answer_request(session, &request);
-                Reaction::Respond(Box::new((request, response)))
+                let Some(request) = Request::from_packet(&packet) else {
+                    return Reaction::None;
+                };
+                tracing::debug!(session = %session, method = ?request.method, path = %request.path_str(), "request");
+                match self.inner.router.route(&request, session) {
+                    Routed::Now(response) => {
+                        Reaction::Respond(Box::new((packet, response.to_packet())))
+                    }
+                    Routed::Later => Reaction::RespondLater(Box::new(packet)),
+                }
+            }
+            ProtocolEvent::Response { token, response } => {
+                session.note_receipt(now);
+                Reaction::Deliver(token, Ok(response))
+            }
+            ProtocolEvent::RequestFailed { token, error } => {
+                let error = match error {
+                    RequestError::TimedOut => {
+                        Error::Timeout(format!("no response from {}", session.peer()))
+                    }
+                    RequestError::Reset => Error::Reset,
+                };
+                Reaction::Deliver(token, Err(error))
+            }
+            ProtocolEvent::ObserverGone { token } => {
+                self.inner.router.forget(session.id(), &token);
+                Reaction::None
             }
             ProtocolEvent::Closed => {
                 session.set_stats(stats);
                 handlers.event(session, SessionEvent::Closed);
                 self.unregister(session, SessionState::Closed);
-                Reaction::Ended
+                Reaction::Ended(Error::Closed)
             }
             ProtocolEvent::Failed(reason) => {
                 session.set_stats(stats);
@@ -360,21 +412,12 @@ impl Context {
                 session.record_state(SessionState::Failed(reason));
                 handlers.nack(session, reason);
                 self.unregister(session, SessionState::Failed(reason));
-                Reaction::Ended
+                Reaction::Ended(Error::SessionFailed(reason))
             }
             ProtocolEvent::Rejected(why) => {
                 tracing::debug!(session = %session, %why, "input rejected");
                 Reaction::None
             }
         }
-    }
-
-    /// The response to a request from a peer. No resources are registered yet: every path is
-    /// 4.04 Not Found.
-    fn answer_request(&self, session: &Session, request: &Packet) -> Packet {
-        tracing::debug!(session = %session, code = %request.header.code, "request");
-        let mut response = Packet::new();
-        response.header.code = MessageClass::Response(ResponseType::NotFound);
-        response
     }
 }

@@ -76,6 +76,9 @@ pub enum Error {
     /// The session or context was closed before the operation completed.
     #[error("session closed")]
     Closed,
+    /// The peer rejected our message with an RST.
+    #[error("rejected by the peer (RST)")]
+    Reset,
     /// The peer sent something that violates the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -98,6 +101,7 @@ impl Error {
             Error::SessionFailed(reason) => *reason,
             Error::Timeout(_) => NackReason::TooManyRetries,
             Error::Protocol(_) => NackReason::ProtocolError,
+            Error::Reset => NackReason::Rst,
             _ => NackReason::NotDeliverable,
         }
     }

@@ -40,18 +40,24 @@
 //! - [`session`]: the [`Session`] handle — id, peer, transport, role, state, statistics.
 //! - [`context`]: [`Context`] — settings, handlers, listen / connect, shutdown.
 //! - [`handler`]: the ping / pong / nack / event handler types.
-//! - [`transport`]: the tokio drivers, the only code that touches sockets.
+//! - [`transport`]: the tokio drivers, the only code that touches sockets: UDP and TCP, and
+//!   DTLS (webrtc-dtls) and TLS (tokio-rustls) running the same drivers over secured connections.
+//! - [`certs`]: credentials for DTLS and TLS ([`ServerCredentials`], [`ClientCredentials`]), test
+//!   certificate generation (rcgen) and the rustls / webrtc-dtls configurations built from them.
 //! - [`uri`]: `coap://`, `coaps://`, `coap+tcp://`, `coaps+tcp://`.
 //! - [`rng`]: the seedable random source.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod certs;
 pub mod config;
 pub mod context;
 pub mod error;
 pub mod handler;
 pub mod keepalive;
+pub mod message;
 pub mod protocol;
+pub mod resource;
 pub mod rng;
 pub mod session;
 pub mod table;
@@ -59,10 +65,14 @@ pub mod transport;
 pub mod uri;
 pub mod wire;
 
+pub use certs::{ClientCredentials, PemIdentity, PskCredentials, ServerCredentials};
 pub use config::{KeepaliveConfig, TransmissionParams};
 pub use context::{Context, ContextSettings, Endpoint};
 pub use error::{Error, NackReason, Result};
 pub use handler::{PeerPing, PingDecision, SessionEvent};
 pub use keepalive::{Keepalive, KeepaliveEvent, PingStyle, PingTransmit, RttStats, Stats};
+pub use message::{Method, Request, Response, Status};
+pub use resource::{Resource, Responder};
+pub use session::Observation;
 pub use session::{Role, Session, SessionId, SessionState, Transport};
 pub use uri::CoapUri;

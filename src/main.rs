@@ -30,6 +30,9 @@ enum Command {
     /// Run a server and clients on loopback, show pings and pongs, then silence the server and
     /// show the clients' nacks. Needs no arguments and no setup.
     Demo(cli::demo::DemoArgs),
+    /// Load-test a server on loopback: N sessions, each from its own port, ping it at a fixed
+    /// rate; prints answered %, p50 / p99 RTT and timeouts (used by scripts/bench).
+    Load(cli::load::LoadArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
             Command::Serve(a) => cli::serve::run(a).await,
             Command::Ping(a) => cli::ping::run(a).await,
             Command::Demo(a) => cli::demo::run(a).await,
+            Command::Load(a) => cli::load::run(a).await,
         }
     });
     match result {

@@ -8,10 +8,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-use crate::error::NackReason;
+use crate::error::{Error, NackReason, Result};
 use crate::keepalive::{PingStyle, Stats};
+use crate::message::{Request, Response};
+
+/// How long a request waits for its response unless told otherwise.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A context-unique session number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -117,8 +121,20 @@ impl SessionState {
     }
 }
 
+/// Where the response to a request of ours goes.
+#[derive(Debug)]
+pub(crate) enum Waiter {
+    /// One response.
+    Once(oneshot::Sender<Result<Response>>),
+    /// The first response, then every notification.
+    Observe {
+        first: Option<oneshot::Sender<Result<Response>>>,
+        notifications: mpsc::UnboundedSender<Response>,
+    },
+}
+
 /// What an application can ask of a running session.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug)]
 pub(crate) enum Command {
     /// Override the keepalive interval of this session (`None`: off).
     SetKeepalive(Option<Duration>),
@@ -130,6 +146,27 @@ pub(crate) enum Command {
     PingNow,
     /// Close gracefully (Release over TCP / TLS).
     Close,
+    /// Send a request; the response goes to `waiter`.
+    Request {
+        id: u64,
+        request: Request,
+        timeout: Duration,
+        waiter: Waiter,
+    },
+    /// Stop waiting for request `id` (an observation the application dropped); with
+    /// `deregister`, send that request (GET, Observe = 1) under the observation's token.
+    Cancel {
+        id: u64,
+        deregister: Option<(Request, Waiter)>,
+    },
+    /// Send a notification to the observer whose registration carried `token`.
+    Notify { token: Vec<u8>, response: Response },
+    /// Send the separate response to the request that carried `token`.
+    SeparateResponse {
+        token: Vec<u8>,
+        confirmable: bool,
+        response: Response,
+    },
 }
 
 /// A handle on one session. Cheap to clone; it stays valid (and readable) after the session
@@ -151,6 +188,9 @@ pub(crate) struct Shared {
     /// Microseconds after `created` of the last receipt.
     pub(crate) last_rx_micros: AtomicU64,
     pub(crate) keepalive_overridden: AtomicBool,
+    /// Default request timeout, in milliseconds.
+    pub(crate) request_timeout_ms: AtomicU64,
+    pub(crate) next_request: AtomicU64,
     pub(crate) commands: CommandSender,
     pub(crate) ended: tokio::sync::watch::Sender<Option<SessionState>>,
 }
@@ -163,12 +203,12 @@ pub(crate) enum CommandSender {
 }
 
 impl CommandSender {
-    fn send(&self, id: SessionId, command: Command) {
-        // A send fails only when the session's task is gone: the session has ended already.
-        let _ = match self {
+    /// Sends a command; an error when the session's task is gone (the session ended).
+    fn send(&self, id: SessionId, command: Command) -> std::result::Result<(), ()> {
+        match self {
             CommandSender::Own(tx) => tx.send(command).map_err(|_| ()),
             CommandSender::Endpoint(tx) => tx.send((id, command)).map_err(|_| ()),
-        };
+        }
     }
 }
 
@@ -195,6 +235,8 @@ impl Session {
                 stats: Mutex::new(Stats::default()),
                 last_rx_micros: AtomicU64::new(0),
                 keepalive_overridden: AtomicBool::new(false),
+                request_timeout_ms: AtomicU64::new(DEFAULT_REQUEST_TIMEOUT.as_millis() as u64),
+                next_request: AtomicU64::new(1),
                 commands,
                 ended,
             }),
@@ -285,8 +327,108 @@ impl Session {
         }
     }
 
+    /// How long [`Session::request`] waits for a response. Default 30 s.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.shared.request_timeout_ms.load(Ordering::Relaxed))
+    }
+
+    /// Changes how long [`Session::request`] waits for a response.
+    pub fn set_request_timeout(&self, timeout: Duration) {
+        self.shared
+            .request_timeout_ms
+            .store(timeout.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Sends `request` and waits for its response (the session's request timeout applies).
+    ///
+    /// Over UDP / DTLS a Confirmable request is retransmitted per RFC 7252 until acknowledged;
+    /// if it never is, the session fails with `TooManyRetries` and this returns that error.
+    pub async fn request(&self, request: Request) -> Result<Response> {
+        self.request_with_timeout(request, self.request_timeout())
+            .await
+    }
+
+    /// Like [`Session::request`] with its own timeout.
+    pub async fn request_with_timeout(
+        &self,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response> {
+        let (tx, rx) = oneshot::channel();
+        self.send_request(request, timeout, Waiter::Once(tx))?;
+        rx.await.unwrap_or(Err(Error::Closed))
+    }
+
+    /// GET `path`.
+    pub async fn get(&self, path: &str) -> Result<Response> {
+        self.request(Request::get(path)).await
+    }
+
+    /// PUT `payload` to `path`.
+    pub async fn put(&self, path: &str, payload: impl Into<Vec<u8>>) -> Result<Response> {
+        self.request(Request::put(path, payload)).await
+    }
+
+    /// POST `payload` to `path`.
+    pub async fn post(&self, path: &str, payload: impl Into<Vec<u8>>) -> Result<Response> {
+        self.request(Request::post(path, payload)).await
+    }
+
+    /// DELETE `path`.
+    pub async fn delete(&self, path: &str) -> Result<Response> {
+        self.request(Request::delete(path)).await
+    }
+
+    /// Observes `path` (RFC 7641): returns the first response and a stream of notifications.
+    /// When the server does not accept the observation, the stream simply ends.
+    pub async fn observe(&self, path: &str) -> Result<Observation> {
+        let request = Request::get(path).observing();
+        let (first_tx, first_rx) = oneshot::channel();
+        let (notifications, rx) = mpsc::unbounded_channel();
+        let id = self.send_request(
+            request.clone(),
+            self.request_timeout(),
+            Waiter::Observe {
+                first: Some(first_tx),
+                notifications,
+            },
+        )?;
+        let first = first_rx.await.unwrap_or(Err(Error::Closed))?;
+        Ok(Observation {
+            session: self.clone(),
+            id,
+            request,
+            first,
+            notifications: rx,
+        })
+    }
+
+    fn send_request(&self, request: Request, timeout: Duration, waiter: Waiter) -> Result<u64> {
+        let id = self.shared.next_request.fetch_add(1, Ordering::Relaxed);
+        let command = Command::Request {
+            id,
+            request,
+            timeout,
+            waiter,
+        };
+        self.shared
+            .commands
+            .send(self.shared.id, command)
+            .map_err(|_| self.ended_error())?;
+        Ok(id)
+    }
+
+    /// The error for an operation on a session that has ended.
+    pub(crate) fn ended_error(&self) -> Error {
+        match self.state() {
+            SessionState::Failed(reason) => Error::SessionFailed(reason),
+            _ => Error::Closed,
+        }
+    }
+
     pub(crate) fn command(&self, command: Command) {
-        self.shared.commands.send(self.shared.id, command);
+        // A command to a session that ended has nothing left to act on.
+        let _ = self.shared.commands.send(self.shared.id, command);
     }
 
     pub(crate) fn set_state(&self, state: SessionState) {
@@ -314,6 +456,61 @@ impl Session {
 
     pub(crate) fn keepalive_overridden(&self) -> bool {
         self.shared.keepalive_overridden.load(Ordering::Relaxed)
+    }
+}
+
+/// An observation of a resource: its first representation and the notifications that follow.
+/// Dropping it stops delivery (the next notification is rejected, which ends the observation
+/// at the server); [`Observation::cancel`] deregisters explicitly.
+#[derive(Debug)]
+pub struct Observation {
+    session: Session,
+    id: u64,
+    request: Request,
+    first: Response,
+    notifications: mpsc::UnboundedReceiver<Response>,
+}
+
+impl Observation {
+    /// The response to the registration.
+    pub fn first(&self) -> &Response {
+        &self.first
+    }
+
+    /// The next fresh notification; `None` once the observation or the session ended.
+    pub async fn next(&mut self) -> Option<Response> {
+        self.notifications.recv().await
+    }
+
+    /// Deregisters (GET with Observe = 1 and the registration's token, RFC 7641 §3.6) and
+    /// stops delivery; returns the server's answer.
+    pub async fn cancel(mut self) -> Result<Response> {
+        self.notifications.close();
+        let mut request = self.request.clone();
+        request.observe = Some(crate::message::OBSERVE_DEREGISTER);
+        let (tx, rx) = oneshot::channel();
+        let command = Command::Cancel {
+            id: self.id,
+            deregister: Some((request, Waiter::Once(tx))),
+        };
+        self.id = 0;
+        self.session
+            .shared
+            .commands
+            .send(self.session.shared.id, command)
+            .map_err(|_| self.session.ended_error())?;
+        rx.await.unwrap_or(Err(Error::Closed))
+    }
+}
+
+impl Drop for Observation {
+    fn drop(&mut self) {
+        if self.id != 0 {
+            self.session.command(Command::Cancel {
+                id: self.id,
+                deregister: None,
+            });
+        }
     }
 }
 

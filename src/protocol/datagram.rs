@@ -1,7 +1,7 @@
-//! One UDP or DTLS session: RFC 7252 messages in, answers and pings out.
+//! One UDP or DTLS session: RFC 7252 messages in, answers, pings, requests and notifications out.
 
-use std::collections::VecDeque;
-use std::time::Instant;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use coap_lite::{MessageClass, MessageType, Packet};
 
@@ -9,16 +9,68 @@ use crate::config::KeepaliveConfig;
 use crate::error::NackReason;
 use crate::handler::PeerPing;
 use crate::keepalive::{Keepalive, PingStyle};
+use crate::message::{Request, Response};
+use crate::protocol::exchange::{
+    Exchanges, Observation, Pending, PendingKind, RequestError, Retransmit,
+};
 use crate::protocol::ProtocolEvent;
 use crate::rng::Rng;
 use crate::wire::udp::{self, Datagram};
+
+/// Message IDs of received requests remembered per session for deduplication.
+const DEDUP_CAPACITY: usize = 64;
+/// Notifications whose Message ID is remembered, so that an RST to one cancels its observation.
+const NOTIFICATION_MEMORY: usize = 8;
 
 /// The sans-IO protocol state of one datagram session.
 #[derive(Debug)]
 pub struct DatagramSession {
     keepalive: Keepalive,
+    exchanges: Exchanges,
+    /// Confirmable requests waiting for NSTART, with their tokens.
+    queued: VecDeque<(Vec<u8>, Packet)>,
+    dedup: Dedup,
+    notifications: VecDeque<(u16, Vec<u8>)>,
     transmits: VecDeque<Vec<u8>>,
     events: VecDeque<ProtocolEvent>,
+}
+
+/// Received Confirmable / Non-confirmable requests by Message ID, with the answer sent, so a
+/// duplicate is answered from here instead of being processed again (RFC 7252 §4.5).
+#[derive(Debug, Default)]
+struct Dedup {
+    entries: HashMap<u16, Option<Vec<u8>>>,
+    order: VecDeque<(Instant, u16)>,
+}
+
+impl Dedup {
+    /// Records a new Message ID; returns the remembered answer state when it is a duplicate.
+    fn check(
+        &mut self,
+        now: Instant,
+        lifetime: Duration,
+        message_id: u16,
+    ) -> Option<Option<&[u8]>> {
+        while let Some(&(at, id)) = self.order.front() {
+            if at + lifetime > now && self.order.len() < DEDUP_CAPACITY {
+                break;
+            }
+            self.order.pop_front();
+            self.entries.remove(&id);
+        }
+        if self.entries.contains_key(&message_id) {
+            return self.entries.get(&message_id).map(|a| a.as_deref());
+        }
+        self.entries.insert(message_id, None);
+        self.order.push_back((now, message_id));
+        None
+    }
+
+    fn store(&mut self, message_id: u16, answer: &[u8]) {
+        if let Some(slot) = self.entries.get_mut(&message_id) {
+            *slot = Some(answer.to_vec());
+        }
+    }
 }
 
 impl DatagramSession {
@@ -26,6 +78,10 @@ impl DatagramSession {
     pub fn new(config: KeepaliveConfig, rng: Rng, now: Instant) -> Self {
         DatagramSession {
             keepalive: Keepalive::new(PingStyle::Datagram, config, rng, now),
+            exchanges: Exchanges::default(),
+            queued: VecDeque::new(),
+            dedup: Dedup::default(),
+            notifications: VecDeque::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -39,6 +95,11 @@ impl DatagramSession {
     /// The keepalive machine, for commands (interval, `mark_active`, `ping_now`).
     pub fn keepalive_mut(&mut self) -> &mut Keepalive {
         &mut self.keepalive
+    }
+
+    /// Requests of ours still waiting for a response, and observations.
+    pub fn pending_requests(&self) -> usize {
+        self.exchanges.pending.len() + self.exchanges.observations.len()
     }
 
     /// One datagram from the peer.
@@ -63,41 +124,99 @@ impl DatagramSession {
                     answer: udp::reset(message_id).to_vec(),
                 });
             }
-            Ok(Datagram::Reset { message_id }) | Ok(Datagram::EmptyAck { message_id }) => {
-                // Never answered (RFC 7252 §4.2 / §4.3).
-                self.keepalive.handle_datagram_answer(now, message_id);
+            Ok(Datagram::EmptyAck { message_id }) => {
+                // Never answered (RFC 7252 §4.2).
+                if !self.handle_ack(now, message_id) {
+                    self.keepalive.handle_datagram_answer(now, message_id);
+                }
+            }
+            Ok(Datagram::Reset { message_id }) => {
+                // Never answered (RFC 7252 §4.3).
+                if !self.handle_reset(now, message_id) {
+                    self.keepalive.handle_datagram_answer(now, message_id);
+                }
             }
             Ok(Datagram::Message(packet)) => {
                 self.keepalive.handle_activity(now);
-                self.handle_message(packet);
+                self.handle_message(now, packet);
             }
         }
         self.pump();
     }
 
-    fn handle_message(&mut self, packet: Packet) {
-        let confirmable = packet.header.get_type() == MessageType::Confirmable;
+    /// An empty ACK: acknowledges one of our Confirmable messages, or our ping.
+    fn handle_ack(&mut self, now: Instant, message_id: u16) -> bool {
+        let Some(index) = self.exchanges.by_message_id(message_id) else {
+            return false;
+        };
+        self.keepalive.handle_activity(now);
+        let pending = &mut self.exchanges.pending[index];
+        pending.retransmit = None;
+        pending.acknowledged = true;
+        if pending.kind == PendingKind::SeparateResponse {
+            self.exchanges.pending.remove(index);
+        }
+        self.confirmable_done(now);
+        true
+    }
+
+    /// An RST: rejects one of our messages (request, separate response, notification), or
+    /// answers our ping.
+    fn handle_reset(&mut self, now: Instant, message_id: u16) -> bool {
+        if let Some(at) = self
+            .notifications
+            .iter()
+            .position(|(id, _)| *id == message_id)
+        {
+            self.keepalive.handle_activity(now);
+            if let Some((_, token)) = self.notifications.remove(at) {
+                self.events.push_back(ProtocolEvent::ObserverGone { token });
+            }
+            return true;
+        }
+        let Some(index) = self.exchanges.by_message_id(message_id) else {
+            return false;
+        };
+        self.keepalive.handle_activity(now);
+        let pending = self.exchanges.pending.remove(index);
+        if pending.kind == PendingKind::Request {
+            self.events.push_back(ProtocolEvent::RequestFailed {
+                token: pending.token,
+                error: RequestError::Reset,
+            });
+            self.fail(NackReason::Rst);
+        } else {
+            self.confirmable_done(now);
+        }
+        true
+    }
+
+    fn handle_message(&mut self, now: Instant, packet: Packet) {
+        let message_type = packet.header.get_type();
         let message_id = packet.header.message_id;
         match packet.header.code {
-            MessageClass::Request(_) => match packet.header.get_type() {
+            MessageClass::Request(_) => match message_type {
                 MessageType::Confirmable | MessageType::NonConfirmable => {
-                    self.events.push_back(ProtocolEvent::Request(packet));
+                    let lifetime = self.keepalive.config().transmission.exchange_lifetime();
+                    match self.dedup.check(now, lifetime, message_id) {
+                        Some(Some(answer)) => {
+                            let answer = answer.to_vec();
+                            self.transmits.push_back(answer);
+                            self.events
+                                .push_back(ProtocolEvent::Rejected("duplicate request".into()));
+                        }
+                        Some(None) => self
+                            .events
+                            .push_back(ProtocolEvent::Rejected("duplicate request".into())),
+                        None => self.events.push_back(ProtocolEvent::Request(packet)),
+                    }
                 }
                 // A request in an ACK or RST is malformed; ignore it.
                 _ => {}
             },
-            MessageClass::Response(_) => {
-                // We have no request outstanding that it could answer: reject a Confirmable
-                // one with RST (RFC 7252 §4.2), drop the rest.
-                if confirmable {
-                    self.transmits.push_back(udp::reset(message_id).to_vec());
-                }
-                self.events.push_back(ProtocolEvent::Rejected(
-                    "response matches no request".into(),
-                ));
-            }
+            MessageClass::Response(_) => self.handle_response(now, packet),
             _ => {
-                if confirmable {
+                if message_type == MessageType::Confirmable {
                     self.transmits.push_back(udp::reset(message_id).to_vec());
                 }
                 self.events.push_back(ProtocolEvent::Rejected(format!(
@@ -108,8 +227,190 @@ impl DatagramSession {
         }
     }
 
+    fn handle_response(&mut self, now: Instant, packet: Packet) {
+        let message_type = packet.header.get_type();
+        let message_id = packet.header.message_id;
+        let token = packet.get_token().to_vec();
+        let Some(response) = Response::from_packet(&packet) else {
+            return;
+        };
+        if message_type == MessageType::Acknowledgement {
+            // Piggybacked: must match both the Message ID and the token of our request.
+            match self.exchanges.by_message_id(message_id) {
+                Some(index)
+                    if self.exchanges.pending[index].token == token
+                        && self.exchanges.pending[index].kind == PendingKind::Request =>
+                {
+                    self.deliver(now, index, response);
+                    self.confirmable_done(now);
+                }
+                _ => self
+                    .events
+                    .push_back(ProtocolEvent::Rejected("ACK matches no request".into())),
+            }
+            return;
+        }
+        // A separate response or a notification: matched by token.
+        let known = if let Some(index) = self.exchanges.by_token(&token, PendingKind::Request) {
+            let was_in_flight = self.exchanges.pending[index].retransmit.is_some();
+            self.deliver(now, index, response);
+            if was_in_flight {
+                self.confirmable_done(now);
+            }
+            true
+        } else if let Some(observation) = self.exchanges.observation(&token) {
+            if observation.accept(now, &response) {
+                self.events
+                    .push_back(ProtocolEvent::Response { token, response });
+            }
+            true
+        } else {
+            false
+        };
+        if known {
+            if message_type == MessageType::Confirmable {
+                self.transmits
+                    .push_back(udp::empty_ack(message_id).to_vec());
+            }
+        } else {
+            // Nobody waits for it: reject (this also cancels a forgotten observation).
+            self.transmits.push_back(udp::reset(message_id).to_vec());
+            self.events.push_back(ProtocolEvent::Rejected(
+                "response matches no request".into(),
+            ));
+        }
+    }
+
+    /// Hands the response to pending request `index` up, turning it into an observation when
+    /// the request registered one and the peer agreed.
+    fn deliver(&mut self, now: Instant, index: usize, response: Response) {
+        let pending = self.exchanges.pending.remove(index);
+        if pending.observe && response.observe.is_some() {
+            let mut observation = Observation::new(pending.token.clone());
+            observation.accept(now, &response);
+            self.exchanges.observations.push(observation);
+        }
+        self.events.push_back(ProtocolEvent::Response {
+            token: pending.token,
+            response,
+        });
+    }
+
+    /// Sends `request`; the response comes back as a [`ProtocolEvent::Response`] with the
+    /// returned token, or a [`ProtocolEvent::RequestFailed`]. A Confirmable request waits while
+    /// another Confirmable message is unacknowledged (NSTART = 1), and no ping is sent while it
+    /// is out: it is the probe, and its failure is the session's.
+    pub fn send_request(&mut self, now: Instant, request: &Request, timeout: Duration) -> Vec<u8> {
+        // A preset token is kept when free (an Observe deregistration reuses its registration's).
+        let token = if !request.token.is_empty() && !self.exchanges.token_in_use(&request.token) {
+            request.token.clone()
+        } else {
+            self.fresh_token()
+        };
+        let mut packet = request.to_packet();
+        packet.set_token(token.clone());
+        self.exchanges.pending.push(Pending {
+            kind: PendingKind::Request,
+            token: token.clone(),
+            message_id: None,
+            observe: request.observe == Some(crate::message::OBSERVE_REGISTER),
+            acknowledged: false,
+            deadline: now + timeout,
+            retransmit: None,
+        });
+        if request.confirmable
+            && (self.exchanges.confirmable_in_flight() || !self.queued.is_empty())
+        {
+            self.queued.push_back((token.clone(), packet));
+        } else {
+            self.transmit_request(now, &token, packet);
+        }
+        self.pump();
+        token
+    }
+
+    /// Stops waiting for the response to `token` and forgets its observation.
+    pub fn cancel(&mut self, now: Instant, token: &[u8]) {
+        self.exchanges.forget_observation(token);
+        self.queued.retain(|(t, _)| t != token);
+        if let Some(index) = self.exchanges.by_token(token, PendingKind::Request) {
+            self.exchanges.pending.remove(index);
+            self.confirmable_done(now);
+        }
+    }
+
+    fn fresh_token(&mut self) -> Vec<u8> {
+        loop {
+            let token = (self.keepalive.rng().next_u64() as u32)
+                .to_be_bytes()
+                .to_vec();
+            if !self.exchanges.token_in_use(&token) {
+                return token;
+            }
+        }
+    }
+
+    fn transmit_request(&mut self, now: Instant, token: &[u8], mut packet: Packet) {
+        let message_id = self.keepalive.allocate_message_id();
+        packet.header.message_id = message_id;
+        let confirmable = packet.header.get_type() == MessageType::Confirmable;
+        let bytes = match packet.to_bytes_unlimited() {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                if let Some(index) = self.exchanges.by_token(token, PendingKind::Request) {
+                    self.exchanges.pending.remove(index);
+                }
+                self.events.push_back(ProtocolEvent::Rejected(format!(
+                    "request not encodable: {error:?}"
+                )));
+                return;
+            }
+        };
+        let retransmit = confirmable.then(|| self.first_retransmit(now, bytes.clone()));
+        if let Some(index) = self.exchanges.by_token(token, PendingKind::Request) {
+            let pending = &mut self.exchanges.pending[index];
+            pending.message_id = Some(message_id);
+            pending.retransmit = retransmit;
+        }
+        if confirmable {
+            self.keepalive.set_request_in_flight(now, true);
+        }
+        self.transmits.push_back(bytes);
+    }
+
+    fn first_retransmit(&mut self, now: Instant, bytes: Vec<u8>) -> Retransmit {
+        let params = self.keepalive.config().transmission;
+        let factor = 1.0 + (params.ack_random_factor - 1.0) * self.keepalive.rng().next_f64();
+        let timeout = params.ack_timeout.mul_f64(factor);
+        Retransmit {
+            bytes,
+            count: 0,
+            timeout,
+            next: now + timeout,
+        }
+    }
+
+    /// A Confirmable message of ours was acknowledged or given up: start the next queued
+    /// request, and let pings resume when none is in flight.
+    fn confirmable_done(&mut self, now: Instant) {
+        if !self.exchanges.confirmable_in_flight() {
+            if let Some((token, packet)) = self.queued.pop_front() {
+                if self
+                    .exchanges
+                    .by_token(&token, PendingKind::Request)
+                    .is_some()
+                {
+                    self.transmit_request(now, &token, packet);
+                }
+            }
+        }
+        let in_flight = self.exchanges.confirmable_in_flight();
+        self.keepalive.set_request_in_flight(now, in_flight);
+    }
+
     /// Answers `request` with `response`: piggybacked on the ACK for a Confirmable request, as a
-    /// Non-confirmable message with a fresh Message ID for a Non-confirmable one.
+    /// Non-confirmable message with a fresh Message ID for a Non-confirmable one. The answer is
+    /// remembered for duplicates of the request.
     pub fn respond(&mut self, request: &Packet, mut response: Packet) {
         if self.keepalive.is_finished() {
             return;
@@ -122,17 +423,125 @@ impl DatagramSession {
             response.header.message_id = self.keepalive.allocate_message_id();
         }
         response.set_token(request.get_token().to_vec());
-        match response.to_bytes() {
-            Ok(bytes) => self.transmits.push_back(bytes),
+        match response.to_bytes_unlimited() {
+            Ok(bytes) => {
+                self.dedup.store(request.header.message_id, &bytes);
+                self.transmits.push_back(bytes);
+            }
             Err(error) => self.events.push_back(ProtocolEvent::Rejected(format!(
                 "response not encodable: {error:?}"
             ))),
         }
     }
 
-    /// Advances timers: due pings, retransmissions, failure.
+    /// The response to `request` will come later ([`DatagramSession::respond_separate`]): a
+    /// Confirmable request is acknowledged now with an empty ACK, so the peer stops
+    /// retransmitting it.
+    pub fn respond_later(&mut self, request: &Packet) {
+        if request.header.get_type() == MessageType::Confirmable && !self.keepalive.is_finished() {
+            let ack = udp::empty_ack(request.header.message_id);
+            self.dedup.store(request.header.message_id, &ack);
+            self.transmits.push_back(ack.to_vec());
+        }
+    }
+
+    /// Sends a separate response to the request that carried `token`: Confirmable (and
+    /// retransmitted until acknowledged) when `confirmable`, else Non-confirmable.
+    pub fn respond_separate(
+        &mut self,
+        now: Instant,
+        token: &[u8],
+        confirmable: bool,
+        response: &Response,
+    ) {
+        if self.keepalive.is_finished() {
+            return;
+        }
+        let mut packet = response.to_packet();
+        packet.set_token(token.to_vec());
+        packet.header.set_type(if confirmable {
+            MessageType::Confirmable
+        } else {
+            MessageType::NonConfirmable
+        });
+        let message_id = self.keepalive.allocate_message_id();
+        packet.header.message_id = message_id;
+        let Ok(bytes) = packet.to_bytes_unlimited() else {
+            return;
+        };
+        if confirmable {
+            let retransmit = self.first_retransmit(now, bytes.clone());
+            let deadline = now + self.keepalive.config().transmission.max_transmit_wait();
+            self.exchanges.pending.push(Pending {
+                kind: PendingKind::SeparateResponse,
+                token: token.to_vec(),
+                message_id: Some(message_id),
+                observe: false,
+                acknowledged: false,
+                deadline,
+                retransmit: Some(retransmit),
+            });
+        }
+        self.transmits.push_back(bytes);
+        self.pump();
+    }
+
+    /// Sends a notification of an observed resource (Non-confirmable, RFC 7641). An RST to it
+    /// reports [`ProtocolEvent::ObserverGone`].
+    pub fn notify(&mut self, token: &[u8], response: &Response) {
+        if self.keepalive.is_finished() {
+            return;
+        }
+        let mut packet = response.to_packet();
+        packet.set_token(token.to_vec());
+        packet.header.set_type(MessageType::NonConfirmable);
+        let message_id = self.keepalive.allocate_message_id();
+        packet.header.message_id = message_id;
+        if let Ok(bytes) = packet.to_bytes_unlimited() {
+            if self.notifications.len() == NOTIFICATION_MEMORY {
+                self.notifications.pop_front();
+            }
+            self.notifications.push_back((message_id, token.to_vec()));
+            self.transmits.push_back(bytes);
+        }
+    }
+
+    /// Advances timers: due pings, retransmissions, request timeouts, failure.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.keepalive.handle_timeout(now);
+        let max_retransmit = self.keepalive.config().transmission.max_retransmit;
+        let mut index = 0;
+        while index < self.exchanges.pending.len() {
+            let pending = &mut self.exchanges.pending[index];
+            if let Some(retransmit) = pending.retransmit.as_mut() {
+                if retransmit.next <= now {
+                    if retransmit.count < max_retransmit {
+                        retransmit.count += 1;
+                        retransmit.timeout *= 2;
+                        retransmit.next = now + retransmit.timeout;
+                        self.transmits.push_back(retransmit.bytes.clone());
+                    } else {
+                        // Never acknowledged: the peer is gone, and so is the session. Its waiters
+                        // learn it from the session's failure (TooManyRetries).
+                        self.exchanges.pending.remove(index);
+                        self.fail(NackReason::TooManyRetries);
+                        return;
+                    }
+                }
+            }
+            let pending = &self.exchanges.pending[index];
+            if pending.deadline <= now && pending.kind == PendingKind::Request {
+                let pending = self.exchanges.pending.remove(index);
+                self.queued.retain(|(t, _)| *t != pending.token);
+                self.events.push_back(ProtocolEvent::RequestFailed {
+                    token: pending.token,
+                    error: RequestError::TimedOut,
+                });
+                self.confirmable_done(now);
+                continue;
+            }
+            index += 1;
+        }
         self.pump();
     }
 
@@ -174,7 +583,16 @@ impl DatagramSession {
 
     /// When [`DatagramSession::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.keepalive.poll_timeout()
+        if self.keepalive.is_finished() {
+            return None;
+        }
+        match (
+            self.keepalive.poll_timeout(),
+            self.exchanges.next_deadline(),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn pump(&mut self) {
@@ -259,5 +677,115 @@ mod tests {
                 rtt: Duration::from_millis(30)
             })
         );
+    }
+
+    fn drain(s: &mut DatagramSession) -> Vec<Vec<u8>> {
+        std::iter::from_fn(|| s.poll_transmit()).collect()
+    }
+
+    fn mid(bytes: &[u8]) -> u16 {
+        u16::from_be_bytes([bytes[2], bytes[3]])
+    }
+
+    #[test]
+    fn no_ping_while_a_confirmable_request_is_in_flight() {
+        use crate::config::TransmissionParams;
+        let t0 = Instant::now();
+        let params = TransmissionParams::default()
+            .with_ack_timeout(Duration::from_secs(2))
+            .with_ack_random_factor(1.0);
+        let config = KeepaliveConfig::default()
+            .with_interval_secs(10)
+            .with_transmission(params);
+        let mut s = DatagramSession::new(config, Rng::seeded(1), t0);
+        let at = |secs: f64| t0 + Duration::from_secs_f64(secs);
+        s.send_request(at(9.0), &Request::get("/x"), Duration::from_secs(300));
+        let request = drain(&mut s);
+        assert_eq!(request.len(), 1);
+        assert_eq!(request[0][0] & 0x30, 0x00, "Confirmable");
+        // Drive the session through its own deadlines up to 20 s: every datagram on the wire is
+        // the request (same MID), never a ping, although the idle interval passed at 10 s.
+        let mut sent = Vec::new();
+        while let Some(deadline) = s.poll_timeout().filter(|d| *d <= at(20.0)) {
+            s.handle_timeout(deadline);
+            for bytes in drain(&mut s) {
+                sent.push(((deadline - t0).as_secs_f64(), bytes));
+            }
+        }
+        let times: Vec<f64> = sent.iter().map(|(t, _)| *t).collect();
+        assert_eq!(times, vec![11.0, 15.0]);
+        assert!(sent
+            .iter()
+            .all(|(_, b)| mid(b) == mid(&request[0]) && b[1] == 0x01));
+        // The ACK arrives at 16 s: the request is done; the next ping is due 10 s later.
+        s.handle_datagram(at(16.0), &udp::empty_ack(mid(&request[0])));
+        assert!(drain(&mut s).is_empty());
+        s.handle_timeout(at(25.9));
+        assert!(drain(&mut s).is_empty());
+        s.handle_timeout(at(26.0));
+        let ping = drain(&mut s);
+        assert_eq!(ping.len(), 1);
+        assert_eq!(&ping[0][..2], &[0x40, 0x00]);
+    }
+
+    #[test]
+    fn nstart_queues_a_second_confirmable_request_until_the_first_is_acknowledged() {
+        let (mut s, t0) = session();
+        s.send_request(t0, &Request::get("/a"), Duration::from_secs(60));
+        s.send_request(t0, &Request::get("/b"), Duration::from_secs(60));
+        let out = drain(&mut s);
+        assert_eq!(out.len(), 1, "only the first goes out");
+        s.handle_datagram(t0, &udp::empty_ack(mid(&out[0])));
+        let out = drain(&mut s);
+        assert_eq!(out.len(), 1, "the second follows the ACK");
+        assert!(out[0].ends_with(b"b"));
+    }
+
+    #[test]
+    fn piggybacked_response_is_matched_by_message_id_and_token() {
+        let (mut s, t0) = session();
+        let token = s.send_request(t0, &Request::get("/a"), Duration::from_secs(60));
+        let out = drain(&mut s);
+        let mut ack = Response::content_text("hi").to_packet();
+        ack.header.set_type(MessageType::Acknowledgement);
+        ack.header.message_id = mid(&out[0]);
+        // wrong token: ignored
+        ack.set_token(vec![0xde, 0xad]);
+        s.handle_datagram(t0, &ack.to_bytes().unwrap());
+        assert!(!std::iter::from_fn(|| s.poll_event())
+            .any(|e| matches!(e, ProtocolEvent::Response { .. })));
+        ack.set_token(token.clone());
+        s.handle_datagram(t0, &ack.to_bytes().unwrap());
+        let events: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+        assert!(events.iter().any(|e| matches!(e,
+            ProtocolEvent::Response { token: t, response } if *t == token && response.payload == b"hi")));
+    }
+
+    #[test]
+    fn duplicate_con_request_is_answered_from_the_cache() {
+        let (mut s, t0) = session();
+        let req = [0x41, 0x01, 0x01, 0x02, 0xaa, 0xb1, b'x'];
+        s.handle_datagram(t0, &req);
+        let Some(ProtocolEvent::Request(packet)) = s.poll_event() else {
+            panic!()
+        };
+        s.respond(&packet, Response::content_text("v").to_packet());
+        let first = drain(&mut s);
+        s.handle_datagram(t0 + Duration::from_secs(1), &req);
+        assert!(
+            !std::iter::from_fn(|| s.poll_event()).any(|e| matches!(e, ProtocolEvent::Request(_)))
+        );
+        assert_eq!(drain(&mut s), first);
+    }
+
+    #[test]
+    fn unknown_separate_response_is_rejected_with_rst() {
+        let (mut s, t0) = session();
+        let mut stray = Response::content_text("x").to_packet();
+        stray.header.set_type(MessageType::Confirmable);
+        stray.header.message_id = 0x0909;
+        stray.set_token(vec![1, 2, 3]);
+        s.handle_datagram(t0, &stray.to_bytes().unwrap());
+        assert_eq!(drain(&mut s), vec![vec![0x70, 0x00, 0x09, 0x09]]);
     }
 }

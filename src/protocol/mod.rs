@@ -3,12 +3,15 @@
 //! machine fed and polled. Drivers move bytes and time in and out; every decision is made here.
 
 pub mod datagram;
+pub mod exchange;
 pub mod stream;
 
 use std::time::Duration;
 
 use crate::error::NackReason;
 use crate::handler::PeerPing;
+use crate::message::Response;
+use crate::protocol::exchange::RequestError;
 
 /// Something a session's protocol reports to its driver.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +39,25 @@ pub enum ProtocolEvent {
     Established,
     /// The peer sent a request; answer it with the session's `respond`.
     Request(coap_lite::Packet),
+    /// A response (or a notification) to our request with `token`.
+    Response {
+        /// The token of our request.
+        token: Vec<u8>,
+        /// The response.
+        response: Response,
+    },
+    /// Our request with `token` ended without a response.
+    RequestFailed {
+        /// The token of our request.
+        token: Vec<u8>,
+        /// Why.
+        error: RequestError,
+    },
+    /// The observer with `token` rejected a notification: forget it.
+    ObserverGone {
+        /// The token of its registration.
+        token: Vec<u8>,
+    },
     /// The session ended gracefully (Release sent or received, or closed by us).
     Closed,
     /// The session failed; the driver runs the nack handler and removes it.

@@ -1,7 +1,7 @@
 //! One TCP or TLS session: RFC 8323 frames in, CSM / Pong / Abort / Release and pings out.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use coap_lite::{MessageClass, Packet};
 
@@ -9,6 +9,8 @@ use crate::config::KeepaliveConfig;
 use crate::error::NackReason;
 use crate::handler::PeerPing;
 use crate::keepalive::{Keepalive, PingStyle};
+use crate::message::{Request, Response};
+use crate::protocol::exchange::{Exchanges, Observation, Pending, PendingKind, RequestError};
 use crate::protocol::ProtocolEvent;
 use crate::rng::Rng;
 use crate::wire::signal::{Signal, SignalError, BASE_MAX_MESSAGE_SIZE};
@@ -32,6 +34,7 @@ enum Phase {
 pub struct StreamSession {
     keepalive: Keepalive,
     decoder: FrameDecoder,
+    exchanges: Exchanges,
     phase: Phase,
     peer_max_message_size: u32,
     transmits: VecDeque<Vec<u8>>,
@@ -45,6 +48,7 @@ impl StreamSession {
         let mut session = StreamSession {
             keepalive: Keepalive::new(PingStyle::Stream, config, rng, now),
             decoder: FrameDecoder::new(max_message_size),
+            exchanges: Exchanges::default(),
             phase: Phase::AwaitingCsm,
             peer_max_message_size: BASE_MAX_MESSAGE_SIZE,
             transmits: VecDeque::new(),
@@ -134,8 +138,9 @@ impl StreamSession {
             let packet = frame.to_packet();
             match packet.header.code {
                 MessageClass::Request(_) => self.events.push_back(ProtocolEvent::Request(packet)),
+                MessageClass::Response(_) => self.handle_response(now, &packet),
                 _ => self.events.push_back(ProtocolEvent::Rejected(format!(
-                    "unexpected {} matches no request",
+                    "unexpected code {} over TCP",
                     packet.header.code
                 ))),
             }
@@ -205,6 +210,105 @@ impl StreamSession {
         }
     }
 
+    fn handle_response(&mut self, now: Instant, packet: &Packet) {
+        let token = packet.get_token().to_vec();
+        let Some(response) = Response::from_packet(packet) else {
+            return;
+        };
+        if let Some(index) = self.exchanges.by_token(&token, PendingKind::Request) {
+            let pending = self.exchanges.pending.remove(index);
+            if pending.observe && response.observe.is_some() {
+                let mut observation = Observation::new(token.clone());
+                observation.accept(now, &response);
+                self.exchanges.observations.push(observation);
+            }
+            self.events
+                .push_back(ProtocolEvent::Response { token, response });
+        } else if let Some(observation) = self.exchanges.observation(&token) {
+            if observation.accept(now, &response) {
+                self.events
+                    .push_back(ProtocolEvent::Response { token, response });
+            }
+        } else {
+            self.events.push_back(ProtocolEvent::Rejected(
+                "response matches no request".into(),
+            ));
+        }
+    }
+
+    /// Sends `request`; the response comes back as a [`ProtocolEvent::Response`] with the
+    /// returned token, or a [`ProtocolEvent::RequestFailed`] after `timeout`. Requests sent
+    /// before the peer's CSM wait in the connection's order behind our own CSM.
+    pub fn send_request(&mut self, now: Instant, request: &Request, timeout: Duration) -> Vec<u8> {
+        // A preset token is kept when free (an Observe deregistration reuses its registration's).
+        let token = if !request.token.is_empty() && !self.exchanges.token_in_use(&request.token) {
+            request.token.clone()
+        } else {
+            loop {
+                let token = (self.keepalive.rng().next_u64() as u32)
+                    .to_be_bytes()
+                    .to_vec();
+                if !self.exchanges.token_in_use(&token) {
+                    break token;
+                }
+            }
+        };
+        let mut packet = request.to_packet();
+        packet.set_token(token.clone());
+        self.exchanges.pending.push(Pending {
+            kind: PendingKind::Request,
+            token: token.clone(),
+            message_id: None,
+            observe: request.observe == Some(crate::message::OBSERVE_REGISTER),
+            acknowledged: false,
+            deadline: now + timeout,
+            retransmit: None,
+        });
+        if self.phase != Phase::Done {
+            self.transmits
+                .push_back(Frame::from_packet(&packet).encode());
+        }
+        token
+    }
+
+    /// Stops waiting for the response to `token` and forgets its observation.
+    pub fn cancel(&mut self, _now: Instant, token: &[u8]) {
+        self.exchanges.forget_observation(token);
+        if let Some(index) = self.exchanges.by_token(token, PendingKind::Request) {
+            self.exchanges.pending.remove(index);
+        }
+    }
+
+    /// Requests of ours still waiting for a response, and observations.
+    pub fn pending_requests(&self) -> usize {
+        self.exchanges.pending.len() + self.exchanges.observations.len()
+    }
+
+    /// A deferred answer needs nothing now over a stream (no ACK exists).
+    pub fn respond_later(&mut self, _request: &Packet) {}
+
+    /// Sends the separate response to the request that carried `token`.
+    pub fn respond_separate(
+        &mut self,
+        _now: Instant,
+        token: &[u8],
+        _confirmable: bool,
+        response: &Response,
+    ) {
+        self.notify(token, response);
+    }
+
+    /// Sends a notification (or any response) carrying `token`.
+    pub fn notify(&mut self, token: &[u8], response: &Response) {
+        if self.phase == Phase::Done {
+            return;
+        }
+        let mut packet = response.to_packet();
+        packet.set_token(token.to_vec());
+        self.transmits
+            .push_back(Frame::from_packet(&packet).encode());
+    }
+
     /// Answers `request` with `response` (token copied).
     pub fn respond(&mut self, request: &Packet, mut response: Packet) {
         if self.phase == Phase::Done {
@@ -224,9 +328,21 @@ impl StreamSession {
         }
     }
 
-    /// Advances timers.
+    /// Advances timers: due pings, pong timeouts, request timeouts.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.keepalive.handle_timeout(now);
+        let mut index = 0;
+        while index < self.exchanges.pending.len() {
+            if self.exchanges.pending[index].deadline <= now {
+                let pending = self.exchanges.pending.remove(index);
+                self.events.push_back(ProtocolEvent::RequestFailed {
+                    token: pending.token,
+                    error: RequestError::TimedOut,
+                });
+            } else {
+                index += 1;
+            }
+        }
         self.pump();
     }
 
@@ -294,7 +410,16 @@ impl StreamSession {
 
     /// When [`StreamSession::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.keepalive.poll_timeout()
+        if self.keepalive.is_finished() {
+            return None;
+        }
+        match (
+            self.keepalive.poll_timeout(),
+            self.exchanges.next_deadline(),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn pump(&mut self) {

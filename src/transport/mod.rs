@@ -1,5 +1,64 @@
 //! The tokio drivers: the only code that touches sockets. Each moves bytes and time between a
 //! socket and a sans-IO session protocol, and runs the context's handlers.
+//!
+//! `udp` and `tcp` are the two drivers; `dtls` and `tls` run them over secured connections,
+//! which `dtls_conn` and `tls_conn` set up (handshakes with deadlines, a DTLS listener that
+//! handshakes with many peers at once).
 
+pub mod dtls;
+pub mod dtls_conn;
 pub mod tcp;
+pub mod tls;
+pub mod tls_conn;
 pub mod udp;
+pub(crate) mod waiters;
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use crate::context::Context;
+use crate::error::NackReason;
+use crate::keepalive::Stats;
+use crate::protocol::ProtocolEvent;
+use crate::session::{CommandSender, Role, Session, Transport};
+
+/// Reports a session that failed before it started (a (D)TLS handshake that failed or timed
+/// out, a connection refused) like any other failed session: it is registered, the nack handler
+/// runs with `reason`, and it leaves the table.
+pub(crate) fn report_failed_start(
+    ctx: &Context,
+    peer: SocketAddr,
+    local: SocketAddr,
+    transport: Transport,
+    role: Role,
+    reason: NackReason,
+) -> Session {
+    let now = Instant::now();
+    // Nobody serves its commands: the session is over before anyone could send one.
+    let (commands, _) = tokio::sync::mpsc::unbounded_channel();
+    let session = Session::new(
+        ctx.next_session_id(),
+        peer,
+        local,
+        transport,
+        role,
+        CommandSender::Own(commands),
+        now,
+    );
+    ctx.register(&session);
+    let stats = Stats {
+        failures: 1,
+        ..Stats::default()
+    };
+    ctx.on_event(&session, &stats, now, ProtocolEvent::Failed(reason));
+    session
+}
+
+/// The unspecified address of `peer`'s family, for a session whose local end never existed.
+pub(crate) fn unspecified_like(peer: SocketAddr) -> SocketAddr {
+    if peer.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+    }
+}

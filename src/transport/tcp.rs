@@ -12,6 +12,8 @@ use crate::context::{Context, Endpoint, Reaction};
 use crate::error::{Error, NackReason, Result};
 use crate::protocol::stream::StreamSession;
 use crate::session::{Command, CommandSender, Role, Session, SessionState, Transport};
+use crate::transport::udp::clone_error;
+use crate::transport::waiters::{Delivery, Waiters};
 
 /// Binds `addr` and serves every connection accepted on it.
 pub(crate) async fn listen(ctx: &Context, addr: SocketAddr) -> Result<Endpoint> {
@@ -154,7 +156,8 @@ async fn run<S>(
 {
     let mut shutdown = ctx.shutdown_signal();
     let mut buf = vec![0u8; 16 * 1024];
-    let mut ended = false;
+    let mut ended = None;
+    let mut waiters = Waiters::default();
     loop {
         // Flush what the protocol queued and react to its events until both are drained.
         loop {
@@ -181,13 +184,31 @@ async fn run<S>(
                     let (request, response) = *exchange;
                     core.respond(&request, response);
                 }
-                Reaction::Ended => ended = true,
+                Reaction::RespondLater(request) => core.respond_later(&request),
+                Reaction::Deliver(token, outcome) => {
+                    let delivery = match outcome {
+                        Ok(response) => waiters.deliver(&token, response),
+                        Err(error) => {
+                            waiters.fail(&token, error);
+                            Delivery::Delivered
+                        }
+                    };
+                    if delivery == Delivery::Abandoned {
+                        core.cancel(Instant::now(), &token);
+                    }
+                }
+                Reaction::Ended(error) => {
+                    // Nothing is lost silently: every request still waiting learns why.
+                    waiters.fail_all(|| clone_error(&error));
+                    ended = Some(error);
+                }
             }
         }
         let _ = stream.flush().await;
-        if ended || core.is_done() {
+        if ended.is_some() || core.is_done() {
             let _ = stream.shutdown().await;
-            if !ended {
+            waiters.fail_all(|| crate::error::Error::Closed);
+            if ended.is_none() {
                 // Done without a terminal event (cannot happen today): still leave the table.
                 ctx.unregister(&session, SessionState::Closed);
             }
@@ -208,7 +229,11 @@ async fn run<S>(
                     Ok(n) => core.handle_bytes(now, &buf[..n]),
                     Err(error) => {
                         tracing::debug!(session = %session, %error, "read failed");
-                        core.handle_eof(now);
+                        if crate::transport::tls_conn::is_tls_error(&error) {
+                            core.fail(NackReason::TlsFailed);
+                        } else {
+                            core.handle_eof(now);
+                        }
                     }
                 }
             }
@@ -225,6 +250,25 @@ async fn run<S>(
                     }
                     Command::PingNow => core.ping_now(now),
                     Command::Close => core.close(),
+                    Command::Request { id, request, timeout, waiter } => {
+                        let token = core.send_request(now, &request, timeout);
+                        waiters.add(token, id, waiter);
+                    }
+                    Command::Cancel { id, deregister } => {
+                        if let Some(token) = waiters.remove_id(id) {
+                            core.cancel(now, &token);
+                            if let Some((mut request, waiter)) = deregister {
+                                request.token = token;
+                                let timeout = session.request_timeout();
+                                let token = core.send_request(now, &request, timeout);
+                                waiters.add(token, id, waiter);
+                            }
+                        }
+                    }
+                    Command::Notify { token, response } => core.notify(&token, &response),
+                    Command::SeparateResponse { token, confirmable, response } => {
+                        core.respond_separate(now, &token, confirmable, &response)
+                    }
                 }
             }
             _ = shutdown.changed() => core.close(),

@@ -19,6 +19,7 @@ use crate::error::{NackReason, Result};
 use crate::protocol::datagram::DatagramSession;
 use crate::session::{Command, CommandSender, Role, Session, SessionId, SessionState, Transport};
 use crate::table::{Key, SessionTable, Timed};
+use crate::transport::waiters::{Delivery, Waiters};
 
 /// Largest datagram we read (the UDP maximum).
 const MAX_DATAGRAM: usize = 65_536;
@@ -90,6 +91,7 @@ pub(crate) async fn connect(ctx: &Context, peer: SocketAddr) -> Result<Session> 
 struct Peer {
     core: DatagramSession,
     handle: Session,
+    waiters: Waiters,
 }
 
 impl Timed for Peer {
@@ -155,6 +157,7 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
             Peer {
                 core,
                 handle: handle.clone(),
+                waiters: Waiters::default(),
             },
         );
         self.ids.insert(id, key);
@@ -259,6 +262,32 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
                 }
                 Command::PingNow => p.core.ping_now(now),
                 Command::Close => p.core.close(),
+                Command::Request {
+                    id,
+                    request,
+                    timeout,
+                    waiter,
+                } => {
+                    let token = p.core.send_request(now, &request, timeout);
+                    p.waiters.add(token, id, waiter);
+                }
+                Command::Cancel { id, deregister } => {
+                    if let Some(token) = p.waiters.remove_id(id) {
+                        p.core.cancel(now, &token);
+                        if let Some((mut request, waiter)) = deregister {
+                            request.token = token;
+                            let timeout = p.handle.request_timeout();
+                            let token = p.core.send_request(now, &request, timeout);
+                            p.waiters.add(token, id, waiter);
+                        }
+                    }
+                }
+                Command::Notify { token, response } => p.core.notify(&token, &response),
+                Command::SeparateResponse {
+                    token,
+                    confirmable,
+                    response,
+                } => p.core.respond_separate(now, &token, confirmable, &response),
             }
         }
         self.flush(key, now).await;
@@ -270,7 +299,7 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
         let Some(peer) = self.table.peer(key) else {
             return;
         };
-        let mut ended = false;
+        let mut ended = None;
         loop {
             let Some(p) = self.table.get_mut(key) else {
                 return;
@@ -302,12 +331,33 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
                         p.core.respond(&request, response);
                     }
                 }
-                Reaction::Ended => ended = true,
+                Reaction::RespondLater(request) => {
+                    if let Some(p) = self.table.get_mut(key) {
+                        p.core.respond_later(&request);
+                    }
+                }
+                Reaction::Deliver(token, outcome) => {
+                    if let Some(p) = self.table.get_mut(key) {
+                        let abandoned = match outcome {
+                            Ok(response) => p.waiters.deliver(&token, response),
+                            Err(error) => {
+                                p.waiters.fail(&token, error);
+                                Delivery::Delivered
+                            }
+                        };
+                        if abandoned == Delivery::Abandoned {
+                            p.core.cancel(now, &token);
+                        }
+                    }
+                }
+                Reaction::Ended(error) => ended = Some(error),
             }
         }
-        if ended {
-            if let Some(p) = self.table.remove(key) {
+        if let Some(error) = ended {
+            if let Some(mut p) = self.table.remove(key) {
                 self.ids.remove(&p.handle.id());
+                // Nothing is lost silently: every request still waiting learns why.
+                p.waiters.fail_all(|| clone_error(&error));
             }
         } else {
             self.table.reschedule(key);
@@ -332,6 +382,16 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
             }
             self.flush(key, now).await;
         }
+    }
+}
+
+/// A copy of an error for each waiter of an ended session.
+pub(crate) fn clone_error(error: &crate::error::Error) -> crate::error::Error {
+    use crate::error::Error;
+    match error {
+        Error::SessionFailed(reason) => Error::SessionFailed(*reason),
+        Error::Closed => Error::Closed,
+        other => Error::Protocol(other.to_string()),
     }
 }
 

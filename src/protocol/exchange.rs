@@ -1,0 +1,174 @@
+//! Bookkeeping of our requests to the peer, shared by the datagram and stream protocols:
+//! pending requests matched by token (and Message ID over datagrams), their deadlines, and the
+//! observations they turned into, with the RFC 7641 §3.4 freshness rule.
+
+use std::time::{Duration, Instant};
+
+use crate::message::Response;
+
+/// Why a request of ours ended without a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// No response within the request timeout (or, over datagrams, no ACK after every
+    /// retransmission — which also fails the session).
+    TimedOut,
+    /// The peer rejected the request with an RST.
+    Reset,
+}
+
+/// Retransmission state of a Confirmable message we sent.
+#[derive(Debug, Clone)]
+pub(crate) struct Retransmit {
+    pub bytes: Vec<u8>,
+    pub count: u32,
+    pub timeout: Duration,
+    pub next: Instant,
+}
+
+/// What a pending entry is waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PendingKind {
+    /// A request of ours, waiting for its response.
+    Request,
+    /// A Confirmable separate response of ours, waiting only for its ACK.
+    SeparateResponse,
+}
+
+/// One message of ours that waits for something.
+#[derive(Debug, Clone)]
+pub(crate) struct Pending {
+    pub kind: PendingKind,
+    pub token: Vec<u8>,
+    /// Message ID once sent over a datagram transport.
+    pub message_id: Option<u16>,
+    /// The request registered an observation (Observe = 0).
+    pub observe: bool,
+    /// The peer acknowledged it (a separate response will follow).
+    pub acknowledged: bool,
+    /// Give up waiting for the response at this instant.
+    pub deadline: Instant,
+    /// Confirmable and not yet acknowledged: retransmission state.
+    pub retransmit: Option<Retransmit>,
+}
+
+impl Pending {
+    /// The earliest instant this entry needs attention.
+    pub fn next_deadline(&self) -> Instant {
+        match &self.retransmit {
+            Some(r) => r.next.min(self.deadline),
+            None => self.deadline,
+        }
+    }
+}
+
+/// An observation of ours (we registered; the peer notifies).
+#[derive(Debug, Clone)]
+pub(crate) struct Observation {
+    pub token: Vec<u8>,
+    last: Option<(u32, Instant)>,
+}
+
+impl Observation {
+    pub fn new(token: Vec<u8>) -> Self {
+        Observation { token, last: None }
+    }
+
+    /// Records a notification received at `now`; false when it is older than the last one
+    /// (RFC 7641 §3.4) and must not be delivered.
+    pub fn accept(&mut self, now: Instant, response: &Response) -> bool {
+        let Some(sequence) = response.observe else {
+            return true;
+        };
+        let fresh = match self.last {
+            None => true,
+            Some((last, at)) => is_fresher(last, at, sequence, now),
+        };
+        if fresh {
+            self.last = Some((sequence, now));
+        }
+        fresh
+    }
+}
+
+/// RFC 7641 §3.4: notification `v2` received at `t2` is newer than `v1` received at `t1` when
+/// the 24-bit sequence number advanced (modulo wrap-around) or 128 s passed.
+pub fn is_fresher(v1: u32, t1: Instant, v2: u32, t2: Instant) -> bool {
+    const HALF: u32 = 1 << 23;
+    (v1 < v2 && v2 - v1 < HALF) || (v1 > v2 && v1 - v2 > HALF) || t2 > t1 + Duration::from_secs(128)
+}
+
+/// Pending messages and observations of one session. Sessions rarely have more than a few, so
+/// lookups scan.
+#[derive(Debug, Default)]
+pub(crate) struct Exchanges {
+    pub pending: Vec<Pending>,
+    pub observations: Vec<Observation>,
+}
+
+impl Exchanges {
+    pub fn by_token(&self, token: &[u8], kind: PendingKind) -> Option<usize> {
+        self.pending
+            .iter()
+            .position(|p| p.kind == kind && p.token == token)
+    }
+
+    pub fn by_message_id(&self, message_id: u16) -> Option<usize> {
+        self.pending
+            .iter()
+            .position(|p| p.message_id == Some(message_id))
+    }
+
+    pub fn observation(&mut self, token: &[u8]) -> Option<&mut Observation> {
+        self.observations.iter_mut().find(|o| o.token == token)
+    }
+
+    pub fn token_in_use(&self, token: &[u8]) -> bool {
+        self.pending.iter().any(|p| p.token == token)
+            || self.observations.iter().any(|o| o.token == token)
+    }
+
+    /// True while a Confirmable message of ours is unacknowledged (NSTART = 1).
+    pub fn confirmable_in_flight(&self) -> bool {
+        self.pending.iter().any(|p| p.retransmit.is_some())
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.pending.iter().map(Pending::next_deadline).min()
+    }
+
+    pub fn forget_observation(&mut self, token: &[u8]) {
+        self.observations.retain(|o| o.token != token);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn freshness_follows_rfc7641() {
+        let t = Instant::now();
+        assert!(is_fresher(1, t, 2, t));
+        assert!(!is_fresher(2, t, 1, t));
+        assert!(!is_fresher(5, t, 5, t));
+        // wrap-around of the 24-bit number
+        assert!(is_fresher((1 << 24) - 1, t, 0, t));
+        // an old number is fresh again after 128 s
+        assert!(is_fresher(9, t, 3, t + Duration::from_secs(129)));
+    }
+
+    #[test]
+    fn observation_drops_reordered_notifications() {
+        let t = Instant::now();
+        let mut o = Observation::new(vec![1]);
+        let n = |seq| {
+            let mut r = Response::content_text("x");
+            r.observe = Some(seq);
+            r
+        };
+        assert!(o.accept(t, &n(3)));
+        assert!(!o.accept(t, &n(2)));
+        assert!(o.accept(t, &n(4)));
+    }
+}

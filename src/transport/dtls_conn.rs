@@ -1,0 +1,1009 @@
+//! DTLS over UDP primitives (webrtc-dtls): connect with a handshake deadline, a listener that
+//! runs server handshakes concurrently, and reading with a peer's close seen as end of stream.
+//!
+//! webrtc-dtls has no handshake timeout of its own, and its stock listener runs each handshake
+//! before accepting the next peer, so one silent peer blocks all others. webrtc-util's UDP
+//! listener, which it builds on, never forgets a peer either: its table of peers only grows, and
+//! a peer that comes back from the same address and port is routed to its dead connection.
+//! [`DtlsListener`] therefore demultiplexes the UDP socket itself: a datagram from an unknown
+//! address that opens with a ClientHello starts a server handshake in a task of its own, under a
+//! deadline and a bound on the handshakes in progress, and a peer is forgotten as soon as its
+//! connection is closed or dropped.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use webrtc_dtls::config::Config;
+use webrtc_dtls::conn::DTLSConn;
+use webrtc_util::conn::Conn;
+
+use crate::error::{Error, Result};
+
+/// Datagrams queued for one peer's connection before more are dropped, as a full socket buffer
+/// would.
+const PEER_QUEUE_DATAGRAMS: usize = 64;
+/// Handshake outcomes queued for [`DtlsListener::accept`].
+const ACCEPT_QUEUE: usize = 32;
+/// Large enough for any UDP datagram.
+const MAX_DATAGRAM: usize = 65_535;
+/// DTLS record header: type, version, epoch, sequence number, length.
+const RECORD_HEADER_LEN: usize = 13;
+/// Content type of a handshake record.
+const CONTENT_HANDSHAKE: u8 = 22;
+/// Handshake message type of a ClientHello.
+const HANDSHAKE_CLIENT_HELLO: u8 = 1;
+
+/// Connects to a DTLS server at `peer` from an ephemeral UDP port and runs the client handshake
+/// within `timeout`.
+///
+/// When `config.server_name` is empty it is set to the peer's IP address (what webrtc-dtls
+/// would pick itself if it knew the address). Every failure, the deadline included, is an
+/// [`Error::Tls`].
+pub async fn dtls_connect(
+    peer: SocketAddr,
+    mut config: Config,
+    timeout: Duration,
+) -> Result<Arc<DTLSConn>> {
+    let local: SocketAddr = if peer.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(local).await?;
+    socket.connect(peer).await?;
+    if config.server_name.is_empty() {
+        config.server_name = peer.ip().to_string();
+    }
+    let conn: Arc<dyn Conn + Send + Sync> = Arc::new(socket);
+    match tokio::time::timeout(timeout, DTLSConn::new(conn, config, true, None)).await {
+        Ok(Ok(conn)) => Ok(Arc::new(conn)),
+        Ok(Err(e)) => Err(Error::Tls(format!("handshake with {peer} failed: {e}"))),
+        Err(_) => Err(Error::Tls(format!(
+            "handshake with {peer} timed out after {timeout:?}"
+        ))),
+    }
+}
+
+/// Reads one datagram's worth of application data; `Ok(None)` when the peer has closed the
+/// connection (a close_notify, or a fatal alert) or it was closed locally.
+pub async fn dtls_recv(conn: &DTLSConn, buf: &mut [u8]) -> Result<Option<usize>> {
+    match conn.read(buf, None).await {
+        Ok(n) => Ok(Some(n)),
+        Err(e) if is_close_notify(&e) => Ok(None),
+        Err(e) => Err(Error::Tls(format!("DTLS receive failed: {e}"))),
+    }
+}
+
+/// Sends `data` as one DTLS record.
+pub async fn dtls_send(conn: &DTLSConn, data: &[u8]) -> Result<()> {
+    match conn.write(data, None).await {
+        Ok(_) => Ok(()),
+        Err(webrtc_dtls::Error::Util(webrtc_util::Error::Io(e))) => Err(Error::Io(e.0)),
+        Err(e) => Err(Error::Tls(format!("DTLS send failed: {e}"))),
+    }
+}
+
+/// True when a webrtc-dtls read error means the connection is over rather than broken: the
+/// peer sent a close_notify (or a fatal alert, which webrtc-dtls does not tell apart) or the
+/// connection was closed locally.
+pub fn is_close_notify(error: &webrtc_dtls::Error) -> bool {
+    matches!(
+        error,
+        webrtc_dtls::Error::ErrAlertFatalOrClose | webrtc_dtls::Error::ErrConnClosed
+    )
+}
+
+/// The outcome of one server-side handshake.
+#[non_exhaustive]
+pub enum DtlsAccept {
+    /// The handshake completed: the connection and the peer's address.
+    Established(Arc<DTLSConn>, SocketAddr),
+    /// The handshake failed or timed out; `error` is an [`Error::Tls`].
+    Failed {
+        /// The peer's address.
+        peer: SocketAddr,
+        /// Why the handshake failed.
+        error: Error,
+    },
+}
+
+impl std::fmt::Debug for DtlsAccept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DtlsAccept::Established(_, peer) => f.debug_tuple("Established").field(peer).finish(),
+            DtlsAccept::Failed { peer, error } => f
+                .debug_struct("Failed")
+                .field("peer", peer)
+                .field("error", error)
+                .finish(),
+        }
+    }
+}
+
+/// A DTLS server socket whose handshakes run concurrently.
+///
+/// A datagram from a new address is taken as a connection attempt only when it opens with a
+/// ClientHello; anything else from an unknown address is dropped. Each handshake runs in its
+/// own task within the handshake deadline; when `max_handshakes_in_progress` are already
+/// running, a new peer's ClientHello is dropped (the peer will retransmit it).
+///
+/// Dropping the listener starts no new handshakes (those in progress are closed as they
+/// complete); the socket stays open for the connections it accepted until the last of them is
+/// closed or dropped.
+///
+/// A datagram from an address with a live connection goes to that connection, even a new
+/// ClientHello: a peer that restarts on the same port is served only once its old connection
+/// has been closed.
+pub struct DtlsListener {
+    local_addr: SocketAddr,
+    peers: Arc<PeerTable>,
+    accepted: tokio::sync::Mutex<mpsc::Receiver<Result<DtlsAccept>>>,
+}
+
+impl DtlsListener {
+    /// Binds a UDP socket to `addr` and starts serving DTLS handshakes with `config`.
+    /// `max_handshakes_in_progress` is at least 1.
+    pub async fn bind(
+        addr: SocketAddr,
+        config: Config,
+        handshake_timeout: Duration,
+        max_handshakes_in_progress: usize,
+    ) -> Result<DtlsListener> {
+        let socket = Arc::new(UdpSocket::bind(addr).await?);
+        let local_addr = socket.local_addr()?;
+        let peers = Arc::new(PeerTable::default());
+        let (accepted_tx, accepted_rx) = mpsc::channel(ACCEPT_QUEUE);
+        let demux = Demux {
+            socket,
+            peers: Arc::clone(&peers),
+            config,
+            handshake_timeout,
+            handshakes: Arc::new(Semaphore::new(max_handshakes_in_progress.max(1))),
+            accepted: accepted_tx,
+        };
+        tokio::spawn(demux.run());
+        Ok(DtlsListener {
+            local_addr,
+            peers,
+            accepted: tokio::sync::Mutex::new(accepted_rx),
+        })
+    }
+
+    /// The address the socket is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Waits for the next handshake to complete or fail.
+    ///
+    /// An error means the socket itself failed; the listener then accepts nothing more.
+    pub async fn accept(&self) -> Result<DtlsAccept> {
+        match self.accepted.lock().await.recv().await {
+            Some(outcome) => outcome,
+            None => Err(Error::Closed),
+        }
+    }
+
+    /// How many peers datagrams are currently routed to: handshakes in progress and
+    /// connections not yet closed or dropped.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+}
+
+impl Drop for DtlsListener {
+    fn drop(&mut self) {
+        self.peers.close();
+    }
+}
+
+impl std::fmt::Debug for DtlsListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DtlsListener")
+            .field("local_addr", &self.local_addr)
+            .field("peers", &self.peers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The task that reads the listener's socket and hands each datagram to its peer.
+struct Demux {
+    socket: Arc<UdpSocket>,
+    peers: Arc<PeerTable>,
+    config: Config,
+    handshake_timeout: Duration,
+    handshakes: Arc<Semaphore>,
+    accepted: mpsc::Sender<Result<DtlsAccept>>,
+}
+
+impl Demux {
+    async fn run(self) {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            if self.peers.is_closed() && self.peers.len() == 0 {
+                tracing::trace!(addr = ?self.socket.local_addr(), "DTLS listener socket closed");
+                return;
+            }
+            let received = tokio::select! {
+                received = self.socket.recv_from(&mut buf) => received,
+                () = self.peers.changed.notified() => continue,
+            };
+            let (n, peer) = match received {
+                Ok(received) => received,
+                // An ICMP error for an earlier send, reported on some platforms: not fatal.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "DTLS listener socket failed");
+                    let _ = self.accepted.send(Err(Error::Io(e))).await;
+                    return;
+                }
+            };
+            let datagram = &buf[..n];
+            if self.peers.deliver(peer, datagram) {
+                continue;
+            }
+            if self.peers.is_closed() || !is_client_hello(datagram) {
+                tracing::trace!(%peer, len = n, "dropping a datagram from an unknown peer");
+                continue;
+            }
+            let Ok(permit) = Arc::clone(&self.handshakes).try_acquire_owned() else {
+                tracing::debug!(%peer, "too many DTLS handshakes in progress; dropping a ClientHello");
+                continue;
+            };
+            let conn = self.peers.insert(&self.socket, peer, datagram);
+            tokio::spawn(handshake(
+                conn,
+                self.config.clone(),
+                self.handshake_timeout,
+                permit,
+                self.accepted.clone(),
+            ));
+        }
+    }
+}
+
+/// Runs one server handshake and reports its outcome.
+async fn handshake(
+    conn: Arc<PeerConn>,
+    config: Config,
+    timeout: Duration,
+    permit: OwnedSemaphorePermit,
+    accepted: mpsc::Sender<Result<DtlsAccept>>,
+) {
+    let peer = conn.peer;
+    let outcome = tokio::time::timeout(timeout, DTLSConn::new(conn, config, false, None)).await;
+    drop(permit);
+    let event = match outcome {
+        Ok(Ok(conn)) => {
+            tracing::debug!(%peer, "DTLS handshake completed");
+            DtlsAccept::Established(Arc::new(conn), peer)
+        }
+        Ok(Err(e)) => DtlsAccept::Failed {
+            peer,
+            error: Error::Tls(format!("handshake with {peer} failed: {e}")),
+        },
+        Err(_) => DtlsAccept::Failed {
+            peer,
+            error: Error::Tls(format!("handshake with {peer} timed out after {timeout:?}")),
+        },
+    };
+    if let DtlsAccept::Failed { error, .. } = &event {
+        tracing::debug!(%peer, %error, "DTLS handshake failed");
+    }
+    if let Err(mpsc::error::SendError(Ok(DtlsAccept::Established(conn, _)))) =
+        accepted.send(Ok(event)).await
+    {
+        // The listener is gone: nobody will use this connection.
+        let _ = conn.close().await;
+    }
+}
+
+/// True when `datagram` opens with an epoch-0 handshake record holding a ClientHello.
+fn is_client_hello(datagram: &[u8]) -> bool {
+    datagram.len() > RECORD_HEADER_LEN
+        && datagram[0] == CONTENT_HANDSHAKE
+        && datagram[1] == 0xfe
+        && datagram[3..5] == [0, 0]
+        && datagram[RECORD_HEADER_LEN] == HANDSHAKE_CLIENT_HELLO
+}
+
+/// The peers a listener routes datagrams to, by address.
+#[derive(Default)]
+struct PeerTable {
+    routes: Mutex<HashMap<SocketAddr, Route>>,
+    next_id: AtomicU64,
+    /// Set when the listener is dropped: no new peers, and the socket closes with the last route.
+    closed: AtomicBool,
+    /// Wakes the demultiplexer when a route is removed or the listener closed.
+    changed: Notify,
+}
+
+/// Where one peer's datagrams go.
+struct Route {
+    /// Tells this route from a later one for the same address.
+    id: u64,
+    datagrams: mpsc::Sender<Vec<u8>>,
+}
+
+impl PeerTable {
+    fn routes(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Route>> {
+        // The map stays consistent even if a holder panicked: every update is one call.
+        self.routes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn len(&self) -> usize {
+        self.routes().len()
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.changed.notify_one();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Queues `datagram` for `peer`'s connection; false when `peer` has none.
+    fn deliver(&self, peer: SocketAddr, datagram: &[u8]) -> bool {
+        let mut routes = self.routes();
+        let Some(route) = routes.get(&peer) else {
+            return false;
+        };
+        match route.datagrams.try_send(datagram.to_vec()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::trace!(%peer, "DTLS peer queue full; dropping a datagram");
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                routes.remove(&peer);
+                false
+            }
+        }
+    }
+
+    /// Adds a route for a new peer, with `first` already queued.
+    fn insert(
+        self: &Arc<Self>,
+        socket: &Arc<UdpSocket>,
+        peer: SocketAddr,
+        first: &[u8],
+    ) -> Arc<PeerConn> {
+        let (tx, rx) = mpsc::channel(PEER_QUEUE_DATAGRAMS);
+        let _ = tx.try_send(first.to_vec());
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.routes().insert(peer, Route { id, datagrams: tx });
+        Arc::new(PeerConn {
+            socket: Arc::clone(socket),
+            peer,
+            id,
+            datagrams: tokio::sync::Mutex::new(rx),
+            table: Arc::clone(self),
+        })
+    }
+
+    /// Removes `peer`'s route if it is still the one numbered `id`.
+    fn remove(&self, peer: SocketAddr, id: u64) {
+        let mut routes = self.routes();
+        if routes.get(&peer).is_some_and(|route| route.id == id) {
+            routes.remove(&peer);
+            self.changed.notify_one();
+        }
+    }
+}
+
+/// One peer's side of the listener's socket, as webrtc-dtls's transport.
+struct PeerConn {
+    socket: Arc<UdpSocket>,
+    peer: SocketAddr,
+    id: u64,
+    datagrams: tokio::sync::Mutex<mpsc::Receiver<Vec<u8>>>,
+    table: Arc<PeerTable>,
+}
+
+impl PeerConn {
+    async fn recv_datagram(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
+        match self.datagrams.lock().await.recv().await {
+            Some(datagram) => {
+                // Like a UDP socket: a datagram longer than the buffer is truncated.
+                let n = datagram.len().min(buf.len());
+                buf[..n].copy_from_slice(&datagram[..n]);
+                Ok(n)
+            }
+            // Closed. webrtc-dtls's reader retries failed reads at once, so an error here would
+            // make it spin until the DTLS connection stops it; waiting does no harm.
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for PeerConn {
+    fn drop(&mut self) {
+        self.table.remove(self.peer, self.id);
+    }
+}
+
+/// The boxed future an `async_trait` method returns.
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+// `Conn` is an `async_trait`; these are the signatures that macro gives its methods.
+impl Conn for PeerConn {
+    fn connect<'life0, 'async_trait>(
+        &'life0 self,
+        _addr: SocketAddr,
+    ) -> BoxFuture<'async_trait, webrtc_util::Result<()>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(async { Err(webrtc_util::Error::Other("already connected".into())) })
+    }
+
+    fn recv<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        buf: &'life1 mut [u8],
+    ) -> BoxFuture<'async_trait, webrtc_util::Result<usize>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(self.recv_datagram(buf))
+    }
+
+    fn recv_from<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        buf: &'life1 mut [u8],
+    ) -> BoxFuture<'async_trait, webrtc_util::Result<(usize, SocketAddr)>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(async move { Ok((self.recv_datagram(buf).await?, self.peer)) })
+    }
+
+    fn send<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        buf: &'life1 [u8],
+    ) -> BoxFuture<'async_trait, webrtc_util::Result<usize>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(async move { Ok(self.socket.send_to(buf, self.peer).await?) })
+    }
+
+    fn send_to<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        buf: &'life1 [u8],
+        target: SocketAddr,
+    ) -> BoxFuture<'async_trait, webrtc_util::Result<usize>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(async move { Ok(self.socket.send_to(buf, target).await?) })
+    }
+
+    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
+        Ok(self.socket.local_addr()?)
+    }
+
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        Some(self.peer)
+    }
+
+    fn close<'life0, 'async_trait>(&'life0 self) -> BoxFuture<'async_trait, webrtc_util::Result<()>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(async move {
+            self.table.remove(self.peer, self.id);
+            Ok(())
+        })
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::time::Duration;
+
+    use tokio::net::UdpSocket;
+    use tokio::task::JoinHandle;
+
+    use super::*;
+    use crate::certs::{
+        dtls_cert_client_config, dtls_cert_server_config, dtls_psk_client_config,
+        dtls_psk_server_config, CertificateSet, PskCredentials,
+    };
+
+    /// Deadline of the handshakes that should succeed.
+    const TIMEOUT: Duration = Duration::from_secs(5);
+    /// An empty CoAP Confirmable message (a ping).
+    const PING: [u8; 4] = [0x40, 0x00, 0x12, 0x34];
+
+    fn loopback() -> SocketAddr {
+        (Ipv4Addr::LOCALHOST, 0).into()
+    }
+
+    fn expect_err<T>(result: Result<T>) -> Error {
+        match result {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e,
+        }
+    }
+
+    fn psk(key: &str) -> PskCredentials {
+        PskCredentials::new("id", key)
+    }
+
+    /// Fails the test if `future` takes longer than `secs` seconds.
+    async fn within<T>(secs: u64, future: impl Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(secs), future)
+            .await
+            .expect("test step timed out")
+    }
+
+    /// Accepts one handshake and echoes every record on the connection until the peer closes;
+    /// the handle yields the peer's address, or the handshake's error.
+    fn echo_server(listener: Arc<DtlsListener>) -> JoinHandle<Result<SocketAddr>> {
+        tokio::spawn(async move {
+            let accepted = listener.accept().await?;
+            drop(listener);
+            let (conn, peer) = match accepted {
+                DtlsAccept::Established(conn, peer) => (conn, peer),
+                DtlsAccept::Failed { error, .. } => return Err(error),
+            };
+            let mut buf = [0u8; 1500];
+            while let Some(n) = dtls_recv(&conn, &mut buf).await? {
+                dtls_send(&conn, &buf[..n]).await?;
+            }
+            conn.close().await.ok();
+            Ok(peer)
+        })
+    }
+
+    async fn ping(conn: &DTLSConn) -> Vec<u8> {
+        dtls_send(conn, &PING).await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = within(5, dtls_recv(conn, &mut buf)).await.unwrap().unwrap();
+        buf[..n].to_vec()
+    }
+
+    async fn wait_for_no_peers(listener: &DtlsListener) {
+        within(5, async {
+            while listener.peer_count() != 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn psk_handshake_echo_and_close() {
+        let config = dtls_psk_server_config(&psk("secret"));
+        let listener = Arc::new(
+            DtlsListener::bind(loopback(), config, TIMEOUT, 8)
+                .await
+                .unwrap(),
+        );
+        let server = echo_server(Arc::clone(&listener));
+        let client = dtls_connect(
+            listener.local_addr(),
+            dtls_psk_client_config(&psk("secret")),
+            TIMEOUT,
+        )
+        .await
+        .unwrap();
+        // webrtc-dtls keeps the server's identity hint.
+        assert_eq!(client.connection_state().await.identity_hint, b"CoAP");
+        assert_eq!(ping(&client).await, PING);
+        assert_eq!(listener.peer_count(), 1);
+
+        // The server sees our close_notify as the end of the stream, and forgets the peer.
+        let client_addr = client.local_addr().unwrap();
+        client.close().await.unwrap();
+        let peer = within(5, server).await.unwrap().unwrap();
+        assert_eq!(peer.port(), client_addr.port());
+        wait_for_no_peers(&listener).await;
+    }
+
+    #[tokio::test]
+    async fn local_close_reads_as_end_of_stream() {
+        let config = dtls_psk_server_config(&psk("secret"));
+        let listener = DtlsListener::bind(loopback(), config, TIMEOUT, 8)
+            .await
+            .unwrap();
+        let connect = dtls_connect(
+            listener.local_addr(),
+            dtls_psk_client_config(&psk("secret")),
+            TIMEOUT,
+        );
+        let (client, accepted) = tokio::join!(connect, within(5, listener.accept()));
+        let client = client.unwrap();
+        let DtlsAccept::Established(server, _) = accepted.unwrap() else {
+            panic!("handshake failed");
+        };
+        // The server closes; the client reads the end of the stream.
+        server.close().await.unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(within(5, dtls_recv(&client, &mut buf)).await.unwrap(), None);
+        wait_for_no_peers(&listener).await;
+        // Reading a connection closed here is the end of the stream too.
+        assert_eq!(within(5, dtls_recv(&server, &mut buf)).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn dropped_connection_is_forgotten() {
+        let config = dtls_psk_server_config(&psk("secret"));
+        let listener = DtlsListener::bind(loopback(), config, TIMEOUT, 8)
+            .await
+            .unwrap();
+        let connect = dtls_connect(
+            listener.local_addr(),
+            dtls_psk_client_config(&psk("secret")),
+            TIMEOUT,
+        );
+        let (client, accepted) = tokio::join!(connect, within(5, listener.accept()));
+        client.unwrap();
+        assert!(matches!(accepted.unwrap(), DtlsAccept::Established(..)));
+        wait_for_no_peers(&listener).await;
+    }
+
+    #[tokio::test]
+    async fn dropped_listener_serves_its_connections_then_closes_the_socket() {
+        let config = dtls_psk_server_config(&psk("secret"));
+        let listener = Arc::new(
+            DtlsListener::bind(loopback(), config, TIMEOUT, 8)
+                .await
+                .unwrap(),
+        );
+        let addr = listener.local_addr();
+        let server = echo_server(Arc::clone(&listener));
+        let client = dtls_connect(addr, dtls_psk_client_config(&psk("secret")), TIMEOUT)
+            .await
+            .unwrap();
+        drop(listener);
+        assert_eq!(ping(&client).await, PING);
+
+        // No new handshakes.
+        let error = expect_err(
+            dtls_connect(
+                addr,
+                dtls_psk_client_config(&psk("secret")),
+                Duration::from_millis(300),
+            )
+            .await,
+        );
+        assert!(error.to_string().contains("timed out"), "{error}");
+
+        // With its last connection gone, the socket is released.
+        client.close().await.unwrap();
+        within(5, server).await.unwrap().unwrap();
+        within(5, async {
+            while UdpSocket::bind(addr).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn wrong_psk_fails_on_both_sides() {
+        let config = dtls_psk_server_config(&psk("secret"));
+        let listener = DtlsListener::bind(loopback(), config, TIMEOUT, 8)
+            .await
+            .unwrap();
+        let timeout = Duration::from_secs(3);
+        let connect = dtls_connect(
+            listener.local_addr(),
+            dtls_psk_client_config(&psk("wrong")),
+            timeout,
+        );
+        let (client, accepted) =
+            within(5, async { tokio::join!(connect, listener.accept()) }).await;
+        let client_error = expect_err(client);
+        assert!(matches!(client_error, Error::Tls(_)), "{client_error}");
+        match accepted.unwrap() {
+            DtlsAccept::Failed { error, .. } => {
+                assert!(matches!(error, Error::Tls(_)), "{error}");
+            }
+            DtlsAccept::Established(..) => panic!("handshake with a wrong key succeeded"),
+        }
+        wait_for_no_peers(&listener).await;
+    }
+
+    /// A datagram that passes for a ClientHello at a glance: an epoch-0 handshake record whose
+    /// first message type is ClientHello, truncated.
+    const TRUNCATED_CLIENT_HELLO: [u8; 14] = [
+        0x16, 0xfe, 0xfd, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x01,
+    ];
+
+    #[tokio::test]
+    async fn silent_peers_do_not_block_other_handshakes() {
+        let config = dtls_psk_server_config(&psk("secret"));
+        let listener = Arc::new(
+            DtlsListener::bind(loopback(), config, Duration::from_secs(30), 8)
+                .await
+                .unwrap(),
+        );
+        // One peer sends garbage, another starts a handshake; neither says anything more.
+        let garbage = UdpSocket::bind(loopback()).await.unwrap();
+        garbage
+            .send_to(b"\x00garbage", listener.local_addr())
+            .await
+            .unwrap();
+        let silent = UdpSocket::bind(loopback()).await.unwrap();
+        silent
+            .send_to(&TRUNCATED_CLIENT_HELLO, listener.local_addr())
+            .await
+            .unwrap();
+        within(5, async {
+            while listener.peer_count() != 1 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+
+        let server = echo_server(Arc::clone(&listener));
+        let client = dtls_connect(
+            listener.local_addr(),
+            dtls_psk_client_config(&psk("secret")),
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap();
+        assert_eq!(ping(&client).await, PING);
+        client.close().await.unwrap();
+        within(5, server).await.unwrap().unwrap();
+        // Only the silent peer is left, until its handshake deadline.
+        assert_eq!(listener.peer_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn handshakes_beyond_the_bound_are_dropped_and_deadline_frees_them() {
+        let config = dtls_psk_server_config(&psk("secret"));
+        let listener = Arc::new(
+            DtlsListener::bind(loopback(), config, Duration::from_millis(1500), 1)
+                .await
+                .unwrap(),
+        );
+        let silent = UdpSocket::bind(loopback()).await.unwrap();
+        silent
+            .send_to(&TRUNCATED_CLIENT_HELLO, listener.local_addr())
+            .await
+            .unwrap();
+        // The silent peer's handshake takes the only slot, so this one is not even started.
+        let error = expect_err(
+            dtls_connect(
+                listener.local_addr(),
+                dtls_psk_client_config(&psk("secret")),
+                Duration::from_millis(500),
+            )
+            .await,
+        );
+        assert!(
+            error.to_string().contains("timed out after 500ms"),
+            "{error}"
+        );
+
+        // The silent peer's handshake is given up at its deadline and reported.
+        match within(5, listener.accept()).await.unwrap() {
+            DtlsAccept::Failed { peer, error } => {
+                assert_eq!(peer, silent.local_addr().unwrap());
+                assert!(
+                    error.to_string().contains("timed out after 1.5s"),
+                    "{error}"
+                );
+            }
+            DtlsAccept::Established(..) => panic!("silent peer established"),
+        }
+        wait_for_no_peers(&listener).await;
+
+        // Now there is room.
+        let server = echo_server(Arc::clone(&listener));
+        let client = dtls_connect(
+            listener.local_addr(),
+            dtls_psk_client_config(&psk("secret")),
+            TIMEOUT,
+        )
+        .await
+        .unwrap();
+        assert_eq!(ping(&client).await, PING);
+        client.close().await.unwrap();
+        within(5, server).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn connect_times_out_on_a_silent_server() {
+        let silent = UdpSocket::bind(loopback()).await.unwrap();
+        let error = expect_err(
+            dtls_connect(
+                silent.local_addr().unwrap(),
+                dtls_psk_client_config(&psk("secret")),
+                Duration::from_millis(300),
+            )
+            .await,
+        );
+        assert!(matches!(error, Error::Tls(_)), "{error}");
+        assert!(error.to_string().contains("handshake with"), "{error}");
+        assert!(
+            error.to_string().contains("timed out after 300ms"),
+            "{error}"
+        );
+    }
+
+    /// Runs one certificate-mode handshake; returns the client's and the server's outcome.
+    async fn cert_handshake(
+        server_config: Config,
+        client_config: Config,
+    ) -> (Result<Arc<DTLSConn>>, DtlsAccept) {
+        let listener = DtlsListener::bind(loopback(), server_config, TIMEOUT, 8)
+            .await
+            .unwrap();
+        let connect = dtls_connect(listener.local_addr(), client_config, Duration::from_secs(3));
+        let (client, accepted) =
+            within(5, async { tokio::join!(connect, listener.accept()) }).await;
+        (client, accepted.unwrap())
+    }
+
+    #[tokio::test]
+    async fn certificate_handshake_verifies_the_server() {
+        let set = CertificateSet::generate().unwrap();
+        for name in ["127.0.0.1", "localhost"] {
+            let server = dtls_cert_server_config(&set.server_identity(), None).unwrap();
+            let client =
+                dtls_cert_client_config(Some(&set.ca_cert_pem), None, false, name).unwrap();
+            let (client, accepted) = cert_handshake(server, client).await;
+            let client = client.unwrap();
+            let DtlsAccept::Established(server, _) = accepted else {
+                panic!("server handshake failed: {accepted:?}");
+            };
+            let state = client.connection_state().await;
+            assert_eq!(state.peer_certificates.len(), 1);
+            dtls_send(&client, &PING).await.unwrap();
+            let mut buf = [0u8; 16];
+            assert_eq!(
+                within(5, dtls_recv(&server, &mut buf)).await.unwrap(),
+                Some(4)
+            );
+            assert_eq!(buf[..4], PING);
+        }
+    }
+
+    #[tokio::test]
+    async fn certificate_handshake_with_client_certificate() {
+        let set = CertificateSet::generate().unwrap();
+        let server =
+            dtls_cert_server_config(&set.server_identity(), Some(&set.ca_cert_pem)).unwrap();
+        let client = dtls_cert_client_config(
+            Some(&set.ca_cert_pem),
+            Some(&set.client_identity()),
+            false,
+            "127.0.0.1",
+        )
+        .unwrap();
+        let (client, accepted) = cert_handshake(server, client).await;
+        client.unwrap();
+        let DtlsAccept::Established(server, _) = accepted else {
+            panic!("server handshake failed: {accepted:?}");
+        };
+        assert_eq!(server.connection_state().await.peer_certificates.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn missing_client_certificate_is_rejected() {
+        let set = CertificateSet::generate().unwrap();
+        let server =
+            dtls_cert_server_config(&set.server_identity(), Some(&set.ca_cert_pem)).unwrap();
+        let client =
+            dtls_cert_client_config(Some(&set.ca_cert_pem), None, false, "127.0.0.1").unwrap();
+        let (client, accepted) = cert_handshake(server, client).await;
+        assert!(matches!(client, Err(Error::Tls(_))));
+        let DtlsAccept::Failed { error, .. } = accepted else {
+            panic!("handshake without a client certificate succeeded");
+        };
+        assert!(
+            error.to_string().contains("required client verification"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn client_certificate_from_another_ca_is_rejected() {
+        let set = CertificateSet::generate().unwrap();
+        let other = CertificateSet::generate().unwrap();
+        let server =
+            dtls_cert_server_config(&set.server_identity(), Some(&set.ca_cert_pem)).unwrap();
+        let client = dtls_cert_client_config(
+            Some(&set.ca_cert_pem),
+            Some(&other.client_identity()),
+            false,
+            "127.0.0.1",
+        )
+        .unwrap();
+        let (client, accepted) = cert_handshake(server, client).await;
+        assert!(matches!(client, Err(Error::Tls(_))));
+        assert!(
+            matches!(accepted, DtlsAccept::Failed { .. }),
+            "{accepted:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn untrusted_server_certificate_is_rejected() {
+        let set = CertificateSet::generate().unwrap();
+        let other = CertificateSet::generate().unwrap();
+        let server = dtls_cert_server_config(&set.server_identity(), None).unwrap();
+        let client =
+            dtls_cert_client_config(Some(&other.ca_cert_pem), None, false, "127.0.0.1").unwrap();
+        let (client, accepted) = cert_handshake(server, client).await;
+        let error = expect_err(client);
+        assert!(
+            error.to_string().contains("invalid peer certificate"),
+            "{error}"
+        );
+        assert!(
+            matches!(accepted, DtlsAccept::Failed { .. }),
+            "{accepted:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn wrong_server_name_is_rejected() {
+        let set = CertificateSet::generate().unwrap();
+        let server = dtls_cert_server_config(&set.server_identity(), None).unwrap();
+        let client =
+            dtls_cert_client_config(Some(&set.ca_cert_pem), None, false, "example.com").unwrap();
+        let (client, _) = cert_handshake(server, client).await;
+        let error = expect_err(client);
+        assert!(error.to_string().contains("not valid for name"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn insecure_mode_accepts_an_untrusted_server() {
+        let set = CertificateSet::generate().unwrap();
+        let server = dtls_cert_server_config(&set.server_identity(), None).unwrap();
+        let client = dtls_cert_client_config(None, None, true, "example.com").unwrap();
+        let (client, accepted) = cert_handshake(server, client).await;
+        client.unwrap();
+        assert!(matches!(accepted, DtlsAccept::Established(..)));
+    }
+
+    #[test]
+    fn client_hello_detection() {
+        assert!(is_client_hello(&TRUNCATED_CLIENT_HELLO));
+        assert!(!is_client_hello(&TRUNCATED_CLIENT_HELLO[..13]));
+        let mut epoch_1 = TRUNCATED_CLIENT_HELLO;
+        epoch_1[4] = 1;
+        assert!(!is_client_hello(&epoch_1));
+        let mut application_data = TRUNCATED_CLIENT_HELLO;
+        application_data[0] = 23;
+        assert!(!is_client_hello(&application_data));
+        assert!(!is_client_hello(&PING));
+    }
+}
