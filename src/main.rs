@@ -27,6 +27,16 @@ enum Command {
     Serve(cli::serve::ServeArgs),
     /// Ping a CoAP peer like ping(8): one line per pong, a summary at the end.
     Ping(cli::ping::PingArgs),
+    /// GET a resource and print the response.
+    Get(cli::request::RequestArgs),
+    /// PUT a payload (-e TEXT) to a resource.
+    Put(cli::request::RequestArgs),
+    /// POST a payload (-e TEXT) to a resource.
+    Post(cli::request::RequestArgs),
+    /// DELETE a resource.
+    Delete(cli::request::RequestArgs),
+    /// Observe a resource (RFC 7641) and print each notification.
+    Observe(cli::request::ObserveArgs),
     /// Run a server and clients on loopback, show pings and pongs, then silence the server and
     /// show the clients' nacks. Needs no arguments and no setup.
     Demo(cli::demo::DemoArgs),
@@ -53,6 +63,11 @@ fn main() -> ExitCode {
             Command::Serve(a) => cli::serve::run(a).await,
             Command::Ping(a) => cli::ping::run(a).await,
             Command::Demo(a) => cli::demo::run(a).await,
+            Command::Get(a) => cli::request::run(coap_keepalive::Method::Get, a).await,
+            Command::Put(a) => cli::request::run(coap_keepalive::Method::Put, a).await,
+            Command::Post(a) => cli::request::run(coap_keepalive::Method::Post, a).await,
+            Command::Delete(a) => cli::request::run(coap_keepalive::Method::Delete, a).await,
+            Command::Observe(a) => cli::request::observe(a).await,
             Command::Load(a) => cli::load::run(a).await,
         }
     });

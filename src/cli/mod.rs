@@ -4,4 +4,6 @@ pub mod demo;
 pub mod load;
 pub mod output;
 pub mod ping;
+pub mod request;
+pub mod resources;
 pub mod serve;

@@ -29,6 +29,9 @@ pub struct ServeArgs {
         default_value_t = 0
     )]
     keepalive: u64,
+    /// Seconds between notifications to the observers of /time (0: never).
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    notify_every: u64,
     /// Print only the summary, not a line per event (for load tests).
     #[arg(short, long)]
     quiet: bool,
@@ -40,6 +43,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         mut udp,
         mut tcp,
         keepalive,
+        notify_every,
         quiet,
     } = args;
     if udp.is_empty() && tcp.is_empty() {
@@ -49,6 +53,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     }
     let ctx = Context::new();
     ctx.set_keepalive(keepalive);
+    super::resources::install(&ctx, Some(std::time::Duration::from_secs(notify_every)));
     let printer = Printer::new();
     let sessions_seen = Arc::new(AtomicU64::new(0));
     if !quiet {

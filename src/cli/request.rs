@@ -1,0 +1,125 @@
+//! `coap-keepalive get | put | post | delete | observe`: one request (or an observation) to a
+//! CoAP server, printed for people: the response code, then the payload.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use coap_keepalive::error::Result;
+use coap_keepalive::{CoapUri, Context, Method, Request, Response};
+
+use super::output::parse_secs;
+
+/// Arguments shared by the request subcommands.
+#[derive(Debug, Args)]
+pub struct RequestArgs {
+    /// The resource: coap://HOST[:PORT]/PATH[?QUERY] or coap+tcp://...
+    uri: String,
+    /// Payload to send (PUT / POST).
+    #[arg(short = 'e', long = "payload", value_name = "TEXT")]
+    payload: Option<String>,
+    /// Send the request Non-confirmable (UDP / DTLS).
+    #[arg(long)]
+    non: bool,
+    /// Seconds to wait for the response.
+    #[arg(short = 't', long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
+    timeout: Duration,
+}
+
+/// Arguments of `observe`.
+#[derive(Debug, Args)]
+pub struct ObserveArgs {
+    #[command(flatten)]
+    request: RequestArgs,
+    /// Stop after this many seconds (0: until interrupted or the observation ends).
+    #[arg(short = 's', long = "duration", value_name = "SECS", default_value = "0", value_parser = parse_secs)]
+    duration: Duration,
+    /// Stop after this many notifications (0: no limit).
+    #[arg(short = 'c', long, default_value_t = 0)]
+    count: u64,
+}
+
+fn build(method: Method, args: &RequestArgs) -> Result<(CoapUri, Request)> {
+    let uri = CoapUri::parse(&args.uri)?;
+    let mut request = Request::new(method, &uri.path.join("/"));
+    request.query = uri.query.clone();
+    if let Some(payload) = &args.payload {
+        request = request
+            .with_payload(payload.as_bytes().to_vec())
+            .with_content_format(coap_keepalive::message::TEXT_PLAIN);
+    }
+    if args.non {
+        request = request.non_confirmable();
+    }
+    Ok((uri, request))
+}
+
+fn print_response(response: &Response) {
+    println!("{} {:?}", response.code(), response.status);
+    if !response.payload.is_empty() {
+        println!("{}", response.payload_str());
+    }
+}
+
+/// Sends one request and prints the response; exits 1 unless it is a 2.xx.
+pub async fn run(method: Method, args: RequestArgs) -> Result<ExitCode> {
+    let (uri, request) = build(method, &args)?;
+    let ctx = Context::new();
+    let session = ctx.connect(&uri.to_string()).await?;
+    let outcome = session.request_with_timeout(request, args.timeout).await;
+    ctx.shutdown().await;
+    let response = outcome?;
+    print_response(&response);
+    Ok(if response.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Observes a resource and prints each notification.
+pub async fn observe(args: ObserveArgs) -> Result<ExitCode> {
+    let (uri, request) = build(Method::Get, &args.request)?;
+    let ctx = Context::new();
+    let session = ctx.connect(&uri.to_string()).await?;
+    session.set_request_timeout(args.request.timeout);
+    let mut observation = session.observe(&request.path_str()).await?;
+    print_response(observation.first());
+    if observation.first().observe.is_none() {
+        println!("(the server did not register the observation)");
+        ctx.shutdown().await;
+        return Ok(ExitCode::FAILURE);
+    }
+    let deadline = async {
+        if args.duration.is_zero() {
+            std::future::pending::<()>().await
+        } else {
+            tokio::time::sleep(args.duration).await
+        }
+    };
+    tokio::pin!(deadline);
+    let mut seen = 0u64;
+    loop {
+        tokio::select! {
+            notification = observation.next() => match notification {
+                Some(response) => {
+                    seen += 1;
+                    print_response(&response);
+                    if args.count > 0 && seen >= args.count {
+                        break;
+                    }
+                }
+                None => {
+                    println!("(observation ended)");
+                    break;
+                }
+            },
+            _ = &mut deadline => break,
+            _ = super::serve::wait_for_signal() => break,
+        }
+    }
+    let _ = observation.cancel().await;
+    ctx.shutdown().await;
+    println!("{seen} notifications");
+    Ok(ExitCode::SUCCESS)
+}

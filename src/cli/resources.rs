@@ -1,0 +1,104 @@
+//! The example resources `serve` offers: `/` (what this is), `/time` (observable, notified
+//! every few seconds), `/echo` (answers what was PUT or POSTed).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use coap_keepalive::message::TEXT_PLAIN;
+use coap_keepalive::{Context, Resource, Response, Status};
+
+/// Adds the example resources to `ctx` and, when `notify_every` is set, a task that notifies
+/// the observers of `/time` at that period.
+pub fn install(ctx: &Context, notify_every: Option<Duration>) {
+    ctx.add_resource(
+        Resource::new("/")
+            .get(|_, _| {
+                Response::content_text(
+                    "coap-keepalive server: GET /time (observable), GET/PUT/POST /echo",
+                )
+            })
+            .attribute("title=\"coap-keepalive\""),
+    );
+    ctx.add_resource(
+        Resource::new("/time")
+            .observable()
+            .attribute("rt=\"time\"")
+            .get(|_, _| Response::content_text(utc_now()).with_max_age(60)),
+    );
+    let echo = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let (get, put, post) = (echo.clone(), echo.clone(), echo);
+    ctx.add_resource(
+        Resource::new("/echo")
+            .get(move |_, _| {
+                Response::new(Status::Content)
+                    .with_payload(get.lock().map(|v| v.clone()).unwrap_or_default())
+                    .with_content_format(TEXT_PLAIN)
+            })
+            .put(move |request, _| {
+                if let Ok(mut stored) = put.lock() {
+                    *stored = request.payload.clone();
+                }
+                Response::new(Status::Changed).with_payload(request.payload.clone())
+            })
+            .post(move |request, _| {
+                if let Ok(mut stored) = post.lock() {
+                    *stored = request.payload.clone();
+                }
+                Response::new(Status::Changed).with_payload(request.payload.clone())
+            }),
+    );
+    if let Some(period) = notify_every.filter(|p| !p.is_zero()) {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(period);
+            ticker.tick().await;
+            loop {
+                ticker.tick().await;
+                ctx.notify("/time");
+            }
+        });
+    }
+}
+
+/// The current UTC time as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn utc_now() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format_utc(secs)
+}
+
+/// Formats seconds since the Unix epoch as an RFC 3339 UTC time.
+fn format_utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_utc;
+
+    #[test]
+    fn formats_known_instants() {
+        assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(format_utc(1_795_000_000), "2026-11-18T11:06:40Z");
+    }
+}
