@@ -37,6 +37,16 @@ pub struct ContextSettings {
     pub connect_timeout: Duration,
     /// Seed of the context's random source; `None` seeds from the clock. Default `None`.
     pub seed: Option<u64>,
+    /// How long a TCP / TLS peer may take to send its CSM, or to complete a message it started
+    /// (a slow-loris peer is aborted after this). Default 10 s.
+    pub input_timeout: Duration,
+    /// Most sessions one endpoint holds; when full, sessions that never completed an exchange
+    /// are evicted first, and new peers are refused while every session is established.
+    /// Default 65,536.
+    pub max_sessions: usize,
+    /// A server-side UDP / DTLS session with keepalive off that hears nothing from its peer for
+    /// this long (and is not observing anything) is forgotten, as libcoap does. Default 300 s.
+    pub idle_timeout: Duration,
     /// OS-level TCP keepalive (SO_KEEPALIVE) idle time for TCP / TLS sockets; `None` leaves it
     /// off. Default `None`.
     pub tcp_keepalive: Option<Duration>,
@@ -48,6 +58,9 @@ impl Default for ContextSettings {
             max_message_size: crate::protocol::stream::DEFAULT_MAX_MESSAGE_SIZE,
             connect_timeout: Duration::from_secs(10),
             seed: None,
+            input_timeout: crate::protocol::stream::DEFAULT_INPUT_TIMEOUT,
+            max_sessions: 65_536,
+            idle_timeout: Duration::from_secs(300),
             tcp_keepalive: None,
         }
     }

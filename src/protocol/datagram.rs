@@ -31,6 +31,13 @@ pub struct DatagramSession {
     queued: VecDeque<(Vec<u8>, Packet)>,
     dedup: Dedup,
     notifications: VecDeque<(u16, Vec<u8>)>,
+    /// Datagrams received from the peer (saturating): a peer heard from twice, or that answered
+    /// a ping, has shown it is real.
+    received: u8,
+    /// This session serves an observation of ours (it must not expire while idle).
+    observed: bool,
+    /// Forget the session after this long without hearing from the peer, when keepalive is off.
+    idle_timeout: Option<Duration>,
     transmits: VecDeque<Vec<u8>>,
     events: VecDeque<ProtocolEvent>,
 }
@@ -82,9 +89,33 @@ impl DatagramSession {
             queued: VecDeque::new(),
             dedup: Dedup::default(),
             notifications: VecDeque::new(),
+            received: 0,
+            observed: false,
+            idle_timeout: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
+    }
+
+    /// Forgets the session (a graceful close, no nack) once the peer has been silent this long
+    /// while keepalive is off and nothing is pending or observed. Off by default; servers set it.
+    pub fn set_idle_timeout(&mut self, timeout: Option<Duration>) {
+        self.idle_timeout = timeout;
+    }
+
+    /// True once the peer showed it is real: heard from twice, or answered one of our pings.
+    /// Sessions that are not are the first to be evicted from a full table.
+    pub fn is_proven(&self) -> bool {
+        self.received >= 2 || self.keepalive.stats().pongs > 0
+    }
+
+    fn expiry(&self) -> Option<Instant> {
+        let timeout = self.idle_timeout?;
+        let idle_allowed = self.keepalive.config().interval.is_none()
+            && !self.observed
+            && self.exchanges.pending.is_empty()
+            && self.exchanges.observations.is_empty();
+        idle_allowed.then(|| self.keepalive.last_activity() + timeout)
     }
 
     /// The keepalive machine (read-only).
@@ -107,6 +138,7 @@ impl DatagramSession {
         if self.keepalive.is_finished() {
             return;
         }
+        self.received = self.received.saturating_add(1);
         match udp::classify(bytes) {
             Err(error) => {
                 if let Some(rst) = error.rejection() {
@@ -423,6 +455,12 @@ impl DatagramSession {
             response.header.message_id = self.keepalive.allocate_message_id();
         }
         response.set_token(request.get_token().to_vec());
+        if response
+            .get_option(coap_lite::CoapOption::Observe)
+            .is_some()
+        {
+            self.observed = true;
+        }
         match response.to_bytes_unlimited() {
             Ok(bytes) => {
                 self.dedup.store(request.header.message_id, &bytes);
@@ -506,8 +544,12 @@ impl DatagramSession {
         }
     }
 
-    /// Advances timers: due pings, retransmissions, request timeouts, failure.
+    /// Advances timers: due pings, retransmissions, request timeouts, failure, idle expiry.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.expiry().is_some_and(|at| at <= now) {
+            self.close();
+            return;
+        }
         self.keepalive.handle_timeout(now);
         let max_retransmit = self.keepalive.config().transmission.max_retransmit;
         let mut index = 0;
@@ -586,13 +628,14 @@ impl DatagramSession {
         if self.keepalive.is_finished() {
             return None;
         }
-        match (
+        [
             self.keepalive.poll_timeout(),
             self.exchanges.next_deadline(),
-        ) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+            self.expiry(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn pump(&mut self) {
@@ -787,5 +830,29 @@ mod tests {
         stray.set_token(vec![1, 2, 3]);
         s.handle_datagram(t0, &stray.to_bytes().unwrap());
         assert_eq!(drain(&mut s), vec![vec![0x70, 0x00, 0x09, 0x09]]);
+    }
+
+    #[test]
+    fn idle_server_session_without_keepalive_expires_quietly() {
+        let t0 = Instant::now();
+        let mut s = DatagramSession::new(KeepaliveConfig::default(), Rng::seeded(2), t0);
+        s.set_idle_timeout(Some(Duration::from_secs(300)));
+        s.handle_datagram(t0 + Duration::from_secs(10), &[0x40, 0x00, 0x00, 0x01]);
+        s.poll_event();
+        assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(310)));
+        s.handle_timeout(t0 + Duration::from_secs(309));
+        assert!(!s.is_finished());
+        s.handle_timeout(t0 + Duration::from_secs(310));
+        assert_eq!(s.poll_event(), Some(ProtocolEvent::Closed));
+        assert!(s.is_finished());
+    }
+
+    #[test]
+    fn sessions_prove_themselves_by_a_second_datagram() {
+        let (mut s, t0) = session();
+        s.handle_datagram(t0, &[0x40, 0x00, 0x00, 0x01]);
+        assert!(!s.is_proven());
+        s.handle_datagram(t0, &[0x40, 0x00, 0x00, 0x02]);
+        assert!(s.is_proven());
     }
 }

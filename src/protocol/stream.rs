@@ -18,6 +18,8 @@ use crate::wire::tcp::{Frame, FrameDecoder, FrameError};
 
 /// The Max-Message-Size we announce and enforce unless told otherwise.
 pub const DEFAULT_MAX_MESSAGE_SIZE: u32 = 65_536;
+/// How long the peer may take to send its CSM, or to finish a message it started.
+pub const DEFAULT_INPUT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -36,6 +38,11 @@ pub struct StreamSession {
     decoder: FrameDecoder,
     exchanges: Exchanges,
     phase: Phase,
+    input_timeout: Duration,
+    /// The peer's CSM must arrive by then.
+    csm_deadline: Option<Instant>,
+    /// Since when an incomplete message has been held (a slow-loris peer never finishes it).
+    partial_since: Option<Instant>,
     peer_max_message_size: u32,
     transmits: VecDeque<Vec<u8>>,
     events: VecDeque<ProtocolEvent>,
@@ -50,6 +57,9 @@ impl StreamSession {
             decoder: FrameDecoder::new(max_message_size),
             exchanges: Exchanges::default(),
             phase: Phase::AwaitingCsm,
+            input_timeout: DEFAULT_INPUT_TIMEOUT,
+            csm_deadline: Some(now + DEFAULT_INPUT_TIMEOUT),
+            partial_since: None,
             peer_max_message_size: BASE_MAX_MESSAGE_SIZE,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -60,6 +70,15 @@ impl StreamSession {
         };
         session.transmits.push_back(csm.encode(&[]));
         session
+    }
+
+    /// Sets how long the peer may take to send its CSM (counted from the session's start) or
+    /// to complete a message it started; past that the session is aborted. Default 10 s.
+    pub fn set_input_timeout(&mut self, timeout: Duration) {
+        if let Some(deadline) = self.csm_deadline.as_mut() {
+            *deadline = *deadline - self.input_timeout + timeout;
+        }
+        self.input_timeout = timeout;
     }
 
     /// The keepalive machine (read-only).
@@ -96,6 +115,7 @@ impl StreamSession {
         loop {
             match self.decoder.next_frame() {
                 Ok(Some(frame)) => {
+                    self.partial_since = None;
                     self.handle_frame(now, frame);
                     if self.phase == Phase::Done {
                         break;
@@ -114,6 +134,9 @@ impl StreamSession {
                     break;
                 }
             }
+        }
+        if self.decoder.buffered() > 0 {
+            self.partial_since.get_or_insert(now);
         }
         self.pump();
     }
@@ -176,6 +199,7 @@ impl StreamSession {
                 }
                 if self.phase == Phase::AwaitingCsm {
                     self.phase = Phase::Established;
+                    self.csm_deadline = None;
                     self.keepalive.handle_established(now);
                     self.events.push_back(ProtocolEvent::Established);
                 }
@@ -328,8 +352,25 @@ impl StreamSession {
         }
     }
 
-    /// Advances timers: due pings, pong timeouts, request timeouts.
+    /// Advances timers: due pings, pong timeouts, request timeouts, and the input deadlines
+    /// (a CSM that never comes, a message never completed).
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.csm_deadline.is_some_and(|d| d <= now) {
+            self.abort(None, format!("no CSM within {:?}", self.input_timeout));
+            self.pump();
+            return;
+        }
+        if self
+            .partial_since
+            .is_some_and(|since| since + self.input_timeout <= now)
+        {
+            self.abort(
+                None,
+                format!("message not completed within {:?}", self.input_timeout),
+            );
+            self.pump();
+            return;
+        }
         self.keepalive.handle_timeout(now);
         let mut index = 0;
         while index < self.exchanges.pending.len() {
@@ -410,16 +451,18 @@ impl StreamSession {
 
     /// When [`StreamSession::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.keepalive.is_finished() {
+        if self.keepalive.is_finished() || self.phase == Phase::Done {
             return None;
         }
-        match (
+        [
             self.keepalive.poll_timeout(),
             self.exchanges.next_deadline(),
-        ) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+            self.csm_deadline,
+            self.partial_since.map(|since| since + self.input_timeout),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn pump(&mut self) {
@@ -564,5 +607,44 @@ mod tests {
             vec![ProtocolEvent::Established, ProtocolEvent::Closed]
         );
         assert!(s.is_done());
+    }
+
+    #[test]
+    fn a_peer_that_never_sends_its_csm_is_aborted() {
+        let (mut s, t0) = session(0);
+        s.set_input_timeout(Duration::from_secs(3));
+        assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(3)));
+        s.handle_timeout(t0 + Duration::from_secs(3));
+        assert!(s.is_done());
+        let frames: Vec<_> = std::iter::from_fn(|| s.poll_transmit()).collect();
+        assert_eq!(decode(frames.last().unwrap()).code, 0xe5);
+    }
+
+    #[test]
+    fn a_message_never_completed_is_aborted_after_the_input_timeout() {
+        let (mut s, t0) = session(0);
+        s.set_input_timeout(Duration::from_secs(2));
+        s.handle_bytes(t0, &[0x00, 0xe1]);
+        // a slow loris: one byte of a 13-byte frame per second
+        s.handle_bytes(t0 + Duration::from_secs(1), &[0xd0]);
+        s.handle_bytes(t0 + Duration::from_secs(2), &[0x00]);
+        assert!(!s.is_done());
+        assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(3)));
+        s.handle_timeout(t0 + Duration::from_secs(3));
+        assert!(s.is_done());
+    }
+
+    #[test]
+    fn completed_messages_reset_the_partial_clock() {
+        let (mut s, t0) = session(0);
+        s.set_input_timeout(Duration::from_secs(2));
+        s.handle_bytes(t0, &[0x00, 0xe1, 0x00]);
+        s.handle_bytes(t0 + Duration::from_secs(1), &[0xe2, 0x00]);
+        // the Ping completed at 1 s; a new partial frame started then
+        s.handle_timeout(t0 + Duration::from_millis(2_500));
+        assert!(!s.is_done());
+        s.handle_bytes(t0 + Duration::from_millis(2_600), &[0xe2]);
+        s.handle_timeout(t0 + Duration::from_secs(4));
+        assert!(!s.is_done());
     }
 }

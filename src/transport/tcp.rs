@@ -134,12 +134,13 @@ where
         now,
     );
     ctx.register(&session);
-    let core = StreamSession::new(
+    let mut core = StreamSession::new(
         ctx.keepalive_config(),
         ctx.session_rng(),
         now,
         ctx.settings().max_message_size,
     );
+    core.set_input_timeout(ctx.settings().input_timeout);
     let run = run(ctx.clone(), session.clone(), core, stream, rx);
     (session, run)
 }

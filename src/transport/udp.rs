@@ -109,6 +109,8 @@ pub(crate) struct DatagramDriver<IO> {
     accept: bool,
     table: SessionTable<Peer>,
     ids: HashMap<SessionId, Key>,
+    /// Server sessions in creation order, the candidates for eviction from a full table.
+    unproven: std::collections::VecDeque<Key>,
     commands_tx: mpsc::UnboundedSender<(SessionId, Command)>,
     commands: mpsc::UnboundedReceiver<(SessionId, Command)>,
     shutdown: watch::Receiver<bool>,
@@ -131,6 +133,7 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
             accept,
             table: SessionTable::new(),
             ids: HashMap::new(),
+            unproven: std::collections::VecDeque::new(),
             commands_tx,
             commands,
             shutdown: ctx.shutdown_signal(),
@@ -149,7 +152,11 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
             CommandSender::Endpoint(self.commands_tx.clone()),
             now,
         );
-        let core = DatagramSession::new(self.ctx.keepalive_config(), self.ctx.session_rng(), now);
+        let mut core =
+            DatagramSession::new(self.ctx.keepalive_config(), self.ctx.session_rng(), now);
+        if role == Role::Server {
+            core.set_idle_timeout(Some(self.ctx.settings().idle_timeout));
+        }
         handle.set_state(SessionState::Established);
         self.ctx.register(&handle);
         let key = self.table.insert(
@@ -161,6 +168,14 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
             },
         );
         self.ids.insert(id, key);
+        if role == Role::Server {
+            self.unproven.push_back(key);
+            if self.unproven.len() > 2 * self.table.len() + 64 {
+                let table = &self.table;
+                self.unproven
+                    .retain(|k| table.get(*k).is_some_and(|p| !p.core.is_proven()));
+            }
+        }
         tracing::debug!(session = %handle, "datagram session created");
         self.ctx
             .inner
@@ -222,6 +237,12 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
         let key = match self.table.key_of(&peer) {
             Some(key) => key,
             None if self.accept && bytes.len() >= 4 => {
+                if self.table.len() >= self.ctx.settings().max_sessions
+                    && !self.evict_unproven(now).await
+                {
+                    tracing::debug!(%peer, "session table full: datagram dropped");
+                    return;
+                }
                 self.add_session(peer, Role::Server, now);
                 match self.table.key_of(&peer) {
                     Some(key) => key,
@@ -234,6 +255,24 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
             p.core.handle_datagram(now, bytes);
         }
         self.flush(key, now).await;
+    }
+
+    /// Makes room in a full table by closing the oldest session that never proved its peer
+    /// real. False when every session is established: the newcomer is refused instead.
+    async fn evict_unproven(&mut self, now: Instant) -> bool {
+        while let Some(key) = self.unproven.pop_front() {
+            let Some(p) = self.table.get_mut(key) else {
+                continue;
+            };
+            if p.core.is_proven() {
+                continue;
+            }
+            tracing::debug!(session = %p.handle, "evicted from a full session table");
+            p.core.close();
+            self.flush(key, now).await;
+            return true;
+        }
+        false
     }
 
     async fn on_timers(&mut self) {
