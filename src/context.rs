@@ -85,6 +85,8 @@ pub(crate) struct Inner {
     next_id: AtomicU64,
     rng: Mutex<Rng>,
     shutdown: watch::Sender<bool>,
+    /// Until when sessions with requests in flight may finish after shutdown began.
+    drain_until: Mutex<Option<Instant>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -141,6 +143,7 @@ impl Context {
                 next_id: AtomicU64::new(1),
                 rng: Mutex::new(rng),
                 shutdown,
+                drain_until: Mutex::new(None),
                 tasks: Mutex::new(Vec::new()),
             }),
         }
@@ -290,9 +293,12 @@ impl Context {
         }
     }
 
-    /// Closes every session gracefully (7.04 Release over TCP / TLS) and stops every endpoint,
-    /// waiting at most `deadline` for them to finish.
+    /// Closes every session gracefully and stops every endpoint, waiting at most `deadline`.
+    /// Sessions with requests in flight get most of that time to finish them; then each session
+    /// closes (7.04 Release over TCP / TLS) and whatever still waits fails with
+    /// [`Error::Closed`] — never silently.
     pub async fn shutdown_within(&self, deadline: Duration) {
+        *lock(&self.inner.drain_until) = Some(Instant::now() + deadline.mul_f64(0.8));
         self.inner.shutdown.send_replace(true);
         let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *lock(&self.inner.tasks));
         let all = async {
@@ -311,6 +317,11 @@ impl Context {
     }
 
     // ---- for the drivers ----
+
+    /// Until when draining sessions may keep their requests in flight.
+    pub(crate) fn drain_deadline(&self) -> Instant {
+        lock(&self.inner.drain_until).unwrap_or_else(Instant::now)
+    }
 
     pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.inner.shutdown.subscribe()

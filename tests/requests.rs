@@ -334,3 +334,99 @@ async fn tcp_request_timeout_is_a_typed_error_and_the_session_lives_on() {
         Status::Content
     );
 }
+
+async fn shutdown_lets_a_request_in_flight_finish(transport: Transport) {
+    let server = server().await;
+    let (ctx, session) = client(&server, transport).await;
+    let slow = {
+        let session = session.clone();
+        tokio::spawn(async move { session.get("/slow").await })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // /slow answers after 150 ms; the shutdown gives in-flight requests most of 2 s.
+    timeout(LIMIT, ctx.shutdown_within(Duration::from_secs(2)))
+        .await
+        .unwrap();
+    let response = slow.await.unwrap().unwrap();
+    assert_eq!(response.payload_str(), "worth the wait");
+    assert!(ctx.sessions().is_empty());
+}
+
+#[tokio::test]
+async fn udp_shutdown_lets_a_request_in_flight_finish() {
+    shutdown_lets_a_request_in_flight_finish(Transport::Udp).await;
+}
+
+#[tokio::test]
+async fn tcp_shutdown_lets_a_request_in_flight_finish() {
+    shutdown_lets_a_request_in_flight_finish(Transport::Tcp).await;
+}
+
+#[tokio::test]
+async fn shutdown_deadline_fails_an_unanswered_request_with_closed() {
+    let server = server().await;
+    server
+        .ctx
+        .add_resource(
+            Resource::new("/never").method_deferred(Method::Get, |_, _, responder| {
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    drop(responder);
+                });
+            }),
+        );
+    for transport in [Transport::Udp, Transport::Tcp] {
+        let (ctx, session) = client(&server, transport).await;
+        let never = {
+            let session = session.clone();
+            tokio::spawn(async move { session.get("/never").await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let started = std::time::Instant::now();
+        ctx.shutdown_within(Duration::from_millis(300)).await;
+        let outcome = timeout(LIMIT, never).await.unwrap().unwrap();
+        assert!(
+            matches!(outcome, Err(Error::Closed)),
+            "{transport}: {outcome:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{transport}: bounded"
+        );
+    }
+}
+
+#[tokio::test]
+async fn requests_on_a_failed_session_end_with_its_reason() {
+    use coap_keepalive::NackReason;
+    let server = server().await;
+    server
+        .ctx
+        .add_resource(
+            Resource::new("/never").method_deferred(Method::Get, |_, _, responder| {
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    drop(responder);
+                });
+            }),
+        );
+    let (_ctx, session) = client(&server, Transport::Tcp).await;
+    let never = {
+        let session = session.clone();
+        tokio::spawn(async move { session.get("/never").await })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // the server goes away: its connections close
+    server.ctx.shutdown_within(Duration::from_millis(100)).await;
+    let outcome = timeout(LIMIT, never).await.unwrap().unwrap();
+    assert!(
+        matches!(
+            outcome,
+            Err(Error::SessionFailed(NackReason::NotDeliverable)) | Err(Error::Closed)
+        ),
+        "{outcome:?}"
+    );
+    // and a new request on the ended session is refused at once
+    let late = timeout(LIMIT, session.get("/hello")).await.unwrap();
+    assert!(late.is_err(), "{late:?}");
+}

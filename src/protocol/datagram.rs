@@ -128,9 +128,14 @@ impl DatagramSession {
         &mut self.keepalive
     }
 
-    /// Requests of ours still waiting for a response, and observations.
+    /// Requests of ours still waiting for a response (a shutdown lets them finish).
     pub fn pending_requests(&self) -> usize {
-        self.exchanges.pending.len() + self.exchanges.observations.len()
+        self.exchanges.pending.len()
+    }
+
+    /// Observations of ours still receiving notifications.
+    pub fn observations(&self) -> usize {
+        self.exchanges.observations.len()
     }
 
     /// One datagram from the peer.

@@ -159,6 +159,7 @@ async fn run<S>(
     let mut buf = vec![0u8; 16 * 1024];
     let mut ended = None;
     let mut waiters = Waiters::default();
+    let mut draining: Option<Instant> = None;
     loop {
         // Flush what the protocol queued and react to its events until both are drained.
         loop {
@@ -215,7 +216,16 @@ async fn run<S>(
             }
             return;
         }
-        let deadline = core.poll_timeout();
+        if let Some(until) = draining {
+            if core.pending_requests() == 0 || Instant::now() >= until {
+                core.close();
+                continue;
+            }
+        }
+        let deadline = match (core.poll_timeout(), draining) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let sleep = async {
             match deadline {
                 Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -272,7 +282,10 @@ async fn run<S>(
                     }
                 }
             }
-            _ = shutdown.changed() => core.close(),
+            _ = shutdown.changed(), if draining.is_none() => {
+                // Requests in flight may finish until the drain deadline; then Release.
+                draining = Some(ctx.drain_deadline());
+            }
         }
     }
 }

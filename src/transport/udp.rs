@@ -192,8 +192,13 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
 
     async fn serve(&mut self) {
         let mut buf = vec![0u8; MAX_DATAGRAM];
+        // Set once shutdown began: sessions with requests in flight may finish until then.
+        let mut draining: Option<Instant> = None;
         loop {
-            let deadline = self.table.next_deadline();
+            let deadline = match (self.table.next_deadline(), draining) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let sleep = async {
                 match deadline {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -220,8 +225,15 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
                 },
                 _ = sleep => self.on_timers().await,
                 Some((id, command)) = self.commands.recv() => self.on_command(id, command).await,
-                _ = self.shutdown.changed() => {
-                    self.close_all().await;
+                _ = self.shutdown.changed(), if draining.is_none() => {
+                    draining = Some(self.ctx.drain_deadline());
+                    self.accept = false;
+                }
+            }
+            if let Some(until) = draining {
+                // Close what has nothing in flight; everything once the deadline passed.
+                self.close_idle(Instant::now() >= until).await;
+                if self.table.is_empty() {
                     return;
                 }
             }
@@ -400,6 +412,19 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
             }
         } else {
             self.table.reschedule(key);
+        }
+    }
+
+    /// Closes the sessions with no request in flight, or all of them with `all`.
+    async fn close_idle(&mut self, all: bool) {
+        let now = Instant::now();
+        for key in self.table.keys() {
+            if let Some(p) = self.table.get_mut(key) {
+                if all || p.core.pending_requests() == 0 {
+                    p.core.close();
+                }
+            }
+            self.flush(key, now).await;
         }
     }
 
