@@ -141,7 +141,15 @@ where
         ctx.settings().max_message_size,
     );
     core.set_input_timeout(ctx.settings().input_timeout);
-    let run = run(ctx.clone(), session.clone(), core, stream, rx);
+    let span = tracing::debug_span!(
+        "session",
+        id = session.id().0,
+        transport = %transport,
+        role = %role,
+        peer = %peer
+    );
+    let run =
+        tracing::Instrument::instrument(run(ctx.clone(), session.clone(), core, stream, rx), span);
     (session, run)
 }
 

@@ -186,7 +186,9 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
 
     /// Serves until shutdown, a fatal socket error, or (without `accept`) the last session's end.
     pub(crate) async fn run(mut self) {
-        self.serve().await;
+        let span =
+            tracing::debug_span!("endpoint", transport = %self.transport, local = %self.local);
+        tracing::Instrument::instrument(self.serve(), span).await;
         self.socket.close().await;
     }
 
