@@ -336,17 +336,14 @@ impl Keepalive {
 
     /// Marks whether a Confirmable request to the peer is outstanding (NSTART = 1). While one is,
     /// no ping is scheduled: the request is the probe. A ping already out is left to finish.
-    pub fn set_request_in_flight(&mut self, now: Instant, in_flight: bool) {
+    pub fn set_request_in_flight(&mut self, _now: Instant, in_flight: bool) {
+        if self.request_in_flight == in_flight {
+            return;
+        }
         self.request_in_flight = in_flight;
         if let Probe::Idle { .. } = self.probe {
-            self.probe = Probe::Idle {
-                due: None,
-                from: self.last_rx,
-            };
-            if !in_flight {
-                let _ = now;
-                self.schedule();
-            }
+            // schedule() yields no deadline while a request is in flight
+            self.schedule();
         }
     }
 

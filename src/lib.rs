@@ -36,6 +36,8 @@
 //!   `poll_event`, `poll_timeout`).
 //! - [`protocol`]: the sans-IO protocol of one session (answers, CSM, Abort, Release), per
 //!   transport family, built on the keepalive machine.
+//! - [`message`]: [`Request`] and [`Response`] as applications see them.
+//! - [`resource`]: server-side [`Resource`]s by path, `/.well-known/core`, observers.
 //! - [`table`]: the session table of an endpoint with one deadline queue for all its sessions.
 //! - [`session`]: the [`Session`] handle — id, peer, transport, role, state, statistics.
 //! - [`context`]: [`Context`] — settings, handlers, listen / connect, shutdown.

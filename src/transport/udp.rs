@@ -2,7 +2,7 @@
 //!
 //! It moves datagrams and time in and out of each session's [`DatagramSession`] and runs the
 //! context's handlers; it decides nothing about the protocol. It runs over anything that sends
-//! and receives datagrams ([`DatagramIo`]): a UDP socket serving many peers, or one DTLS
+//! and receives datagrams (`DatagramIo`): a UDP socket serving many peers, or one DTLS
 //! connection serving its one peer.
 
 use std::collections::HashMap;
