@@ -1049,6 +1049,60 @@ mod tests {
         assert_eq!((server.psk.unwrap())(b"anyone").unwrap(), b"secret");
     }
 
+    #[test]
+    fn credentials_refuse_what_cannot_work() {
+        let psk = PskCredentials::new("id", "secret");
+        let error = ServerCredentials::Psk(psk.clone())
+            .tls_config()
+            .unwrap_err();
+        assert!(matches!(error, Error::Config(_)), "{error}");
+        assert!(error.to_string().contains("rustls has no PSK"), "{error}");
+        let error = ClientCredentials::Psk(psk.clone())
+            .tls_config()
+            .unwrap_err();
+        assert!(error.to_string().contains("rustls has no PSK"), "{error}");
+        for error in [
+            ClientCredentials::None.tls_config().unwrap_err(),
+            ClientCredentials::None
+                .dtls_config("localhost")
+                .err()
+                .unwrap(),
+        ] {
+            assert!(matches!(error, Error::Config(_)), "{error}");
+            assert!(error.to_string().contains("needs credentials"), "{error}");
+        }
+        assert_eq!(ClientCredentials::default(), ClientCredentials::None);
+
+        let client = ClientCredentials::Psk(psk.clone())
+            .dtls_config("localhost")
+            .unwrap();
+        assert_eq!(client.psk_identity_hint.as_deref(), Some(&b"id"[..]));
+        let server = ServerCredentials::Psk(psk).dtls_config().unwrap();
+        assert_eq!(
+            server.psk_identity_hint.as_deref(),
+            Some(DTLS_PSK_IDENTITY_HINT)
+        );
+
+        let set = CertificateSet::generate().unwrap();
+        let server = ServerCredentials::Certificate {
+            identity: set.server_identity(),
+            client_ca_pem: Some(set.ca_cert_pem.clone()),
+        };
+        server.tls_config().unwrap();
+        let dtls = server.dtls_config().unwrap();
+        assert!(dtls.client_auth == ClientAuthType::RequireAndVerifyClientCert);
+        let client = ClientCredentials::Certificate {
+            ca_pem: Some(set.ca_cert_pem.clone()),
+            identity: Some(set.client_identity()),
+            insecure: false,
+        };
+        client.tls_config().unwrap();
+        assert_eq!(
+            client.dtls_config("127.0.0.1").unwrap().certificates.len(),
+            1
+        );
+    }
+
     /// Standard base64 with padding, for building PEM in tests.
     fn base64(data: &[u8]) -> String {
         const ALPHABET: &[u8; 64] =

@@ -9,7 +9,8 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 
-/// A CoAP keepalive stack: servers and pings over UDP and TCP that keep sessions provably alive.
+/// A CoAP keepalive stack: servers and pings over UDP, DTLS, TCP and TLS that keep sessions
+/// provably alive.
 #[derive(Debug, Parser)]
 #[command(name = "coap-keepalive", version, about)]
 struct Args {
@@ -43,6 +44,9 @@ enum Command {
     /// Load-test a server on loopback: N sessions, each from its own port, ping it at a fixed
     /// rate; prints answered %, p50 / p99 RTT and timeouts (used by scripts/bench).
     Load(cli::load::LoadArgs),
+    /// Write a CA, a server certificate (localhost, 127.0.0.1, ::1) and a client certificate
+    /// with their keys, as PEM, for trying DTLS and TLS out.
+    Certs(cli::certs::CertsArgs),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +73,7 @@ fn main() -> ExitCode {
             Command::Delete(a) => cli::request::run(coap_keepalive::Method::Delete, a).await,
             Command::Observe(a) => cli::request::observe(a).await,
             Command::Load(a) => cli::load::run(a).await,
+            Command::Certs(a) => cli::certs::run(a),
         }
     });
     match result {

@@ -1,6 +1,7 @@
 //! `coap-keepalive demo`: the embedded default. A server and clients on loopback over every
-//! transport; pings and pongs both ways; then the server goes silent and the clients' nacks
-//! ("too many retries") appear.
+//! transport (UDP, DTLS with a PSK, TCP, TLS with certificates generated at start); pings and
+//! pongs both ways; then the server goes silent and the clients' nacks ("too many retries")
+//! appear.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -9,11 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use coap_keepalive::certs::{CertificateSet, ClientCredentials, PskCredentials, ServerCredentials};
 use coap_keepalive::config::{KeepaliveConfig, TransmissionParams};
 use coap_keepalive::context::Context;
 use coap_keepalive::error::{NackReason, Result};
 use coap_keepalive::handler::PingDecision;
-use coap_keepalive::session::Session;
+use coap_keepalive::session::{Session, Transport};
 use tokio::sync::mpsc;
 
 use super::output::{ms, Printer};
@@ -50,15 +52,31 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     server.register_pong_handler(move |session, rtt| {
         printer.session(session, &format!("server: pong in {}", ms(rtt)));
     });
+    // DTLS with a pre-shared key; TLS with a CA and a server certificate made just now.
+    let psk = PskCredentials::new("demo-client", "demo-secret");
+    let certificates = CertificateSet::generate()?;
     let udp = server.listen_udp(loopback).await?;
+    let dtls = server
+        .listen_dtls(loopback, ServerCredentials::Psk(psk.clone()))
+        .await?;
     let tcp = server.listen_tcp(loopback).await?;
+    let tls = server
+        .listen_tls(
+            loopback,
+            ServerCredentials::Certificate {
+                identity: certificates.server_identity(),
+                client_ca_pem: None,
+            },
+        )
+        .await?;
     printer.line(&format!(
-        "server on coap://{} and coap+tcp://{}, pinging clients after 2 idle seconds",
-        udp.local_addr, tcp.local_addr
+        "server on coap://{} coaps://{} (PSK) coap+tcp://{} coaps+tcp://{} (certificate), \
+         pinging clients after 2 idle seconds",
+        udp.local_addr, dtls.local_addr, tcp.local_addr, tls.local_addr
     ));
 
-    // The clients ping every idle second; UDP gives up after 2 retransmissions 250 ms apart and
-    // doubling, TCP when a Pong is 1 s late.
+    // The clients ping every idle second; UDP and DTLS give up after 2 retransmissions 250 ms
+    // apart and doubling, TCP and TLS when a Pong is 1 s late.
     let client = Context::new();
     client.set_keepalive_config(
         KeepaliveConfig::default()
@@ -78,12 +96,28 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         printer.session(session, &format!("client: NACK {reason}"));
         let _ = nack_tx.send((session.clone(), reason));
     });
+    let verify_with_ca = ClientCredentials::Certificate {
+        ca_pem: Some(certificates.ca_cert_pem.clone()),
+        identity: None,
+        insecure: false,
+    };
     let clients = [
         client.connect_udp(udp.local_addr).await?,
+        client
+            .connect_dtls(dtls.local_addr, &ClientCredentials::Psk(psk))
+            .await?,
         client.connect_tcp(tcp.local_addr).await?,
+        client
+            .connect_tls(tls.local_addr, "localhost", &verify_with_ca)
+            .await?,
     ];
     for session in &clients {
-        printer.session(session, "client: connected, keepalive 1 s");
+        let how = match session.transport() {
+            Transport::Dtls => ", PSK handshake done",
+            Transport::Tls => ", server certificate verified",
+            _ => "",
+        };
+        printer.session(session, &format!("client: connected{how}, keepalive 1 s"));
     }
     // A quiet client that never pings: the server's own keepalive pings it, and it answers.
     // Over UDP the server learns of a client from its first message: one ping introduces it.
@@ -129,6 +163,13 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         "server:  {} pings answered or ignored, {} pings sent, {} pongs",
         server_stats.pings_received, server_stats.pings_sent, server_stats.pongs
     );
+    for (session, reason) in &failed {
+        println!(
+            "nack:    {} client of {}: {reason}",
+            session.transport().name(),
+            session.peer()
+        );
+    }
     let all_noticed = failed.len() == clients.len()
         && failed
             .iter()

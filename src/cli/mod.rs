@@ -1,9 +1,12 @@
-//! The subcommands of the `coap-keepalive` binary, one per file.
+//! The subcommands of the `coap-keepalive` binary, one per file, and the credential handling
+//! `serve` and `ping` share.
 
+pub mod certs;
 pub mod demo;
 pub mod load;
 pub mod output;
 pub mod ping;
 pub mod request;
 pub mod resources;
+pub mod secure;
 pub mod serve;

@@ -1,16 +1,19 @@
 //! `coap-keepalive serve`: a server on each address given.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use clap::Args;
+use coap_keepalive::certs::ServerCredentials;
 use coap_keepalive::context::Context;
-use coap_keepalive::error::Result;
+use coap_keepalive::error::{Error, Result};
 use coap_keepalive::handler::{PeerPing, PingDecision, SessionEvent};
 
 use super::output::{ms, Printer};
+use super::secure;
 
 /// Arguments of `serve`.
 #[derive(Debug, Args)]
@@ -21,6 +24,27 @@ pub struct ServeArgs {
     /// Serve CoAP over TCP on this address (repeatable).
     #[arg(long, value_name = "ADDR")]
     tcp: Vec<SocketAddr>,
+    /// Serve CoAP over DTLS on this address (repeatable); needs --psk-key, or --cert and --key.
+    #[arg(long, value_name = "ADDR")]
+    dtls: Vec<SocketAddr>,
+    /// Serve CoAP over TLS on this address (repeatable); needs --cert and --key.
+    #[arg(long, value_name = "ADDR")]
+    tls: Vec<SocketAddr>,
+    /// DTLS: the PSK identity clients use (any identity is given the key, as libcoap's -k does).
+    #[arg(long, value_name = "ID", requires = "psk_key")]
+    psk_identity: Option<String>,
+    /// DTLS: the pre-shared key, as text. DTLS uses it instead of --cert when both are given.
+    #[arg(long, value_name = "KEY")]
+    psk_key: Option<String>,
+    /// The server's certificate chain (PEM), for TLS and (without --psk-key) DTLS.
+    #[arg(long, value_name = "PEM", requires = "key")]
+    cert: Option<PathBuf>,
+    /// The private key of --cert (PEM; ECDSA P-256 for DTLS).
+    #[arg(long, value_name = "PEM", requires = "cert")]
+    key: Option<PathBuf>,
+    /// Require clients to present a certificate signed by this CA (PEM).
+    #[arg(long, value_name = "PEM", requires = "cert")]
+    ca: Option<PathBuf>,
     /// Ping each client after this many idle seconds (0: only answer pings).
     #[arg(
         short = 'K',
@@ -39,14 +63,18 @@ pub struct ServeArgs {
 
 /// Runs the server until Ctrl-C or SIGTERM, then prints a summary.
 pub async fn run(args: ServeArgs) -> Result<ExitCode> {
+    let (dtls_credentials, tls_credentials) = credentials(&args)?;
     let ServeArgs {
         mut udp,
         mut tcp,
+        dtls,
+        tls,
         keepalive,
         notify_every,
         quiet,
+        ..
     } = args;
-    if udp.is_empty() && tcp.is_empty() {
+    if udp.is_empty() && tcp.is_empty() && dtls.is_empty() && tls.is_empty() {
         let default: SocketAddr = ([0, 0, 0, 0], coap_keepalive::uri::COAP_PORT).into();
         udp.push(default);
         tcp.push(default);
@@ -78,6 +106,26 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         let endpoint = ctx.listen_tcp(addr).await?;
         println!("serving coap+tcp://{} (tcp)", endpoint.local_addr);
     }
+    for addr in dtls {
+        let credentials = dtls_credentials
+            .clone()
+            .ok_or_else(|| Error::Config("--dtls needs --psk-key, or --cert and --key".into()))?;
+        let mode = mode(&credentials);
+        let endpoint = ctx.listen_dtls(addr, credentials).await?;
+        println!("serving coaps://{} (dtls, {mode})", endpoint.local_addr);
+    }
+    for addr in tls {
+        let credentials = tls_credentials.clone().ok_or_else(|| {
+            Error::Config(
+                "--tls needs --cert and --key (TLS with a PSK is not supported: rustls has no PSK \
+                 cipher suites)"
+                    .into(),
+            )
+        })?;
+        let mode = mode(&credentials);
+        let endpoint = ctx.listen_tls(addr, credentials).await?;
+        println!("serving coaps+tcp://{} (tls, {mode})", endpoint.local_addr);
+    }
     if keepalive > 0 {
         println!("pinging clients after {keepalive} idle seconds");
     }
@@ -94,6 +142,34 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         stats.failures
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The credentials of the DTLS and the TLS endpoints, from the options given: DTLS prefers the
+/// PSK; TLS takes only certificates.
+fn credentials(args: &ServeArgs) -> Result<(Option<ServerCredentials>, Option<ServerCredentials>)> {
+    let certificate = match secure::identity(args.cert.as_deref(), args.key.as_deref())? {
+        Some(identity) => Some(ServerCredentials::Certificate {
+            identity,
+            client_ca_pem: secure::ca(args.ca.as_deref())?,
+        }),
+        None => None,
+    };
+    let dtls = secure::psk(args.psk_identity.as_deref(), args.psk_key.as_deref())
+        .map(ServerCredentials::Psk)
+        .or_else(|| certificate.clone());
+    Ok((dtls, certificate))
+}
+
+/// How an endpoint authenticates, for its "serving" line.
+fn mode(credentials: &ServerCredentials) -> &'static str {
+    match credentials {
+        ServerCredentials::Psk(_) => "PSK",
+        ServerCredentials::Certificate {
+            client_ca_pem: Some(_),
+            ..
+        } => "certificate, client certificate required",
+        _ => "certificate",
+    }
 }
 
 fn install_printing_handlers(ctx: &Context, printer: Printer) {

@@ -1,6 +1,6 @@
 //! The DTLS driver: CoAP over DTLS behaves as over UDP (empty CON ping, RST pong, RFC 7252
 //! retransmission), so each DTLS connection runs the datagram driver of [`super::udp`] over
-//! [`DtlsIo`], one driver per connection.
+//! `DtlsIo`, one driver per connection.
 //!
 //! A server's handshakes run in [`DtlsListener`]'s tasks, each under the context's connect
 //! timeout; a handshake that fails is reported as a session that failed with

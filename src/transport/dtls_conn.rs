@@ -61,12 +61,22 @@ pub async fn dtls_connect(
     if config.server_name.is_empty() {
         config.server_name = peer.ip().to_string();
     }
-    let conn: Arc<dyn Conn + Send + Sync> = Arc::new(socket);
+    let socket = Arc::new(ClientConn {
+        socket,
+        received: AtomicU64::new(0),
+    });
+    let conn: Arc<dyn Conn + Send + Sync> = socket.clone();
     match tokio::time::timeout(timeout, DTLSConn::new(conn, config, true, None)).await {
         Ok(Ok(conn)) => Ok(Arc::new(conn)),
         Ok(Err(e)) => Err(Error::Tls(format!("handshake with {peer} failed: {e}"))),
+        // DTLS servers drop records they cannot decrypt (RFC 6347 §4.1.2.7): with a wrong PSK
+        // the server answers the ClientHello, then ignores our Finished. Say which it was.
         Err(_) => Err(Error::Tls(format!(
-            "handshake with {peer} timed out after {timeout:?}"
+            "handshake with {peer} timed out after {timeout:?} ({})",
+            match socket.received.load(Ordering::Relaxed) {
+                0 => "no answer from the server",
+                _ => "the server answered, then fell silent mid-handshake",
+            }
         ))),
     }
 }
@@ -520,6 +530,108 @@ impl Conn for PeerConn {
             self.table.remove(self.peer, self.id);
             Ok(())
         })
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
+
+/// A client's connected UDP socket as webrtc-dtls's transport, counting the datagrams that
+/// arrive so that a handshake that times out can say whether the server ever answered.
+struct ClientConn {
+    socket: UdpSocket,
+    received: AtomicU64,
+}
+
+impl ClientConn {
+    async fn recv_counted(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
+        let n = self.socket.recv(buf).await?;
+        self.received.fetch_add(1, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+// `Conn` is an `async_trait`; these are the signatures that macro gives its methods.
+impl Conn for ClientConn {
+    fn connect<'life0, 'async_trait>(
+        &'life0 self,
+        addr: SocketAddr,
+    ) -> BoxFuture<'async_trait, webrtc_util::Result<()>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(async move { Ok(self.socket.connect(addr).await?) })
+    }
+
+    fn recv<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        buf: &'life1 mut [u8],
+    ) -> BoxFuture<'async_trait, webrtc_util::Result<usize>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(self.recv_counted(buf))
+    }
+
+    fn recv_from<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        buf: &'life1 mut [u8],
+    ) -> BoxFuture<'async_trait, webrtc_util::Result<(usize, SocketAddr)>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(async move {
+            let n = self.recv_counted(buf).await?;
+            Ok((n, self.socket.peer_addr()?))
+        })
+    }
+
+    fn send<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        buf: &'life1 [u8],
+    ) -> BoxFuture<'async_trait, webrtc_util::Result<usize>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(async move { Ok(self.socket.send(buf).await?) })
+    }
+
+    fn send_to<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        buf: &'life1 [u8],
+        target: SocketAddr,
+    ) -> BoxFuture<'async_trait, webrtc_util::Result<usize>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(async move { Ok(self.socket.send_to(buf, target).await?) })
+    }
+
+    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
+        Ok(self.socket.local_addr()?)
+    }
+
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        self.socket.peer_addr().ok()
+    }
+
+    fn close<'life0, 'async_trait>(&'life0 self) -> BoxFuture<'async_trait, webrtc_util::Result<()>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        // The socket closes when the connection drops it, as webrtc-util's UDP `Conn` does.
+        Box::pin(async { Ok(()) })
     }
 
     fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {

@@ -298,9 +298,10 @@ mod tests {
         configure(&off, &accepted);
         assert!(!socket2::SockRef::from(&accepted).keepalive().unwrap());
 
-        let mut settings = ContextSettings::default();
-        settings.tcp_keepalive = Some(Duration::from_secs(7));
-        let on = Context::with_settings(settings);
+        let on = Context::with_settings(ContextSettings {
+            tcp_keepalive: Some(Duration::from_secs(7)),
+            ..ContextSettings::default()
+        });
         for stream in [&accepted, &connected] {
             configure(&on, stream);
             let socket = socket2::SockRef::from(stream);

@@ -1,0 +1,174 @@
+//! Credentials from the command line, and failed handshakes explained in one line.
+
+use std::path::Path;
+
+use coap_keepalive::certs::{read_pem, ClientCredentials, PemIdentity, PskCredentials};
+use coap_keepalive::error::{Error, Result};
+use coap_keepalive::session::Transport;
+
+/// The certificate and key given with `--cert` / `--key`, if any (clap makes them come together).
+pub fn identity(cert: Option<&Path>, key: Option<&Path>) -> Result<Option<PemIdentity>> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => PemIdentity::from_files(cert, key).map(Some),
+        (None, None) => Ok(None),
+        _ => Err(Error::Config("--cert and --key go together".into())),
+    }
+}
+
+/// The CA given with `--ca`, if any.
+pub fn ca(path: Option<&Path>) -> Result<Option<String>> {
+    path.map(read_pem).transpose()
+}
+
+/// A PSK from `--psk-identity` / `--psk-key` (text, as libcoap takes them).
+pub fn psk(identity: Option<&str>, key: Option<&str>) -> Option<PskCredentials> {
+    key.map(|key| PskCredentials::new(identity.unwrap_or_default(), key))
+}
+
+/// What a client presents: a PSK when given, else certificate mode when any of `--ca`,
+/// `--cert` or `--insecure` is given, else nothing (a secured URI then refuses to connect).
+pub fn client_credentials(
+    psk: Option<PskCredentials>,
+    ca_pem: Option<String>,
+    identity: Option<PemIdentity>,
+    insecure: bool,
+) -> ClientCredentials {
+    match psk {
+        Some(psk) => ClientCredentials::Psk(psk),
+        None if ca_pem.is_some() || identity.is_some() || insecure => {
+            ClientCredentials::Certificate {
+                ca_pem,
+                identity,
+                insecure,
+            }
+        }
+        None => ClientCredentials::None,
+    }
+}
+
+/// One line saying why connecting failed, naming the cause of a failed handshake (wrong PSK,
+/// untrusted certificate, missing client certificate, timeout) before the library's detail.
+pub fn explain(error: &Error, transport: Transport, credentials: &ClientCredentials) -> String {
+    let Error::Tls(detail) = error else {
+        return error.to_string();
+    };
+    let protocol = match transport {
+        Transport::Dtls => "DTLS",
+        _ => "TLS",
+    };
+    let presented_certificate = matches!(
+        credentials,
+        ClientCredentials::Certificate {
+            identity: Some(_),
+            ..
+        }
+    );
+    let psk = matches!(credentials, ClientCredentials::Psk(_));
+    let cause = if detail.contains("fell silent mid-handshake") && psk {
+        // What libcoap's OpenSSL server does with a Finished it cannot decrypt.
+        "wrong PSK (the server answered, then ignored our Finished)"
+    } else if detail.contains("timed out") {
+        "handshake timeout"
+    } else if detail.contains("not valid for name") {
+        "the server's certificate does not name this host"
+    } else if detail.contains("invalid peer certificate") {
+        "untrusted server certificate (not signed by the --ca given)"
+    } else if detail.contains("CertificateRequired") {
+        "missing client certificate (the server requires one: --cert and --key)"
+    } else if detail.contains("cannot connect") {
+        "cannot connect"
+    } else if presented_certificate {
+        "client certificate rejected by the server"
+    } else {
+        // webrtc-dtls reports every fatal alert alike; what we presented says what it was about.
+        match credentials {
+            ClientCredentials::Psk(_) => "wrong PSK (the server rejected the handshake)",
+            _ if transport == Transport::Dtls => {
+                "missing client certificate (the server rejected the handshake: --cert and --key)"
+            }
+            _ => "the server rejected the handshake",
+        }
+    };
+    format!("{protocol} handshake failed: {cause} ({detail})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn psk() -> ClientCredentials {
+        ClientCredentials::Psk(PskCredentials::new("id", "key"))
+    }
+
+    fn certificate(with_identity: bool) -> ClientCredentials {
+        ClientCredentials::Certificate {
+            ca_pem: Some(String::new()),
+            identity: with_identity.then(|| PemIdentity {
+                cert_chain_pem: String::new(),
+                key_pem: String::new(),
+            }),
+            insecure: false,
+        }
+    }
+
+    fn tls(detail: &str) -> Error {
+        Error::Tls(detail.into())
+    }
+
+    #[test]
+    fn causes_are_named() {
+        let alert = || tls("handshake with 127.0.0.1:1 failed: Alert is Fatal or Close Notify");
+        let cases = [
+            (alert(), Transport::Dtls, psk(), "wrong PSK"),
+            (
+                alert(),
+                Transport::Dtls,
+                certificate(false),
+                "missing client certificate",
+            ),
+            (
+                alert(),
+                Transport::Dtls,
+                certificate(true),
+                "client certificate rejected",
+            ),
+            (
+                tls("handshake with 127.0.0.1:1 timed out after 1s (no answer from the server)"),
+                Transport::Dtls,
+                psk(),
+                "handshake timeout",
+            ),
+            (
+                tls("handshake with 127.0.0.1:1 timed out after 1s (the server answered, then fell silent mid-handshake)"),
+                Transport::Dtls,
+                psk(),
+                "wrong PSK",
+            ),
+            (
+                tls("handshake with 127.0.0.1:1 timed out after 1s"),
+                Transport::Tls,
+                certificate(false),
+                "handshake timeout",
+            ),
+            (
+                tls("handshake with x failed: invalid peer certificate: UnknownIssuer"),
+                Transport::Tls,
+                certificate(false),
+                "untrusted server certificate",
+            ),
+            (
+                tls("x rejected the session after the handshake: received fatal alert: CertificateRequired"),
+                Transport::Tls,
+                certificate(false),
+                "missing client certificate",
+            ),
+        ];
+        for (error, transport, credentials, cause) in cases {
+            let line = explain(&error, transport, &credentials);
+            assert!(line.contains(cause), "{line}");
+            assert!(!line.contains('\n'));
+        }
+        let other = Error::Config("no".into());
+        assert_eq!(explain(&other, Transport::Tls, &psk()), other.to_string());
+    }
+}

@@ -1,0 +1,733 @@
+//! Our client against our server over DTLS (PSK and certificates) and TLS (server certificate
+//! and mutual), on loopback with millisecond keepalive settings: pings answered both ways, a
+//! silenced server, a clean close, and every bad-credential case ending in `TlsFailed` for the
+//! handler and an error from connect, within the handshake timeout.
+//!
+//! Every scenario is written once, as a function taking the [`Mode`], and run for each.
+//! Certificates are fresh for each test, written to a temporary directory and read back as an
+//! application would.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+
+use coap_keepalive::certs::{read_pem, CertificateSet};
+use coap_keepalive::config::{KeepaliveConfig, TransmissionParams};
+use coap_keepalive::context::{Context, ContextSettings};
+use coap_keepalive::error::{Error, NackReason};
+use coap_keepalive::handler::{PingDecision, SessionEvent};
+use coap_keepalive::session::{Role, Session, SessionState, Transport};
+use coap_keepalive::{ClientCredentials, PemIdentity, PskCredentials, ServerCredentials};
+
+/// The most any test here may take; each finishes in about a second when all is well.
+const TEST_LIMIT: Duration = Duration::from_secs(10);
+/// The handshake (connect) timeout of the contexts that are expected to connect.
+const HANDSHAKE: Duration = Duration::from_secs(3);
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+async fn bounded<F: Future>(body: F) -> F::Output {
+    tokio::time::timeout(TEST_LIMIT, body)
+        .await
+        .expect("test exceeded its time limit")
+}
+
+async fn next<T>(rx: &mut mpsc::UnboundedReceiver<T>, limit: Duration, what: &str) -> T {
+    tokio::time::timeout(limit, rx.recv())
+        .await
+        .unwrap_or_else(|_| panic!("no {what} within {limit:?}"))
+        .unwrap_or_else(|| panic!("{what} channel closed"))
+}
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+fn context(handshake: Duration) -> Context {
+    let mut settings = ContextSettings::default();
+    settings.connect_timeout = handshake;
+    Context::with_settings(settings)
+}
+
+/// A CA with a server and a client certificate, written to a temporary directory.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        CertificateSet::generate()
+            .unwrap()
+            .write_to(dir.path())
+            .unwrap();
+        Pki { dir }
+    }
+
+    fn ca(&self) -> String {
+        read_pem(&self.dir.path().join("ca.pem")).unwrap()
+    }
+
+    fn identity(&self, who: &str) -> PemIdentity {
+        let dir = self.dir.path();
+        PemIdentity::from_files(
+            &dir.join(format!("{who}.pem")),
+            &dir.join(format!("{who}.key")),
+        )
+        .unwrap()
+    }
+}
+
+/// The four ways of securing a session tested here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    DtlsPsk,
+    DtlsCertificate,
+    Tls,
+    MutualTls,
+}
+
+impl Mode {
+    fn transport(self) -> Transport {
+        match self {
+            Mode::DtlsPsk | Mode::DtlsCertificate => Transport::Dtls,
+            Mode::Tls | Mode::MutualTls => Transport::Tls,
+        }
+    }
+}
+
+/// Matching server and client credentials of `mode`.
+fn credentials(mode: Mode, pki: &Pki) -> (ServerCredentials, ClientCredentials) {
+    match mode {
+        Mode::DtlsPsk => {
+            let psk = PskCredentials::new("client-1", "secret");
+            (
+                ServerCredentials::Psk(psk.clone()),
+                ClientCredentials::Psk(psk),
+            )
+        }
+        Mode::DtlsCertificate | Mode::Tls => (
+            ServerCredentials::Certificate {
+                identity: pki.identity("server"),
+                client_ca_pem: None,
+            },
+            ClientCredentials::Certificate {
+                ca_pem: Some(pki.ca()),
+                identity: None,
+                insecure: false,
+            },
+        ),
+        Mode::MutualTls => (
+            ServerCredentials::Certificate {
+                identity: pki.identity("server"),
+                client_ca_pem: Some(pki.ca()),
+            },
+            ClientCredentials::Certificate {
+                ca_pem: Some(pki.ca()),
+                identity: Some(pki.identity("client")),
+                insecure: false,
+            },
+        ),
+    }
+}
+
+async fn listen(ctx: &Context, transport: Transport, credentials: ServerCredentials) -> SocketAddr {
+    let endpoint = match transport {
+        Transport::Dtls => ctx.listen_dtls(loopback(), credentials).await,
+        Transport::Tls => ctx.listen_tls(loopback(), credentials).await,
+        other => panic!("{other} is not tested here"),
+    }
+    .expect("listen");
+    assert_eq!(endpoint.transport, transport);
+    endpoint.local_addr
+}
+
+async fn connect(
+    ctx: &Context,
+    transport: Transport,
+    server: SocketAddr,
+    credentials: &ClientCredentials,
+) -> coap_keepalive::Result<Session> {
+    match transport {
+        Transport::Dtls => ctx.connect_dtls(server, credentials).await,
+        Transport::Tls => ctx.connect_tls(server, "localhost", credentials).await,
+        other => panic!("{other} is not tested here"),
+    }
+}
+
+fn pongs(ctx: &Context) -> mpsc::UnboundedReceiver<(Role, Duration)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    ctx.register_pong_handler(move |session, rtt| {
+        let _ = tx.send((session.role(), rtt));
+    });
+    rx
+}
+
+fn nacks(ctx: &Context) -> mpsc::UnboundedReceiver<(Session, NackReason, Instant)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    ctx.register_nack_handler(move |session, reason| {
+        let _ = tx.send((session.clone(), reason, Instant::now()));
+    });
+    rx
+}
+
+fn events(ctx: &Context) -> mpsc::UnboundedReceiver<(Role, SessionEvent)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    ctx.register_event_handler(move |session, event| {
+        let _ = tx.send((session.role(), event));
+    });
+    rx
+}
+
+// ---- pings answered, both ways ----
+
+async fn pings_are_answered_both_ways(mode: Mode) {
+    let pki = Pki::new();
+    let (server_credentials, client_credentials) = credentials(mode, &pki);
+    let transport = mode.transport();
+
+    let server = context(HANDSHAKE);
+    server.set_keepalive_interval(Some(ms(150)));
+    let mut server_pongs = pongs(&server);
+    let mut server_nacks = nacks(&server);
+    let addr = listen(&server, transport, server_credentials).await;
+
+    let client = context(HANDSHAKE);
+    client.set_keepalive_interval(Some(ms(50)));
+    let mut client_pongs = pongs(&client);
+    let mut client_nacks = nacks(&client);
+    let session = connect(&client, transport, addr, &client_credentials)
+        .await
+        .expect("connect");
+    assert_eq!(session.state(), SessionState::Established);
+    assert_eq!(session.transport(), transport);
+    assert_eq!(session.role(), Role::Client);
+
+    for _ in 0..3 {
+        let (role, rtt) = next(&mut client_pongs, Duration::from_secs(2), "client pong").await;
+        assert_eq!(role, Role::Client);
+        assert!(
+            rtt > Duration::ZERO && rtt < ms(200),
+            "{mode:?} rtt {rtt:?}"
+        );
+    }
+    let stats = session.stats();
+    assert!(stats.pongs >= 3 && stats.failures == 0, "{stats:?}");
+    assert!(stats.rtt.min.is_some() && stats.rtt.smoothed.is_some());
+
+    // The server pings its client too, once the client stops pinging.
+    session.set_keepalive(0);
+    let (role, rtt) = next(&mut server_pongs, Duration::from_secs(2), "server pong").await;
+    assert_eq!(role, Role::Server);
+    assert!(rtt < ms(200), "{mode:?} server rtt {rtt:?}");
+    let theirs = server.sessions();
+    assert_eq!(theirs.len(), 1);
+    assert_eq!(theirs[0].transport(), transport);
+    assert_eq!(theirs[0].role(), Role::Server);
+    assert_eq!(theirs[0].peer().port(), session.local_addr().port());
+
+    assert!(client_nacks.try_recv().is_err());
+    assert!(server_nacks.try_recv().is_err());
+    client.shutdown().await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn dtls_psk_pings_are_answered() {
+    bounded(pings_are_answered_both_ways(Mode::DtlsPsk)).await
+}
+
+#[tokio::test]
+async fn dtls_certificate_pings_are_answered() {
+    bounded(pings_are_answered_both_ways(Mode::DtlsCertificate)).await
+}
+
+#[tokio::test]
+async fn tls_pings_are_answered() {
+    bounded(pings_are_answered_both_ways(Mode::Tls)).await
+}
+
+#[tokio::test]
+async fn mutual_tls_pings_are_answered() {
+    bounded(pings_are_answered_both_ways(Mode::MutualTls)).await
+}
+
+// ---- a silenced server ----
+
+async fn silenced_server_fails_the_session(mode: Mode) {
+    let pki = Pki::new();
+    let (server_credentials, client_credentials) = credentials(mode, &pki);
+    let transport = mode.transport();
+
+    let server = context(HANDSHAKE);
+    server.register_ping_handler(|_, _| PingDecision::Suppress);
+    let addr = listen(&server, transport, server_credentials).await;
+
+    let client = context(HANDSHAKE);
+    client
+        .set_keepalive_config(
+            KeepaliveConfig::default()
+                .with_interval(Some(ms(100)))
+                .with_transmission(
+                    TransmissionParams::default()
+                        .with_ack_timeout(ms(50))
+                        .with_ack_random_factor(1.0)
+                        .with_max_retransmit(2),
+                )
+                .with_pong_timeout(ms(100)),
+        )
+        .unwrap();
+    let mut client_nacks = nacks(&client);
+    let mut client_pongs = pongs(&client);
+    let start = Instant::now();
+    let session = connect(&client, transport, addr, &client_credentials)
+        .await
+        .expect("connect");
+
+    let (nacked, reason, at) = next(&mut client_nacks, Duration::from_secs(3), "nack").await;
+    assert_eq!(reason, NackReason::TooManyRetries);
+    assert_eq!(nacked.id(), session.id());
+    // UDP rules: ping at 100, retransmissions 50 and 100 later, given up 200 after the last.
+    // TCP rules: ping at 100, no Pong by 200 (one unanswered ping is enough by default).
+    let earliest = match transport {
+        Transport::Dtls => ms(450),
+        _ => ms(200),
+    };
+    let elapsed = at - start;
+    assert!(
+        elapsed >= earliest && elapsed < earliest + Duration::from_secs(1),
+        "{mode:?} nack after {elapsed:?}"
+    );
+    assert_eq!(
+        tokio::time::timeout(ms(500), session.closed())
+            .await
+            .unwrap(),
+        SessionState::Failed(NackReason::TooManyRetries)
+    );
+    assert!(client.sessions().is_empty());
+    assert!(client_pongs.try_recv().is_err());
+    assert_eq!(session.stats().failures, 1);
+    client.shutdown().await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn dtls_psk_silenced_server() {
+    bounded(silenced_server_fails_the_session(Mode::DtlsPsk)).await
+}
+
+#[tokio::test]
+async fn dtls_certificate_silenced_server() {
+    bounded(silenced_server_fails_the_session(Mode::DtlsCertificate)).await
+}
+
+#[tokio::test]
+async fn tls_silenced_server() {
+    bounded(silenced_server_fails_the_session(Mode::Tls)).await
+}
+
+#[tokio::test]
+async fn mutual_tls_silenced_server() {
+    bounded(silenced_server_fails_the_session(Mode::MutualTls)).await
+}
+
+// ---- clean close ----
+
+/// The client closes: over DTLS a close_notify, over TLS a 7.04 Release. The server sees a
+/// closed session, not a failed one, and forgets it.
+async fn client_close_is_clean(mode: Mode) {
+    let pki = Pki::new();
+    let (server_credentials, client_credentials) = credentials(mode, &pki);
+    let transport = mode.transport();
+    let server = context(HANDSHAKE);
+    let mut server_events = events(&server);
+    let mut server_nacks = nacks(&server);
+    let addr = listen(&server, transport, server_credentials).await;
+    let client = context(HANDSHAKE);
+    let session = connect(&client, transport, addr, &client_credentials)
+        .await
+        .expect("connect");
+    let (role, event) = next(&mut server_events, Duration::from_secs(2), "event").await;
+    assert_eq!((role, event), (Role::Server, SessionEvent::Established));
+
+    session.close();
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(2), session.closed())
+            .await
+            .unwrap(),
+        SessionState::Closed
+    );
+    let (role, event) = next(&mut server_events, Duration::from_secs(2), "event").await;
+    assert_eq!((role, event), (Role::Server, SessionEvent::Closed));
+    assert!(server.sessions().is_empty());
+    assert!(server_nacks.try_recv().is_err());
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn dtls_close_notify_is_a_clean_close() {
+    bounded(client_close_is_clean(Mode::DtlsPsk)).await
+}
+
+#[tokio::test]
+async fn tls_release_is_a_clean_close() {
+    bounded(client_close_is_clean(Mode::Tls)).await
+}
+
+// ---- bad credentials ----
+
+/// Connects with credentials the server rejects (or that reject the server): connect fails with
+/// a TLS error naming `cause`, and both sides' nack handlers see `TlsFailed`, within the
+/// handshake timeout.
+async fn rejected(
+    transport: Transport,
+    server_credentials: ServerCredentials,
+    client_credentials: ClientCredentials,
+    cause: &str,
+) {
+    let server = context(HANDSHAKE);
+    let mut server_nacks = nacks(&server);
+    let addr = listen(&server, transport, server_credentials).await;
+    let client = context(HANDSHAKE);
+    let mut client_nacks = nacks(&client);
+
+    let start = Instant::now();
+    let error = connect(&client, transport, addr, &client_credentials)
+        .await
+        .expect_err("connect with bad credentials succeeded");
+    assert!(start.elapsed() < HANDSHAKE, "took {:?}", start.elapsed());
+    assert!(matches!(error, Error::Tls(_)), "{error}");
+    assert!(error.to_string().contains(cause), "{error}");
+
+    let (session, reason, _) = next(&mut client_nacks, ms(100), "client nack").await;
+    assert_eq!(reason, NackReason::TlsFailed);
+    assert_eq!(
+        (session.transport(), session.role()),
+        (transport, Role::Client)
+    );
+    assert_eq!(session.peer(), addr);
+    assert_eq!(session.state(), SessionState::Failed(NackReason::TlsFailed));
+    assert!(client.sessions().is_empty());
+    assert_eq!(client.stats().failures, 1);
+
+    let (session, reason, _) = next(&mut server_nacks, HANDSHAKE, "server nack").await;
+    assert_eq!(reason, NackReason::TlsFailed);
+    assert_eq!(
+        (session.transport(), session.role()),
+        (transport, Role::Server)
+    );
+    assert!(server.sessions().is_empty());
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn dtls_wrong_psk_fails() {
+    bounded(rejected(
+        Transport::Dtls,
+        ServerCredentials::Psk(PskCredentials::new("client-1", "secret")),
+        ClientCredentials::Psk(PskCredentials::new("client-1", "wrong")),
+        "handshake with",
+    ))
+    .await
+}
+
+async fn untrusted_server(transport: Transport) {
+    let pki = Pki::new();
+    let other = Pki::new();
+    let (server_credentials, _) = credentials(Mode::Tls, &pki);
+    let (_, client_credentials) = credentials(Mode::Tls, &other);
+    rejected(
+        transport,
+        server_credentials,
+        client_credentials,
+        "invalid peer certificate",
+    )
+    .await
+}
+
+#[tokio::test]
+async fn dtls_untrusted_server_certificate_fails() {
+    bounded(untrusted_server(Transport::Dtls)).await
+}
+
+#[tokio::test]
+async fn tls_untrusted_server_certificate_fails() {
+    bounded(untrusted_server(Transport::Tls)).await
+}
+
+async fn missing_client_certificate(transport: Transport, cause: &str) {
+    let pki = Pki::new();
+    let (server_credentials, _) = credentials(Mode::MutualTls, &pki);
+    let (_, client_credentials) = credentials(Mode::Tls, &pki);
+    rejected(transport, server_credentials, client_credentials, cause).await
+}
+
+#[tokio::test]
+async fn dtls_missing_client_certificate_fails() {
+    bounded(missing_client_certificate(
+        Transport::Dtls,
+        "handshake with",
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn tls_missing_client_certificate_fails() {
+    // TLS 1.3: the handshake completes on the client, the server's alert follows.
+    bounded(missing_client_certificate(
+        Transport::Tls,
+        "CertificateRequired",
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn tls_client_certificate_from_another_ca_fails() {
+    bounded(async {
+        let pki = Pki::new();
+        let other = Pki::new();
+        let (server_credentials, _) = credentials(Mode::MutualTls, &pki);
+        let client_credentials = ClientCredentials::Certificate {
+            ca_pem: Some(pki.ca()),
+            identity: Some(other.identity("client")),
+            insecure: false,
+        };
+        rejected(
+            Transport::Tls,
+            server_credentials,
+            client_credentials,
+            "rejected the session after the handshake",
+        )
+        .await
+    })
+    .await
+}
+
+// ---- handshake timeouts ----
+
+async fn client_handshake_times_out(transport: Transport, silent: SocketAddr) {
+    let client = context(ms(300));
+    let mut client_nacks = nacks(&client);
+    let start = Instant::now();
+    let credentials = ClientCredentials::Certificate {
+        ca_pem: None,
+        identity: None,
+        insecure: true,
+    };
+    let error = connect(&client, transport, silent, &credentials)
+        .await
+        .expect_err("handshake with a silent peer succeeded");
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed >= ms(300) && elapsed < ms(800),
+        "gave up after {elapsed:?}"
+    );
+    assert!(matches!(error, Error::Tls(_)), "{error}");
+    assert!(
+        error.to_string().contains("timed out after 300ms"),
+        "{error}"
+    );
+    let (session, reason, _) = next(&mut client_nacks, ms(100), "nack").await;
+    assert_eq!(reason, NackReason::TlsFailed);
+    assert_eq!(session.role(), Role::Client);
+    assert!(client.sessions().is_empty());
+}
+
+#[tokio::test]
+async fn dtls_handshake_times_out_against_a_silent_socket() {
+    bounded(async {
+        let silent = UdpSocket::bind(loopback()).await.unwrap();
+        client_handshake_times_out(Transport::Dtls, silent.local_addr().unwrap()).await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn tls_handshake_times_out_against_a_listener_that_never_answers() {
+    bounded(async {
+        // The kernel completes the TCP handshake; nobody ever reads.
+        let silent = TcpListener::bind(loopback()).await.unwrap();
+        client_handshake_times_out(Transport::Tls, silent.local_addr().unwrap()).await
+    })
+    .await
+}
+
+/// A client that connects and says nothing costs the server one handshake deadline and a nack,
+/// and never keeps others from connecting.
+async fn server_handshake_times_out(mode: Mode) {
+    let pki = Pki::new();
+    let (server_credentials, client_credentials) = credentials(mode, &pki);
+    let transport = mode.transport();
+    let server = context(ms(300));
+    let mut server_nacks = nacks(&server);
+    let addr = listen(&server, transport, server_credentials).await;
+
+    let start = Instant::now();
+    // A DTLS peer is taken for a client once it sends a ClientHello: send the start of one.
+    let silent_udp = UdpSocket::bind(loopback()).await.unwrap();
+    let mut silent_tcp = None;
+    match transport {
+        Transport::Dtls => {
+            let hello = [0x16, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0x01];
+            silent_udp.send_to(&hello, addr).await.unwrap();
+        }
+        _ => silent_tcp = Some(TcpStream::connect(addr).await.unwrap()),
+    }
+
+    // Meanwhile a real client gets in.
+    let client = context(HANDSHAKE);
+    let session = connect(&client, transport, addr, &client_credentials)
+        .await
+        .expect("connect while another handshake hangs");
+    assert!(start.elapsed() < ms(300), "blocked by the silent peer");
+
+    let (failed, reason, at) = next(&mut server_nacks, Duration::from_secs(2), "nack").await;
+    assert_eq!(reason, NackReason::TlsFailed);
+    assert_eq!(failed.role(), Role::Server);
+    let elapsed = at - start;
+    assert!(
+        elapsed >= ms(300) && elapsed < ms(800),
+        "server gave up after {elapsed:?}"
+    );
+    // Only the real client's session is left.
+    let left = server.sessions();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].peer().port(), session.local_addr().port());
+    drop(silent_tcp);
+    client.shutdown().await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn dtls_server_handshake_times_out_without_blocking_others() {
+    bounded(server_handshake_times_out(Mode::DtlsPsk)).await
+}
+
+#[tokio::test]
+async fn tls_server_handshake_times_out_without_blocking_others() {
+    bounded(server_handshake_times_out(Mode::Tls)).await
+}
+
+// ---- configuration errors and connect_with ----
+
+#[tokio::test]
+async fn tls_with_a_psk_is_a_configuration_error() {
+    bounded(async {
+        let ctx = context(HANDSHAKE);
+        let mut nack_rx = nacks(&ctx);
+        let psk = PskCredentials::new("id", "secret");
+        let error = ctx
+            .listen_tls(loopback(), ServerCredentials::Psk(psk.clone()))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, Error::Config(_)), "{error}");
+        assert!(error.to_string().contains("rustls has no PSK"), "{error}");
+        let error = ctx
+            .connect_tls(
+                "127.0.0.1:9".parse().unwrap(),
+                "localhost",
+                &ClientCredentials::Psk(psk),
+            )
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("rustls has no PSK"), "{error}");
+        assert!(
+            nack_rx.try_recv().is_err(),
+            "a mistake in the call is no nack"
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn secured_schemes_need_credentials() {
+    bounded(async {
+        let ctx = context(HANDSHAKE);
+        let mut nack_rx = nacks(&ctx);
+        for uri in ["coaps://127.0.0.1:9", "coaps+tcp://127.0.0.1:9"] {
+            let error = ctx
+                .connect_with(uri, &ClientCredentials::None)
+                .await
+                .unwrap_err();
+            assert!(matches!(error, Error::Config(_)), "{uri}: {error}");
+            assert!(error.to_string().contains("needs credentials"), "{error}");
+            // The plain `connect` never falls back to plaintext either.
+            assert!(matches!(
+                ctx.connect(uri).await.unwrap_err(),
+                Error::Config(_)
+            ));
+        }
+        // Certificate mode without a CA and without `insecure` cannot verify the server.
+        let no_ca = ClientCredentials::Certificate {
+            ca_pem: None,
+            identity: None,
+            insecure: false,
+        };
+        for uri in ["coaps://127.0.0.1:9", "coaps+tcp://127.0.0.1:9"] {
+            let error = ctx.connect_with(uri, &no_ca).await.unwrap_err();
+            assert!(matches!(error, Error::Config(_)), "{uri}: {error}");
+        }
+        assert!(nack_rx.try_recv().is_err());
+    })
+    .await
+}
+
+#[tokio::test]
+async fn connect_with_serves_every_scheme() {
+    bounded(async {
+        let pki = Pki::new();
+        let psk = PskCredentials::new("id", "secret");
+        let server = context(HANDSHAKE);
+        let udp = server.listen_udp(loopback()).await.unwrap();
+        let tcp = server.listen_tcp(loopback()).await.unwrap();
+        let dtls = listen(
+            &server,
+            Transport::Dtls,
+            ServerCredentials::Psk(psk.clone()),
+        )
+        .await;
+        let (tls_credentials, certificate) = credentials(Mode::Tls, &pki);
+        let tls = listen(&server, Transport::Tls, tls_credentials).await;
+
+        let client = context(HANDSHAKE);
+        let cases = [
+            (
+                format!("coap://{}", udp.local_addr),
+                ClientCredentials::None,
+            ),
+            (
+                format!("coap+tcp://{}", tcp.local_addr),
+                certificate.clone(),
+            ),
+            (format!("coaps://{dtls}"), ClientCredentials::Psk(psk)),
+            // The URI's host is what the server's certificate must name (an IP SAN here).
+            (format!("coaps+tcp://{tls}"), certificate),
+        ];
+        let mut transports = Vec::new();
+        for (uri, credentials) in &cases {
+            let session = client
+                .connect_with(uri, credentials)
+                .await
+                .unwrap_or_else(|e| panic!("{uri}: {e}"));
+            assert_eq!(session.state(), SessionState::Established, "{uri}");
+            transports.push(session.transport());
+        }
+        assert_eq!(
+            transports,
+            [
+                Transport::Udp,
+                Transport::Tcp,
+                Transport::Dtls,
+                Transport::Tls
+            ]
+        );
+        client.shutdown().await;
+        server.shutdown().await;
+    })
+    .await
+}
