@@ -1,6 +1,5 @@
 //! `coap-keepalive ping`: keepalive pings to one peer, printed like ping(8).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -34,27 +33,8 @@ pub struct PingArgs {
     /// TCP: seconds to wait for a Pong (default: the interval).
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pong_timeout: Option<Duration>,
-    /// Seconds the connection, the (D)TLS handshake and the CSM exchange may take.
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
-    handshake_timeout: Duration,
-    /// DTLS: the PSK identity to send.
-    #[arg(long, value_name = "ID", requires = "psk_key")]
-    psk_identity: Option<String>,
-    /// DTLS: the pre-shared key, as text (coaps:// only: TLS has no PSK mode here).
-    #[arg(long, value_name = "KEY", requires = "psk_identity")]
-    psk_key: Option<String>,
-    /// Verify the server's certificate with this CA (PEM).
-    #[arg(long, value_name = "PEM")]
-    ca: Option<PathBuf>,
-    /// Present this client certificate (PEM) when the server asks for one.
-    #[arg(long, value_name = "PEM", requires = "key")]
-    cert: Option<PathBuf>,
-    /// The private key of --cert (PEM).
-    #[arg(long, value_name = "PEM", requires = "cert")]
-    key: Option<PathBuf>,
-    /// Accept any server certificate: no verification (for tests only; says so when used).
-    #[arg(long)]
-    insecure: bool,
+    #[command(flatten)]
+    security: secure::ClientSecurityArgs,
 }
 
 enum Outcome {
@@ -78,17 +58,12 @@ pub async fn run(args: PingArgs) -> Result<ExitCode> {
     if let Some(t) = args.pong_timeout {
         config = config.with_pong_timeout(t);
     }
-    let credentials = secure::client_credentials(
-        secure::psk(args.psk_identity.as_deref(), args.psk_key.as_deref()),
-        secure::ca(args.ca.as_deref())?,
-        secure::identity(args.cert.as_deref(), args.key.as_deref())?,
-        args.insecure,
-    );
-    if args.insecure && uri.transport.is_secure() {
-        eprintln!("coap-keepalive: warning: --insecure: the server's certificate is not verified");
-    }
+    let credentials = args.security.credentials(uri.transport)?;
     let mut settings = ContextSettings::default();
-    settings.connect_timeout = args.handshake_timeout.max(Duration::from_millis(1));
+    settings.connect_timeout = args
+        .security
+        .handshake_timeout
+        .max(Duration::from_millis(1));
     let ctx = Context::with_settings(settings);
     ctx.set_keepalive_config(config)?;
     let (tx, mut rx) = mpsc::unbounded_channel();

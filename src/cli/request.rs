@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 use coap_keepalive::error::Result;
-use coap_keepalive::{CoapUri, Context, Method, Request, Response};
+use coap_keepalive::{CoapUri, Context, ContextSettings, Method, Request, Response, Session};
 
 use super::output::parse_secs;
 
@@ -24,6 +24,8 @@ pub struct RequestArgs {
     /// Seconds to wait for the response.
     #[arg(short = 't', long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
     timeout: Duration,
+    #[command(flatten)]
+    security: super::secure::ClientSecurityArgs,
 }
 
 /// Arguments of `observe`.
@@ -54,6 +56,25 @@ fn build(method: Method, args: &RequestArgs) -> Result<(CoapUri, Request)> {
     Ok((uri, request))
 }
 
+/// Connects as the URI and the security options say; prints why on failure.
+async fn connect(uri: &CoapUri, args: &RequestArgs) -> Result<Option<(Context, Session)>> {
+    let credentials = args.security.credentials(uri.transport)?;
+    let mut settings = ContextSettings::default();
+    settings.connect_timeout = args
+        .security
+        .handshake_timeout
+        .max(Duration::from_millis(1));
+    let ctx = Context::with_settings(settings);
+    match ctx.connect_with(&uri.to_string(), &credentials).await {
+        Ok(session) => Ok(Some((ctx, session))),
+        Err(error) => {
+            let why = super::secure::explain(&error, uri.transport, &credentials);
+            eprintln!("coap-keepalive: {uri}: {why}");
+            Ok(None)
+        }
+    }
+}
+
 fn print_response(response: &Response) {
     println!("{} {:?}", response.code(), response.status);
     if !response.payload.is_empty() {
@@ -64,8 +85,9 @@ fn print_response(response: &Response) {
 /// Sends one request and prints the response; exits 1 unless it is a 2.xx.
 pub async fn run(method: Method, args: RequestArgs) -> Result<ExitCode> {
     let (uri, request) = build(method, &args)?;
-    let ctx = Context::new();
-    let session = ctx.connect(&uri.to_string()).await?;
+    let Some((ctx, session)) = connect(&uri, &args).await? else {
+        return Ok(ExitCode::FAILURE);
+    };
     let outcome = session.request_with_timeout(request, args.timeout).await;
     ctx.shutdown().await;
     let response = outcome?;
@@ -80,8 +102,9 @@ pub async fn run(method: Method, args: RequestArgs) -> Result<ExitCode> {
 /// Observes a resource and prints each notification.
 pub async fn observe(args: ObserveArgs) -> Result<ExitCode> {
     let (uri, request) = build(Method::Get, &args.request)?;
-    let ctx = Context::new();
-    let session = ctx.connect(&uri.to_string()).await?;
+    let Some((ctx, session)) = connect(&uri, &args.request).await? else {
+        return Ok(ExitCode::FAILURE);
+    };
     session.set_request_timeout(args.request.timeout);
     let mut observation = session.observe(&request.path_str()).await?;
     print_response(observation.first());

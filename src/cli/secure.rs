@@ -1,10 +1,57 @@
 //! Credentials from the command line, and failed handshakes explained in one line.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
 
 use coap_keepalive::certs::{read_pem, ClientCredentials, PemIdentity, PskCredentials};
 use coap_keepalive::error::{Error, Result};
 use coap_keepalive::session::Transport;
+
+/// The security options of the client subcommands (`ping`, `get`, `observe`, ...).
+#[derive(Debug, Args)]
+pub struct ClientSecurityArgs {
+    /// Seconds the connection, the (D)TLS handshake and the CSM exchange may take.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = super::output::parse_secs)]
+    pub handshake_timeout: Duration,
+    /// DTLS: the PSK identity to send.
+    #[arg(long, value_name = "ID", requires = "psk_key")]
+    pub psk_identity: Option<String>,
+    /// DTLS: the pre-shared key, as text (coaps:// only: TLS has no PSK mode here).
+    #[arg(long, value_name = "KEY", requires = "psk_identity")]
+    pub psk_key: Option<String>,
+    /// Verify the server's certificate with this CA (PEM).
+    #[arg(long, value_name = "PEM")]
+    pub ca: Option<PathBuf>,
+    /// Present this client certificate (PEM) when the server asks for one.
+    #[arg(long, value_name = "PEM", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Accept any server certificate: no verification (for tests only; says so when used).
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+impl ClientSecurityArgs {
+    /// The credentials these options describe; warns on stderr when `--insecure` applies.
+    pub fn credentials(&self, transport: Transport) -> Result<ClientCredentials> {
+        let credentials = client_credentials(
+            psk(self.psk_identity.as_deref(), self.psk_key.as_deref()),
+            ca(self.ca.as_deref())?,
+            identity(self.cert.as_deref(), self.key.as_deref())?,
+            self.insecure,
+        );
+        if self.insecure && transport.is_secure() {
+            eprintln!(
+                "coap-keepalive: warning: --insecure: the server's certificate is not verified"
+            );
+        }
+        Ok(credentials)
+    }
+}
 
 /// The certificate and key given with `--cert` / `--key`, if any (clap makes them come together).
 pub fn identity(cert: Option<&Path>, key: Option<&Path>) -> Result<Option<PemIdentity>> {
