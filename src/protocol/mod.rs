@@ -77,3 +77,91 @@ impl ProtocolEvent {
         }
     }
 }
+
+/// What the drivers ask of a session's protocol, whatever its transport family. Both
+/// [`datagram::DatagramSession`] and [`stream::StreamSession`] implement it by delegating to
+/// their own methods of the same names.
+pub trait SessionProtocol {
+    /// The keepalive machine (read-only).
+    fn keepalive(&self) -> &crate::keepalive::Keepalive;
+    /// The keepalive machine, for commands.
+    fn keepalive_mut(&mut self) -> &mut crate::keepalive::Keepalive;
+    /// Sends a ping now if none is outstanding.
+    fn ping_now(&mut self, now: std::time::Instant);
+    /// Ends the session gracefully.
+    fn close(&mut self);
+    /// Sends a request; returns its token.
+    fn send_request(
+        &mut self,
+        now: std::time::Instant,
+        request: &crate::message::Request,
+        timeout: Duration,
+    ) -> Vec<u8>;
+    /// Stops waiting for the response to `token`.
+    fn cancel(&mut self, now: std::time::Instant, token: &[u8]);
+    /// Sends a notification to the observer with `token`.
+    fn notify(&mut self, token: &[u8], response: &Response);
+    /// Answers a request now.
+    fn respond(&mut self, request: &coap_lite::Packet, response: coap_lite::Packet);
+    /// Acknowledges a request whose answer comes later.
+    fn respond_later(&mut self, request: &coap_lite::Packet);
+    /// Sends the separate response to the request with `token`.
+    fn respond_separate(
+        &mut self,
+        now: std::time::Instant,
+        token: &[u8],
+        confirmable: bool,
+        response: &Response,
+    );
+}
+
+macro_rules! delegate_session_protocol {
+    ($t:ty) => {
+        impl SessionProtocol for $t {
+            fn keepalive(&self) -> &crate::keepalive::Keepalive {
+                <$t>::keepalive(self)
+            }
+            fn keepalive_mut(&mut self) -> &mut crate::keepalive::Keepalive {
+                <$t>::keepalive_mut(self)
+            }
+            fn ping_now(&mut self, now: std::time::Instant) {
+                <$t>::ping_now(self, now)
+            }
+            fn close(&mut self) {
+                <$t>::close(self)
+            }
+            fn send_request(
+                &mut self,
+                now: std::time::Instant,
+                request: &crate::message::Request,
+                timeout: Duration,
+            ) -> Vec<u8> {
+                <$t>::send_request(self, now, request, timeout)
+            }
+            fn cancel(&mut self, now: std::time::Instant, token: &[u8]) {
+                <$t>::cancel(self, now, token)
+            }
+            fn notify(&mut self, token: &[u8], response: &Response) {
+                <$t>::notify(self, token, response)
+            }
+            fn respond(&mut self, request: &coap_lite::Packet, response: coap_lite::Packet) {
+                <$t>::respond(self, request, response)
+            }
+            fn respond_later(&mut self, request: &coap_lite::Packet) {
+                <$t>::respond_later(self, request)
+            }
+            fn respond_separate(
+                &mut self,
+                now: std::time::Instant,
+                token: &[u8],
+                confirmable: bool,
+                response: &Response,
+            ) {
+                <$t>::respond_separate(self, now, token, confirmable, response)
+            }
+        }
+    };
+}
+
+delegate_session_protocol!(datagram::DatagramSession);
+delegate_session_protocol!(stream::StreamSession);

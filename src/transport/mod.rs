@@ -5,6 +5,7 @@
 //! which `dtls_conn` and `tls_conn` set up (handshakes with deadlines, a DTLS listener that
 //! handshakes with many peers at once).
 
+pub(crate) mod dispatch;
 pub mod dtls;
 pub mod dtls_conn;
 pub mod tcp;

@@ -8,12 +8,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::context::{Context, Endpoint, Reaction};
+use crate::context::{Context, Endpoint};
 use crate::error::{Error, NackReason, Result};
 use crate::protocol::stream::StreamSession;
 use crate::session::{Command, CommandSender, Role, Session, SessionState, Transport};
-use crate::transport::udp::clone_error;
-use crate::transport::waiters::{Delivery, Waiters};
+use crate::transport::dispatch::{apply_command, apply_reaction, FollowUp};
+use crate::transport::waiters::Waiters;
 
 /// Binds `addr` and serves every connection accepted on it.
 pub(crate) async fn listen(ctx: &Context, addr: SocketAddr) -> Result<Endpoint> {
@@ -182,36 +182,17 @@ async fn run<S>(
                 break;
             };
             let stats = *core.keepalive().stats();
-            match ctx.on_event(&session, &stats, Instant::now(), event) {
-                Reaction::None => {}
-                Reaction::Send(bytes) => {
+            let now = Instant::now();
+            let reaction = ctx.on_event(&session, &stats, now, event);
+            match apply_reaction(&mut core, &mut waiters, now, reaction) {
+                FollowUp::None => {}
+                FollowUp::Send(bytes) => {
                     if let Err(error) = stream.write_all(&bytes).await {
                         tracing::debug!(session = %session, %error, "write failed");
                         core.fail(NackReason::NotDeliverable);
                     }
                 }
-                Reaction::Respond(exchange) => {
-                    let (request, response) = *exchange;
-                    core.respond(&request, response);
-                }
-                Reaction::RespondLater(request) => core.respond_later(&request),
-                Reaction::Deliver(token, outcome) => {
-                    let delivery = match outcome {
-                        Ok(response) => waiters.deliver(&token, response),
-                        Err(error) => {
-                            waiters.fail(&token, error);
-                            Delivery::Delivered
-                        }
-                    };
-                    if delivery == Delivery::Abandoned {
-                        core.cancel(Instant::now(), &token);
-                    }
-                }
-                Reaction::Ended(error) => {
-                    // Nothing is lost silently: every request still waiting learns why.
-                    waiters.fail_all(|| clone_error(&error));
-                    ended = Some(error);
-                }
+                FollowUp::Ended(error) => ended = Some(error),
             }
         }
         let _ = stream.flush().await;
@@ -258,37 +239,7 @@ async fn run<S>(
             }
             _ = sleep => core.handle_timeout(Instant::now()),
             Some(command) = commands.recv() => {
-                let now = Instant::now();
-                match command {
-                    Command::SetKeepalive(interval) | Command::InheritKeepalive(interval) => {
-                        core.keepalive_mut().set_interval(interval)
-                    }
-                    Command::MarkActive => {
-                        core.keepalive_mut().mark_active(now);
-                        session.note_receipt(now);
-                    }
-                    Command::PingNow => core.ping_now(now),
-                    Command::Close => core.close(),
-                    Command::Request { id, request, timeout, waiter } => {
-                        let token = core.send_request(now, &request, timeout);
-                        waiters.add(token, id, waiter);
-                    }
-                    Command::Cancel { id, deregister } => {
-                        if let Some(token) = waiters.remove_id(id) {
-                            core.cancel(now, &token);
-                            if let Some((mut request, waiter)) = deregister {
-                                request.token = token;
-                                let timeout = session.request_timeout();
-                                let token = core.send_request(now, &request, timeout);
-                                waiters.add(token, id, waiter);
-                            }
-                        }
-                    }
-                    Command::Notify { token, response } => core.notify(&token, &response),
-                    Command::SeparateResponse { token, confirmable, response } => {
-                        core.respond_separate(now, &token, confirmable, &response)
-                    }
-                }
+                apply_command(&mut core, &mut waiters, &session, Instant::now(), command);
             }
             _ = shutdown.changed(), if draining.is_none() => {
                 // Requests in flight may finish until the drain deadline; then Release.

@@ -14,12 +14,13 @@ use std::time::Instant;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
-use crate::context::{Context, Endpoint, Reaction};
+use crate::context::{Context, Endpoint};
 use crate::error::{NackReason, Result};
 use crate::protocol::datagram::DatagramSession;
 use crate::session::{Command, CommandSender, Role, Session, SessionId, SessionState, Transport};
 use crate::table::{Key, SessionTable, Timed};
-use crate::transport::waiters::{Delivery, Waiters};
+use crate::transport::dispatch::{apply_command, apply_reaction, FollowUp};
+use crate::transport::waiters::Waiters;
 
 /// Largest datagram we read (the UDP maximum).
 const MAX_DATAGRAM: usize = 65_536;
@@ -305,43 +306,7 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
         };
         let now = Instant::now();
         if let Some(p) = self.table.get_mut(key) {
-            match command {
-                Command::SetKeepalive(interval) | Command::InheritKeepalive(interval) => {
-                    p.core.keepalive_mut().set_interval(interval)
-                }
-                Command::MarkActive => {
-                    p.core.keepalive_mut().mark_active(now);
-                    p.handle.note_receipt(now);
-                }
-                Command::PingNow => p.core.ping_now(now),
-                Command::Close => p.core.close(),
-                Command::Request {
-                    id,
-                    request,
-                    timeout,
-                    waiter,
-                } => {
-                    let token = p.core.send_request(now, &request, timeout);
-                    p.waiters.add(token, id, waiter);
-                }
-                Command::Cancel { id, deregister } => {
-                    if let Some(token) = p.waiters.remove_id(id) {
-                        p.core.cancel(now, &token);
-                        if let Some((mut request, waiter)) = deregister {
-                            request.token = token;
-                            let timeout = p.handle.request_timeout();
-                            let token = p.core.send_request(now, &request, timeout);
-                            p.waiters.add(token, id, waiter);
-                        }
-                    }
-                }
-                Command::Notify { token, response } => p.core.notify(&token, &response),
-                Command::SeparateResponse {
-                    token,
-                    confirmable,
-                    response,
-                } => p.core.respond_separate(now, &token, confirmable, &response),
-            }
+            apply_command(&mut p.core, &mut p.waiters, &p.handle, now, command);
         }
         self.flush(key, now).await;
     }
@@ -371,46 +336,24 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
             };
             let stats = *p.core.keepalive().stats();
             let handle = p.handle.clone();
-            match self.ctx.on_event(&handle, &stats, now, event) {
-                Reaction::None => {}
-                Reaction::Send(bytes) => {
+            let reaction = self.ctx.on_event(&handle, &stats, now, event);
+            let Some(p) = self.table.get_mut(key) else {
+                return;
+            };
+            match apply_reaction(&mut p.core, &mut p.waiters, now, reaction) {
+                FollowUp::None => {}
+                FollowUp::Send(bytes) => {
                     if let Err(error) = self.socket.send_to(&bytes, peer).await {
                         tracing::debug!(%error, %peer, "udp send failed");
                     }
                 }
-                Reaction::Respond(exchange) => {
-                    let (request, response) = *exchange;
-                    if let Some(p) = self.table.get_mut(key) {
-                        p.core.respond(&request, response);
-                    }
-                }
-                Reaction::RespondLater(request) => {
-                    if let Some(p) = self.table.get_mut(key) {
-                        p.core.respond_later(&request);
-                    }
-                }
-                Reaction::Deliver(token, outcome) => {
-                    if let Some(p) = self.table.get_mut(key) {
-                        let abandoned = match outcome {
-                            Ok(response) => p.waiters.deliver(&token, response),
-                            Err(error) => {
-                                p.waiters.fail(&token, error);
-                                Delivery::Delivered
-                            }
-                        };
-                        if abandoned == Delivery::Abandoned {
-                            p.core.cancel(now, &token);
-                        }
-                    }
-                }
-                Reaction::Ended(error) => ended = Some(error),
+                FollowUp::Ended(error) => ended = Some(error),
             }
         }
-        if let Some(error) = ended {
-            if let Some(mut p) = self.table.remove(key) {
+        if ended.is_some() {
+            // The waiters were told in apply_reaction; the session leaves the endpoint.
+            if let Some(p) = self.table.remove(key) {
                 self.ids.remove(&p.handle.id());
-                // Nothing is lost silently: every request still waiting learns why.
-                p.waiters.fail_all(|| clone_error(&error));
             }
         } else {
             self.table.reschedule(key);
@@ -448,16 +391,6 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
             }
             self.flush(key, now).await;
         }
-    }
-}
-
-/// A copy of an error for each waiter of an ended session.
-pub(crate) fn clone_error(error: &crate::error::Error) -> crate::error::Error {
-    use crate::error::Error;
-    match error {
-        Error::SessionFailed(reason) => Error::SessionFailed(*reason),
-        Error::Closed => Error::Closed,
-        other => Error::Protocol(other.to_string()),
     }
 }
 
