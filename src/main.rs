@@ -44,6 +44,10 @@ enum Command {
     /// Load-test a server on loopback: N sessions, each from its own port, ping it at a fixed
     /// rate; prints answered %, p50 / p99 RTT and timeouts (used by scripts/bench).
     Load(cli::load::LoadArgs),
+    /// Soak the stack: thousands of sessions over every transport connect, ping, fail and
+    /// reconnect for 10 minutes (1 with --quick) while RSS and open fds must stay flat; or
+    /// --flood N: one datagram from each of N source addresses at a UDP server, peak RSS shown.
+    Soak(cli::soak::SoakArgs),
     /// Write a CA, a server certificate (localhost, 127.0.0.1, ::1) and a client certificate
     /// with their keys, as PEM, for trying DTLS and TLS out.
     Certs(cli::certs::CertsArgs),
@@ -73,6 +77,7 @@ fn main() -> ExitCode {
             Command::Delete(a) => cli::request::run(coap_keepalive::Method::Delete, a).await,
             Command::Observe(a) => cli::request::observe(a).await,
             Command::Load(a) => cli::load::run(a).await,
+            Command::Soak(a) => cli::soak::run(a).await,
             Command::Certs(a) => cli::certs::run(a),
         }
     });

@@ -1,5 +1,8 @@
 //! Bounds that keep a server alive under hostile input: a full UDP session table, a TCP peer
-//! that never sends its CSM, and a slow-loris peer that never finishes a message.
+//! that never sends its CSM, a slow-loris peer that never finishes a message, and DTLS
+//! handshakes left half-done by the hundred. And nothing lost over DTLS and TLS: a request in
+//! flight on a session that fails or is shut down ends with a typed error, never silently
+//! (`requests.rs` shows the same over UDP and TCP).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -131,4 +134,427 @@ async fn tcp_slow_loris_is_aborted_after_the_input_timeout() {
     })
     .await
     .expect("the session leaves the table");
+}
+
+// ---- DTLS handshakes in progress are bounded ----
+
+mod dtls_handshakes {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use coap_keepalive::certs::{dtls_psk_client_config, dtls_psk_server_config};
+    use coap_keepalive::transport::dtls_conn::{
+        dtls_connect, dtls_recv, dtls_send, DtlsAccept, DtlsListener,
+    };
+    use coap_keepalive::{Context, ContextSettings, NackReason, PskCredentials, ServerCredentials};
+    use tokio::net::UdpSocket;
+    use tokio::time::timeout;
+    use webrtc_util::conn::Conn;
+
+    use super::{loopback, LIMIT};
+
+    /// Server handshakes one DTLS endpoint of a context runs at once
+    /// (`MAX_HANDSHAKES_IN_PROGRESS` in `transport/dtls.rs`).
+    const CONTEXT_BOUND: usize = 256;
+
+    fn psk() -> PskCredentials {
+        PskCredentials::new("bounded", "secret")
+    }
+
+    /// A real ClientHello (webrtc-dtls's first flight, no cookie yet), caught on a socket that
+    /// never answers it.
+    async fn client_hello() -> Vec<u8> {
+        let catcher = UdpSocket::bind(loopback()).await.unwrap();
+        let target = catcher.local_addr().unwrap();
+        let client = tokio::spawn(dtls_connect(
+            target,
+            dtls_psk_client_config(&psk()),
+            Duration::from_millis(500),
+        ));
+        let mut buf = vec![0u8; 2048];
+        let (n, _) = timeout(LIMIT, catcher.recv_from(&mut buf))
+            .await
+            .expect("a ClientHello")
+            .unwrap();
+        client.abort();
+        buf.truncate(n);
+        assert_eq!(
+            (buf[0], buf[13]),
+            (22, 1),
+            "a handshake record, ClientHello"
+        );
+        buf
+    }
+
+    /// `n` peers, each on its own port, send the ClientHello and then nothing more: each
+    /// handshake the server starts is left half-done until its deadline.
+    async fn half_done_handshakes(server: SocketAddr, hello: &[u8], n: usize) -> Vec<UdpSocket> {
+        let mut peers = Vec::with_capacity(n);
+        for _ in 0..n {
+            let socket = UdpSocket::bind(loopback()).await.unwrap();
+            socket.send_to(hello, server).await.unwrap();
+            peers.push(socket);
+        }
+        peers
+    }
+
+    /// How many of `peers` got an answer (the server's HelloVerifyRequest) within `wait`.
+    async fn answered(peers: &[UdpSocket], wait: Duration) -> usize {
+        let mut count = 0;
+        let deadline = tokio::time::Instant::now() + wait;
+        for socket in peers {
+            let mut buf = [0u8; 2048];
+            if timeout(
+                deadline.saturating_duration_since(tokio::time::Instant::now()),
+                socket.recv(&mut buf),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok())
+            {
+                count += 1;
+            }
+        }
+        count
+    }
+
+    async fn rst_to_ping(conn: &webrtc_dtls::conn::DTLSConn) -> Vec<u8> {
+        dtls_send(conn, &[0x40, 0x00, 0x0b, 0x0b]).await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = timeout(LIMIT, dtls_recv(conn, &mut buf))
+            .await
+            .expect("an answer")
+            .unwrap()
+            .expect("not closed");
+        buf[..n].to_vec()
+    }
+
+    /// The listener's own count of peers (handshakes in progress plus live connections) never
+    /// exceeds its bound while 100 peers start handshakes, and a good client gets in once the
+    /// half-done ones reach their deadline.
+    #[tokio::test]
+    async fn listener_never_holds_more_handshakes_than_its_bound() {
+        const BOUND: usize = 16;
+        let hello = client_hello().await;
+        let listener = Arc::new(
+            DtlsListener::bind(
+                loopback(),
+                dtls_psk_server_config(&psk()),
+                Duration::from_millis(700),
+                BOUND,
+            )
+            .await
+            .unwrap(),
+        );
+        let server = listener.local_addr();
+        let sampler = {
+            let listener = Arc::clone(&listener);
+            tokio::spawn(async move {
+                let mut most = 0;
+                for _ in 0..150 {
+                    most = most.max(listener.peer_count());
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                most
+            })
+        };
+        let peers = half_done_handshakes(server, &hello, 100).await;
+        let started = answered(&peers, Duration::from_millis(300)).await;
+        assert!(
+            (1..=BOUND).contains(&started),
+            "{started} handshakes started"
+        );
+
+        let good = tokio::spawn(dtls_connect(
+            server,
+            dtls_psk_client_config(&psk()),
+            Duration::from_secs(5),
+        ));
+        let accepted = timeout(LIMIT, async {
+            loop {
+                if let DtlsAccept::Established(conn, peer) = listener.accept().await.unwrap() {
+                    return (conn, peer);
+                }
+            }
+        })
+        .await
+        .expect("the good client is accepted");
+        let client = good.await.unwrap().expect("the good client connects");
+        assert_eq!(accepted.1.port(), client.local_addr().unwrap().port());
+        let most = sampler.await.unwrap();
+        assert!(most <= BOUND, "{most} peers at once, bound {BOUND}");
+        drop(peers);
+    }
+
+    /// Against a context's DTLS endpoint: 400 peers that stop after their ClientHello start at
+    /// most the bound of handshakes (each answered by a HelloVerifyRequest), those time out as
+    /// `TlsFailed`, and a good client connects and is answered meanwhile.
+    #[tokio::test]
+    async fn context_bounds_handshakes_and_serves_a_good_client() {
+        let hello = client_hello().await;
+        let mut settings = ContextSettings::default();
+        settings.connect_timeout = Duration::from_millis(1_000);
+        let ctx = Context::with_settings(settings);
+        let (tx, mut nacks) = tokio::sync::mpsc::unbounded_channel();
+        ctx.register_nack_handler(move |_, reason| {
+            let _ = tx.send(reason);
+        });
+        let server = ctx
+            .listen_dtls(loopback(), ServerCredentials::Psk(psk()))
+            .await
+            .unwrap()
+            .local_addr;
+
+        let peers = half_done_handshakes(server, &hello, CONTEXT_BOUND + 144).await;
+        let good = tokio::spawn(dtls_connect(
+            server,
+            dtls_psk_client_config(&psk()),
+            Duration::from_secs(5),
+        ));
+        let started = answered(&peers, Duration::from_millis(900)).await;
+        assert!(
+            (CONTEXT_BOUND / 2..=CONTEXT_BOUND).contains(&started),
+            "{started} handshakes started, bound {CONTEXT_BOUND}"
+        );
+
+        let client = timeout(LIMIT, good)
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("the good client connects");
+        assert_eq!(rst_to_ping(&client).await, vec![0x70, 0x00, 0x0b, 0x0b]);
+
+        // Every started handshake ends as a TlsFailed nack, and leaves nothing behind.
+        let mut failed = 0;
+        while let Ok(Some(reason)) = timeout(Duration::from_millis(1_500), nacks.recv()).await {
+            assert_eq!(reason, NackReason::TlsFailed);
+            failed += 1;
+        }
+        assert!(
+            failed >= started && failed <= CONTEXT_BOUND + 1,
+            "{failed} failed handshakes, {started} started"
+        );
+        assert_eq!(ctx.sessions().len(), 1, "only the good client's session");
+        client.close().await.unwrap();
+        drop(peers);
+    }
+}
+
+// ---- nothing lost over DTLS and TLS ----
+
+mod nothing_lost {
+    use std::net::SocketAddr;
+    use std::time::{Duration, Instant};
+
+    use coap_keepalive::certs::CertificateSet;
+    use coap_keepalive::config::{KeepaliveConfig, TransmissionParams};
+    use coap_keepalive::handler::PingDecision;
+    use coap_keepalive::{
+        ClientCredentials, Context, Error, Method, NackReason, PskCredentials, Resource, Response,
+        ServerCredentials, Session, Transport,
+    };
+    use tokio::time::timeout;
+
+    use super::{loopback, LIMIT};
+
+    /// A DTLS (PSK) or TLS server with `/slow` (answered after 150 ms) and `/never`
+    /// (acknowledged, never answered), and a client session to it.
+    struct Pair {
+        server: Context,
+        client: Context,
+        session: Session,
+    }
+
+    async fn pair(transport: Transport, client_keepalive: Option<KeepaliveConfig>) -> Pair {
+        let server = Context::new();
+        server.add_resource(Resource::new("/slow").method_deferred(
+            Method::Get,
+            |_, _, responder| {
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    responder.respond(Response::content_text("worth the wait"));
+                });
+            },
+        ));
+        server.add_resource(Resource::new("/never").method_deferred(
+            Method::Get,
+            |_, _, responder| {
+                // Held well past every test's end, then dropped unanswered.
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(15)).await;
+                    drop(responder);
+                });
+            },
+        ));
+        let client = Context::new();
+        if let Some(config) = client_keepalive {
+            client.set_keepalive_config(config).unwrap();
+        }
+        let session = match transport {
+            Transport::Dtls => {
+                let psk = PskCredentials::new("client", "secret");
+                let addr: SocketAddr = server
+                    .listen_dtls(loopback(), ServerCredentials::Psk(psk.clone()))
+                    .await
+                    .unwrap()
+                    .local_addr;
+                client
+                    .connect_dtls(addr, &ClientCredentials::Psk(psk))
+                    .await
+                    .unwrap()
+            }
+            _ => {
+                let certs = CertificateSet::generate().unwrap();
+                let credentials = ServerCredentials::Certificate {
+                    identity: certs.server_identity(),
+                    client_ca_pem: None,
+                };
+                let addr = server
+                    .listen_tls(loopback(), credentials)
+                    .await
+                    .unwrap()
+                    .local_addr;
+                let verify = ClientCredentials::Certificate {
+                    ca_pem: Some(certs.ca_cert_pem.clone()),
+                    identity: None,
+                    insecure: false,
+                };
+                client
+                    .connect_tls(addr, "localhost", &verify)
+                    .await
+                    .unwrap()
+            }
+        };
+        Pair {
+            server,
+            client,
+            session,
+        }
+    }
+
+    /// Starts `GET path` on the session and gives it time to reach the server.
+    async fn in_flight(
+        session: &Session,
+        path: &'static str,
+    ) -> tokio::task::JoinHandle<coap_keepalive::Result<Response>> {
+        let session = session.clone();
+        let request = tokio::spawn(async move { session.get(path).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        request
+    }
+
+    async fn shutdown_lets_a_request_in_flight_finish(transport: Transport) {
+        let pair = pair(transport, None).await;
+        let slow = in_flight(&pair.session, "/slow").await;
+        timeout(LIMIT, pair.client.shutdown_within(Duration::from_secs(2)))
+            .await
+            .unwrap();
+        let response = timeout(LIMIT, slow).await.unwrap().unwrap();
+        assert_eq!(response.unwrap().payload_str(), "worth the wait");
+        assert!(pair.client.sessions().is_empty());
+        pair.server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn dtls_shutdown_lets_a_request_in_flight_finish() {
+        shutdown_lets_a_request_in_flight_finish(Transport::Dtls).await
+    }
+
+    #[tokio::test]
+    async fn tls_shutdown_lets_a_request_in_flight_finish() {
+        shutdown_lets_a_request_in_flight_finish(Transport::Tls).await
+    }
+
+    async fn shutdown_deadline_fails_an_unanswered_request_with_closed(transport: Transport) {
+        let pair = pair(transport, None).await;
+        let never = in_flight(&pair.session, "/never").await;
+        let started = Instant::now();
+        pair.client
+            .shutdown_within(Duration::from_millis(300))
+            .await;
+        let outcome = timeout(LIMIT, never).await.unwrap().unwrap();
+        assert!(matches!(outcome, Err(Error::Closed)), "{outcome:?}");
+        assert!(started.elapsed() < Duration::from_secs(1), "bounded");
+        assert!(pair.client.sessions().is_empty());
+        pair.server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn dtls_shutdown_deadline_fails_an_unanswered_request_with_closed() {
+        shutdown_deadline_fails_an_unanswered_request_with_closed(Transport::Dtls).await
+    }
+
+    #[tokio::test]
+    async fn tls_shutdown_deadline_fails_an_unanswered_request_with_closed() {
+        shutdown_deadline_fails_an_unanswered_request_with_closed(Transport::Tls).await
+    }
+
+    /// The server shuts down (DTLS close_notify; TLS Release) with our request unanswered.
+    async fn server_going_away_ends_a_request_in_flight(transport: Transport) {
+        let pair = pair(transport, None).await;
+        let never = in_flight(&pair.session, "/never").await;
+        pair.server
+            .shutdown_within(Duration::from_millis(200))
+            .await;
+        let outcome = timeout(LIMIT, never).await.unwrap().unwrap();
+        assert!(
+            matches!(
+                outcome,
+                Err(Error::Closed) | Err(Error::SessionFailed(NackReason::NotDeliverable))
+            ),
+            "{outcome:?}"
+        );
+        timeout(LIMIT, pair.session.closed()).await.unwrap();
+        assert!(pair.client.sessions().is_empty());
+        let late = timeout(LIMIT, pair.session.get("/slow")).await.unwrap();
+        assert!(late.is_err(), "a request on the ended session: {late:?}");
+    }
+
+    #[tokio::test]
+    async fn dtls_server_going_away_ends_a_request_in_flight() {
+        server_going_away_ends_a_request_in_flight(Transport::Dtls).await
+    }
+
+    #[tokio::test]
+    async fn tls_server_going_away_ends_a_request_in_flight() {
+        server_going_away_ends_a_request_in_flight(Transport::Tls).await
+    }
+
+    /// The request was acknowledged (DTLS) or is simply outstanding (TLS) when the server falls
+    /// silent: the keepalive fails the session, and the request ends with that failure.
+    async fn failed_session_fails_its_request_in_flight(transport: Transport) {
+        let keepalive = KeepaliveConfig::default()
+            .with_interval(Some(Duration::from_millis(100)))
+            .with_transmission(
+                TransmissionParams::default()
+                    .with_ack_timeout(Duration::from_millis(50))
+                    .with_ack_random_factor(1.0)
+                    .with_max_retransmit(2),
+            )
+            .with_pong_timeout(Duration::from_millis(100));
+        let pair = pair(transport, Some(keepalive)).await;
+        pair.server
+            .register_ping_handler(|_, _| PingDecision::Suppress);
+        let never = in_flight(&pair.session, "/never").await;
+        let outcome = timeout(LIMIT, never).await.unwrap().unwrap();
+        assert!(
+            matches!(
+                outcome,
+                Err(Error::SessionFailed(NackReason::TooManyRetries))
+            ),
+            "{outcome:?}"
+        );
+        assert!(pair.client.sessions().is_empty());
+        pair.server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn dtls_failed_session_fails_its_request_in_flight() {
+        failed_session_fails_its_request_in_flight(Transport::Dtls).await
+    }
+
+    #[tokio::test]
+    async fn tls_failed_session_fails_its_request_in_flight() {
+        failed_session_fails_its_request_in_flight(Transport::Tls).await
+    }
 }

@@ -10,3 +10,4 @@ pub mod request;
 pub mod resources;
 pub mod secure;
 pub mod serve;
+pub mod soak;

@@ -1,0 +1,795 @@
+//! Hostile input over real sockets against a library server, on every transport: malformed
+//! datagrams over UDP and inside a DTLS session, and malformed, oversized, unknown or unfinished
+//! frames over TCP and TLS (and garbage where a TLS handshake belongs).
+//!
+//! Each case asserts the protocol's answer (an RST, nothing, a 7.05 Abort naming what was wrong
+//! followed by the close of the connection) and then that the server still answers a
+//! well-formed ping from *another* session. Cases `wire_answers.rs` and `robustness.rs` already
+//! cover over plain UDP or TCP are run here only over DTLS or TLS.
+//!
+//! "Gets nothing" is checked as in `wire_answers.rs`: a quiet wait, then a ping whose RST must be
+//! the very next datagram of that session (a session's datagrams are handled in order).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use webrtc_dtls::conn::DTLSConn;
+
+use coap_keepalive::certs::{dtls_psk_client_config, tls_client_config, CertificateSet};
+use coap_keepalive::transport::dtls_conn::{dtls_connect, dtls_recv, dtls_send};
+use coap_keepalive::wire::decode_uint;
+use coap_keepalive::wire::signal::{Signal, ABORT, CSM, OPTION_BAD_CSM_OPTION, PONG};
+use coap_keepalive::wire::tcp::{Frame, FrameDecoder};
+use coap_keepalive::{
+    Context, ContextSettings, NackReason, PskCredentials, ServerCredentials, Transport,
+};
+
+/// The most any test here may take; each takes well under a second when all is well (the
+/// unfinished-frame cases wait for their input timeout).
+const TEST_LIMIT: Duration = Duration::from_secs(10);
+/// How long to wait for an answer that should come.
+const ANSWER_LIMIT: Duration = Duration::from_secs(2);
+/// How long to listen for an answer that should not come.
+const QUIET: Duration = Duration::from_millis(200);
+/// The input timeout of servers whose peers stop mid-frame.
+const INPUT_TIMEOUT: Duration = Duration::from_millis(300);
+/// Our servers' Max-Message-Size (the default).
+const MAX_MESSAGE_SIZE: u32 = 65_536;
+
+async fn bounded<F: Future>(body: F) -> F::Output {
+    tokio::time::timeout(TEST_LIMIT, body)
+        .await
+        .expect("test exceeded its time limit")
+}
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+fn psk() -> PskCredentials {
+    PskCredentials::new("hostile", "secret")
+}
+
+/// A server context whose nack handler reports each reason.
+fn server_context(settings: ContextSettings) -> (Context, mpsc::UnboundedReceiver<NackReason>) {
+    let ctx = Context::with_settings(settings);
+    let (tx, rx) = mpsc::unbounded_channel();
+    ctx.register_nack_handler(move |_, reason| {
+        let _ = tx.send(reason);
+    });
+    (ctx, rx)
+}
+
+async fn expect_nack(rx: &mut mpsc::UnboundedReceiver<NackReason>, reason: NackReason) {
+    let got = tokio::time::timeout(ANSWER_LIMIT, rx.recv())
+        .await
+        .expect("no nack")
+        .expect("nack channel closed");
+    assert_eq!(got, reason);
+}
+
+fn mid(message_id: u16) -> [u8; 2] {
+    message_id.to_be_bytes()
+}
+
+// ---- UDP and DTLS ----
+
+/// A library server on a datagram transport.
+struct DatagramServer {
+    _ctx: Context,
+    transport: Transport,
+    addr: SocketAddr,
+}
+
+impl DatagramServer {
+    async fn start(transport: Transport) -> DatagramServer {
+        let (ctx, _) = server_context(ContextSettings::default());
+        let endpoint = match transport {
+            Transport::Udp => ctx.listen_udp(loopback()).await,
+            Transport::Dtls => {
+                ctx.listen_dtls(loopback(), ServerCredentials::Psk(psk()))
+                    .await
+            }
+            other => panic!("{other} is not a datagram transport"),
+        }
+        .expect("listen");
+        DatagramServer {
+            _ctx: ctx,
+            transport,
+            addr: endpoint.local_addr,
+        }
+    }
+
+    /// A raw peer of a new session: a fresh UDP port, or a fresh DTLS connection.
+    async fn peer(&self) -> RawDatagram {
+        match self.transport {
+            Transport::Udp => {
+                let socket = UdpSocket::bind(loopback()).await.unwrap();
+                socket.connect(self.addr).await.unwrap();
+                RawDatagram::Udp(socket)
+            }
+            _ => {
+                let config = dtls_psk_client_config(&psk());
+                let conn = dtls_connect(self.addr, config, ANSWER_LIMIT)
+                    .await
+                    .expect("DTLS handshake");
+                RawDatagram::Dtls(conn)
+            }
+        }
+    }
+
+    /// A well-formed ping from another session is answered.
+    async fn assert_serves_another_session(&self) {
+        let other = self.peer().await;
+        other.assert_next_answer_is_rst_to_ping(0x7e57).await;
+        other.close().await;
+    }
+}
+
+/// A raw peer sending datagrams as they are, over UDP or inside a DTLS session.
+enum RawDatagram {
+    Udp(UdpSocket),
+    Dtls(Arc<DTLSConn>),
+}
+
+impl RawDatagram {
+    async fn send(&self, bytes: &[u8]) {
+        match self {
+            RawDatagram::Udp(socket) => {
+                socket.send(bytes).await.unwrap();
+            }
+            RawDatagram::Dtls(conn) => dtls_send(conn, bytes).await.unwrap(),
+        }
+    }
+
+    async fn recv_within(&self, limit: Duration) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; 70_000];
+        let received = match self {
+            RawDatagram::Udp(socket) => {
+                tokio::time::timeout(limit, async { socket.recv(&mut buf).await.ok() }).await
+            }
+            RawDatagram::Dtls(conn) => {
+                tokio::time::timeout(limit, async { dtls_recv(conn, &mut buf).await.unwrap() })
+                    .await
+            }
+        };
+        let len = received.ok()??;
+        buf.truncate(len);
+        Some(buf)
+    }
+
+    async fn recv(&self) -> Vec<u8> {
+        self.recv_within(ANSWER_LIMIT).await.expect("no answer")
+    }
+
+    async fn assert_quiet(&self, after: &str) {
+        if let Some(answer) = self.recv_within(QUIET).await {
+            panic!("answer to {after}: {answer:02x?}");
+        }
+    }
+
+    /// Pings with `message_id` and asserts that the very next datagram is its RST.
+    async fn assert_next_answer_is_rst_to_ping(&self, message_id: u16) {
+        let [high, low] = mid(message_id);
+        self.send(&[0x40, 0x00, high, low]).await;
+        assert_eq!(self.recv().await, vec![0x70, 0x00, high, low]);
+    }
+
+    async fn close(self) {
+        if let RawDatagram::Dtls(conn) = self {
+            let _ = conn.close().await;
+        }
+    }
+}
+
+/// Sends each datagram, expects no answer to any, and the session still answers a ping.
+async fn datagrams_get_nothing(transport: Transport, what: &str, datagrams: &[Vec<u8>]) {
+    bounded(async {
+        let server = DatagramServer::start(transport).await;
+        let peer = server.peer().await;
+        for datagram in datagrams {
+            peer.send(datagram).await;
+        }
+        peer.assert_quiet(what).await;
+        peer.assert_next_answer_is_rst_to_ping(0x0bad).await;
+        peer.close().await;
+        server.assert_serves_another_session().await;
+    })
+    .await
+}
+
+/// Sends each datagram and expects, for each, an RST carrying its Message ID.
+async fn datagrams_get_rst(transport: Transport, datagrams: &[Vec<u8>]) {
+    bounded(async {
+        let server = DatagramServer::start(transport).await;
+        let peer = server.peer().await;
+        for datagram in datagrams {
+            peer.send(datagram).await;
+            assert_eq!(
+                peer.recv().await,
+                vec![0x70, 0x00, datagram[2], datagram[3]],
+                "answer to {datagram:02x?}"
+            );
+        }
+        peer.assert_quiet("the last rejected datagram").await;
+        peer.close().await;
+        server.assert_serves_another_session().await;
+    })
+    .await
+}
+
+/// 0 to 3 bytes: no header, nothing to answer.
+fn too_short() -> Vec<Vec<u8>> {
+    vec![vec![], vec![0x40], vec![0x40, 0x00], vec![0x40, 0x00, 0x12]]
+}
+
+/// Versions 0, 2 and 3, as a ping and as a GET: silently ignored (RFC 7252 §3).
+fn bad_versions() -> Vec<Vec<u8>> {
+    [0x00u8, 0x80, 0xc0]
+        .iter()
+        .flat_map(|version| {
+            [
+                vec![*version, 0x00, 0x12, 0x34],
+                vec![*version | 0x01, 0x01, 0x12, 0x35, 0xaa],
+            ]
+        })
+        .collect()
+}
+
+/// A CON GET with TKL 9..=15 (reserved) and that many bytes behind the header: a message
+/// format error, rejected with an RST (RFC 7252 §3, §4.2).
+fn reserved_token_lengths_in_con() -> Vec<Vec<u8>> {
+    (9u8..=15)
+        .map(|tkl| {
+            let mut datagram = vec![0x40 | tkl, 0x01, 0x09, tkl];
+            datagram.extend(std::iter::repeat_n(0xaa, usize::from(tkl)));
+            datagram
+        })
+        .collect()
+}
+
+/// The same in a NON: RFC 7252 §4.3 lets it be ignored, and we do.
+fn reserved_token_lengths_in_non() -> Vec<Vec<u8>> {
+    reserved_token_lengths_in_con()
+        .into_iter()
+        .map(|mut datagram| {
+            datagram[0] = 0x50 | (datagram[0] & 0x0f);
+            datagram
+        })
+        .collect()
+}
+
+/// Empty CONs (code 0.00) with something after the header: a format error, RST (§4.1, §4.2).
+fn empty_con_with_content() -> Vec<Vec<u8>> {
+    vec![
+        vec![0x41, 0x00, 0x20, 0x01, 0x99],                   // a token
+        vec![0x40, 0x00, 0x20, 0x02, 0xff, b'x'],             // a payload
+        vec![0x40, 0x00, 0x20, 0x03, 0xb1, b'x'],             // an option
+        vec![0x48, 0x00, 0x20, 0x04, 1, 2, 3, 4, 5, 6, 7, 8], // an 8-byte token
+    ]
+}
+
+/// An ACK and an RST for Message IDs nobody sent: never answered (§4.2, §4.3).
+fn answers_to_nothing() -> Vec<Vec<u8>> {
+    vec![
+        vec![0x60, 0x00, 0x30, 0x01],
+        vec![0x70, 0x00, 0x30, 0x02],
+        // A piggybacked 2.05 for a request never sent, and an RST with content.
+        vec![0x61, 0x45, 0x30, 0x03, 0xaa],
+        vec![0x70, 0x00, 0x30, 0x04, 0xff, b'x'],
+    ]
+}
+
+/// CON requests whose token or options run past the end of the datagram: RST.
+fn truncated_in_con() -> Vec<Vec<u8>> {
+    vec![
+        vec![0x44, 0x01, 0x40, 0x01, 0xaa], // TKL 4, one token byte
+        vec![0x40, 0x01, 0x40, 0x02, 0xb5, b'a', b'b'], // Uri-Path of 5 bytes, 2 present
+        vec![0x40, 0x01, 0x40, 0x03, 0xd0], // delta 13, its extension byte missing
+        vec![0x40, 0x01, 0x40, 0x04, 0xbe, 0x01], // length 14, one of two bytes
+        vec![0x40, 0x01, 0x40, 0x05, 0xb1, b'a', 0xff], // payload marker, no payload
+        vec![0x40, 0x01, 0x40, 0x06, 0xf0], // reserved delta 15
+    ]
+}
+
+// Over UDP, `wire_answers.rs` covers short datagrams, bad versions, an empty CON with a token,
+// ACK / RST for unknown IDs and the largest datagrams; these are the rest.
+
+#[tokio::test]
+async fn udp_reserved_token_length_in_a_con_gets_rst() {
+    datagrams_get_rst(Transport::Udp, &reserved_token_lengths_in_con()).await
+}
+
+#[tokio::test]
+async fn udp_reserved_token_length_in_a_non_gets_nothing() {
+    let datagrams = reserved_token_lengths_in_non();
+    datagrams_get_nothing(Transport::Udp, "a NON with TKL > 8", &datagrams).await
+}
+
+#[tokio::test]
+async fn udp_empty_con_with_content_gets_rst() {
+    datagrams_get_rst(Transport::Udp, &empty_con_with_content()).await
+}
+
+#[tokio::test]
+async fn udp_truncated_token_or_option_in_a_con_gets_rst() {
+    datagrams_get_rst(Transport::Udp, &truncated_in_con()).await
+}
+
+#[tokio::test]
+async fn dtls_short_datagrams_get_nothing() {
+    datagrams_get_nothing(Transport::Dtls, "records of 0-3 bytes", &too_short()).await
+}
+
+#[tokio::test]
+async fn dtls_unknown_versions_get_nothing() {
+    datagrams_get_nothing(Transport::Dtls, "versions 0, 2, 3", &bad_versions()).await
+}
+
+#[tokio::test]
+async fn dtls_reserved_token_length_in_a_con_gets_rst() {
+    datagrams_get_rst(Transport::Dtls, &reserved_token_lengths_in_con()).await
+}
+
+#[tokio::test]
+async fn dtls_reserved_token_length_in_a_non_gets_nothing() {
+    let datagrams = reserved_token_lengths_in_non();
+    datagrams_get_nothing(Transport::Dtls, "a NON with TKL > 8", &datagrams).await
+}
+
+#[tokio::test]
+async fn dtls_empty_con_with_content_gets_rst() {
+    datagrams_get_rst(Transport::Dtls, &empty_con_with_content()).await
+}
+
+#[tokio::test]
+async fn dtls_ack_and_rst_for_unknown_ids_get_nothing() {
+    let datagrams = answers_to_nothing();
+    datagrams_get_nothing(Transport::Dtls, "an ACK and an RST", &datagrams).await
+}
+
+#[tokio::test]
+async fn dtls_truncated_token_or_option_in_a_con_gets_rst() {
+    datagrams_get_rst(Transport::Dtls, &truncated_in_con()).await
+}
+
+/// webrtc-dtls reads datagrams into an 8 KiB buffer: a record that fills most of it is a CoAP
+/// message like any other, and a larger one — up to what one UDP datagram carries — is dropped
+/// by the DTLS layer without harming the connection.
+#[tokio::test]
+async fn dtls_largest_records_do_not_kill_the_session() {
+    bounded(async {
+        let server = DatagramServer::start(Transport::Dtls).await;
+        let peer = server.peer().await;
+        // A CON POST with an 8,000-byte payload: a 4.04 piggybacked (no resource here).
+        let mut post = vec![0x40, 0x02, 0x77, 0x01, 0xff];
+        post.resize(8_000, b'a');
+        peer.send(&post).await;
+        assert_eq!(peer.recv().await, vec![0x60, 0x84, 0x77, 0x01]);
+        // 60,000 bytes of CON POST and of garbage behind a CON header (within one UDP datagram
+        // once encrypted): too large for the DTLS layer, dropped.
+        let mut huge = vec![0x40, 0x02, 0x77, 0x02, 0xff];
+        huge.resize(60_000, b'a');
+        peer.send(&huge).await;
+        let mut garbage = vec![0x40, 0x01, 0x77, 0x03, 0xf0];
+        garbage.extend((0..60_000 - 5).map(|i| (i * 7 + 3) as u8));
+        peer.send(&garbage).await;
+        peer.assert_quiet("60,000-byte records").await;
+        peer.assert_next_answer_is_rst_to_ping(0x7704).await;
+        peer.close().await;
+        server.assert_serves_another_session().await;
+    })
+    .await
+}
+
+// ---- TCP and TLS ----
+
+/// A byte stream to a server: plain TCP or a TLS client connection.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A library server on a stream transport, with its nacks.
+struct StreamServer {
+    ctx: Context,
+    transport: Transport,
+    addr: SocketAddr,
+    ca_pem: String,
+    nacks: mpsc::UnboundedReceiver<NackReason>,
+}
+
+impl StreamServer {
+    async fn start(transport: Transport) -> StreamServer {
+        StreamServer::with_settings(transport, ContextSettings::default()).await
+    }
+
+    async fn with_settings(transport: Transport, settings: ContextSettings) -> StreamServer {
+        let (ctx, nacks) = server_context(settings);
+        let certs = CertificateSet::generate().unwrap();
+        let endpoint = match transport {
+            Transport::Tcp => ctx.listen_tcp(loopback()).await,
+            Transport::Tls => {
+                let credentials = ServerCredentials::Certificate {
+                    identity: certs.server_identity(),
+                    client_ca_pem: None,
+                };
+                ctx.listen_tls(loopback(), credentials).await
+            }
+            other => panic!("{other} is not a stream transport"),
+        }
+        .expect("listen");
+        StreamServer {
+            ctx,
+            transport,
+            addr: endpoint.local_addr,
+            ca_pem: certs.ca_cert_pem,
+            nacks,
+        }
+    }
+
+    /// A raw connection of a new session (TLS handshake done), nothing sent yet.
+    async fn connect(&self) -> RawStream {
+        let tcp = TcpStream::connect(self.addr).await.unwrap();
+        let stream: Box<dyn Io> = match self.transport {
+            Transport::Tcp => Box::new(tcp),
+            _ => {
+                let config = tls_client_config(Some(&self.ca_pem), None, false).unwrap();
+                let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+                let tls = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await
+                    .expect("TLS handshake");
+                Box::new(tls)
+            }
+        };
+        RawStream {
+            stream,
+            decoder: FrameDecoder::new(1 << 20),
+        }
+    }
+
+    /// A connection whose CSM exchange is done: the server's read, ours (`00 e1`) sent.
+    async fn established(&self) -> RawStream {
+        let mut raw = self.connect().await;
+        assert_eq!(raw.frame().await.code, CSM);
+        raw.send(&[0x00, 0xe1]).await;
+        raw
+    }
+
+    /// A well-formed ping from another session is answered.
+    async fn assert_serves_another_session(&self) {
+        let mut other = self.established().await;
+        other.send(&[0x00, 0xe2]).await;
+        assert_eq!(other.frame().await.encode(), vec![0x00, 0xe3]);
+    }
+
+    async fn expect_nack(&mut self, reason: NackReason) {
+        expect_nack(&mut self.nacks, reason).await;
+    }
+
+    async fn wait_for_no_sessions(&self) {
+        tokio::time::timeout(ANSWER_LIMIT, async {
+            while !self.ctx.sessions().is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the session leaves the table");
+    }
+}
+
+/// One raw connection, decoding what the server sends.
+struct RawStream {
+    stream: Box<dyn Io>,
+    decoder: FrameDecoder,
+}
+
+impl RawStream {
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+        self.stream.flush().await.unwrap();
+    }
+
+    /// The next frame from the server.
+    async fn frame(&mut self) -> Frame {
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(frame) = self.decoder.next_frame().expect("server sent a bad frame") {
+                return frame;
+            }
+            let n = tokio::time::timeout(ANSWER_LIMIT, self.stream.read(&mut buf))
+                .await
+                .expect("no frame from the server")
+                .expect("read failed");
+            assert!(n > 0, "connection closed while a frame was expected");
+            self.decoder.push(&buf[..n]);
+        }
+    }
+
+    /// Asserts that the server closes the connection with nothing more to say (a TLS
+    /// close_notify or the TCP close).
+    async fn assert_closed(&mut self) {
+        assert_eq!(self.decoder.buffered(), 0);
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(ANSWER_LIMIT, self.stream.read(&mut buf))
+            .await
+            .expect("connection still open");
+        match read {
+            Ok(n) => assert_eq!(n, 0, "more after the Abort: {:02x?}", &buf[..n]),
+            Err(error) => assert!(
+                matches!(
+                    error.kind(),
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+                ),
+                "{error}"
+            ),
+        }
+    }
+
+    /// Reads an Abort, then the close; returns the Abort.
+    async fn assert_aborted(&mut self) -> (Option<u16>, String) {
+        let abort = self.frame().await;
+        assert_eq!(abort.code, ABORT, "{abort:?}");
+        self.assert_closed().await;
+        match Signal::parse(&abort) {
+            Ok(Signal::Abort {
+                bad_csm_option,
+                diagnostic,
+            }) => (bad_csm_option, diagnostic),
+            other => panic!("not a well-formed Abort: {other:?}"),
+        }
+    }
+}
+
+/// Virtual size and resident set of this process, in kB (`/proc/self/status`).
+fn memory_kb() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmSize:"), field("VmRSS:"))
+}
+
+async fn first_message_not_a_csm_is_aborted(transport: Transport) {
+    bounded(async {
+        let mut server = StreamServer::start(transport).await;
+        let mut raw = server.connect().await;
+        assert_eq!(raw.frame().await.code, CSM);
+        raw.send(&[0x00, 0xe2]).await; // a Ping before any CSM
+        let (bad_csm_option, diagnostic) = raw.assert_aborted().await;
+        assert_eq!(bad_csm_option, None);
+        assert!(diagnostic.contains("CSM"), "{diagnostic}");
+        server.expect_nack(NackReason::ProtocolError).await;
+        server.assert_serves_another_session().await;
+    })
+    .await
+}
+
+/// A header declaring 4 GiB is refused from the header alone: an Abort naming our limit, the
+/// close, and no allocation for the declared length (the process's virtual size, which a
+/// reservation of 4 GiB would grow even untouched, and its resident set stay put). Likewise for
+/// a frame only just above the limit.
+async fn oversized_frames_are_aborted(transport: Transport) {
+    bounded(async {
+        let mut server = StreamServer::start(transport).await;
+        let (size_before, rss_before) = memory_kb();
+        let mut raw = server.established().await;
+        // Len 15, extended length 0xffffffff: 4 GiB + 65,805 bytes; code POST, then some body.
+        raw.send(&[0xf0, 0xff, 0xff, 0xff, 0xff, 0x02]).await;
+        let (bad_csm_option, diagnostic) = raw.assert_aborted().await;
+        assert_eq!(bad_csm_option, None);
+        assert!(
+            diagnostic.contains(&MAX_MESSAGE_SIZE.to_string()),
+            "the Abort names the limit: {diagnostic}"
+        );
+        let (size_after, rss_after) = memory_kb();
+        assert!(
+            size_after < size_before + 2 * 1024 * 1024,
+            "virtual size grew from {size_before} kB to {size_after} kB"
+        );
+        assert!(
+            rss_after < rss_before + 64 * 1024,
+            "resident set grew from {rss_before} kB to {rss_after} kB"
+        );
+        server.expect_nack(NackReason::ProtocolError).await;
+
+        // Len 15 with extended length 0: 65,805 bytes, the smallest such frame, above 65,536.
+        let mut raw = server.established().await;
+        raw.send(&[0xf0, 0x00, 0x00, 0x00, 0x00, 0x02]).await;
+        raw.send(&[0u8; 1024]).await;
+        let (_, diagnostic) = raw.assert_aborted().await;
+        assert!(diagnostic.contains("65805"), "{diagnostic}");
+        assert!(diagnostic.contains("65536"), "{diagnostic}");
+        server.expect_nack(NackReason::ProtocolError).await;
+
+        // One byte within the limit is fine: a 65,536-byte POST gets its 4.04.
+        let mut raw = server.established().await;
+        let mut post = Frame::new(0x02);
+        post.token = vec![0x51];
+        post.payload = vec![b'p'; 65_536 - 1 - 1]; // token byte and payload marker
+        raw.send(&post.encode()).await;
+        let answer = raw.frame().await;
+        assert_eq!((answer.code, answer.token), (0x84, vec![0x51]));
+        server.wait_for_sessions(1).await;
+        server.assert_serves_another_session().await;
+    })
+    .await
+}
+
+impl StreamServer {
+    /// Waits until the table holds exactly `n` sessions.
+    async fn wait_for_sessions(&self, n: usize) {
+        tokio::time::timeout(ANSWER_LIMIT, async {
+            while self.ctx.sessions().len() != n {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{} sessions, not {n}", self.ctx.sessions().len()));
+    }
+}
+
+async fn unknown_critical_signal_option_is_aborted(transport: Transport) {
+    bounded(async {
+        let mut server = StreamServer::start(transport).await;
+        // A CSM carrying option 6: even, so critical, and not defined for a CSM.
+        let mut raw = server.connect().await;
+        assert_eq!(raw.frame().await.code, CSM);
+        raw.send(&[0x10, 0xe1, 0x60]).await;
+        let (bad_csm_option, _) = raw.assert_aborted().await;
+        assert_eq!(bad_csm_option, Some(6));
+        server.expect_nack(NackReason::ProtocolError).await;
+
+        // A Ping carrying option 4 (critical, unknown in a Ping) after the CSM exchange.
+        let mut raw = server.established().await;
+        raw.send(&[0x10, 0xe2, 0x40]).await;
+        let (bad_csm_option, diagnostic) = raw.assert_aborted().await;
+        assert_eq!(bad_csm_option, Some(4), "{diagnostic}");
+        server.expect_nack(NackReason::ProtocolError).await;
+        server.wait_for_no_sessions().await;
+        server.assert_serves_another_session().await;
+    })
+    .await
+}
+
+/// Option 3 is odd, so elective: a CSM and a Ping carrying it are taken as if it were absent.
+async fn unknown_elective_signal_option_is_ignored(transport: Transport) {
+    bounded(async {
+        let mut server = StreamServer::start(transport).await;
+        let mut raw = server.connect().await;
+        assert_eq!(raw.frame().await.code, CSM);
+        raw.send(&[0x10, 0xe1, 0x30]).await; // CSM + option 3 (empty)
+        raw.send(&[0x21, 0xe2, 0x07, 0x31, 0x01]).await; // Ping, token 07, option 3 = 1
+        let pong = raw.frame().await;
+        assert_eq!(pong.code, PONG);
+        assert_eq!(pong.token, vec![0x07]);
+        assert!(pong.options.is_empty(), "{pong:?}");
+        assert!(server.nacks.try_recv().is_err(), "no failure");
+        assert_eq!(server.ctx.sessions().len(), 1);
+        server.assert_serves_another_session().await;
+    })
+    .await
+}
+
+/// A frame started and never finished holds the session for the input timeout only.
+async fn unfinished_frame_is_aborted_after_the_input_timeout(transport: Transport) {
+    bounded(async {
+        let mut settings = ContextSettings::default();
+        settings.input_timeout = INPUT_TIMEOUT;
+        let mut server = StreamServer::with_settings(transport, settings).await;
+        let mut raw = server.established().await;
+        // Len 13: 13 + 0x40 = 77 bytes of options and payload announced; 3 sent.
+        raw.send(&[0xd1, 0x40, 0x02, 0xaa, 0xb1, b'x']).await;
+        let started = Instant::now();
+        let (_, diagnostic) = raw.assert_aborted().await;
+        let waited = started.elapsed();
+        assert!(
+            waited >= INPUT_TIMEOUT - Duration::from_millis(50),
+            "aborted after {waited:?}"
+        );
+        assert!(diagnostic.contains("not completed"), "{diagnostic}");
+        server.expect_nack(NackReason::ProtocolError).await;
+        server.wait_for_no_sessions().await;
+        server.assert_serves_another_session().await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn tls_first_message_not_a_csm_is_aborted() {
+    first_message_not_a_csm_is_aborted(Transport::Tls).await
+}
+
+#[tokio::test]
+async fn tcp_oversized_frames_are_aborted_without_allocating_them() {
+    oversized_frames_are_aborted(Transport::Tcp).await
+}
+
+#[tokio::test]
+async fn tls_oversized_frames_are_aborted_without_allocating_them() {
+    oversized_frames_are_aborted(Transport::Tls).await
+}
+
+#[tokio::test]
+async fn tcp_unknown_critical_option_in_a_ping_is_aborted() {
+    unknown_critical_signal_option_is_aborted(Transport::Tcp).await
+}
+
+#[tokio::test]
+async fn tls_unknown_critical_signal_options_are_aborted() {
+    unknown_critical_signal_option_is_aborted(Transport::Tls).await
+}
+
+#[tokio::test]
+async fn tcp_unknown_elective_signal_option_is_ignored() {
+    unknown_elective_signal_option_is_ignored(Transport::Tcp).await
+}
+
+#[tokio::test]
+async fn tls_unknown_elective_signal_option_is_ignored() {
+    unknown_elective_signal_option_is_ignored(Transport::Tls).await
+}
+
+#[tokio::test]
+async fn tls_unfinished_frame_is_aborted_after_the_input_timeout() {
+    unfinished_frame_is_aborted_after_the_input_timeout(Transport::Tls).await
+}
+
+/// Plain bytes where a ClientHello belongs — an HTTP request, a CoAP CSM, random bytes —
+/// fail the handshake: the connection is closed, the nack handler sees `TlsFailed`, and the
+/// server keeps serving.
+#[tokio::test]
+async fn tls_garbage_before_the_handshake_fails_it() {
+    bounded(async {
+        let mut server = StreamServer::start(Transport::Tls).await;
+        let random: Vec<u8> = (0..512u32).map(|i| (i * 131 + 7) as u8).collect();
+        for garbage in [
+            b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec(),
+            vec![0x00, 0xe1, 0x00, 0xe2],
+            random,
+        ] {
+            let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+            tcp.write_all(&garbage).await.unwrap();
+            let mut answer = Vec::new();
+            let read = tokio::time::timeout(ANSWER_LIMIT, tcp.read_to_end(&mut answer))
+                .await
+                .expect("the server closes the connection");
+            // At most a TLS alert record (content type 21), never CoAP.
+            if read.is_ok() && !answer.is_empty() {
+                assert_eq!(answer[0], 21, "not an alert: {answer:02x?}");
+            }
+            server.expect_nack(NackReason::TlsFailed).await;
+        }
+        server.wait_for_no_sessions().await;
+        server.assert_serves_another_session().await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn tcp_abort_reason_is_readable_after_bad_csm_option() {
+    // The Abort's option is a uint: decode it the way a peer would.
+    bounded(async {
+        let server = StreamServer::start(Transport::Tcp).await;
+        let mut raw = server.connect().await;
+        assert_eq!(raw.frame().await.code, CSM);
+        raw.send(&[0x20, 0xe1, 0xd0, 0x00]).await; // option 13 + 0 = 13: odd, ignored
+        raw.send(&[0x20, 0xe1, 0xd0, 0x01]).await; // option 14: even, unknown
+        let abort = raw.frame().await;
+        assert_eq!(abort.code, ABORT);
+        assert_eq!(
+            abort.option(OPTION_BAD_CSM_OPTION).and_then(decode_uint),
+            Some(14)
+        );
+        raw.assert_closed().await;
+    })
+    .await
+}
