@@ -40,9 +40,10 @@ pub struct ContextSettings {
     /// How long a TCP / TLS peer may take to send its CSM, or to complete a message it started
     /// (a slow-loris peer is aborted after this). Default 10 s.
     pub input_timeout: Duration,
-    /// Most sessions one endpoint holds; when full, sessions that never completed an exchange
-    /// are evicted first, and new peers are refused while every session is established.
-    /// Default 65,536.
+    /// Most sessions one endpoint holds. When a UDP endpoint is full, sessions that never
+    /// completed an exchange are evicted first, and new peers are refused while every session is
+    /// established; a full DTLS, TCP or TLS endpoint closes a newcomer's connection (a TLS
+    /// handshake in progress holds a place). Default 65,536.
     pub max_sessions: usize,
     /// A server-side UDP / DTLS session with keepalive off that hears nothing from its peer for
     /// this long (and is not observing anything) is forgotten, as libcoap does. Default 300 s.

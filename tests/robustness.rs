@@ -558,3 +558,165 @@ mod nothing_lost {
         failed_session_fails_its_request_in_flight(Transport::Tls).await
     }
 }
+
+// ---- DTLS, TCP and TLS endpoints hold at most max_sessions ----
+
+mod session_limit {
+    use std::time::Duration;
+
+    use coap_keepalive::certs::CertificateSet;
+    use coap_keepalive::{
+        ClientCredentials, Context, ContextSettings, PskCredentials, ServerCredentials, Session,
+        Transport,
+    };
+    use tokio::sync::mpsc;
+    use tokio::time::timeout;
+
+    use super::{loopback, LIMIT};
+
+    const MAX: usize = 3;
+
+    /// A server endpoint holding at most [`MAX`] sessions, and a client to it.
+    struct Endpoint {
+        server: Context,
+        client: Context,
+        transport: Transport,
+        addr: std::net::SocketAddr,
+        credentials: ClientCredentials,
+    }
+
+    impl Endpoint {
+        async fn start(transport: Transport) -> Endpoint {
+            let mut settings = ContextSettings::default();
+            settings.max_sessions = MAX;
+            settings.connect_timeout = Duration::from_secs(2);
+            let server = Context::with_settings(settings);
+            let certs = CertificateSet::generate().unwrap();
+            let psk = PskCredentials::new("limited", "secret");
+            let (endpoint, credentials) = match transport {
+                Transport::Dtls => (
+                    server
+                        .listen_dtls(loopback(), ServerCredentials::Psk(psk.clone()))
+                        .await,
+                    ClientCredentials::Psk(psk),
+                ),
+                Transport::Tcp => (server.listen_tcp(loopback()).await, ClientCredentials::None),
+                _ => (
+                    server
+                        .listen_tls(
+                            loopback(),
+                            ServerCredentials::Certificate {
+                                identity: certs.server_identity(),
+                                client_ca_pem: None,
+                            },
+                        )
+                        .await,
+                    ClientCredentials::Certificate {
+                        ca_pem: Some(certs.ca_cert_pem.clone()),
+                        identity: None,
+                        insecure: false,
+                    },
+                ),
+            };
+            let mut settings = ContextSettings::default();
+            settings.connect_timeout = Duration::from_secs(2);
+            Endpoint {
+                server,
+                client: Context::with_settings(settings),
+                transport,
+                addr: endpoint.unwrap().local_addr,
+                credentials,
+            }
+        }
+
+        async fn connect(&self) -> coap_keepalive::Result<Session> {
+            match self.transport {
+                Transport::Dtls => self.client.connect_dtls(self.addr, &self.credentials).await,
+                Transport::Tcp => self.client.connect_tcp(self.addr).await,
+                _ => {
+                    self.client
+                        .connect_tls(self.addr, "localhost", &self.credentials)
+                        .await
+                }
+            }
+        }
+
+        async fn wait_for_server_sessions(&self, n: usize) {
+            timeout(LIMIT, async {
+                while self.server.sessions().len() != n {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| {
+                panic!("{} server sessions, not {n}", self.server.sessions().len())
+            });
+        }
+    }
+
+    /// Pings from `session` and waits for the pong.
+    async fn pong(session: &Session, pongs: &mut mpsc::UnboundedReceiver<u64>) {
+        while pongs.try_recv().is_ok() {}
+        session.ping();
+        loop {
+            let id = timeout(Duration::from_secs(2), pongs.recv())
+                .await
+                .expect("a pong")
+                .unwrap();
+            if id == session.id().0 {
+                return;
+            }
+        }
+    }
+
+    async fn endpoint_refuses_peers_beyond_max_sessions(transport: Transport) {
+        let endpoint = Endpoint::start(transport).await;
+        let (tx, mut pongs) = mpsc::unbounded_channel();
+        endpoint.client.register_pong_handler(move |session, _| {
+            let _ = tx.send(session.id().0);
+        });
+        let mut sessions = Vec::new();
+        for _ in 0..MAX {
+            sessions.push(endpoint.connect().await.expect("within the limit"));
+        }
+        endpoint.wait_for_server_sessions(MAX).await;
+
+        // One more: refused (the connect fails, or the session is closed at once).
+        match endpoint.connect().await {
+            Err(_) => {}
+            Ok(extra) => {
+                timeout(Duration::from_secs(2), extra.closed())
+                    .await
+                    .expect("the session beyond the limit is closed");
+            }
+        }
+        assert!(endpoint.server.sessions().len() <= MAX);
+        for session in &sessions {
+            pong(session, &mut pongs).await;
+        }
+
+        // A place frees up: a newcomer gets it.
+        let first = sessions.remove(0);
+        first.close();
+        timeout(LIMIT, first.closed()).await.unwrap();
+        endpoint.wait_for_server_sessions(MAX - 1).await;
+        let newcomer = endpoint.connect().await.expect("room again");
+        pong(&newcomer, &mut pongs).await;
+        endpoint.wait_for_server_sessions(MAX).await;
+    }
+
+    #[tokio::test]
+    async fn dtls_endpoint_holds_at_most_max_sessions() {
+        endpoint_refuses_peers_beyond_max_sessions(Transport::Dtls).await
+    }
+
+    #[tokio::test]
+    async fn tcp_endpoint_holds_at_most_max_sessions() {
+        endpoint_refuses_peers_beyond_max_sessions(Transport::Tcp).await
+    }
+
+    #[tokio::test]
+    async fn tls_endpoint_holds_at_most_max_sessions() {
+        endpoint_refuses_peers_beyond_max_sessions(Transport::Tls).await
+    }
+}

@@ -20,7 +20,7 @@ use crate::error::{Error, NackReason, Result};
 use crate::session::{Role, Session, Transport};
 use crate::transport::dtls_conn::{dtls_connect, dtls_recv, dtls_send, DtlsAccept, DtlsListener};
 use crate::transport::udp::{DatagramDriver, DatagramIo};
-use crate::transport::{report_failed_start, unspecified_like};
+use crate::transport::{report_failed_start, unspecified_like, SessionLimit};
 
 /// Server handshakes in progress at once per endpoint; a ClientHello beyond it is dropped (the
 /// peer retransmits it).
@@ -117,22 +117,35 @@ async fn listen(
     .await?;
     let local_addr = listener.local_addr();
     let accept_ctx = ctx.clone();
+    let limit = SessionLimit::new(ctx);
     let mut shutdown = ctx.shutdown_signal();
     ctx.spawn(async move {
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok(DtlsAccept::Established(conn, peer)) => {
-                        let mut driver = DatagramDriver::new(
-                            &accept_ctx,
-                            DtlsIo::new(conn, peer),
-                            Transport::Dtls,
-                            false,
-                        );
-                        let session = driver.add_session(peer, Role::Server, Instant::now());
-                        tracing::debug!(session = %session, "dtls handshake completed");
-                        accept_ctx.spawn(driver.run());
-                    }
+                    Ok(DtlsAccept::Established(conn, peer)) => match limit.admit() {
+                        Some(place) => {
+                            let mut driver = DatagramDriver::new(
+                                &accept_ctx,
+                                DtlsIo::new(conn, peer),
+                                Transport::Dtls,
+                                false,
+                            );
+                            let session = driver.add_session(peer, Role::Server, Instant::now());
+                            tracing::debug!(session = %session, "dtls handshake completed");
+                            accept_ctx.spawn(async move {
+                                driver.run().await;
+                                drop(place);
+                            });
+                        }
+                        None => {
+                            tracing::debug!(%peer, "session limit reached: dtls connection closed");
+                            // close_notify: the peer learns at once rather than by its keepalive.
+                            tokio::spawn(async move {
+                                let _ = conn.close().await;
+                            });
+                        }
+                    },
                     Ok(DtlsAccept::Failed { peer, error }) => {
                         tracing::debug!(%peer, %error, "dtls handshake failed");
                         report_failed_start(

@@ -15,6 +15,8 @@ pub mod udp;
 pub(crate) mod waiters;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::context::Context;
@@ -61,5 +63,44 @@ pub(crate) fn unspecified_like(peer: SocketAddr) -> SocketAddr {
         SocketAddr::from(([0, 0, 0, 0], 0))
     } else {
         SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+    }
+}
+
+/// The sessions of an endpoint that runs one connection per session (DTLS, TCP, TLS), held to
+/// the context's `max_sessions`: a peer beyond it is refused (its connection closed), as a full
+/// UDP table refuses new peers.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionLimit {
+    live: Arc<AtomicUsize>,
+    max: usize,
+}
+
+impl SessionLimit {
+    pub(crate) fn new(ctx: &Context) -> SessionLimit {
+        SessionLimit {
+            live: Arc::new(AtomicUsize::new(0)),
+            max: ctx.settings().max_sessions,
+        }
+    }
+
+    /// A place for one more session, given back when the returned guard drops; `None` when
+    /// the endpoint is full.
+    pub(crate) fn admit(&self) -> Option<Admitted> {
+        self.live
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Admitted(Arc::clone(&self.live)))
+    }
+}
+
+/// One admitted session's place in its endpoint's [`SessionLimit`].
+#[derive(Debug)]
+pub(crate) struct Admitted(Arc<AtomicUsize>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -14,24 +14,32 @@ use crate::protocol::stream::StreamSession;
 use crate::session::{Command, CommandSender, Role, Session, SessionState, Transport};
 use crate::transport::dispatch::{apply_command, apply_reaction, FollowUp};
 use crate::transport::waiters::Waiters;
+use crate::transport::SessionLimit;
 
 /// Binds `addr` and serves every connection accepted on it.
 pub(crate) async fn listen(ctx: &Context, addr: SocketAddr) -> Result<Endpoint> {
     let listener = TcpListener::bind(addr).await?;
     let local_addr = listener.local_addr()?;
     let accept_ctx = ctx.clone();
+    let limit = SessionLimit::new(ctx);
     let mut shutdown = ctx.shutdown_signal();
     ctx.spawn(async move {
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        configure(&accept_ctx, &stream);
-                        let local = stream.local_addr().unwrap_or(local_addr);
-                        let (session, run) = start(&accept_ctx, stream, peer, local, Transport::Tcp, Role::Server);
-                        tracing::debug!(session = %session, "tcp connection accepted");
-                        accept_ctx.spawn(run);
-                    }
+                    Ok((stream, peer)) => match limit.admit() {
+                        Some(place) => {
+                            configure(&accept_ctx, &stream);
+                            let local = stream.local_addr().unwrap_or(local_addr);
+                            let (session, run) = start(&accept_ctx, stream, peer, local, Transport::Tcp, Role::Server);
+                            tracing::debug!(session = %session, "tcp connection accepted");
+                            accept_ctx.spawn(async move {
+                                run.await;
+                                drop(place);
+                            });
+                        }
+                        None => tracing::debug!(%peer, "session limit reached: tcp connection refused"),
+                    },
                     Err(error) => {
                         // Out of descriptors or similar: keep serving the others.
                         tracing::warn!(%error, "tcp accept failed");

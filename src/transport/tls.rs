@@ -21,7 +21,7 @@ use crate::error::{Error, NackReason, Result};
 use crate::session::{lock, Role, Session, Transport};
 use crate::transport::tcp::{configure, start, wait_established};
 use crate::transport::tls_conn::{tls_accept, tls_handshake};
-use crate::transport::{report_failed_start, unspecified_like};
+use crate::transport::{report_failed_start, unspecified_like, SessionLimit};
 use crate::uri::CoapUri;
 
 impl Context {
@@ -84,22 +84,31 @@ async fn listen(
     let listener = TcpListener::bind(addr).await?;
     let local_addr = listener.local_addr()?;
     let accept_ctx = ctx.clone();
+    let limit = SessionLimit::new(ctx);
     let mut shutdown = ctx.shutdown_signal();
     ctx.spawn(async move {
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        configure(&accept_ctx, &stream);
-                        let local = stream.local_addr().unwrap_or(local_addr);
-                        accept_ctx.spawn(serve_connection(
-                            accept_ctx.clone(),
-                            acceptor.clone(),
-                            stream,
-                            peer,
-                            local,
-                        ));
-                    }
+                    // A handshake in progress holds a place too.
+                    Ok((stream, peer)) => match limit.admit() {
+                        Some(place) => {
+                            configure(&accept_ctx, &stream);
+                            let local = stream.local_addr().unwrap_or(local_addr);
+                            let serve = serve_connection(
+                                accept_ctx.clone(),
+                                acceptor.clone(),
+                                stream,
+                                peer,
+                                local,
+                            );
+                            accept_ctx.spawn(async move {
+                                serve.await;
+                                drop(place);
+                            });
+                        }
+                        None => tracing::debug!(%peer, "session limit reached: tls connection refused"),
+                    },
                     Err(error) => {
                         // Out of descriptors or similar: keep serving the others.
                         tracing::warn!(%error, "tls accept failed");
