@@ -2,18 +2,16 @@
 //! our DTLS and TLS clients against `coap-server-openssl` / `coap-server-gnutls`, and
 //! `coap-client-openssl` / `coap-client-gnutls` against our DTLS listener and TLS acceptor.
 //!
-//! A test whose libcoap binary is not installed is skipped with a note on stderr. Every test uses
-//! its own loopback ports, waits for readiness by polling (never a fixed sleep), and kills its
-//! children however it ends.
+//! A missing libcoap binary fails the test with how to install it (`tests/support`). Every test
+//! uses its own loopback ports, waits for readiness by polling (never a fixed sleep), and kills
+//! its children however it ends.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdTcpListener, UdpSocket as StdUdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use webrtc_dtls::cipher_suite::CipherSuiteId;
 use webrtc_dtls::config::Config;
@@ -29,6 +27,11 @@ use coap_keepalive::transport::dtls_conn::{
 };
 use coap_keepalive::transport::tls_conn::{tls_accept, tls_connect};
 
+mod support;
+
+use support::libcoap::{Build, LibcoapProcess, LibcoapServer};
+use support::Pki;
+
 /// An empty Confirmable message (a CoAP ping) with Message ID 0x1234.
 const PING: [u8; 4] = [0x40, 0x00, 0x12, 0x34];
 /// The Reset libcoap answers it with.
@@ -42,75 +45,6 @@ const LIBCOAP_PONG: [u8; 3] = [0x10, 0xe3, 0x20];
 
 /// Deadline of one handshake once the peer is up.
 const HANDSHAKE: Duration = Duration::from_secs(5);
-/// How long a libcoap server gets to come up.
-const STARTUP: Duration = Duration::from_secs(10);
-
-/// A child process killed and reaped when dropped; its output goes to a log file.
-struct ChildGuard {
-    child: Child,
-    log: PathBuf,
-}
-
-impl ChildGuard {
-    fn spawn(program: &str, args: &[&str], log: PathBuf) -> ChildGuard {
-        let out = std::fs::File::create(&log).unwrap();
-        let err = out.try_clone().unwrap();
-        let child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
-        ChildGuard { child, log }
-    }
-
-    /// The child's output so far, for failure messages.
-    fn output(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// True when `program` is installed; otherwise says the test is skipped.
-fn installed(program: &str) -> bool {
-    let found = Path::new("/usr/bin").join(program).exists()
-        || Command::new(program)
-            .arg("-?")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok();
-    if !found {
-        eprintln!("skipped: {program} is not installed");
-    }
-    found
-}
-
-/// A port P such that UDP and TCP P and P+1 on loopback are free right now.
-fn free_port_pair() -> u16 {
-    for _ in 0..100 {
-        let udp = StdUdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if port >= u16::MAX - 1 {
-            continue;
-        }
-        let free = StdUdpSocket::bind((Ipv4Addr::LOCALHOST, port + 1)).is_ok()
-            && StdTcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
-            && StdTcpListener::bind((Ipv4Addr::LOCALHOST, port + 1)).is_ok();
-        if free {
-            return port;
-        }
-    }
-    panic!("no free port pair on loopback");
-}
-
 fn loopback(port: u16) -> SocketAddr {
     (Ipv4Addr::LOCALHOST, port).into()
 }
@@ -119,81 +53,32 @@ fn psk(identity: &str, key: &str) -> PskCredentials {
     PskCredentials::new(identity, key)
 }
 
-/// Connects over DTLS, retrying until the server has come up.
-async fn dtls_connect_when_up(
-    server: &ChildGuard,
-    peer: SocketAddr,
-    config: &Config,
-) -> Arc<DTLSConn> {
-    let deadline = Instant::now() + STARTUP;
-    loop {
-        // An attempt before the server is up gets ICMP port unreachable, which webrtc-dtls
-        // ignores: each attempt only waits for its own short deadline.
-        match dtls_connect(peer, config.clone(), Duration::from_secs(1)).await {
-            Ok(conn) => return conn,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-            }
-            Err(e) => panic!("no DTLS handshake with {peer}: {e}\n{}", server.output()),
-        }
-    }
-}
-
-/// Waits until something accepts TCP connections on `peer`.
-async fn wait_for_tcp(server: &ChildGuard, peer: SocketAddr) {
-    let deadline = Instant::now() + STARTUP;
-    while TcpStream::connect(peer).await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "nothing listens on {peer}\n{}",
-            server.output()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Sends a CoAP ping over DTLS and expects libcoap's Reset.
-async fn ping_expect_rst(conn: &DTLSConn, server: &ChildGuard) {
+async fn ping_expect_rst(conn: &DTLSConn, server: &LibcoapServer) {
     dtls_send(conn, &PING).await.unwrap();
     let mut buf = [0u8; 64];
     let n = tokio::time::timeout(HANDSHAKE, dtls_recv(conn, &mut buf))
         .await
-        .unwrap_or_else(|_| panic!("no answer to the ping\n{}", server.output()))
+        .unwrap_or_else(|_| panic!("no answer to the ping\n{}", server.report()))
         .unwrap()
         .unwrap();
     assert_eq!(buf[..n], RST);
 }
 
-/// A temporary directory holding a fresh certificate set.
-fn certificates() -> (tempfile::TempDir, CertificateSet) {
-    let dir = tempfile::tempdir().unwrap();
-    let set = CertificateSet::generate().unwrap();
-    set.write_to(dir.path()).unwrap();
-    (dir, set)
-}
-
-fn path(dir: &tempfile::TempDir, name: &str) -> String {
-    dir.path().join(name).to_str().unwrap().to_owned()
-}
-
 // ---- Our DTLS-PSK client against coap-server -k -------------------------------------------
 
-async fn dtls_psk_client_against(server_program: &str) {
-    if !installed(server_program) {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port_pair();
-    let port_arg = port.to_string();
-    let server = ChildGuard::spawn(
-        server_program,
-        &["-A", "127.0.0.1", "-p", &port_arg, "-k", "secret"],
-        dir.path().join("server.log"),
-    );
-    let peer = loopback(port + 1);
+async fn dtls_psk_client_against(build: Build) {
+    let server = LibcoapServer::start(build, &["-k", "secret"]).await;
+    let server_program = build.server();
+    let peer = server.secure_addr();
 
-    let conn =
-        dtls_connect_when_up(&server, peer, &dtls_psk_client_config(&psk("id", "secret"))).await;
+    let conn = dtls_connect(
+        peer,
+        dtls_psk_client_config(&psk("id", "secret")),
+        HANDSHAKE,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", server.report()));
     // libcoap's default identity hint.
     assert_eq!(conn.connection_state().await.identity_hint, b"CoAP");
     ping_expect_rst(&conn, &server).await;
@@ -225,33 +110,28 @@ async fn dtls_psk_client_against(server_program: &str) {
 
 #[tokio::test]
 async fn dtls_psk_client_against_coap_server_openssl() {
-    dtls_psk_client_against("coap-server-openssl").await;
+    dtls_psk_client_against(Build::Openssl).await;
 }
 
 #[tokio::test]
 async fn dtls_psk_client_against_coap_server_gnutls() {
-    dtls_psk_client_against("coap-server-gnutls").await;
+    dtls_psk_client_against(Build::Gnutls).await;
 }
 
 // ---- Our DTLS certificate client against coap-server -c -j [-C] ---------------------------
 
-async fn dtls_cert_client_against(server_program: &str) {
-    if !installed(server_program) {
-        return;
-    }
-    let (dir, set) = certificates();
-    let port = free_port_pair();
-    let port_arg = port.to_string();
-    let (cert, key) = (path(&dir, "server.pem"), path(&dir, "server.key"));
-    let server = ChildGuard::spawn(
-        server_program,
-        &["-A", "127.0.0.1", "-p", &port_arg, "-c", &cert, "-j", &key],
-        dir.path().join("server.log"),
-    );
-    let peer = loopback(port + 1);
+async fn dtls_cert_client_against(build: Build) {
+    let pki = Pki::generate();
+    let set = &pki.set;
+    let (cert, key) = (pki.path("server.pem"), pki.path("server.key"));
+    let server = LibcoapServer::start(build, &["-c", &cert, "-j", &key]).await;
+    let server_program = build.server();
+    let peer = server.secure_addr();
 
     let config = dtls_cert_client_config(Some(&set.ca_cert_pem), None, false, "127.0.0.1").unwrap();
-    let conn = dtls_connect_when_up(&server, peer, &config).await;
+    let conn = dtls_connect(peer, config.clone(), HANDSHAKE)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", server.report()));
     ping_expect_rst(&conn, &server).await;
     conn.close().await.unwrap();
 
@@ -283,43 +163,24 @@ async fn dtls_cert_client_against(server_program: &str) {
 
 #[tokio::test]
 async fn dtls_cert_client_against_coap_server_openssl() {
-    dtls_cert_client_against("coap-server-openssl").await;
+    dtls_cert_client_against(Build::Openssl).await;
 }
 
 #[tokio::test]
 async fn dtls_cert_client_against_coap_server_gnutls() {
-    dtls_cert_client_against("coap-server-gnutls").await;
+    dtls_cert_client_against(Build::Gnutls).await;
 }
 
-async fn dtls_mutual_cert_client_against(server_program: &str) {
-    if !installed(server_program) {
-        return;
-    }
-    let (dir, set) = certificates();
-    let port = free_port_pair();
-    let port_arg = port.to_string();
+async fn dtls_mutual_cert_client_against(build: Build) {
+    let pki = Pki::generate();
+    let set = &pki.set;
     let (cert, key, ca) = (
-        path(&dir, "server.pem"),
-        path(&dir, "server.key"),
-        path(&dir, "ca.pem"),
+        pki.path("server.pem"),
+        pki.path("server.key"),
+        pki.path("ca.pem"),
     );
-    let server = ChildGuard::spawn(
-        server_program,
-        &[
-            "-A",
-            "127.0.0.1",
-            "-p",
-            &port_arg,
-            "-c",
-            &cert,
-            "-j",
-            &key,
-            "-C",
-            &ca,
-        ],
-        dir.path().join("server.log"),
-    );
-    let peer = loopback(port + 1);
+    let server = LibcoapServer::start(build, &["-c", &cert, "-j", &key, "-C", &ca]).await;
+    let peer = server.secure_addr();
 
     let config = dtls_cert_client_config(
         Some(&set.ca_cert_pem),
@@ -328,7 +189,9 @@ async fn dtls_mutual_cert_client_against(server_program: &str) {
         "127.0.0.1",
     )
     .unwrap();
-    let conn = dtls_connect_when_up(&server, peer, &config).await;
+    let conn = dtls_connect(peer, config, HANDSHAKE)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", server.report()));
     ping_expect_rst(&conn, &server).await;
     conn.close().await.unwrap();
 
@@ -354,53 +217,44 @@ async fn dtls_mutual_cert_client_against(server_program: &str) {
 
 #[tokio::test]
 async fn dtls_mutual_cert_client_against_coap_server_openssl() {
-    dtls_mutual_cert_client_against("coap-server-openssl").await;
+    dtls_mutual_cert_client_against(Build::Openssl).await;
 }
 
 #[tokio::test]
 async fn dtls_mutual_cert_client_against_coap_server_gnutls() {
-    dtls_mutual_cert_client_against("coap-server-gnutls").await;
+    dtls_mutual_cert_client_against(Build::Gnutls).await;
 }
 
 // ---- Our TLS client against coap-server's coaps+tcp -------------------------------------
 
 /// Sends a CSM and a Ping and expects libcoap's CSM and Pong.
 async fn tls_csm_ping_against(
-    server: &ChildGuard,
+    server: &LibcoapServer,
     peer: SocketAddr,
     config: Arc<rustls::ClientConfig>,
 ) -> Option<Vec<u8>> {
     let mut tls = tls_connect(peer, "127.0.0.1", config, HANDSHAKE)
         .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", server.output()));
+        .unwrap_or_else(|e| panic!("{e}\n{}", server.report()));
     let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
     tls.write_all(&TCP_CSM_AND_PING).await.unwrap();
     let expected = [&LIBCOAP_CSM[..], &LIBCOAP_PONG[..]].concat();
     let mut received = vec![0u8; expected.len()];
     tokio::time::timeout(HANDSHAKE, tls.read_exact(&mut received))
         .await
-        .unwrap_or_else(|_| panic!("no CSM and Pong\n{}", server.output()))
+        .unwrap_or_else(|_| panic!("no CSM and Pong\n{}", server.report()))
         .unwrap();
     assert_eq!(received, expected);
     let _ = tls.shutdown().await;
     alpn
 }
 
-async fn tls_client_against(server_program: &str, expected_alpn: Option<&[u8]>) {
-    if !installed(server_program) {
-        return;
-    }
-    let (dir, set) = certificates();
-    let port = free_port_pair();
-    let port_arg = port.to_string();
-    let (cert, key) = (path(&dir, "server.pem"), path(&dir, "server.key"));
-    let server = ChildGuard::spawn(
-        server_program,
-        &["-A", "127.0.0.1", "-p", &port_arg, "-c", &cert, "-j", &key],
-        dir.path().join("server.log"),
-    );
-    let peer = loopback(port + 1);
-    wait_for_tcp(&server, peer).await;
+async fn tls_client_against(build: Build, expected_alpn: Option<&[u8]>) {
+    let pki = Pki::generate();
+    let set = &pki.set;
+    let (cert, key) = (pki.path("server.pem"), pki.path("server.key"));
+    let server = LibcoapServer::start(build, &["-c", &cert, "-j", &key]).await;
+    let peer = server.secure_addr();
 
     let config = tls_client_config(Some(&set.ca_cert_pem), None, false).unwrap();
     let alpn = tls_csm_ping_against(&server, peer, config).await;
@@ -427,12 +281,12 @@ async fn tls_client_against(server_program: &str, expected_alpn: Option<&[u8]>) 
 
 #[tokio::test]
 async fn tls_client_against_coap_server_openssl() {
-    tls_client_against("coap-server-openssl", Some(b"coap")).await;
+    tls_client_against(Build::Openssl, Some(b"coap")).await;
 }
 
 #[tokio::test]
 async fn tls_client_against_coap_server_gnutls() {
-    tls_client_against("coap-server-gnutls", None).await;
+    tls_client_against(Build::Gnutls, None).await;
 }
 
 // ---- coap-client against our DTLS listener ---------------------------------------------
@@ -443,8 +297,7 @@ async fn coap_client_against_dtls_listener(
     client_program: &str,
     config: Config,
     args: &[&str],
-    dir: &tempfile::TempDir,
-) -> (DtlsAccept, ChildGuard) {
+) -> (DtlsAccept, LibcoapProcess) {
     let listener = DtlsListener::bind(loopback(0), config, HANDSHAKE, 4)
         .await
         .unwrap();
@@ -452,24 +305,24 @@ async fn coap_client_against_dtls_listener(
     let mut all_args = vec!["-B", "10"];
     all_args.extend_from_slice(args);
     all_args.extend_from_slice(&["-m", "get", &uri]);
-    let client = ChildGuard::spawn(client_program, &all_args, dir.path().join("client.log"));
+    let client = LibcoapProcess::spawn(client_program, &all_args);
     let accepted = tokio::time::timeout(Duration::from_secs(10), listener.accept())
         .await
-        .unwrap_or_else(|_| panic!("no handshake from {client_program}\n{}", client.output()))
+        .unwrap_or_else(|_| panic!("no handshake from {client_program}\n{}", client.report()))
         .unwrap();
     (accepted, client)
 }
 
 /// Expects an established session over which the client's GET arrives.
-async fn expect_get(accepted: DtlsAccept, client: &ChildGuard) {
+async fn expect_get(accepted: DtlsAccept, client: &LibcoapProcess) {
     let conn = match accepted {
         DtlsAccept::Established(conn, _) => conn,
-        other => panic!("{other:?}\n{}", client.output()),
+        other => panic!("{other:?}\n{}", client.report()),
     };
     let mut buf = [0u8; 256];
     let n = tokio::time::timeout(HANDSHAKE, dtls_recv(&conn, &mut buf))
         .await
-        .unwrap_or_else(|_| panic!("no request\n{}", client.output()))
+        .unwrap_or_else(|_| panic!("no request\n{}", client.report()))
         .unwrap()
         .unwrap();
     assert!(n >= 4, "short request");
@@ -480,10 +333,6 @@ async fn expect_get(accepted: DtlsAccept, client: &ChildGuard) {
 
 /// coap-client `-k secret -u id` against a DTLS-PSK listener sending identity hint `hint`.
 async fn coap_client_against_dtls_psk_listener(client_program: &str, hint: Option<&[u8]>) {
-    if !installed(client_program) {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
     let identities = Arc::new(Mutex::new(Vec::new()));
     let mut config = dtls_psk_server_config(&psk("", "secret"));
     config.psk_identity_hint = hint.map(<[u8]>::to_vec);
@@ -493,8 +342,7 @@ async fn coap_client_against_dtls_psk_listener(client_program: &str, hint: Optio
         Ok(b"secret".to_vec())
     }));
     let args = ["-k", "secret", "-u", "id"];
-    let (accepted, client) =
-        coap_client_against_dtls_listener(client_program, config, &args, &dir).await;
+    let (accepted, client) = coap_client_against_dtls_listener(client_program, config, &args).await;
     assert!(
         matches!(accepted, DtlsAccept::Established(..)),
         "{accepted:?}"
@@ -526,39 +374,36 @@ async fn coap_client_gnutls_against_dtls_psk_listener_without_hint() {
 /// coap-client in certificate mode against our DTLS certificate listener: verifying our
 /// server certificate, presenting its own when required, and refused without one.
 async fn coap_client_against_dtls_cert_listener(client_program: &str) {
-    if !installed(client_program) {
-        return;
-    }
-    let (dir, set) = certificates();
+    let pki = Pki::generate();
+    let set = &pki.set;
     let (cert, key, ca) = (
-        path(&dir, "client.pem"),
-        path(&dir, "client.key"),
-        path(&dir, "ca.pem"),
+        pki.path("client.pem"),
+        pki.path("client.key"),
+        pki.path("ca.pem"),
     );
 
     let config = dtls_cert_server_config(&set.server_identity(), None).unwrap();
     let (accepted, client) =
-        coap_client_against_dtls_listener(client_program, config, &["-R", &ca], &dir).await;
+        coap_client_against_dtls_listener(client_program, config, &["-R", &ca]).await;
     expect_get(accepted, &client).await;
     drop(client);
 
     let config = dtls_cert_server_config(&set.server_identity(), Some(&set.ca_cert_pem)).unwrap();
     let args = ["-c", &cert, "-j", &key, "-R", &ca];
-    let (accepted, client) =
-        coap_client_against_dtls_listener(client_program, config, &args, &dir).await;
+    let (accepted, client) = coap_client_against_dtls_listener(client_program, config, &args).await;
     expect_get(accepted, &client).await;
     drop(client);
 
     let config = dtls_cert_server_config(&set.server_identity(), Some(&set.ca_cert_pem)).unwrap();
     let (accepted, client) =
-        coap_client_against_dtls_listener(client_program, config, &["-R", &ca], &dir).await;
+        coap_client_against_dtls_listener(client_program, config, &["-R", &ca]).await;
     match accepted {
         DtlsAccept::Failed { error, .. } => {
             assert!(matches!(error, Error::Tls(_)), "{error}");
         }
         other => panic!(
             "served without a client certificate: {other:?}\n{}",
-            client.output()
+            client.report()
         ),
     }
 }
@@ -582,8 +427,9 @@ async fn coap_client_against_tls_acceptor(
     client_program: &str,
     args: &[&str],
     require_client_cert: bool,
-) -> (Result<Option<Vec<u8>>, Error>, ChildGuard) {
-    let (dir, set) = certificates();
+) -> (Result<Option<Vec<u8>>, Error>, LibcoapProcess) {
+    let pki = Pki::generate();
+    let set = &pki.set;
     let client_ca = require_client_cert.then_some(set.ca_cert_pem.as_str());
     let config = tls_server_config(&set.server_identity(), client_ca).unwrap();
     let acceptor = TlsAcceptor::from(config);
@@ -593,9 +439,9 @@ async fn coap_client_against_tls_acceptor(
         listener.local_addr().unwrap().port()
     );
     let files = [
-        ("CA", path(&dir, "ca.pem")),
-        ("CERT", path(&dir, "client.pem")),
-        ("KEY", path(&dir, "client.key")),
+        ("CA", pki.path("ca.pem")),
+        ("CERT", pki.path("client.pem")),
+        ("KEY", pki.path("client.key")),
     ];
     let mut all_args: Vec<&str> = vec!["-B", "10", "-m", "get"];
     all_args.extend(args.iter().map(|arg| {
@@ -605,10 +451,10 @@ async fn coap_client_against_tls_acceptor(
             .map_or(*arg, |(_, file)| file.as_str())
     }));
     all_args.push(&uri);
-    let client = ChildGuard::spawn(client_program, &all_args, dir.path().join("client.log"));
+    let client = LibcoapProcess::spawn(client_program, &all_args);
     let (tcp, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
         .await
-        .unwrap_or_else(|_| panic!("no connection from {client_program}\n{}", client.output()))
+        .unwrap_or_else(|_| panic!("no connection from {client_program}\n{}", client.report()))
         .unwrap();
     let outcome = tls_accept(&acceptor, tcp, HANDSHAKE)
         .await
@@ -620,17 +466,14 @@ async fn coap_client_against_tls_acceptor(
 #[tokio::test]
 async fn coap_client_openssl_against_tls_acceptor() {
     let program = "coap-client-openssl";
-    if !installed(program) {
-        return;
-    }
     let (alpn, client) = coap_client_against_tls_acceptor(program, &["-R", "CA"], false).await;
-    let alpn = alpn.unwrap_or_else(|e| panic!("{e}\n{}", client.output()));
+    let alpn = alpn.unwrap_or_else(|e| panic!("{e}\n{}", client.report()));
     assert_eq!(alpn.as_deref(), Some(&b"coap"[..]));
     let (alpn, client) = coap_client_against_tls_acceptor(program, &[], false).await;
-    alpn.unwrap_or_else(|e| panic!("{e}\n{}", client.output()));
+    alpn.unwrap_or_else(|e| panic!("{e}\n{}", client.report()));
     let args = ["-c", "CERT", "-j", "KEY", "-R", "CA"];
     let (alpn, client) = coap_client_against_tls_acceptor(program, &args, true).await;
-    alpn.unwrap_or_else(|e| panic!("{e}\n{}", client.output()));
+    alpn.unwrap_or_else(|e| panic!("{e}\n{}", client.report()));
     let (alpn, _client) = coap_client_against_tls_acceptor(program, &["-R", "CA"], true).await;
     assert!(matches!(alpn, Err(Error::Tls(_))), "{alpn:?}");
 }
@@ -638,17 +481,14 @@ async fn coap_client_openssl_against_tls_acceptor() {
 #[tokio::test]
 async fn coap_client_gnutls_against_tls_acceptor() {
     let program = "coap-client-gnutls";
-    if !installed(program) {
-        return;
-    }
     let (alpn, client) = coap_client_against_tls_acceptor(program, &["-R", "CA"], false).await;
-    let alpn = alpn.unwrap_or_else(|e| panic!("{e}\n{}", client.output()));
+    let alpn = alpn.unwrap_or_else(|e| panic!("{e}\n{}", client.report()));
     assert_eq!(alpn.as_deref(), Some(&b"coap"[..]));
     let (alpn, client) = coap_client_against_tls_acceptor(program, &[], false).await;
-    alpn.unwrap_or_else(|e| panic!("{e}\n{}", client.output()));
+    alpn.unwrap_or_else(|e| panic!("{e}\n{}", client.report()));
     let args = ["-c", "CERT", "-j", "KEY", "-R", "CA"];
     let (alpn, client) = coap_client_against_tls_acceptor(program, &args, true).await;
-    alpn.unwrap_or_else(|e| panic!("{e}\n{}", client.output()));
+    alpn.unwrap_or_else(|e| panic!("{e}\n{}", client.report()));
     let (alpn, _client) = coap_client_against_tls_acceptor(program, &["-R", "CA"], true).await;
     assert!(matches!(alpn, Err(Error::Tls(_))), "{alpn:?}");
 }

@@ -4,12 +4,8 @@
 //!
 //! Each test starts its own server on its own port and kills it when done (also on panic).
 
-use std::future::Future;
-use std::net::{SocketAddr, TcpListener as StdTcpListener, UdpSocket as StdUdpSocket};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use coap_keepalive::config::{KeepaliveConfig, TransmissionParams};
@@ -18,108 +14,18 @@ use coap_keepalive::error::NackReason;
 use coap_keepalive::keepalive::Stats;
 use coap_keepalive::session::{Session, SessionState};
 
-const SERVER_BIN: &str = "coap-server-notls";
+mod support;
+
+use support::libcoap::{Build, LibcoapServer};
+use support::{ms, next};
+
 /// The most any test here may take (server start-up included).
 const TEST_LIMIT: Duration = Duration::from_secs(10);
 /// Our keepalive interval: libcoap answers at most one ping per 250 ms per session.
 const INTERVAL: Duration = Duration::from_millis(400);
 
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-async fn bounded<F: Future>(body: F) -> F::Output {
-    tokio::time::timeout(TEST_LIMIT, body)
-        .await
-        .expect("test exceeded its time limit")
-}
-
-/// A port free for both UDP and TCP on loopback a moment ago.
-fn free_port() -> u16 {
-    loop {
-        let udp = StdUdpSocket::bind("127.0.0.1:0").expect("bind udp");
-        let port = udp.local_addr().unwrap().port();
-        if StdTcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-/// A running `coap-server-notls`, stopped and killed on drop.
-struct LibcoapServer {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl LibcoapServer {
-    /// Starts the server on a free port and waits until its TCP port accepts connections.
-    async fn start() -> LibcoapServer {
-        for _attempt in 0..5 {
-            let port = free_port();
-            let child = Command::new(SERVER_BIN)
-                .args(["-A", "127.0.0.1", "-p", &port.to_string()])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn();
-            let child = match child {
-                Ok(child) => child,
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                    panic!("{SERVER_BIN} not found: install libcoap3-bin (scripts/test does this)")
-                }
-                Err(error) => panic!("cannot start {SERVER_BIN}: {error}"),
-            };
-            let mut server = LibcoapServer {
-                child,
-                addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            };
-            if server.wait_ready().await {
-                return server;
-            }
-            // The port was taken in the meantime: drop (kill) and try another.
-        }
-        panic!("{SERVER_BIN} did not start on any of 5 ports");
-    }
-
-    /// Polls the TCP port; false if the server exited first.
-    async fn wait_ready(&mut self) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(3);
-        loop {
-            if self.child.try_wait().expect("try_wait").is_some() {
-                return false;
-            }
-            if TcpStream::connect(self.addr).await.is_ok() {
-                return true;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{SERVER_BIN} not listening on {} after 3 s",
-                self.addr
-            );
-            tokio::time::sleep(ms(10)).await;
-        }
-    }
-
-    /// Sends `signal` (e.g. "-STOP") with the kill command.
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill {signal} failed");
-    }
-}
-
-impl Drop for LibcoapServer {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = Command::new("kill")
-                .args(["-CONT", &self.child.id().to_string()])
-                .status();
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
+async fn bounded<F: std::future::Future>(body: F) -> F::Output {
+    support::bounded(TEST_LIMIT, body).await
 }
 
 /// Pong handler channel: (session, rtt, counters, arrival).
@@ -141,13 +47,6 @@ fn nacks(ctx: &Context) -> mpsc::UnboundedReceiver<(NackReason, Stats, Instant)>
     rx
 }
 
-async fn next<T>(rx: &mut mpsc::UnboundedReceiver<T>, limit: Duration, what: &str) -> T {
-    tokio::time::timeout(limit, rx.recv())
-        .await
-        .unwrap_or_else(|_| panic!("no {what} within {limit:?}"))
-        .unwrap_or_else(|| panic!("{what} channel closed"))
-}
-
 /// Waits for three pongs on `session`, each well within the interval.
 async fn three_pongs(rx: &mut PongRx, session: &Session) {
     for i in 1..=3u64 {
@@ -161,12 +60,12 @@ async fn three_pongs(rx: &mut PongRx, session: &Session) {
 #[tokio::test]
 async fn udp_keepalive_is_answered_by_libcoap() {
     bounded(async {
-        let server = LibcoapServer::start().await;
+        let server = LibcoapServer::start(Build::Notls, &[]).await;
         let client = Context::new();
         client.set_keepalive_interval(Some(INTERVAL));
         let mut pong_rx = pongs(&client);
         let mut nack_rx = nacks(&client);
-        let session = client.connect_udp(server.addr).await.unwrap();
+        let session = client.connect_udp(server.addr()).await.unwrap();
 
         three_pongs(&mut pong_rx, &session).await;
         let stats = session.stats();
@@ -180,12 +79,12 @@ async fn udp_keepalive_is_answered_by_libcoap() {
 #[tokio::test]
 async fn tcp_keepalive_is_answered_by_libcoaps_tokenless_pong() {
     bounded(async {
-        let server = LibcoapServer::start().await;
+        let server = LibcoapServer::start(Build::Notls, &[]).await;
         let client = Context::new();
         client.set_keepalive_interval(Some(INTERVAL));
         let mut pong_rx = pongs(&client);
         let mut nack_rx = nacks(&client);
-        let session = client.connect_tcp(server.addr).await.unwrap();
+        let session = client.connect_tcp(server.addr()).await.unwrap();
 
         three_pongs(&mut pong_rx, &session).await;
         assert!(nack_rx.try_recv().is_err());
@@ -198,7 +97,7 @@ async fn tcp_keepalive_is_answered_by_libcoaps_tokenless_pong() {
 #[tokio::test]
 async fn udp_stopped_libcoap_gives_too_many_retries() {
     bounded(async {
-        let server = LibcoapServer::start().await;
+        let mut server = LibcoapServer::start(Build::Notls, &[]).await;
         let client = Context::new();
         let params = TransmissionParams::default()
             .with_ack_timeout(ms(100))
@@ -213,11 +112,11 @@ async fn udp_stopped_libcoap_gives_too_many_retries() {
             .unwrap();
         let mut pong_rx = pongs(&client);
         let mut nack_rx = nacks(&client);
-        let session = client.connect_udp(server.addr).await.unwrap();
+        let session = client.connect_udp(server.addr()).await.unwrap();
 
         // One pong shows the server answers; then it goes silent before the next ping is due.
         let (_, _, _, answered) = next(&mut pong_rx, INTERVAL * 3, "pong").await;
-        server.signal("-STOP");
+        server.process().freeze();
 
         // The next ping goes out one interval after that pong and is given up 100 + 200 + 400 ms
         // after it went out.
@@ -241,7 +140,7 @@ async fn udp_stopped_libcoap_gives_too_many_retries() {
         assert!(client.sessions().is_empty(), "failed session left in table");
         assert!(pong_rx.try_recv().is_err());
 
-        server.signal("-CONT");
+        server.process().thaw();
     })
     .await
 }
