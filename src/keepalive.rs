@@ -26,6 +26,16 @@ use crate::rng::Rng;
 /// Length of the tokens of our 7.02 Pings.
 pub const PING_TOKEN_LEN: usize = 4;
 
+/// Longest delay a deadline is set at: far enough to mean "never", near enough that adding it to
+/// an `Instant` cannot overflow (an interval of `u64::MAX` seconds, as `set_keepalive` accepts,
+/// would panic).
+const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// `now + delay`, with the delay capped at [`FAR_FUTURE`].
+fn deadline_after(now: Instant, delay: Duration) -> Instant {
+    now + delay.min(FAR_FUTURE)
+}
+
 /// Which kind of ping a session sends: decided by its transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PingStyle {
@@ -420,14 +430,14 @@ impl Keepalive {
             } if now >= deadline => match (self.style, id) {
                 (PingStyle::Datagram, ProbeId::MessageId(message_id)) => {
                     if retransmits < self.config.transmission.max_retransmit {
-                        let timeout = timeout * 2;
+                        let timeout = timeout.saturating_mul(2);
                         self.probe = Probe::Outstanding {
                             id,
                             first_sent,
                             sent_at: now,
                             retransmits: retransmits + 1,
                             timeout,
-                            deadline: now + timeout,
+                            deadline: deadline_after(now, timeout),
                         };
                         self.stats.retransmissions += 1;
                         self.transmits.push_back(PingTransmit::Datagram {
@@ -504,7 +514,7 @@ impl Keepalive {
         let due = match self.config.interval {
             Some(interval) if self.established && !self.request_in_flight => {
                 let early = interval.mul_f64(self.config.jitter * self.rng.next_f64());
-                Some(self.last_rx + (interval - early))
+                Some(deadline_after(self.last_rx, interval.saturating_sub(early)))
             }
             _ => None,
         };
@@ -548,7 +558,7 @@ impl Keepalive {
             sent_at: now,
             retransmits: 0,
             timeout,
-            deadline: now + timeout,
+            deadline: deadline_after(now, timeout),
         };
         self.stats.pings_sent += 1;
         self.transmits.push_back(transmit);
@@ -951,5 +961,30 @@ mod tests {
             token: [1, 2, 3, 4],
         };
         assert_eq!(s.encode(), [0x04, 0xe2, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn huge_intervals_mean_never_instead_of_overflowing() {
+        // Found by the keepalive_machine fuzz target: `set_keepalive(u64::MAX)` panicked with
+        // "overflow when adding duration to instant" when the ping was scheduled.
+        let t0 = Instant::now();
+        let huge = Duration::from_secs(u64::MAX);
+        let config = KeepaliveConfig::default()
+            .with_interval(Some(huge))
+            .with_jitter(1.0);
+        let mut k = Keepalive::new(PingStyle::Datagram, config, Rng::seeded(3), t0);
+        assert!(k.poll_timeout().is_some_and(|due| due > t0 + secs(1e9)));
+        k.set_interval(Some(huge));
+        k.handle_activity(t0 + secs(1.0));
+        k.handle_timeout(t0 + secs(2.0));
+        assert!(k.poll_transmit().is_none());
+        // Over a stream the interval is also the pong timeout of an explicit ping.
+        let mut k = Keepalive::new(PingStyle::Stream, config, Rng::seeded(3), t0);
+        k.handle_established(t0);
+        k.ping_now(t0);
+        assert!(k.poll_transmit().is_some());
+        assert!(k
+            .poll_timeout()
+            .is_some_and(|deadline| deadline > t0 + secs(1e9)));
     }
 }
