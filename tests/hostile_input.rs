@@ -471,14 +471,19 @@ impl StreamServer {
         expect_nack(&mut self.nacks, reason).await;
     }
 
-    async fn wait_for_no_sessions(&self) {
+    /// Waits until the table holds exactly `n` sessions.
+    async fn wait_for_sessions(&self, n: usize) {
         tokio::time::timeout(ANSWER_LIMIT, async {
-            while !self.ctx.sessions().is_empty() {
+            while self.ctx.sessions().len() != n {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
         .await
-        .expect("the session leaves the table");
+        .unwrap_or_else(|_| panic!("{} sessions, not {n}", self.ctx.sessions().len()));
+    }
+
+    async fn wait_for_no_sessions(&self) {
+        self.wait_for_sessions(0).await;
     }
 }
 
@@ -624,19 +629,6 @@ async fn oversized_frames_are_aborted(transport: Transport) {
     .await
 }
 
-impl StreamServer {
-    /// Waits until the table holds exactly `n` sessions.
-    async fn wait_for_sessions(&self, n: usize) {
-        tokio::time::timeout(ANSWER_LIMIT, async {
-            while self.ctx.sessions().len() != n {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("{} sessions, not {n}", self.ctx.sessions().len()));
-    }
-}
-
 async fn unknown_critical_signal_option_is_aborted(transport: Transport) {
     bounded(async {
         let mut server = StreamServer::start(transport).await;
@@ -775,8 +767,8 @@ async fn tls_garbage_before_the_handshake_fails_it() {
 }
 
 #[tokio::test]
-async fn tcp_abort_reason_is_readable_after_bad_csm_option() {
-    // The Abort's option is a uint: decode it the way a peer would.
+async fn tcp_extended_signal_option_numbers_are_judged_by_parity() {
+    // Option numbers past 12 take an extension byte; 13 is odd (elective), 14 even (critical).
     bounded(async {
         let server = StreamServer::start(Transport::Tcp).await;
         let mut raw = server.connect().await;
@@ -790,6 +782,7 @@ async fn tcp_abort_reason_is_readable_after_bad_csm_option() {
             Some(14)
         );
         raw.assert_closed().await;
+        server.assert_serves_another_session().await;
     })
     .await
 }
