@@ -143,8 +143,12 @@ impl DatagramSession {
         if self.keepalive.is_finished() {
             return;
         }
-        self.received = self.received.saturating_add(1);
-        match udp::classify(bytes) {
+        let classified = udp::classify(bytes);
+        if classified.is_ok() {
+            // Only well-formed messages count towards proving the peer real.
+            self.received = self.received.saturating_add(1);
+        }
+        match classified {
             Err(error) => {
                 if let Some(rst) = error.rejection() {
                     // A well-formed header from the peer still shows it is there.
@@ -850,6 +854,15 @@ mod tests {
         s.handle_timeout(t0 + Duration::from_secs(310));
         assert_eq!(s.poll_event(), Some(ProtocolEvent::Closed));
         assert!(s.is_finished());
+    }
+
+    #[test]
+    fn malformed_datagrams_do_not_prove_a_session() {
+        let (mut s, t0) = session();
+        for _ in 0..5 {
+            s.handle_datagram(t0, &[0x41, 0x00, 0x00, 0x01, 0xff]);
+        }
+        assert!(!s.is_proven());
     }
 
     #[test]
