@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use coap_keepalive::certs::{CertificateSet, ClientCredentials, PskCredentials, ServerCredentials};
 use coap_keepalive::message::TEXT_PLAIN;
 use coap_keepalive::{
     Context, Error, Method, Request, Resource, Response, Session, Status, Transport,
@@ -25,6 +26,9 @@ struct Server {
     ctx: Context,
     udp: SocketAddr,
     tcp: SocketAddr,
+    dtls: SocketAddr,
+    tls: SocketAddr,
+    certs: CertificateSet,
     puts: Arc<AtomicUsize>,
     counter: Arc<AtomicUsize>,
 }
@@ -72,19 +76,59 @@ async fn server() -> Server {
     );
     let udp = ctx.listen_udp(loopback()).await.unwrap().local_addr;
     let tcp = ctx.listen_tcp(loopback()).await.unwrap().local_addr;
+    let certs = CertificateSet::generate().unwrap();
+    let dtls = ctx
+        .listen_dtls(loopback(), ServerCredentials::Psk(psk()))
+        .await
+        .unwrap()
+        .local_addr;
+    let tls = ctx
+        .listen_tls(
+            loopback(),
+            ServerCredentials::Certificate {
+                identity: certs.server_identity(),
+                client_ca_pem: None,
+            },
+        )
+        .await
+        .unwrap()
+        .local_addr;
     Server {
         ctx,
         udp,
         tcp,
+        dtls,
+        tls,
+        certs,
         puts,
         counter,
     }
+}
+
+fn psk() -> PskCredentials {
+    PskCredentials::new("requests", "sesame")
 }
 
 async fn client(server: &Server, transport: Transport) -> (Context, Session) {
     let ctx = Context::new();
     let session = match transport {
         Transport::Udp => ctx.connect_udp(server.udp).await.unwrap(),
+        Transport::Dtls => ctx
+            .connect_dtls(server.dtls, &ClientCredentials::Psk(psk()))
+            .await
+            .unwrap(),
+        Transport::Tls => ctx
+            .connect_tls(
+                server.tls,
+                "localhost",
+                &ClientCredentials::Certificate {
+                    ca_pem: Some(server.certs.ca_cert_pem.clone()),
+                    identity: None,
+                    insecure: false,
+                },
+            )
+            .await
+            .unwrap(),
         _ => ctx.connect_tcp(server.tcp).await.unwrap(),
     };
     (ctx, session)
@@ -141,6 +185,16 @@ async fn tcp_methods_round_trip() {
 }
 
 #[tokio::test]
+async fn dtls_methods_round_trip() {
+    methods_round_trip(Transport::Dtls).await;
+}
+
+#[tokio::test]
+async fn tls_methods_round_trip() {
+    methods_round_trip(Transport::Tls).await;
+}
+
+#[tokio::test]
 async fn udp_non_confirmable_request_gets_an_answer() {
     let server = server().await;
     let (_ctx, session) = client(&server, Transport::Udp).await;
@@ -180,6 +234,16 @@ async fn tcp_separate_response() {
     separate_response(Transport::Tcp).await;
 }
 
+#[tokio::test]
+async fn dtls_separate_response() {
+    separate_response(Transport::Dtls).await;
+}
+
+#[tokio::test]
+async fn tls_separate_response() {
+    separate_response(Transport::Tls).await;
+}
+
 async fn observe_notifications(transport: Transport) {
     let server = server().await;
     let (_ctx, session) = client(&server, transport).await;
@@ -213,6 +277,16 @@ async fn udp_observe_notifications() {
 #[tokio::test]
 async fn tcp_observe_notifications() {
     observe_notifications(Transport::Tcp).await;
+}
+
+#[tokio::test]
+async fn dtls_observe_notifications() {
+    observe_notifications(Transport::Dtls).await;
+}
+
+#[tokio::test]
+async fn tls_observe_notifications() {
+    observe_notifications(Transport::Tls).await;
 }
 
 #[tokio::test]
@@ -263,6 +337,41 @@ async fn udp_duplicate_con_is_processed_once_and_answered_from_the_cache() {
     );
     // ACK 2.04 with the MID and token of the request
     assert_eq!(&answers[0][..6], &[0x62, 0x44, 0x42, 0x42, 7, 7]);
+}
+
+#[tokio::test]
+async fn dtls_duplicate_con_is_processed_once_and_answered_from_the_cache() {
+    use coap_keepalive::certs::dtls_psk_client_config;
+    use coap_keepalive::transport::dtls_conn::{dtls_connect, dtls_recv, dtls_send};
+    let server = server().await;
+    let conn = dtls_connect(server.dtls, dtls_psk_client_config(&psk()), LIMIT)
+        .await
+        .unwrap();
+    let mut put = Request::put("/store", "dup").to_packet();
+    put.header.message_id = 0x4343;
+    put.set_token(vec![8, 8]);
+    let bytes = put.to_bytes().unwrap();
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        dtls_send(&conn, &bytes).await.unwrap();
+        let mut buf = [0u8; 256];
+        let n = timeout(LIMIT, dtls_recv(&conn, &mut buf))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        answers.push(buf[..n].to_vec());
+    }
+    assert_eq!(
+        server.puts.load(Ordering::SeqCst),
+        1,
+        "the handler ran once"
+    );
+    assert!(
+        answers.iter().all(|a| a == &answers[0]),
+        "same answer each time"
+    );
+    assert_eq!(&answers[0][..6], &[0x62, 0x44, 0x43, 0x43, 8, 8]);
 }
 
 #[tokio::test]
