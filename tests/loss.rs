@@ -367,6 +367,9 @@ enum To {
     Server,
 }
 
+/// A datagram in the simulated channel: arrival, sequence number (ties), destination, bytes.
+type InFlight = (Instant, u64, To, Vec<u8>);
+
 /// Outcome of a simulated run.
 #[derive(Debug, Default)]
 struct SimReport {
@@ -406,7 +409,7 @@ fn simulate(
     let mut channel = Rng::seeded(seeds.next_u64());
     let mut client = DatagramSession::new(config, seeds.fork(), t0);
     let mut server = DatagramSession::new(KeepaliveConfig::default(), seeds.fork(), t0);
-    let mut in_flight: BinaryHeap<Reverse<(Instant, u64, To, Vec<u8>)>> = BinaryHeap::new();
+    let mut in_flight: BinaryHeap<Reverse<InFlight>> = BinaryHeap::new();
     let mut sequence = 0u64;
     // The outstanding ping: Message ID, first transmission, transmissions, answers delivered.
     let mut ping: Option<(u16, Instant, u32, u32)> = None;
