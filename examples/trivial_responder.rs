@@ -12,7 +12,7 @@
 use std::net::{SocketAddr, UdpSocket};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 /// An empty Confirmable message with code 0.00 and no token: a CoAP ping.
 const PING_HEADER: [u8; 2] = [0x40, 0x00];
@@ -44,7 +44,7 @@ fn main() {
         .build()
         .expect("tokio runtime");
     runtime.block_on(async {
-        let listener = match TcpListener::bind(addr).await {
+        let listener = match listen_tcp(addr) {
             Ok(listener) => listener,
             Err(error) => {
                 eprintln!("trivial_responder: tcp {addr}: {error}");
@@ -58,6 +58,19 @@ fn main() {
             }
         }
     });
+}
+
+/// A listener with a deep accept queue (tokio's `bind` asks for 128), so that bursts of connects
+/// do not overflow it.
+fn listen_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 /// One blocking loop: the fewest system calls a UDP answer can take (one receive, one send).

@@ -198,8 +198,8 @@ pub struct Keepalive {
     probe: Probe,
     unanswered: u32,
     next_message_id: u16,
-    transmits: VecDeque<PingTransmit>,
-    events: VecDeque<KeepaliveEvent>,
+    transmits: SmallQueue<PingTransmit>,
+    events: SmallQueue<KeepaliveEvent>,
     stats: Stats,
 }
 
@@ -221,8 +221,8 @@ impl Keepalive {
             },
             unanswered: 0,
             next_message_id,
-            transmits: VecDeque::new(),
-            events: VecDeque::new(),
+            transmits: SmallQueue::default(),
+            events: SmallQueue::default(),
             stats: Stats::default(),
         };
         keepalive.schedule();
@@ -562,6 +562,55 @@ impl Keepalive {
         };
         self.stats.pings_sent += 1;
         self.transmits.push_back(transmit);
+    }
+}
+
+/// A FIFO queue whose oldest item is held inline.
+///
+/// A session's transmit and event queues are empty or hold one item nearly always; with a
+/// `VecDeque` each would keep a heap buffer per session once used (memory, and one more cache
+/// miss per keepalive event with many sessions). Items past the first spill to a boxed
+/// `VecDeque`, allocated the first time one does.
+#[derive(Debug, Clone)]
+struct SmallQueue<T> {
+    /// The oldest item, if any.
+    head: Option<T>,
+    /// The items after it, in order. Boxed so that a queue that never spills costs one word
+    /// of the session, not a `VecDeque`'s four.
+    #[allow(clippy::box_collection)]
+    rest: Option<Box<VecDeque<T>>>,
+}
+
+impl<T> Default for SmallQueue<T> {
+    fn default() -> Self {
+        SmallQueue {
+            head: None,
+            rest: None,
+        }
+    }
+}
+
+impl<T> SmallQueue<T> {
+    fn push_back(&mut self, item: T) {
+        let spilled = self.rest.as_ref().is_some_and(|r| !r.is_empty());
+        if self.head.is_none() && !spilled {
+            self.head = Some(item);
+        } else {
+            self.rest
+                .get_or_insert_with(Default::default)
+                .push_back(item);
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<T> {
+        self.head
+            .take()
+            .or_else(|| self.rest.as_mut().and_then(|r| r.pop_front()))
+    }
+
+    fn clear(&mut self) {
+        self.head = None;
+        self.rest = None;
     }
 }
 
@@ -986,5 +1035,19 @@ mod tests {
         assert!(k
             .poll_timeout()
             .is_some_and(|deadline| deadline > t0 + secs(1e9)));
+    }
+    #[test]
+    fn small_queue_is_first_in_first_out_past_its_inline_item() {
+        let mut q = SmallQueue::default();
+        q.push_back(1);
+        q.push_back(2);
+        assert_eq!(q.pop_front(), Some(1));
+        q.push_back(3);
+        assert_eq!(q.pop_front(), Some(2));
+        assert_eq!(q.pop_front(), Some(3));
+        assert_eq!(q.pop_front(), None);
+        q.push_back(4);
+        q.clear();
+        assert_eq!(q.pop_front(), None);
     }
 }

@@ -1,14 +1,20 @@
 //! The session table of one endpoint: sessions by peer address in a slab, and one deadline queue
 //! for all of them.
 //!
-//! A timer costs O(log n): each session has at most one live entry in a binary heap, and a
-//! deadline that moves later is left in place and re-armed lazily when it fires (receiving a
-//! datagram never touches the heap). Nothing ever scans all sessions.
+//! A timer costs O(log n): each session has at most one live entry in a 4-ary min-heap, and a
+//! deadline that moves later is left in place and re-armed lazily when it comes up (receiving a
+//! datagram never touches the heap, and a session whose deadline moved is not woken for it).
+//! Nothing ever scans all sessions.
+//!
+//! The layout is chosen for tables of a million sessions (see `benches/core.rs`): heap items
+//! are 16 bytes (a deadline in nanoseconds since the table's epoch, and the slot), so the four
+//! children a sift compares share one or two cache lines and a comparison is one integer
+//! compare; peers are hashed as one word.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Something with a next deadline: the sans-IO session protocols.
 pub trait Timed {
@@ -29,39 +35,77 @@ pub struct Key {
     generation: u32,
 }
 
+/// A deadline that is not set (`Timing::scheduled`, `Timing::due`).
+const NEVER: u64 = u64::MAX;
+
 #[derive(Debug)]
 struct Entry<S> {
     peer: SocketAddr,
     session: S,
-    /// The instant of this entry's live heap item, if any.
-    scheduled: Option<Instant>,
 }
 
-#[derive(Debug)]
-struct Slot<S> {
+/// What the deadline queue needs of a slot, kept apart from the (large) sessions so that
+/// checking a heap item and re-arming a deadline that moved touch 24 dense bytes, not the
+/// session.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
     generation: u32,
-    entry: Option<Entry<S>>,
+    /// The deadline (in ticks) of the slot's live heap item, or [`NEVER`].
+    scheduled: u64,
+    /// The session's deadline as of the last [`SessionTable::reschedule`], or [`NEVER`].
+    due: u64,
+}
+
+/// A peer address as a hash key: hashed as one or two words instead of field by field (the
+/// hasher stays the keyed default, so peers cannot choose colliding addresses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PeerKey(SocketAddr);
+
+impl Hash for PeerKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        match self.0 {
+            SocketAddr::V4(a) => {
+                state.write_u64(u64::from(a.ip().to_bits()) << 16 | u64::from(a.port()))
+            }
+            SocketAddr::V6(a) => {
+                state.write_u128(a.ip().to_bits());
+                state.write_u64(u64::from(a.scope_id()) << 16 | u64::from(a.port()));
+            }
+        }
+    }
 }
 
 /// Sessions by peer, with one deadline queue.
 #[derive(Debug)]
 pub struct SessionTable<S> {
-    slots: Vec<Slot<S>>,
+    slots: Vec<Option<Entry<S>>>,
+    /// One per slot.
+    timings: Vec<Timing>,
     free: Vec<u32>,
-    by_peer: HashMap<SocketAddr, Key>,
-    deadlines: BinaryHeap<Reverse<(Instant, Key)>>,
+    by_peer: HashMap<PeerKey, Key>,
+    deadlines: DeadlineQueue,
+    /// Ticks count nanoseconds from here; set by the first deadline.
+    epoch: Option<Instant>,
+    /// The last `now` of [`SessionTable::pop_due`] and its ticks.
+    last_now: Option<(Instant, u64)>,
 }
 
 impl<S> Default for SessionTable<S> {
     fn default() -> Self {
         SessionTable {
             slots: Vec::new(),
+            timings: Vec::new(),
             free: Vec::new(),
             by_peer: HashMap::new(),
-            deadlines: BinaryHeap::new(),
+            deadlines: DeadlineQueue::default(),
+            epoch: None,
+            last_now: None,
         }
     }
 }
+
+/// How far before the first deadline the epoch lies, so that earlier deadlines still order.
+const EPOCH_MARGIN: Duration = Duration::from_secs(24 * 3600);
 
 impl<S: Timed> SessionTable<S> {
     /// An empty table.
@@ -81,30 +125,27 @@ impl<S: Timed> SessionTable<S> {
 
     /// The session of `peer`, if any.
     pub fn key_of(&self, peer: &SocketAddr) -> Option<Key> {
-        self.by_peer.get(peer).copied()
+        self.by_peer.get(&PeerKey(*peer)).copied()
     }
 
     /// Adds a session for `peer` (replacing none: the caller checks `key_of` first) and
     /// schedules its first deadline.
     pub fn insert(&mut self, peer: SocketAddr, session: S) -> Key {
-        let entry = Entry {
-            peer,
-            session,
-            scheduled: None,
-        };
+        let entry = Some(Entry { peer, session });
         let key = match self.free.pop() {
             Some(index) => {
-                let slot = &mut self.slots[index as usize];
-                slot.entry = Some(entry);
+                self.slots[index as usize] = entry;
                 Key {
                     index,
-                    generation: slot.generation,
+                    generation: self.timings[index as usize].generation,
                 }
             }
             None => {
-                self.slots.push(Slot {
+                self.slots.push(entry);
+                self.timings.push(Timing {
                     generation: 0,
-                    entry: Some(entry),
+                    scheduled: NEVER,
+                    due: NEVER,
                 });
                 Key {
                     index: (self.slots.len() - 1) as u32,
@@ -112,23 +153,35 @@ impl<S: Timed> SessionTable<S> {
                 }
             }
         };
-        self.by_peer.insert(peer, key);
+        self.by_peer.insert(PeerKey(peer), key);
+        if self.by_peer.len() >= WHEEL_MIN_SESSIONS {
+            self.deadlines.enable_wheel();
+        }
         self.reschedule(key);
         key
     }
 
+    /// The timing of a live key.
+    fn timing_mut(&mut self, key: Key) -> Option<&mut Timing> {
+        self.timings
+            .get_mut(key.index as usize)
+            .filter(|t| t.generation == key.generation)
+    }
+
     fn entry(&self, key: Key) -> Option<&Entry<S>> {
-        self.slots
-            .get(key.index as usize)
-            .filter(|slot| slot.generation == key.generation)
-            .and_then(|slot| slot.entry.as_ref())
+        let timing = self.timings.get(key.index as usize)?;
+        if timing.generation != key.generation {
+            return None;
+        }
+        self.slots.get(key.index as usize)?.as_ref()
     }
 
     fn entry_mut(&mut self, key: Key) -> Option<&mut Entry<S>> {
-        self.slots
-            .get_mut(key.index as usize)
-            .filter(|slot| slot.generation == key.generation)
-            .and_then(|slot| slot.entry.as_mut())
+        let timing = self.timings.get(key.index as usize)?;
+        if timing.generation != key.generation {
+            return None;
+        }
+        self.slots.get_mut(key.index as usize)?.as_mut()
     }
 
     /// The session behind `key`.
@@ -148,62 +201,79 @@ impl<S: Timed> SessionTable<S> {
 
     /// Removes a session; its heap item goes stale and is dropped when it surfaces.
     pub fn remove(&mut self, key: Key) -> Option<S> {
-        let slot = self.slots.get_mut(key.index as usize)?;
-        if slot.generation != key.generation {
-            return None;
-        }
-        let entry = slot.entry.take()?;
-        slot.generation = slot.generation.wrapping_add(1);
+        self.timing_mut(key)?;
+        let index = key.index as usize;
+        let entry = self.slots.get_mut(index)?.take()?;
+        let timing = &mut self.timings[index];
+        timing.generation = timing.generation.wrapping_add(1);
+        timing.scheduled = NEVER;
+        timing.due = NEVER;
         self.free.push(key.index);
-        self.by_peer.remove(&entry.peer);
+        self.by_peer.remove(&PeerKey(entry.peer));
         Some(entry.session)
     }
 
-    /// Makes sure the session's deadline is in the queue no later than it is due. O(log n) when
-    /// the deadline moved earlier, O(1) otherwise.
+    /// Notes the session's deadline and makes sure it is in the queue no later than it is due.
+    /// O(log n) when the deadline moved earlier, O(1) otherwise.
     pub fn reschedule(&mut self, key: Key) {
-        let Some(entry) = self.entry_mut(key) else {
+        let Some(entry) = self.entry(key) else {
             return;
         };
         let due = entry.session.poll_timeout();
-        let push = match (due, entry.scheduled) {
-            (Some(due), Some(scheduled)) => due < scheduled,
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
-        if push {
-            if let Some(due) = due {
-                entry.scheduled = Some(due);
-                self.deadlines.push(Reverse((due, key)));
-            }
+        let due = due.map_or(NEVER, |due| self.ticks(due));
+        let timing = &mut self.timings[key.index as usize];
+        timing.due = due;
+        if due < timing.scheduled {
+            self.push(key, due);
         }
     }
 
-    /// The earliest live deadline (stale heap items on top are dropped).
+    /// The earliest live deadline (stale heap items on top are dropped). It may be earlier than
+    /// the session's deadline is now (a deadline that moved later is re-armed lazily), never
+    /// later.
     pub fn next_deadline(&mut self) -> Option<Instant> {
-        while let Some(Reverse((at, key))) = self.deadlines.peek().copied() {
-            if self.entry(key).is_some_and(|e| e.scheduled == Some(at)) {
-                return Some(at);
+        while let Some(item) = self.deadlines.earliest() {
+            if self.is_live(item) {
+                return Some(self.instant(item.at()));
             }
-            self.deadlines.pop();
+            self.deadlines.pop_earliest();
         }
         None
     }
 
     /// Takes one session whose deadline is at or before `now`. The caller runs its timers and
     /// then calls [`SessionTable::reschedule`].
+    ///
+    /// A session whose deadline moved past `now` since it was queued (its ping was answered,
+    /// traffic arrived), as its last [`SessionTable::reschedule`] found, is not returned: its
+    /// new deadline is queued instead.
     pub fn pop_due(&mut self, now: Instant) -> Option<Key> {
+        // Drivers call this until it returns `None`, with the same `now`: convert it once.
+        let now_ticks = match self.last_now {
+            Some((instant, ticks)) if instant == now => ticks,
+            _ => {
+                let ticks = self.ticks(now);
+                self.last_now = Some((now, ticks));
+                ticks
+            }
+        };
         loop {
-            let Reverse((at, key)) = *self.deadlines.peek()?;
-            if at > now {
+            let item = self.deadlines.earliest()?;
+            if item.at() > now_ticks {
                 return None;
             }
-            self.deadlines.pop();
-            if let Some(entry) = self.entry_mut(key) {
-                if entry.scheduled == Some(at) {
-                    entry.scheduled = None;
-                    return Some(key);
-                }
+            self.deadlines.pop_earliest();
+            if !self.is_live(item) {
+                continue;
+            }
+            let key = item.key();
+            let timing = &mut self.timings[key.index as usize];
+            timing.scheduled = NEVER;
+            match timing.due {
+                // Nothing to wake it for any more.
+                NEVER => {}
+                due if due > now_ticks => self.push(key, due),
+                _ => return Some(key),
             }
         }
     }
@@ -216,6 +286,295 @@ impl<S: Timed> SessionTable<S> {
     /// Items in the deadline queue, live or stale (for memory accounting).
     pub fn queued_deadlines(&self) -> usize {
         self.deadlines.len()
+    }
+
+    /// True when `item` is the live heap item of a session.
+    fn is_live(&self, item: Item) -> bool {
+        let key = item.key();
+        self.timings
+            .get(key.index as usize)
+            .is_some_and(|t| t.generation == key.generation && t.scheduled == item.at())
+    }
+
+    /// Queues `key` at `due` ticks as its live item.
+    fn push(&mut self, key: Key, due: u64) {
+        if let Some(timing) = self.timing_mut(key) {
+            timing.scheduled = due;
+            self.deadlines.push(Item::new(due, key));
+        }
+    }
+
+    /// `at` in nanoseconds since the epoch (saturating at both ends).
+    fn ticks(&mut self, at: Instant) -> u64 {
+        let epoch = *self
+            .epoch
+            .get_or_insert_with(|| at.checked_sub(EPOCH_MARGIN).unwrap_or(at));
+        let since = at.saturating_duration_since(epoch);
+        // u64::MAX is `NEVER`; 584 years after the epoch is as good as never.
+        since
+            .as_secs()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(since.subsec_nanos()))
+            .min(NEVER - 1)
+    }
+
+    fn instant(&self, ticks: u64) -> Instant {
+        // Only called for ticks made by `ticks`, so the epoch is set.
+        let epoch = self.epoch.unwrap_or_else(Instant::now);
+        epoch + Duration::from_nanos(ticks)
+    }
+}
+
+/// One deadline queue item: the deadline in the high 64 bits, the slot index and generation
+/// below, so that items order by deadline, then slot (as `(Instant, Key)` did) with a single
+/// integer comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Item(u128);
+
+impl Item {
+    /// What fills the places past the end of the heap: later than any deadline.
+    const VACANT: Item = Item(u128::MAX);
+
+    fn new(at: u64, key: Key) -> Self {
+        Item(u128::from(at) << 64 | u128::from(key.index) << 32 | u128::from(key.generation))
+    }
+
+    fn at(self) -> u64 {
+        (self.0 >> 64) as u64
+    }
+
+    fn key(self) -> Key {
+        Key {
+            index: (self.0 >> 32) as u32,
+            generation: self.0 as u32,
+        }
+    }
+}
+
+/// Sessions from which a table also queues deadlines in a timing wheel.
+const WHEEL_MIN_SESSIONS: usize = 1024;
+/// log2 of a wheel slot's width in ticks (nanoseconds): 16.8 ms.
+const SLOT_BITS: u32 = 24;
+/// Slots in the wheel: with 16.8 ms slots it covers the next 68.7 s.
+const WHEEL_SLOTS: usize = 4096;
+/// Words of the wheel's occupancy bitmap.
+const WHEEL_WORDS: usize = WHEEL_SLOTS / 64;
+
+/// The deadline queue: a heap, and for large tables a timing wheel in front of it.
+///
+/// With many sessions most deadlines (the next ping, a retransmission) lie within a minute,
+/// and a heap of a million items costs a cache miss per level on every push and pop. Those
+/// deadlines go to the wheel instead: O(1) to add, and a slot's items move to the heap only
+/// when its time comes, so the heap holds one slot's worth of items and stays in the cache.
+/// Deadlines outside the wheel's span, and all of them in a small table, go to the heap
+/// directly. Order is exact either way: a slot is moved into the heap before any of its items
+/// could be the earliest.
+#[derive(Debug, Default)]
+struct DeadlineQueue {
+    heap: DeadlineHeap,
+    wheel: Option<Box<Wheel>>,
+    /// Items in the wheel.
+    in_wheel: usize,
+}
+
+#[derive(Debug)]
+struct Wheel {
+    /// `slots[n % WHEEL_SLOTS]` holds the items of slot `n`, for `n` in
+    /// `cursor .. cursor + WHEEL_SLOTS`.
+    slots: Vec<Vec<Item>>,
+    /// Which slots hold items.
+    occupied: [u64; WHEEL_WORDS],
+    /// The first slot not yet moved into the heap.
+    cursor: u64,
+}
+
+impl DeadlineQueue {
+    fn len(&self) -> usize {
+        self.heap.len() + self.in_wheel
+    }
+
+    fn enable_wheel(&mut self) {
+        if self.wheel.is_none() {
+            // Everything queued so far stays in the heap; the wheel takes what comes after the
+            // earliest of it.
+            let cursor = self.heap.peek().map_or(0, |item| item.at() >> SLOT_BITS);
+            self.wheel = Some(Box::new(Wheel {
+                slots: (0..WHEEL_SLOTS).map(|_| Vec::new()).collect(),
+                occupied: [0; WHEEL_WORDS],
+                cursor,
+            }));
+        }
+    }
+
+    fn push(&mut self, item: Item) {
+        if let Some(wheel) = &mut self.wheel {
+            let slot = item.at() >> SLOT_BITS;
+            if slot >= wheel.cursor && slot - wheel.cursor < WHEEL_SLOTS as u64 {
+                let index = (slot % WHEEL_SLOTS as u64) as usize;
+                wheel.slots[index].push(item);
+                wheel.occupied[index / 64] |= 1 << (index % 64);
+                self.in_wheel += 1;
+                return;
+            }
+        }
+        self.heap.push(item);
+    }
+
+    /// The earliest item, live or stale.
+    fn earliest(&mut self) -> Option<Item> {
+        loop {
+            let Some(wheel) = &mut self.wheel else {
+                return self.heap.peek();
+            };
+            let first_slot = if self.in_wheel == 0 {
+                None
+            } else {
+                wheel.first_occupied()
+            };
+            match (self.heap.peek(), first_slot) {
+                (Some(top), Some(slot)) if top.at() >> SLOT_BITS < slot => return Some(top),
+                (top, None) => return top,
+                (_, Some(slot)) => {
+                    // The slot's items may be the earliest: order them in the heap.
+                    let index = (slot % WHEEL_SLOTS as u64) as usize;
+                    let items = std::mem::take(&mut wheel.slots[index]);
+                    wheel.occupied[index / 64] &= !(1 << (index % 64));
+                    wheel.cursor = slot + 1;
+                    self.in_wheel -= items.len();
+                    for item in items {
+                        self.heap.push(item);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Removes the item [`DeadlineQueue::earliest`] returned.
+    fn pop_earliest(&mut self) {
+        self.heap.pop();
+    }
+}
+
+impl Wheel {
+    /// The first slot from the cursor on that holds items.
+    fn first_occupied(&self) -> Option<u64> {
+        let start = (self.cursor % WHEEL_SLOTS as u64) as usize;
+        let mut word = start / 64;
+        let mut mask = u64::MAX << (start % 64);
+        // One more word than there are: the start word again, for the slots before `start`.
+        for _ in 0..=WHEEL_WORDS {
+            let bits = self.occupied[word] & mask;
+            if bits != 0 {
+                let index = word * 64 + bits.trailing_zeros() as usize;
+                let ahead = (index + WHEEL_SLOTS - start) % WHEEL_SLOTS;
+                return Some(self.cursor + ahead as u64);
+            }
+            mask = u64::MAX;
+            word = (word + 1) % WHEEL_WORDS;
+        }
+        None
+    }
+}
+
+/// A 4-ary min-heap laid out in cache lines: the four children of a node are the four items of
+/// one 64-byte line, so a sift touches one line per level (half the depth of a binary heap, and
+/// with a million sessions only the lowest levels miss the cache).
+#[derive(Debug, Default)]
+struct DeadlineHeap {
+    /// Position `p` lives at `p + PAD` in these lines.
+    lines: Vec<Line>,
+    len: usize,
+}
+
+/// Children per node.
+const ARITY: usize = 4;
+/// Empty places before the root, so that the children of position `p` (`4p + 1 ..= 4p + 4`)
+/// start a line.
+const PAD: usize = ARITY - 1;
+
+/// Four heap items, aligned to a cache line.
+#[derive(Debug, Clone, Copy)]
+#[repr(align(64))]
+struct Line([Item; ARITY]);
+
+impl Default for Line {
+    fn default() -> Self {
+        Line([Item::VACANT; ARITY])
+    }
+}
+
+impl DeadlineHeap {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn get(&self, position: usize) -> Item {
+        let at = position + PAD;
+        self.lines[at / ARITY].0[at % ARITY]
+    }
+
+    fn set(&mut self, position: usize, item: Item) {
+        let at = position + PAD;
+        self.lines[at / ARITY].0[at % ARITY] = item;
+    }
+
+    fn peek(&self) -> Option<Item> {
+        (self.len > 0).then(|| self.get(0))
+    }
+
+    fn push(&mut self, item: Item) {
+        let mut hole = self.len;
+        self.len += 1;
+        if (self.len + PAD).div_ceil(ARITY) > self.lines.len() {
+            self.lines.push(Line::default());
+        }
+        while hole > 0 {
+            let parent = (hole - 1) / ARITY;
+            let above = self.get(parent);
+            if above <= item {
+                break;
+            }
+            self.set(hole, above);
+            hole = parent;
+        }
+        self.set(hole, item);
+    }
+
+    fn pop(&mut self) -> Option<Item> {
+        if self.len == 0 {
+            return None;
+        }
+        self.len -= 1;
+        let len = self.len;
+        let last = self.get(len);
+        self.set(len, Item::VACANT);
+        if len == 0 {
+            return Some(last);
+        }
+        let top = self.get(0);
+        let mut hole = 0;
+        loop {
+            let first = hole * ARITY + 1;
+            if first >= len {
+                break;
+            }
+            // The children of `hole` are the whole line `hole + 1` (PAD makes it so); places
+            // at or past `len` hold `Item::VACANT`, which never wins.
+            let line = &self.lines[hole + 1].0;
+            let (mut child, mut least) = (0, line[0]);
+            for (c, &item) in line.iter().enumerate().skip(1) {
+                if item < least {
+                    (child, least) = (c, item);
+                }
+            }
+            if least >= last {
+                break;
+            }
+            self.set(hole, least);
+            hole = first + child;
+        }
+        self.set(hole, last);
+        Some(top)
     }
 }
 
@@ -278,5 +637,174 @@ mod tests {
         assert!(table.get(b).is_some());
         assert_eq!(table.key_of(&addr(2)), Some(b));
         assert_eq!(table.key_of(&addr(1)), None);
+    }
+    #[test]
+    fn a_deadline_that_moved_later_does_not_wake_the_session() {
+        let t0 = Instant::now();
+        let mut table = SessionTable::new();
+        let a = table.insert(addr(1), Fake(Some(t0 + Duration::from_secs(2))));
+        // The ping was answered: the session now wants waking at 30 s, armed lazily.
+        table.get_mut(a).unwrap().0 = Some(t0 + Duration::from_secs(30));
+        table.reschedule(a);
+        assert_eq!(table.next_deadline(), Some(t0 + Duration::from_secs(2)));
+        assert_eq!(table.pop_due(t0 + Duration::from_secs(3)), None);
+        assert_eq!(table.next_deadline(), Some(t0 + Duration::from_secs(30)));
+        assert_eq!(table.pop_due(t0 + Duration::from_secs(30)), Some(a));
+    }
+
+    #[test]
+    fn heap_pops_in_deadline_order_whatever_the_insertion_order() {
+        let t0 = Instant::now();
+        let mut table = SessionTable::new();
+        let mut rng = crate::rng::Rng::seeded(9);
+        let mut expected = Vec::new();
+        for port in 1..=2_000u16 {
+            let at = t0 + Duration::from_micros(rng.next_u64() % 1_000_000);
+            let key = table.insert(addr(port), Fake(Some(at)));
+            expected.push((at, key));
+        }
+        expected.sort();
+        let mut popped = Vec::new();
+        while let Some(at) = table.next_deadline() {
+            let key = table.pop_due(at).unwrap();
+            assert_eq!(table.get(key).unwrap().0, Some(at), "exact instant back");
+            popped.push((at, key));
+            table.get_mut(key).unwrap().0 = None;
+        }
+        assert_eq!(popped, expected);
+    }
+
+    #[test]
+    fn ipv6_peers_are_distinct_keys() {
+        let mut table = SessionTable::new();
+        let a: SocketAddr = "[::1]:7000".parse().unwrap();
+        let b: SocketAddr = "[::1]:7001".parse().unwrap();
+        let ka = table.insert(a, Fake(None));
+        let kb = table.insert(b, Fake(None));
+        assert_eq!(table.key_of(&a), Some(ka));
+        assert_eq!(table.key_of(&b), Some(kb));
+        assert_eq!(table.key_of(&addr(7000)), None);
+    }
+    #[test]
+    fn deadline_heap_matches_a_sorted_model_under_mixed_pushes_and_pops() {
+        let mut heap = DeadlineHeap::default();
+        let mut model = std::collections::BTreeSet::new();
+        let mut rng = crate::rng::Rng::seeded(3);
+        for step in 0..20_000u32 {
+            if rng.next_u64() % 3 == 0 {
+                assert_eq!(heap.pop(), model.pop_first());
+            } else {
+                let item = Item::new(
+                    rng.next_u64() % 5_000,
+                    Key {
+                        index: step,
+                        generation: 0,
+                    },
+                );
+                heap.push(item);
+                model.insert(item);
+            }
+            assert_eq!(heap.len(), model.len());
+            assert_eq!(heap.peek(), model.first().copied());
+        }
+        while let Some(item) = model.pop_first() {
+            assert_eq!(heap.pop(), Some(item));
+        }
+        assert_eq!(heap.pop(), None);
+    }
+    #[test]
+    fn deadline_queue_with_wheel_matches_a_sorted_model() {
+        let mut queue = DeadlineQueue::default();
+        queue.enable_wheel();
+        let mut model = std::collections::BTreeSet::new();
+        let mut rng = crate::rng::Rng::seeded(4);
+        let mut now = 0u64;
+        for step in 0..50_000u32 {
+            if rng.next_u64() % 2 == 0 {
+                let earliest = queue.earliest();
+                assert_eq!(earliest, model.first().copied(), "step {step}");
+                if let Some(item) = earliest {
+                    queue.pop_earliest();
+                    model.remove(&item);
+                    now = item.at();
+                }
+            } else {
+                // Mostly within a minute (the wheel), some far ahead (the heap), some late.
+                let ahead = match rng.next_u64() % 10 {
+                    0 => rng.next_u64() % 300_000_000_000,
+                    1 => 0,
+                    _ => rng.next_u64() % 40_000_000_000,
+                };
+                let at = (now + ahead).saturating_sub(rng.next_u64() % 2 * 1_000_000);
+                let item = Item::new(
+                    at,
+                    Key {
+                        index: step,
+                        generation: 1,
+                    },
+                );
+                queue.push(item);
+                model.insert(item);
+            }
+            assert_eq!(queue.len(), model.len());
+        }
+        while let Some(item) = model.pop_first() {
+            assert_eq!(queue.earliest(), Some(item));
+            queue.pop_earliest();
+        }
+        assert_eq!(queue.earliest(), None);
+    }
+
+    #[test]
+    fn large_table_pops_exactly_like_a_model_while_deadlines_move() {
+        let t0 = Instant::now();
+        let secs = |ns: u64| t0 + Duration::from_nanos(ns);
+        let mut table = SessionTable::new();
+        let mut rng = crate::rng::Rng::seeded(5);
+        let mut model = std::collections::BTreeMap::new();
+        let mut keys = Vec::new();
+        for i in 0..3_000u32 {
+            let peer = SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 9));
+            let at = rng.next_u64() % 150_000_000_000;
+            let key = table.insert(peer, Fake(Some(secs(at))));
+            model.insert(key, at);
+            keys.push(key);
+        }
+        for _ in 0..10_000 {
+            let Some(next) = table.next_deadline() else {
+                break;
+            };
+            let (&want_key, &want_at) = model
+                .iter()
+                .min_by_key(|(k, at)| (**at, **k))
+                .expect("a session is due");
+            assert_eq!(next, secs(want_at));
+            assert_eq!(table.pop_due(next), Some(want_key));
+            // The session ran its timers: its next deadline is later, or none.
+            let ahead = rng.next_u64() % 100_000_000_000;
+            if ahead % 7 == 0 {
+                table.get_mut(want_key).unwrap().0 = None;
+                model.remove(&want_key);
+            } else {
+                table.get_mut(want_key).unwrap().0 = Some(secs(want_at + ahead));
+                model.insert(want_key, want_at + ahead);
+            }
+            table.reschedule(want_key);
+            // Another session's deadline comes earlier (a request went out), or it leaves.
+            let other = keys[(rng.next_u64() % keys.len() as u64) as usize];
+            match (rng.next_u64() % 10, model.get(&other).copied()) {
+                (0, Some(_)) => {
+                    table.remove(other);
+                    model.remove(&other);
+                }
+                (1..=3, Some(at)) if at > want_at => {
+                    let earlier = want_at + (at - want_at) / 2;
+                    table.get_mut(other).unwrap().0 = Some(secs(earlier));
+                    table.reschedule(other);
+                    model.insert(other, earlier);
+                }
+                _ => {}
+            }
+        }
     }
 }

@@ -37,10 +37,10 @@ pub const MAX_SESSIONS: usize = 60_000;
 pub const MAX_DURATION: Duration = Duration::from_secs(600);
 /// Most pings per second per session.
 const MAX_RATE: f64 = 100.0;
-/// TCP connections being set up at once.
-const CONNECT_CONCURRENCY: usize = 256;
 /// How long one TCP connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection being set up waits for the server's CSM before the next one starts.
+const CSM_WAIT: Duration = Duration::from_secs(2);
 /// The clock ticks per second of /proc/PID/stat (USER_HZ, 100 on every Linux platform).
 const CLOCK_TICKS: f64 = 100.0;
 
@@ -75,6 +75,10 @@ pub struct LoadArgs {
     /// between pings, 1 s at --rate 0].
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     timeout: Option<Duration>,
+    /// TCP connections set up at once, each until the server's CSM arrived. Few by default:
+    /// libcoap listens with a backlog of 5 and loses connections to bursts (see BENCHMARKS.md).
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    connect_concurrency: usize,
     /// Process id of the server under test: its CPU time over the measurement window and its
     /// peak RSS are reported too (Linux /proc).
     #[arg(long, value_name = "PID")]
@@ -259,7 +263,7 @@ pub async fn run(args: LoadArgs) -> Result<ExitCode> {
             .into_iter()
             .map(Opened::Udp)
             .collect::<Vec<_>>(),
-        _ => open_tcp(target, args.sessions, &counters).await,
+        _ => open_tcp(target, args.sessions, args.connect_concurrency, &counters).await,
     };
     let setup = setup_started.elapsed();
 
@@ -383,8 +387,13 @@ async fn open_udp(target: SocketAddr, n: usize, counters: &Counters) -> Result<V
 }
 
 /// Opens `n` TCP connections, a bounded number at a time.
-async fn open_tcp(target: SocketAddr, n: usize, counters: &Arc<Counters>) -> Vec<Opened> {
-    let permits = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+async fn open_tcp(
+    target: SocketAddr,
+    n: usize,
+    concurrency: usize,
+    counters: &Arc<Counters>,
+) -> Vec<Opened> {
+    let permits = Arc::new(Semaphore::new(concurrency.clamp(1, 1024)));
     let mut tasks = Vec::with_capacity(n);
     for _ in 0..n {
         let permits = permits.clone();
@@ -392,11 +401,19 @@ async fn open_tcp(target: SocketAddr, n: usize, counters: &Arc<Counters>) -> Vec
         tasks.push(tokio::spawn(async move {
             let _permit = permits.acquire().await;
             match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
-                Ok(Ok(stream)) => {
+                Ok(Ok(mut stream)) => {
                     let _ = stream.set_nodelay(true);
                     // Close with RST at the end: no TIME_WAIT left to exhaust the ports of the
                     // next run.
                     let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                    // Our CSM goes first (RFC 8323 §5.3). The permit is held until the server
+                    // answers with its own: a connection the kernel completed is not yet one the
+                    // server accepted, and connecting faster than it accepts overflows its
+                    // listen queue (SYN retransmissions of 1 s and more would follow).
+                    if stream.write_all(&[0x00, CSM]).await.is_err() {
+                        Counters::add(&counters.errors, 1);
+                    }
+                    let _ = tokio::time::timeout(CSM_WAIT, stream.readable()).await;
                     Counters::add(&counters.opened, 1);
                     Opened::Tcp(stream)
                 }
@@ -590,10 +607,8 @@ async fn tcp_session(index: usize, mut stream: TcpStream, plan: Plan, counters: 
     let mut buf = vec![0u8; 4096];
     let mut filled = 0;
     let mut answers = Vec::new();
-    // Our CSM goes first (RFC 8323 §5.3); pings follow without waiting for the server's.
-    if stream.write_all(&[0x00, 0xe1]).await.is_err() {
-        Counters::add(&counters.errors, 1);
-    }
+    // Our CSM went out when the connection was opened; pings follow on schedule whether or not
+    // the server's arrived (a server that never sends it loses them).
     let open = loop {
         if schedule.on_wake(Instant::now(), 0, counters)
             && stream.write_all(&[0x00, 0xe2]).await.is_err()
