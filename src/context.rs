@@ -418,6 +418,7 @@ impl Context {
                         Error::Timeout(format!("no response from {}", session.peer()))
                     }
                     RequestError::Reset => Error::Reset,
+                    RequestError::SessionEnded => session.ended_error(),
                 };
                 Reaction::Deliver(token, Err(error))
             }

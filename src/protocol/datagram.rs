@@ -348,6 +348,14 @@ impl DatagramSession {
         } else {
             self.fresh_token()
         };
+        if self.keepalive.is_finished() {
+            // Nothing goes out once the session ended; the request ends at once, typed.
+            self.events.push_back(ProtocolEvent::RequestFailed {
+                token: token.clone(),
+                error: RequestError::SessionEnded,
+            });
+            return token;
+        }
         let mut packet = request.to_packet();
         packet.set_token(token.clone());
         self.exchanges.pending.push(Pending {
@@ -374,6 +382,10 @@ impl DatagramSession {
     pub fn cancel(&mut self, now: Instant, token: &[u8]) {
         self.exchanges.forget_observation(token);
         self.queued.retain(|(t, _)| t != token);
+        if self.keepalive.is_finished() {
+            self.exchanges.pending.retain(|p| p.token != token);
+            return;
+        }
         if let Some(index) = self.exchanges.by_token(token, PendingKind::Request) {
             self.exchanges.pending.remove(index);
             self.confirmable_done(now);
@@ -555,6 +567,9 @@ impl DatagramSession {
 
     /// Advances timers: due pings, retransmissions, request timeouts, failure, idle expiry.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.keepalive.is_finished() {
+            return;
+        }
         if self.expiry().is_some_and(|at| at <= now) {
             self.close();
             return;
@@ -581,6 +596,12 @@ impl DatagramSession {
                 }
             }
             let pending = &self.exchanges.pending[index];
+            if pending.deadline <= now && pending.kind == PendingKind::SeparateResponse {
+                // Its ACK never came within MAX_TRANSMIT_WAIT: stop waiting for it.
+                self.exchanges.pending.remove(index);
+                self.confirmable_done(now);
+                continue;
+            }
             if pending.deadline <= now && pending.kind == PendingKind::Request {
                 let pending = self.exchanges.pending.remove(index);
                 self.queued.retain(|(t, _)| *t != pending.token);
@@ -872,5 +893,36 @@ mod tests {
         assert!(!s.is_proven());
         s.handle_datagram(t0, &[0x40, 0x00, 0x00, 0x02]);
         assert!(s.is_proven());
+    }
+
+    #[test]
+    fn nothing_is_sent_after_the_session_ended_and_requests_end_typed() {
+        let (mut s, t0) = session();
+        s.fail(NackReason::NotDeliverable);
+        while s.poll_event().is_some() {}
+        let token = s.send_request(t0, &Request::get("/a"), Duration::from_secs(5));
+        assert_eq!(s.poll_transmit(), None);
+        assert_eq!(
+            s.poll_event(),
+            Some(ProtocolEvent::RequestFailed {
+                token,
+                error: RequestError::SessionEnded
+            })
+        );
+        s.handle_timeout(t0 + Duration::from_secs(100));
+        assert_eq!(s.poll_transmit(), None);
+        assert_eq!(s.poll_timeout(), None);
+    }
+
+    #[test]
+    fn unacknowledged_separate_response_never_leaves_a_deadline_in_the_past() {
+        let (mut s, t0) = session();
+        s.respond_separate(t0, &[1], true, &Response::content_text("x"));
+        drain(&mut s);
+        // woken very late: past the give-up deadline of the separate response
+        let late = t0 + Duration::from_secs(500);
+        s.handle_timeout(late);
+        drain(&mut s);
+        assert!(s.poll_timeout().is_none_or(|at| at > late));
     }
 }

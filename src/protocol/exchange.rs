@@ -15,6 +15,8 @@ pub enum RequestError {
     TimedOut,
     /// The peer rejected the request with an RST.
     Reset,
+    /// The session had already ended when the request was made.
+    SessionEnded,
 }
 
 /// Retransmission state of a Confirmable message we sent.

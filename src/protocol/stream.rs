@@ -288,7 +288,14 @@ impl StreamSession {
             deadline: now + timeout,
             retransmit: None,
         });
-        if self.phase != Phase::Done {
+        if self.phase == Phase::Done {
+            // Nothing goes out once the session ended; the request ends at once, typed.
+            self.exchanges.pending.retain(|p| p.token != token);
+            self.events.push_back(ProtocolEvent::RequestFailed {
+                token: token.clone(),
+                error: RequestError::SessionEnded,
+            });
+        } else {
             self.transmits
                 .push_back(Frame::from_packet(&packet).encode());
         }
@@ -477,6 +484,10 @@ impl StreamSession {
         while let Some(event) = self.keepalive.poll_event() {
             self.events.push_back(ProtocolEvent::from_keepalive(event));
         }
+        if self.keepalive.is_finished() {
+            // A failed keepalive (no Pong) ends the connection too: nothing more is answered.
+            self.phase = Phase::Done;
+        }
     }
 }
 
@@ -651,5 +662,24 @@ mod tests {
         s.handle_bytes(t0 + Duration::from_millis(2_600), &[0xe2]);
         s.handle_timeout(t0 + Duration::from_secs(4));
         assert!(!s.is_done());
+    }
+
+    #[test]
+    fn after_a_pong_timeout_nothing_more_is_answered() {
+        let (mut s, t0) = session(1);
+        s.handle_bytes(t0, &[0x00, 0xe1]);
+        s.handle_timeout(t0 + Duration::from_secs(1));
+        s.handle_timeout(t0 + Duration::from_secs(2));
+        let events: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+        assert!(events.contains(&ProtocolEvent::Failed(NackReason::TooManyRetries)));
+        assert!(s.is_done());
+        while s.poll_transmit().is_some() {}
+        s.handle_bytes(t0 + Duration::from_secs(3), &[0x00, 0xe2, 0x00, 0xe4]);
+        assert_eq!(
+            s.poll_event(),
+            None,
+            "no ping handed up, no second terminal event"
+        );
+        assert_eq!(s.poll_transmit(), None);
     }
 }
