@@ -572,7 +572,7 @@ impl Keepalive {
 /// miss per keepalive event with many sessions). Items past the first spill to a boxed
 /// `VecDeque`, allocated the first time one does.
 #[derive(Debug, Clone)]
-struct SmallQueue<T> {
+pub(crate) struct SmallQueue<T> {
     /// The oldest item, if any.
     head: Option<T>,
     /// The items after it, in order. Boxed so that a queue that never spills costs one word
@@ -591,7 +591,7 @@ impl<T> Default for SmallQueue<T> {
 }
 
 impl<T> SmallQueue<T> {
-    fn push_back(&mut self, item: T) {
+    pub(crate) fn push_back(&mut self, item: T) {
         let spilled = self.rest.as_ref().is_some_and(|r| !r.is_empty());
         if self.head.is_none() && !spilled {
             self.head = Some(item);
@@ -602,13 +602,13 @@ impl<T> SmallQueue<T> {
         }
     }
 
-    fn pop_front(&mut self) -> Option<T> {
+    pub(crate) fn pop_front(&mut self) -> Option<T> {
         self.head
             .take()
             .or_else(|| self.rest.as_mut().and_then(|r| r.pop_front()))
     }
 
-    fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.head = None;
         self.rest = None;
     }

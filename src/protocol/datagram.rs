@@ -8,7 +8,7 @@ use coap_lite::{MessageClass, MessageType, Packet};
 use crate::config::KeepaliveConfig;
 use crate::error::NackReason;
 use crate::handler::PeerPing;
-use crate::keepalive::{Keepalive, PingStyle};
+use crate::keepalive::{Keepalive, PingStyle, SmallQueue};
 use crate::message::{Request, Response};
 use crate::protocol::exchange::{
     Exchanges, Observation, Pending, PendingKind, RequestError, Retransmit,
@@ -38,8 +38,9 @@ pub struct DatagramSession {
     observed: bool,
     /// Forget the session after this long without hearing from the peer, when keepalive is off.
     idle_timeout: Option<Duration>,
-    transmits: VecDeque<Vec<u8>>,
-    events: VecDeque<ProtocolEvent>,
+    /// Usually empty or one item: held inline, not in a buffer per session.
+    transmits: SmallQueue<Vec<u8>>,
+    events: SmallQueue<ProtocolEvent>,
 }
 
 /// Received Confirmable / Non-confirmable requests by Message ID, with the answer sent, so a
@@ -92,8 +93,8 @@ impl DatagramSession {
             received: 0,
             observed: false,
             idle_timeout: None,
-            transmits: VecDeque::new(),
-            events: VecDeque::new(),
+            transmits: SmallQueue::default(),
+            events: SmallQueue::default(),
         }
     }
 

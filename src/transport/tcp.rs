@@ -172,7 +172,9 @@ async fn run<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut shutdown = ctx.shutdown_signal();
-    let mut buf = vec![0u8; 16 * 1024];
+    // Frames are assembled by the decoder, so a small read buffer serves any frame size; it is
+    // most of a connection's memory, and servers hold thousands of connections.
+    let mut buf = vec![0u8; 2048];
     let mut ended = None;
     let mut waiters = Waiters::default();
     let mut draining: Option<Instant> = None;
