@@ -248,6 +248,10 @@ fn main() {
         std::mem::size_of::<coap_keepalive::keepalive::Stats>(),
     );
     println!(
+        "size_of: ProtocolEvent {} bytes (a DatagramSession's event queue holds these)",
+        std::mem::size_of::<coap_keepalive::protocol::ProtocolEvent>(),
+    );
+    println!(
         "{:>9} | {:>14} | {:>11} | {:>12} | {:>10} | {:>12} | {:>9}",
         "sessions",
         "heap B/session",

@@ -386,6 +386,8 @@ struct Wheel {
     occupied: [u64; WHEEL_WORDS],
     /// The first slot not yet moved into the heap.
     cursor: u64,
+    /// Emptied slot buffers, reused by the next slots that fill (no allocation per slot).
+    spare: Vec<Vec<Item>>,
 }
 
 impl DeadlineQueue {
@@ -402,6 +404,7 @@ impl DeadlineQueue {
                 slots: (0..WHEEL_SLOTS).map(|_| Vec::new()).collect(),
                 occupied: [0; WHEEL_WORDS],
                 cursor,
+                spare: Vec::new(),
             }));
         }
     }
@@ -411,7 +414,13 @@ impl DeadlineQueue {
             let slot = item.at() >> SLOT_BITS;
             if slot >= wheel.cursor && slot - wheel.cursor < WHEEL_SLOTS as u64 {
                 let index = (slot % WHEEL_SLOTS as u64) as usize;
-                wheel.slots[index].push(item);
+                let items = &mut wheel.slots[index];
+                if items.capacity() == 0 {
+                    if let Some(spare) = wheel.spare.pop() {
+                        *items = spare;
+                    }
+                }
+                items.push(item);
                 wheel.occupied[index / 64] |= 1 << (index % 64);
                 self.in_wheel += 1;
                 return;
@@ -437,13 +446,14 @@ impl DeadlineQueue {
                 (_, Some(slot)) => {
                     // The slot's items may be the earliest: order them in the heap.
                     let index = (slot % WHEEL_SLOTS as u64) as usize;
-                    let items = std::mem::take(&mut wheel.slots[index]);
+                    let mut items = std::mem::take(&mut wheel.slots[index]);
                     wheel.occupied[index / 64] &= !(1 << (index % 64));
                     wheel.cursor = slot + 1;
                     self.in_wheel -= items.len();
-                    for item in items {
+                    for item in items.drain(..) {
                         self.heap.push(item);
                     }
+                    wheel.spare.push(items);
                 }
             }
         }

@@ -23,6 +23,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use coap_keepalive::certs::{ClientCredentials, PskCredentials};
+use coap_keepalive::context::Context;
 use coap_keepalive::error::{Error, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -51,13 +53,23 @@ pub struct LoadArgs {
     #[arg(
         long,
         value_name = "ADDR",
-        conflicts_with = "tcp",
-        required_unless_present = "tcp"
+        conflicts_with_all = ["tcp", "dtls"],
+        required_unless_present_any = ["tcp", "dtls"]
     )]
     udp: Option<SocketAddr>,
     /// Ping the server at this TCP address.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", conflicts_with = "dtls")]
     tcp: Option<SocketAddr>,
+    /// Keep DTLS-PSK sessions with the server at this address alive (needs --psk-key). The
+    /// sessions are this crate's own DTLS clients: each pings after 1/rate idle seconds.
+    #[arg(long, value_name = "ADDR", requires = "psk_key")]
+    dtls: Option<SocketAddr>,
+    /// PSK identity for --dtls.
+    #[arg(long, value_name = "ID", default_value = "load")]
+    psk_identity: String,
+    /// PSK for --dtls, as text (libcoap's -k).
+    #[arg(long, value_name = "KEY")]
+    psk_key: Option<String>,
     /// Number of sessions, each with its own source port.
     #[arg(short = 'n', long, default_value_t = 1000)]
     sessions: usize,
@@ -240,12 +252,21 @@ impl Histogram {
 
 /// Runs the load and prints the report.
 pub async fn run(args: LoadArgs) -> Result<ExitCode> {
-    let (transport, target) = match (args.udp, args.tcp) {
-        (Some(addr), None) => ("udp", addr),
-        (None, Some(addr)) => ("tcp", addr),
-        _ => return Err(Error::Config("give one of --udp ADDR or --tcp ADDR".into())),
+    let (transport, target) = match (args.udp, args.tcp, args.dtls) {
+        (Some(addr), None, None) => ("udp", addr),
+        (None, Some(addr), None) => ("tcp", addr),
+        (None, None, Some(addr)) => ("dtls", addr),
+        _ => {
+            return Err(Error::Config(
+                "give one of --udp ADDR, --tcp ADDR or --dtls ADDR".into(),
+            ))
+        }
     };
     check(&args, target)?;
+    let server_base_kb = args.server_pid.and_then(rss_kb);
+    if transport == "dtls" {
+        return run_dtls(args, target, server_base_kb).await;
+    }
     let repeat = args.rate > 0.0;
     let interval = if repeat {
         Duration::from_secs_f64(1.0 / args.rate)
@@ -315,6 +336,7 @@ pub async fn run(args: LoadArgs) -> Result<ExitCode> {
         setup,
         counters: &counters,
         server,
+        server_base_kb,
         own,
     };
     report.print();
@@ -741,8 +763,17 @@ fn cpu_secs(pid: u32) -> Option<f64> {
 
 /// VmHWM of `pid`, in kB.
 fn peak_rss_kb(pid: u32) -> Option<u64> {
+    status_kb(pid, "VmHWM:")
+}
+
+/// VmRSS of `pid`, in kB.
+fn rss_kb(pid: u32) -> Option<u64> {
+    status_kb(pid, "VmRSS:")
+}
+
+fn status_kb(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
@@ -756,6 +787,8 @@ struct Report<'a> {
     setup: Duration,
     counters: &'a Counters,
     server: Option<ProcWindow>,
+    /// The server's RSS before the sessions were opened.
+    server_base_kb: Option<u64>,
     own: Option<ProcWindow>,
 }
 
@@ -818,7 +851,7 @@ impl Report<'_> {
              established={} answering={} due={} sent={} answered={} answered_pct={:.2} \
              p50_ms={:.3} p99_ms={:.3} timeouts={} skipped={} abandoned={} late={} \
              unexpected={} errors={} closed_by_peer={} server_pings={} load_cpu_s={:.2} \
-             server_cpu_s={:.2} server_rss_kb={}",
+             server_cpu_s={:.2} server_rss_kb={} server_base_kb={}",
             self.transport,
             self.sessions,
             self.rate,
@@ -844,8 +877,134 @@ impl Report<'_> {
             self.own.map_or(f64::NAN, |o| o.cpu_secs),
             server_cpu,
             server_rss,
+            self.server_base_kb.unwrap_or(0),
         );
     }
+}
+
+/// `--dtls`: N DTLS-PSK sessions of this crate's client, handshaken a few at a time and then
+/// kept alive by their own keepalive (a ping after 1/rate idle seconds). Reports the handshake
+/// rate, the pings answered in the window, their RTT, and the server's memory per session.
+async fn run_dtls(
+    args: LoadArgs,
+    target: SocketAddr,
+    server_base_kb: Option<u64>,
+) -> Result<ExitCode> {
+    if args.rate <= 0.0 {
+        return Err(Error::Config("--dtls needs a --rate above 0".into()));
+    }
+    let interval = Duration::from_secs_f64(1.0 / args.rate);
+    let credentials = ClientCredentials::Psk(PskCredentials::new(
+        args.psk_identity.as_bytes(),
+        args.psk_key.clone().unwrap_or_default().into_bytes(),
+    ));
+    let ctx = Context::new();
+    ctx.set_keepalive_interval(Some(interval));
+    let counters = Arc::new(Counters::default());
+    let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let (counters, measuring) = (counters.clone(), measuring.clone());
+        ctx.register_pong_handler(move |_, rtt| {
+            if measuring.load(Ordering::Relaxed) {
+                counters.rtt.record(rtt);
+            }
+        });
+    }
+    {
+        let counters = counters.clone();
+        ctx.register_nack_handler(move |_, _| Counters::add(&counters.closed_by_peer, 1));
+    }
+
+    let setup_started = Instant::now();
+    let permits = Arc::new(Semaphore::new(args.connect_concurrency.clamp(1, 1024)));
+    let mut tasks = Vec::with_capacity(args.sessions);
+    for _ in 0..args.sessions {
+        let (ctx, credentials, permits) = (ctx.clone(), credentials.clone(), permits.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = permits.acquire().await;
+            ctx.connect_dtls(target, &credentials).await
+        }));
+    }
+    let mut sessions = Vec::with_capacity(args.sessions);
+    let mut first_error = None;
+    for task in tasks {
+        match task.await {
+            Ok(Ok(session)) => sessions.push(session),
+            Ok(Err(error)) => {
+                Counters::add(&counters.errors, 1);
+                first_error.get_or_insert_with(|| error.to_string());
+            }
+            Err(_) => Counters::add(&counters.errors, 1),
+        }
+    }
+    let setup = setup_started.elapsed();
+    Counters::add(&counters.opened, sessions.len() as u64);
+    Counters::add(&counters.established, sessions.len() as u64);
+    if let Some(error) = first_error {
+        eprintln!(
+            "load: {} handshakes failed, the first: {error}",
+            counters.errors.load(Ordering::Relaxed)
+        );
+    }
+
+    let start = Instant::now();
+    let plan = Plan {
+        sessions: args.sessions,
+        interval,
+        repeat: true,
+        timeout: interval,
+        start,
+        measure_from: start + args.ramp,
+        measure_until: start + args.ramp + args.duration,
+    };
+    let watcher = args
+        .server_pid
+        .map(|pid| tokio::spawn(watch_window(pid, plan)));
+    let own = tokio::spawn(watch_window(std::process::id(), plan));
+    sleep_until(plan.measure_from.into()).await;
+    let before = ctx.stats();
+    measuring.store(true, Ordering::Relaxed);
+    sleep_until(plan.measure_until.into()).await;
+    let sent = ctx.stats().pings_sent - before.pings_sent;
+    // Pings sent in the window may be answered just after it.
+    tokio::time::sleep(Duration::from_secs(1).min(interval)).await;
+    measuring.store(false, Ordering::Relaxed);
+    let after = ctx.stats();
+    let answered = (after.pongs - before.pongs).min(sent);
+    Counters::add(&counters.due, sent);
+    Counters::add(&counters.sent, sent);
+    Counters::add(&counters.answered, answered);
+    Counters::add(&counters.timeouts, sent - answered);
+    let alive = ctx.sessions().len() as u64;
+    Counters::add(&counters.answering, alive);
+    let server = match watcher {
+        Some(w) => w.await.ok().flatten(),
+        None => None,
+    };
+    let own = own.await.ok().flatten();
+    ctx.shutdown().await;
+    println!(
+        "dtls handshakes: {} of {} in {:.2} s ({:.0} per second, {} at a time)",
+        sessions.len(),
+        args.sessions,
+        setup.as_secs_f64(),
+        sessions.len() as f64 / setup.as_secs_f64().max(1e-9),
+        args.connect_concurrency,
+    );
+    Report {
+        transport: "dtls",
+        target,
+        sessions: args.sessions,
+        rate: args.rate,
+        window: args.duration,
+        setup,
+        counters: &counters,
+        server,
+        server_base_kb,
+        own,
+    }
+    .print();
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]
