@@ -194,7 +194,13 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
     }
 
     async fn serve(&mut self) {
-        let mut buf = vec![0u8; MAX_DATAGRAM];
+        // One DTLS connection per driver: webrtc-dtls never hands up more than 8 KiB, and a
+        // server holds thousands of these; a UDP socket can receive the full 64 KiB.
+        let size = match self.transport {
+            Transport::Dtls => 16 * 1024,
+            _ => MAX_DATAGRAM,
+        };
+        let mut buf = vec![0u8; size];
         // Set once shutdown began: sessions with requests in flight may finish until then.
         let mut draining: Option<Instant> = None;
         loop {
