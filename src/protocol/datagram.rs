@@ -343,12 +343,9 @@ impl DatagramSession {
     /// another Confirmable message is unacknowledged (NSTART = 1), and no ping is sent while it
     /// is out: it is the probe, and its failure is the session's.
     pub fn send_request(&mut self, now: Instant, request: &Request, timeout: Duration) -> Vec<u8> {
-        // A preset token is kept when free (an Observe deregistration reuses its registration's).
-        let token = if !request.token.is_empty() && !self.exchanges.token_in_use(&request.token) {
-            request.token.clone()
-        } else {
-            self.fresh_token()
-        };
+        let token = self
+            .exchanges
+            .choose_token(&request.token, self.keepalive.rng());
         if self.keepalive.is_finished() {
             // Nothing goes out once the session ended; the request ends at once, typed.
             self.events.push_back(ProtocolEvent::RequestFailed {
@@ -390,17 +387,6 @@ impl DatagramSession {
         if let Some(index) = self.exchanges.by_token(token, PendingKind::Request) {
             self.exchanges.pending.remove(index);
             self.confirmable_done(now);
-        }
-    }
-
-    fn fresh_token(&mut self) -> Vec<u8> {
-        loop {
-            let token = (self.keepalive.rng().next_u64() as u32)
-                .to_be_bytes()
-                .to_vec();
-            if !self.exchanges.token_in_use(&token) {
-                return token;
-            }
         }
     }
 

@@ -125,6 +125,20 @@ impl Exchanges {
         self.observations.iter_mut().find(|o| o.token == token)
     }
 
+    /// The token for a new request: `preset` when given and free (an Observe deregistration
+    /// reuses its registration's), else a fresh random one no exchange uses.
+    pub fn choose_token(&self, preset: &[u8], rng: &mut crate::rng::Rng) -> Vec<u8> {
+        if !preset.is_empty() && !self.token_in_use(preset) {
+            return preset.to_vec();
+        }
+        loop {
+            let token = (rng.next_u64() as u32).to_be_bytes().to_vec();
+            if !self.token_in_use(&token) {
+                return token;
+            }
+        }
+    }
+
     pub fn token_in_use(&self, token: &[u8]) -> bool {
         self.pending.iter().any(|p| p.token == token)
             || self.observations.iter().any(|o| o.token == token)

@@ -264,19 +264,9 @@ impl StreamSession {
     /// returned token, or a [`ProtocolEvent::RequestFailed`] after `timeout`. Requests sent
     /// before the peer's CSM wait in the connection's order behind our own CSM.
     pub fn send_request(&mut self, now: Instant, request: &Request, timeout: Duration) -> Vec<u8> {
-        // A preset token is kept when free (an Observe deregistration reuses its registration's).
-        let token = if !request.token.is_empty() && !self.exchanges.token_in_use(&request.token) {
-            request.token.clone()
-        } else {
-            loop {
-                let token = (self.keepalive.rng().next_u64() as u32)
-                    .to_be_bytes()
-                    .to_vec();
-                if !self.exchanges.token_in_use(&token) {
-                    break token;
-                }
-            }
-        };
+        let token = self
+            .exchanges
+            .choose_token(&request.token, self.keepalive.rng());
         let mut packet = request.to_packet();
         packet.set_token(token.clone());
         self.exchanges.pending.push(Pending {

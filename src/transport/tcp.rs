@@ -75,10 +75,7 @@ pub(crate) async fn connect(ctx: &Context, peer: SocketAddr) -> Result<Session> 
 pub(crate) fn configure(ctx: &Context, stream: &TcpStream) {
     let _ = stream.set_nodelay(true);
     if let Some(idle) = ctx.settings().tcp_keepalive {
-        let keepalive = socket2::TcpKeepalive::new()
-            .with_time(idle)
-            .with_interval(idle);
-        if let Err(error) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+        if let Err(error) = crate::transport::tls_conn::set_tcp_keepalive(stream, idle, idle) {
             tracing::warn!(%error, "could not enable SO_KEEPALIVE");
         }
     }
