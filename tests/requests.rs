@@ -109,6 +109,18 @@ fn psk() -> PskCredentials {
     PskCredentials::new("requests", "sesame")
 }
 
+/// Adds `/never`: a deferred GET whose responder is kept well past any client timeout here.
+fn add_never(ctx: &Context) {
+    ctx.add_resource(
+        Resource::new("/never").method_deferred(Method::Get, |_, _, responder| {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                drop(responder);
+            });
+        }),
+    );
+}
+
 async fn client(server: &Server, transport: Transport) -> (Context, Session) {
     let ctx = Context::new();
     let session = match transport {
@@ -415,17 +427,7 @@ async fn udp_request_to_a_silent_peer_fails_the_session_with_too_many_retries() 
 #[tokio::test]
 async fn tcp_request_timeout_is_a_typed_error_and_the_session_lives_on() {
     let server = server().await;
-    server
-        .ctx
-        .add_resource(
-            Resource::new("/never").method_deferred(Method::Get, |_, _, responder| {
-                // keep the responder alive well past the client's timeout
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                    drop(responder);
-                });
-            }),
-        );
+    add_never(&server.ctx);
     let (_ctx, session) = client(&server, Transport::Tcp).await;
     let outcome = session
         .request_with_timeout(Request::get("/never"), Duration::from_millis(100))
@@ -474,16 +476,7 @@ async fn tcp_shutdown_lets_a_request_in_flight_finish() {
 #[tokio::test]
 async fn shutdown_deadline_fails_an_unanswered_request_with_closed() {
     let server = server().await;
-    server
-        .ctx
-        .add_resource(
-            Resource::new("/never").method_deferred(Method::Get, |_, _, responder| {
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                    drop(responder);
-                });
-            }),
-        );
+    add_never(&server.ctx);
     for transport in [Transport::Udp, Transport::Tcp] {
         let (ctx, session) = client(&server, transport).await;
         let never = {
@@ -509,16 +502,7 @@ async fn shutdown_deadline_fails_an_unanswered_request_with_closed() {
 async fn requests_on_a_failed_session_end_with_its_reason() {
     use coap_keepalive::NackReason;
     let server = server().await;
-    server
-        .ctx
-        .add_resource(
-            Resource::new("/never").method_deferred(Method::Get, |_, _, responder| {
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                    drop(responder);
-                });
-            }),
-        );
+    add_never(&server.ctx);
     let (_ctx, session) = client(&server, Transport::Tcp).await;
     let never = {
         let session = session.clone();
