@@ -77,7 +77,8 @@ pub struct Context {
 }
 
 pub(crate) struct Inner {
-    keepalive: Mutex<KeepaliveConfig>,
+    /// Shared with the sessions created from it (replaced, not mutated, once shared).
+    keepalive: Mutex<Arc<KeepaliveConfig>>,
     pub(crate) settings: ContextSettings,
     pub(crate) handlers: Handlers,
     pub(crate) router: Router,
@@ -135,7 +136,7 @@ impl Context {
         let (shutdown, _) = watch::channel(false);
         Context {
             inner: Arc::new(Inner {
-                keepalive: Mutex::new(KeepaliveConfig::default()),
+                keepalive: Mutex::new(Arc::new(KeepaliveConfig::default())),
                 settings,
                 handlers: Handlers::default(),
                 router: Router::default(),
@@ -165,7 +166,7 @@ impl Context {
     /// Like [`Context::set_keepalive`] with any duration (`None` disables).
     pub fn set_keepalive_interval(&self, interval: Option<Duration>) {
         let interval = interval.filter(|d| !d.is_zero());
-        lock(&self.inner.keepalive).interval = interval;
+        Arc::make_mut(&mut lock(&self.inner.keepalive)).interval = interval;
         for session in self.sessions() {
             if !session.keepalive_overridden() {
                 session.command(Command::InheritKeepalive(interval));
@@ -176,13 +177,18 @@ impl Context {
     /// Replaces the whole keepalive configuration used for sessions created from now on.
     pub fn set_keepalive_config(&self, config: KeepaliveConfig) -> Result<()> {
         config.validate()?;
-        *lock(&self.inner.keepalive) = config;
+        *lock(&self.inner.keepalive) = Arc::new(config);
         Ok(())
     }
 
     /// The keepalive configuration new sessions start from.
     pub fn keepalive_config(&self) -> KeepaliveConfig {
-        *lock(&self.inner.keepalive)
+        **lock(&self.inner.keepalive)
+    }
+
+    /// The same configuration, shared: new sessions hold this `Arc`, not a copy each.
+    pub(crate) fn shared_keepalive_config(&self) -> Arc<KeepaliveConfig> {
+        Arc::clone(&lock(&self.inner.keepalive))
     }
 
     /// Registers the handler called for each ping from a peer, before the automatic answer.

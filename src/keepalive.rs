@@ -19,6 +19,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use crate::config::KeepaliveConfig;
 use crate::error::NackReason;
 use crate::rng::Rng;
@@ -190,7 +192,8 @@ enum Probe {
 #[derive(Debug, Clone)]
 pub struct Keepalive {
     style: PingStyle,
-    config: KeepaliveConfig,
+    /// Shared by every session created with the same configuration (one word per session).
+    config: Arc<KeepaliveConfig>,
     rng: Rng,
     last_rx: Instant,
     established: bool,
@@ -206,7 +209,15 @@ pub struct Keepalive {
 impl Keepalive {
     /// A machine for a session that starts at `now`. Datagram sessions count as established at
     /// once; stream sessions after [`Keepalive::handle_established`] (the peer's CSM).
-    pub fn new(style: PingStyle, config: KeepaliveConfig, mut rng: Rng, now: Instant) -> Self {
+    ///
+    /// `config` may be a [`KeepaliveConfig`] or an `Arc` of one shared by many sessions.
+    pub fn new(
+        style: PingStyle,
+        config: impl Into<Arc<KeepaliveConfig>>,
+        mut rng: Rng,
+        now: Instant,
+    ) -> Self {
+        let config = config.into();
         let next_message_id = rng.next_u64() as u16;
         let mut keepalive = Keepalive {
             style,
@@ -360,15 +371,19 @@ impl Keepalive {
     /// Changes the idle interval of this session (`None` or zero turns its pings off). A ping
     /// already out is left to finish; the next one follows the new interval.
     pub fn set_interval(&mut self, interval: Option<Duration>) {
-        self.config.interval = interval.filter(|d| !d.is_zero());
+        let interval = interval.filter(|d| !d.is_zero());
+        if self.config.interval != interval {
+            // Copied on write: the other sessions keep sharing the original.
+            Arc::make_mut(&mut self.config).interval = interval;
+        }
         if let Probe::Idle { .. } = self.probe {
             self.schedule();
         }
     }
 
     /// Replaces the whole configuration (same rule as [`Keepalive::set_interval`]).
-    pub fn set_config(&mut self, config: KeepaliveConfig) {
-        self.config = config;
+    pub fn set_config(&mut self, config: impl Into<Arc<KeepaliveConfig>>) {
+        self.config = config.into();
         if let Probe::Idle { .. } = self.probe {
             self.schedule();
         }

@@ -1,6 +1,7 @@
 //! One UDP or DTLS session: RFC 7252 messages in, answers, pings, requests and notifications out.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coap_lite::{MessageClass, MessageType, Packet};
@@ -83,7 +84,7 @@ impl Dedup {
 
 impl DatagramSession {
     /// A session that starts at `now` (datagram sessions are established at once).
-    pub fn new(config: KeepaliveConfig, rng: Rng, now: Instant) -> Self {
+    pub fn new(config: impl Into<Arc<KeepaliveConfig>>, rng: Rng, now: Instant) -> Self {
         DatagramSession {
             keepalive: Keepalive::new(PingStyle::Datagram, config, rng, now),
             exchanges: Exchanges::default(),

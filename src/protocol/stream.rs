@@ -1,6 +1,7 @@
 //! One TCP or TLS session: RFC 8323 frames in, CSM / Pong / Abort / Release and pings out.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coap_lite::{MessageClass, Packet};
@@ -51,7 +52,12 @@ pub struct StreamSession {
 impl StreamSession {
     /// A session whose connection opened at `now`. Our CSM is queued at once: neither side waits
     /// for the other's (RFC 8323 §5.3).
-    pub fn new(config: KeepaliveConfig, rng: Rng, now: Instant, max_message_size: u32) -> Self {
+    pub fn new(
+        config: impl Into<Arc<KeepaliveConfig>>,
+        rng: Rng,
+        now: Instant,
+        max_message_size: u32,
+    ) -> Self {
         let mut session = StreamSession {
             keepalive: Keepalive::new(PingStyle::Stream, config, rng, now),
             decoder: FrameDecoder::new(max_message_size),

@@ -140,7 +140,7 @@ where
     );
     ctx.register(&session);
     let mut core = StreamSession::new(
-        ctx.keepalive_config(),
+        ctx.shared_keepalive_config(),
         ctx.session_rng(),
         now,
         ctx.settings().max_message_size,

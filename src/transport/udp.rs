@@ -153,8 +153,11 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
             CommandSender::Endpoint(self.commands_tx.clone()),
             now,
         );
-        let mut core =
-            DatagramSession::new(self.ctx.keepalive_config(), self.ctx.session_rng(), now);
+        let mut core = DatagramSession::new(
+            self.ctx.shared_keepalive_config(),
+            self.ctx.session_rng(),
+            now,
+        );
         if role == Role::Server {
             core.set_idle_timeout(Some(self.ctx.settings().idle_timeout));
         }
