@@ -1,11 +1,12 @@
 //! The TCP driver: a task per connection moving bytes and time in and out of its
 //! [`StreamSession`]. TLS connections run through the same loop over their encrypted stream.
 
+use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::context::{Context, Endpoint};
@@ -16,9 +17,40 @@ use crate::transport::dispatch::{apply_command, apply_reaction, FollowUp};
 use crate::transport::waiters::Waiters;
 use crate::transport::SessionLimit;
 
+/// The accept queue of TCP and TLS listeners. `TcpListener::bind` listens with 128, as std
+/// does; a burst of thousands of connections (libcoap-style load) overflows that, and each
+/// dropped SYN costs its client a retransmission a second or more later. The kernel caps the
+/// value at `net.core.somaxconn`.
+pub(crate) const LISTEN_BACKLOG: u32 = 1024;
+
+/// A listener on `addr` with an accept queue of [`LISTEN_BACKLOG`]. An error names the address
+/// and keeps the kind of the I/O error (`AddrInUse`, `PermissionDenied`, ...).
+pub(crate) fn bind_listener(addr: SocketAddr) -> Result<TcpListener> {
+    let listen = || -> io::Result<TcpListener> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        // As `TcpListener::bind` does on unix: a restarted server gets its port back while
+        // connections of its previous run are in TIME_WAIT. Not on Windows, where the option
+        // would let a second process take a port in use.
+        #[cfg(unix)]
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listen().map_err(|error| {
+        Error::Io(io::Error::new(
+            error.kind(),
+            format!("cannot listen on TCP {addr}: {error}"),
+        ))
+    })
+}
+
 /// Binds `addr` and serves every connection accepted on it.
 pub(crate) async fn listen(ctx: &Context, addr: SocketAddr) -> Result<Endpoint> {
-    let listener = TcpListener::bind(addr).await?;
+    let listener = bind_listener(addr)?;
     let local_addr = listener.local_addr()?;
     let accept_ctx = ctx.clone();
     let limit = SessionLimit::new(ctx);
@@ -253,5 +285,47 @@ async fn run<S>(
                 draining = Some(ctx.drain_deadline());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_port_in_use_is_an_error_naming_the_address() {
+        let first = bind_listener(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let addr = first.local_addr().unwrap();
+        let error = bind_listener(addr).unwrap_err();
+        let Error::Io(cause) = &error else {
+            panic!("not an i/o error: {error}");
+        };
+        assert_eq!(cause.kind(), io::ErrorKind::AddrInUse);
+        assert!(error.to_string().contains(&addr.to_string()), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_connections_waits_in_the_accept_queue() {
+        // More than the 128 that `TcpListener::bind` queues: beyond those, SYNs would be dropped
+        // and these connects would hang in retransmissions (the kernel allows up to
+        // net.core.somaxconn, 4096 by default).
+        const BURST: usize = 500;
+        let listener = bind_listener(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut connects = tokio::task::JoinSet::new();
+        for _ in 0..BURST {
+            connects.spawn(tokio::time::timeout(
+                Duration::from_secs(3),
+                TcpStream::connect(addr),
+            ));
+        }
+        let mut streams = Vec::with_capacity(BURST);
+        while let Some(connected) = connects.join_next().await {
+            let stream = connected.unwrap().expect("connect waited for the queue");
+            streams.push(stream.unwrap());
+        }
+        assert_eq!(streams.len(), BURST);
     }
 }

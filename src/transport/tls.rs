@@ -12,14 +12,14 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::certs::{ClientCredentials, ServerCredentials};
 use crate::context::{Context, Endpoint};
 use crate::error::{Error, NackReason, Result};
 use crate::session::{lock, Role, Session, Transport};
-use crate::transport::tcp::{configure, start, wait_established};
+use crate::transport::tcp::{bind_listener, configure, start, wait_established};
 use crate::transport::tls_conn::{tls_accept, tls_handshake};
 use crate::transport::{report_failed_start, unspecified_like, SessionLimit};
 use crate::uri::CoapUri;
@@ -81,7 +81,7 @@ async fn listen(
     credentials: &ServerCredentials,
 ) -> Result<Endpoint> {
     let acceptor = TlsAcceptor::from(credentials.tls_config()?);
-    let listener = TcpListener::bind(addr).await?;
+    let listener = bind_listener(addr)?;
     let local_addr = listener.local_addr()?;
     let accept_ctx = ctx.clone();
     let limit = SessionLimit::new(ctx);
@@ -291,7 +291,46 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
+    use crate::certs::CertificateSet;
     use crate::context::ContextSettings;
+    use crate::session::SessionState;
+
+    /// TCP and TLS endpoints bound to port 0 of the IPv6 loopback serve sessions (the TLS one
+    /// with a certificate that names `::1`).
+    #[tokio::test]
+    async fn tcp_and_tls_endpoints_listen_on_the_ipv6_loopback() {
+        let loopback = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0));
+        let certs = CertificateSet::generate().unwrap();
+        let server = Context::new();
+        let tcp = server.listen_tcp(loopback).await.unwrap();
+        let credentials = ServerCredentials::Certificate {
+            identity: certs.server_identity(),
+            client_ca_pem: None,
+        };
+        let tls = server.listen_tls(loopback, credentials).await.unwrap();
+        for endpoint in [&tcp, &tls] {
+            assert!(endpoint.local_addr.is_ipv6(), "{}", endpoint.local_addr);
+            assert_ne!(endpoint.local_addr.port(), 0);
+        }
+
+        let client = Context::new();
+        let session = client.connect_tcp(tcp.local_addr).await.unwrap();
+        assert_eq!(session.state(), SessionState::Established);
+        assert_eq!(session.peer(), tcp.local_addr);
+        let credentials = ClientCredentials::Certificate {
+            ca_pem: Some(certs.ca_cert_pem.clone()),
+            identity: None,
+            insecure: false,
+        };
+        let session = client
+            .connect_tls(tls.local_addr, "::1", &credentials)
+            .await
+            .unwrap();
+        assert_eq!(session.state(), SessionState::Established);
+        assert_eq!(session.peer(), tls.local_addr);
+        client.shutdown().await;
+        server.shutdown().await;
+    }
 
     /// The OS keepalive setting reaches both ends of a connection: what an accepting endpoint
     /// and a connecting client (TCP or TLS) do to their socket before anything else.
