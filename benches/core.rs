@@ -21,6 +21,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicIsize, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coap_keepalive::config::KeepaliveConfig;
@@ -151,9 +152,12 @@ fn cpu_time() -> Option<Duration> {
 
 fn run(sessions: usize, min_events: u64) -> Row {
     let t0 = Instant::now();
-    let config = KeepaliveConfig::default()
-        .with_interval(Some(INTERVAL))
-        .with_jitter(JITTER);
+    // One configuration shared by every session, as the drivers share the context's.
+    let config = Arc::new(
+        KeepaliveConfig::default()
+            .with_interval(Some(INTERVAL))
+            .with_jitter(JITTER),
+    );
     let mut rng = Rng::seeded(7);
     let base = live_bytes();
     let mut table = SessionTable::new();
@@ -162,7 +166,7 @@ fn run(sessions: usize, min_events: u64) -> Row {
         let created = t0 + INTERVAL.mul_f64(index as f64 / sessions as f64);
         table.insert(
             peer(index),
-            DatagramSession::new(config, rng.fork(), created),
+            DatagramSession::new(Arc::clone(&config), rng.fork(), created),
         );
     }
     let bytes_fresh = (live_bytes() - base) as f64 / sessions as f64;

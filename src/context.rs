@@ -377,11 +377,11 @@ impl Context {
     ) -> Reaction {
         let handlers = &self.inner.handlers;
         match event {
-            ProtocolEvent::PeerPing { ping, answer } => {
+            ProtocolEvent::PeerPing(ping) => {
                 session.note_receipt(now);
                 session.set_stats(stats);
                 match handlers.ping(session, &ping) {
-                    PingDecision::Answer => Reaction::Send(answer),
+                    PingDecision::Answer => Reaction::Send(ping.answer()),
                     PingDecision::Suppress => Reaction::None,
                 }
             }
@@ -409,14 +409,14 @@ impl Context {
                 tracing::debug!(session = %session, method = ?request.method, path = %request.path_str(), "request");
                 match self.inner.router.route(&request, session) {
                     Routed::Now(response) => {
-                        Reaction::Respond(Box::new((packet, response.to_packet())))
+                        Reaction::Respond(Box::new((*packet, response.to_packet())))
                     }
-                    Routed::Later => Reaction::RespondLater(Box::new(packet)),
+                    Routed::Later => Reaction::RespondLater(packet),
                 }
             }
             ProtocolEvent::Response { token, response } => {
                 session.note_receipt(now);
-                Reaction::Deliver(token, Ok(response))
+                Reaction::Deliver(token, Ok(*response))
             }
             ProtocolEvent::RequestFailed { token, error } => {
                 let error = match error {

@@ -27,6 +27,19 @@ pub enum PeerPing {
     },
 }
 
+impl PeerPing {
+    /// The protocol's answer, encoded: an RST with the ping's Message ID over UDP / DTLS, a
+    /// 7.03 Pong with its token (and Custody, when the ping asked for it) over TCP / TLS.
+    pub fn answer(&self) -> Vec<u8> {
+        match self {
+            PeerPing::Datagram { message_id } => crate::wire::udp::reset(*message_id).to_vec(),
+            PeerPing::Stream { token, custody } => {
+                crate::wire::signal::Signal::Pong { custody: *custody }.encode(token)
+            }
+        }
+    }
+}
+
 /// What the ping handler wants done with a peer's ping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PingDecision {

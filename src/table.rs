@@ -9,10 +9,10 @@
 //! The layout is chosen for tables of a million sessions (see `benches/core.rs`): heap items
 //! are 16 bytes (a deadline in nanoseconds since the table's epoch, and the slot), so the four
 //! children a sift compares share one or two cache lines and a comparison is one integer
-//! compare; peers are hashed as one word.
+//! compare; peers are hashed as one word, and the peer index holds only slot numbers (4 bytes
+//! a bucket: the address it is compared with is the slot's own).
 
-use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -82,7 +82,10 @@ pub struct SessionTable<S> {
     /// One per slot.
     timings: Vec<Timing>,
     free: Vec<u32>,
-    by_peer: HashMap<PeerKey, Key>,
+    /// Slot numbers, hashed by their entry's peer.
+    by_peer: hashbrown::HashTable<u32>,
+    /// Keyed per table, so peers cannot choose colliding addresses.
+    hasher: RandomState,
     deadlines: DeadlineQueue,
     /// Ticks count nanoseconds from here; set by the first deadline.
     epoch: Option<Instant>,
@@ -96,7 +99,8 @@ impl<S> Default for SessionTable<S> {
             slots: Vec::new(),
             timings: Vec::new(),
             free: Vec::new(),
-            by_peer: HashMap::new(),
+            by_peer: hashbrown::HashTable::new(),
+            hasher: RandomState::new(),
             deadlines: DeadlineQueue::default(),
             epoch: None,
             last_now: None,
@@ -125,12 +129,23 @@ impl<S: Timed> SessionTable<S> {
 
     /// The session of `peer`, if any.
     pub fn key_of(&self, peer: &SocketAddr) -> Option<Key> {
-        self.by_peer.get(&PeerKey(*peer)).copied()
+        let hash = self.hasher.hash_one(PeerKey(*peer));
+        let slots = &self.slots;
+        let index = *self.by_peer.find(hash, |&index| {
+            slots[index as usize]
+                .as_ref()
+                .is_some_and(|entry| entry.peer == *peer)
+        })?;
+        Some(Key {
+            index,
+            generation: self.timings[index as usize].generation,
+        })
     }
 
     /// Adds a session for `peer` (replacing none: the caller checks `key_of` first) and
     /// schedules its first deadline.
     pub fn insert(&mut self, peer: SocketAddr, session: S) -> Key {
+        let hash = self.hasher.hash_one(PeerKey(peer));
         let entry = Some(Entry { peer, session });
         let key = match self.free.pop() {
             Some(index) => {
@@ -153,7 +168,13 @@ impl<S: Timed> SessionTable<S> {
                 }
             }
         };
-        self.by_peer.insert(PeerKey(peer), key);
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.by_peer.insert_unique(hash, key.index, |&index| {
+            // Every slot number in the index is a live slot.
+            slots[index as usize]
+                .as_ref()
+                .map_or(0, |entry| hasher.hash_one(PeerKey(entry.peer)))
+        });
         if self.by_peer.len() >= WHEEL_MIN_SESSIONS {
             self.deadlines.enable_wheel();
         }
@@ -209,7 +230,10 @@ impl<S: Timed> SessionTable<S> {
         timing.scheduled = NEVER;
         timing.due = NEVER;
         self.free.push(key.index);
-        self.by_peer.remove(&PeerKey(entry.peer));
+        let hash = self.hasher.hash_one(PeerKey(entry.peer));
+        if let Ok(found) = self.by_peer.find_entry(hash, |&index| index == key.index) {
+            found.remove();
+        }
         Some(entry.session)
     }
 
@@ -280,7 +304,16 @@ impl<S: Timed> SessionTable<S> {
 
     /// Every key, in slot order (for shutdown and listings).
     pub fn keys(&self) -> Vec<Key> {
-        self.by_peer.values().copied().collect()
+        self.slots
+            .iter()
+            .zip(&self.timings)
+            .enumerate()
+            .filter(|(_, (slot, _))| slot.is_some())
+            .map(|(index, (_, timing))| Key {
+                index: index as u32,
+                generation: timing.generation,
+            })
+            .collect()
     }
 
     /// Items in the deadline queue, live or stale (for memory accounting).

@@ -27,11 +27,8 @@ const NOTIFICATION_MEMORY: usize = 8;
 #[derive(Debug)]
 pub struct DatagramSession {
     keepalive: Keepalive,
-    exchanges: Exchanges,
-    /// Confirmable requests waiting for NSTART, with their tokens.
-    queued: VecDeque<(Vec<u8>, Packet)>,
-    dedup: Dedup,
-    notifications: VecDeque<(u16, Vec<u8>)>,
+    /// Requests both ways and notifications: allocated by the first one, dropped when idle.
+    requests: Requests,
     /// Datagrams received from the peer (saturating): a peer heard from twice, or that answered
     /// a ping, has shown it is real.
     received: u8,
@@ -42,6 +39,60 @@ pub struct DatagramSession {
     /// Usually empty or one item: held inline, not in a buffer per session.
     transmits: SmallQueue<Vec<u8>>,
     events: SmallQueue<ProtocolEvent>,
+}
+
+/// The request / response state of a session. Most sessions only ping, so it lives behind
+/// [`Requests`], which costs one word until a request or a notification needs it.
+#[derive(Debug, Default)]
+struct RequestState {
+    exchanges: Exchanges,
+    /// Confirmable requests waiting for NSTART, with their tokens.
+    queued: VecDeque<(Vec<u8>, Packet)>,
+    dedup: Dedup,
+    notifications: VecDeque<(u16, Vec<u8>)>,
+}
+
+impl RequestState {
+    /// Nothing pending, queued, remembered or observed: the state can be dropped.
+    fn is_empty(&self) -> bool {
+        self.exchanges.pending.is_empty()
+            && self.exchanges.observations.is_empty()
+            && self.queued.is_empty()
+            && self.dedup.order.is_empty()
+            && self.notifications.is_empty()
+    }
+}
+
+/// A [`RequestState`] allocated on first write. Reading an unallocated one reads a shared empty
+/// state, so lookups on the ping path (an RST that matches no request) allocate nothing.
+#[derive(Debug, Default)]
+struct Requests(Option<Box<RequestState>>);
+
+impl Requests {
+    /// Frees the state once nothing is left in it.
+    fn release_if_empty(&mut self) {
+        if self.0.as_deref().is_some_and(RequestState::is_empty) {
+            self.0 = None;
+        }
+    }
+}
+
+impl std::ops::Deref for Requests {
+    type Target = RequestState;
+
+    fn deref(&self) -> &RequestState {
+        static EMPTY: std::sync::OnceLock<RequestState> = std::sync::OnceLock::new();
+        match &self.0 {
+            Some(state) => state,
+            None => EMPTY.get_or_init(RequestState::default),
+        }
+    }
+}
+
+impl std::ops::DerefMut for Requests {
+    fn deref_mut(&mut self) -> &mut RequestState {
+        self.0.get_or_insert_with(Box::default)
+    }
 }
 
 /// Received Confirmable / Non-confirmable requests by Message ID, with the answer sent, so a
@@ -60,19 +111,24 @@ impl Dedup {
         lifetime: Duration,
         message_id: u16,
     ) -> Option<Option<&[u8]>> {
-        while let Some(&(at, id)) = self.order.front() {
-            if at + lifetime > now && self.order.len() < DEDUP_CAPACITY {
-                break;
-            }
-            self.order.pop_front();
-            self.entries.remove(&id);
-        }
+        self.expire(now, lifetime, DEDUP_CAPACITY - 1);
         if self.entries.contains_key(&message_id) {
             return self.entries.get(&message_id).map(|a| a.as_deref());
         }
         self.entries.insert(message_id, None);
         self.order.push_back((now, message_id));
         None
+    }
+
+    /// Forgets the entries older than `lifetime`, and the oldest beyond `keep`.
+    fn expire(&mut self, now: Instant, lifetime: Duration, keep: usize) {
+        while let Some(&(at, id)) = self.order.front() {
+            if at + lifetime > now && self.order.len() <= keep {
+                break;
+            }
+            self.order.pop_front();
+            self.entries.remove(&id);
+        }
     }
 
     fn store(&mut self, message_id: u16, answer: &[u8]) {
@@ -87,10 +143,7 @@ impl DatagramSession {
     pub fn new(config: impl Into<Arc<KeepaliveConfig>>, rng: Rng, now: Instant) -> Self {
         DatagramSession {
             keepalive: Keepalive::new(PingStyle::Datagram, config, rng, now),
-            exchanges: Exchanges::default(),
-            queued: VecDeque::new(),
-            dedup: Dedup::default(),
-            notifications: VecDeque::new(),
+            requests: Requests::default(),
             received: 0,
             observed: false,
             idle_timeout: None,
@@ -115,8 +168,8 @@ impl DatagramSession {
         let timeout = self.idle_timeout?;
         let idle_allowed = self.keepalive.config().interval.is_none()
             && !self.observed
-            && self.exchanges.pending.is_empty()
-            && self.exchanges.observations.is_empty();
+            && self.requests.exchanges.pending.is_empty()
+            && self.requests.exchanges.observations.is_empty();
         idle_allowed.then(|| self.keepalive.last_activity() + timeout)
     }
 
@@ -132,12 +185,12 @@ impl DatagramSession {
 
     /// Requests of ours still waiting for a response (a shutdown lets them finish).
     pub fn pending_requests(&self) -> usize {
-        self.exchanges.pending.len()
+        self.requests.exchanges.pending.len()
     }
 
     /// Observations of ours still receiving notifications.
     pub fn observations(&self) -> usize {
-        self.exchanges.observations.len()
+        self.requests.exchanges.observations.len()
     }
 
     /// One datagram from the peer.
@@ -162,10 +215,8 @@ impl DatagramSession {
             }
             Ok(Datagram::Ping { message_id }) | Ok(Datagram::EmptyNon { message_id }) => {
                 self.keepalive.note_peer_ping(now);
-                self.events.push_back(ProtocolEvent::PeerPing {
-                    ping: PeerPing::Datagram { message_id },
-                    answer: udp::reset(message_id).to_vec(),
-                });
+                self.events
+                    .push_back(ProtocolEvent::PeerPing(PeerPing::Datagram { message_id }));
             }
             Ok(Datagram::EmptyAck { message_id }) => {
                 // Never answered (RFC 7252 §4.2).
@@ -189,15 +240,15 @@ impl DatagramSession {
 
     /// An empty ACK: acknowledges one of our Confirmable messages, or our ping.
     fn handle_ack(&mut self, now: Instant, message_id: u16) -> bool {
-        let Some(index) = self.exchanges.by_message_id(message_id) else {
+        let Some(index) = self.requests.exchanges.by_message_id(message_id) else {
             return false;
         };
         self.keepalive.handle_activity(now);
-        let pending = &mut self.exchanges.pending[index];
+        let pending = &mut self.requests.exchanges.pending[index];
         pending.retransmit = None;
         pending.acknowledged = true;
         if pending.kind == PendingKind::SeparateResponse {
-            self.exchanges.pending.remove(index);
+            self.requests.exchanges.pending.remove(index);
         }
         self.confirmable_done(now);
         true
@@ -207,21 +258,22 @@ impl DatagramSession {
     /// answers our ping.
     fn handle_reset(&mut self, now: Instant, message_id: u16) -> bool {
         if let Some(at) = self
+            .requests
             .notifications
             .iter()
             .position(|(id, _)| *id == message_id)
         {
             self.keepalive.handle_activity(now);
-            if let Some((_, token)) = self.notifications.remove(at) {
+            if let Some((_, token)) = self.requests.notifications.remove(at) {
                 self.events.push_back(ProtocolEvent::ObserverGone { token });
             }
             return true;
         }
-        let Some(index) = self.exchanges.by_message_id(message_id) else {
+        let Some(index) = self.requests.exchanges.by_message_id(message_id) else {
             return false;
         };
         self.keepalive.handle_activity(now);
-        let pending = self.exchanges.pending.remove(index);
+        let pending = self.requests.exchanges.pending.remove(index);
         if pending.kind == PendingKind::Request {
             self.events.push_back(ProtocolEvent::RequestFailed {
                 token: pending.token,
@@ -241,7 +293,7 @@ impl DatagramSession {
             MessageClass::Request(_) => match message_type {
                 MessageType::Confirmable | MessageType::NonConfirmable => {
                     let lifetime = self.keepalive.config().transmission.exchange_lifetime();
-                    match self.dedup.check(now, lifetime, message_id) {
+                    match self.requests.dedup.check(now, lifetime, message_id) {
                         Some(Some(answer)) => {
                             let answer = answer.to_vec();
                             self.transmits.push_back(answer);
@@ -251,7 +303,9 @@ impl DatagramSession {
                         Some(None) => self
                             .events
                             .push_back(ProtocolEvent::Rejected("duplicate request".into())),
-                        None => self.events.push_back(ProtocolEvent::Request(packet)),
+                        None => self
+                            .events
+                            .push_back(ProtocolEvent::Request(Box::new(packet))),
                     }
                 }
                 // A request in an ACK or RST is malformed; ignore it.
@@ -279,10 +333,10 @@ impl DatagramSession {
         };
         if message_type == MessageType::Acknowledgement {
             // Piggybacked: must match both the Message ID and the token of our request.
-            match self.exchanges.by_message_id(message_id) {
+            match self.requests.exchanges.by_message_id(message_id) {
                 Some(index)
-                    if self.exchanges.pending[index].token == token
-                        && self.exchanges.pending[index].kind == PendingKind::Request =>
+                    if self.requests.exchanges.pending[index].token == token
+                        && self.requests.exchanges.pending[index].kind == PendingKind::Request =>
                 {
                     self.deliver(now, index, response);
                     self.confirmable_done(now);
@@ -294,17 +348,23 @@ impl DatagramSession {
             return;
         }
         // A separate response or a notification: matched by token.
-        let known = if let Some(index) = self.exchanges.by_token(&token, PendingKind::Request) {
-            let was_in_flight = self.exchanges.pending[index].retransmit.is_some();
+        let known = if let Some(index) = self
+            .requests
+            .exchanges
+            .by_token(&token, PendingKind::Request)
+        {
+            let was_in_flight = self.requests.exchanges.pending[index].retransmit.is_some();
             self.deliver(now, index, response);
             if was_in_flight {
                 self.confirmable_done(now);
             }
             true
-        } else if let Some(observation) = self.exchanges.observation(&token) {
+        } else if let Some(observation) = self.requests.exchanges.observation(&token) {
             if observation.accept(now, &response) {
-                self.events
-                    .push_back(ProtocolEvent::Response { token, response });
+                self.events.push_back(ProtocolEvent::Response {
+                    token,
+                    response: Box::new(response),
+                });
             }
             true
         } else {
@@ -327,15 +387,15 @@ impl DatagramSession {
     /// Hands the response to pending request `index` up, turning it into an observation when
     /// the request registered one and the peer agreed.
     fn deliver(&mut self, now: Instant, index: usize, response: Response) {
-        let pending = self.exchanges.pending.remove(index);
+        let pending = self.requests.exchanges.pending.remove(index);
         if pending.observe && response.observe.is_some() {
             let mut observation = Observation::new(pending.token.clone());
             observation.accept(now, &response);
-            self.exchanges.observations.push(observation);
+            self.requests.exchanges.observations.push(observation);
         }
         self.events.push_back(ProtocolEvent::Response {
             token: pending.token,
-            response,
+            response: Box::new(response),
         });
     }
 
@@ -345,6 +405,7 @@ impl DatagramSession {
     /// is out: it is the probe, and its failure is the session's.
     pub fn send_request(&mut self, now: Instant, request: &Request, timeout: Duration) -> Vec<u8> {
         let token = self
+            .requests
             .exchanges
             .choose_token(&request.token, self.keepalive.rng());
         if self.keepalive.is_finished() {
@@ -357,7 +418,7 @@ impl DatagramSession {
         }
         let mut packet = request.to_packet();
         packet.set_token(token.clone());
-        self.exchanges.pending.push(Pending {
+        self.requests.exchanges.pending.push(Pending {
             kind: PendingKind::Request,
             token: token.clone(),
             message_id: None,
@@ -367,9 +428,9 @@ impl DatagramSession {
             retransmit: None,
         });
         if request.confirmable
-            && (self.exchanges.confirmable_in_flight() || !self.queued.is_empty())
+            && (self.requests.exchanges.confirmable_in_flight() || !self.requests.queued.is_empty())
         {
-            self.queued.push_back((token.clone(), packet));
+            self.requests.queued.push_back((token.clone(), packet));
         } else {
             self.transmit_request(now, &token, packet);
         }
@@ -379,14 +440,18 @@ impl DatagramSession {
 
     /// Stops waiting for the response to `token` and forgets its observation.
     pub fn cancel(&mut self, now: Instant, token: &[u8]) {
-        self.exchanges.forget_observation(token);
-        self.queued.retain(|(t, _)| t != token);
+        self.requests.exchanges.forget_observation(token);
+        self.requests.queued.retain(|(t, _)| t != token);
         if self.keepalive.is_finished() {
-            self.exchanges.pending.retain(|p| p.token != token);
+            self.requests.exchanges.pending.retain(|p| p.token != token);
             return;
         }
-        if let Some(index) = self.exchanges.by_token(token, PendingKind::Request) {
-            self.exchanges.pending.remove(index);
+        if let Some(index) = self
+            .requests
+            .exchanges
+            .by_token(token, PendingKind::Request)
+        {
+            self.requests.exchanges.pending.remove(index);
             self.confirmable_done(now);
         }
     }
@@ -398,8 +463,12 @@ impl DatagramSession {
         let bytes = match packet.to_bytes_unlimited() {
             Ok(bytes) => bytes,
             Err(error) => {
-                if let Some(index) = self.exchanges.by_token(token, PendingKind::Request) {
-                    self.exchanges.pending.remove(index);
+                if let Some(index) = self
+                    .requests
+                    .exchanges
+                    .by_token(token, PendingKind::Request)
+                {
+                    self.requests.exchanges.pending.remove(index);
                 }
                 self.events.push_back(ProtocolEvent::Rejected(format!(
                     "request not encodable: {error:?}"
@@ -408,8 +477,12 @@ impl DatagramSession {
             }
         };
         let retransmit = confirmable.then(|| self.first_retransmit(now, bytes.clone()));
-        if let Some(index) = self.exchanges.by_token(token, PendingKind::Request) {
-            let pending = &mut self.exchanges.pending[index];
+        if let Some(index) = self
+            .requests
+            .exchanges
+            .by_token(token, PendingKind::Request)
+        {
+            let pending = &mut self.requests.exchanges.pending[index];
             pending.message_id = Some(message_id);
             pending.retransmit = retransmit;
         }
@@ -434,9 +507,10 @@ impl DatagramSession {
     /// A Confirmable message of ours was acknowledged or given up: start the next queued
     /// request, and let pings resume when none is in flight.
     fn confirmable_done(&mut self, now: Instant) {
-        if !self.exchanges.confirmable_in_flight() {
-            if let Some((token, packet)) = self.queued.pop_front() {
+        if !self.requests.exchanges.confirmable_in_flight() {
+            if let Some((token, packet)) = self.requests.queued.pop_front() {
                 if self
+                    .requests
                     .exchanges
                     .by_token(&token, PendingKind::Request)
                     .is_some()
@@ -445,7 +519,7 @@ impl DatagramSession {
                 }
             }
         }
-        let in_flight = self.exchanges.confirmable_in_flight();
+        let in_flight = self.requests.exchanges.confirmable_in_flight();
         self.keepalive.set_request_in_flight(now, in_flight);
     }
 
@@ -472,7 +546,7 @@ impl DatagramSession {
         }
         match response.to_bytes_unlimited() {
             Ok(bytes) => {
-                self.dedup.store(request.header.message_id, &bytes);
+                self.requests.dedup.store(request.header.message_id, &bytes);
                 self.transmits.push_back(bytes);
             }
             Err(error) => self.events.push_back(ProtocolEvent::Rejected(format!(
@@ -487,7 +561,7 @@ impl DatagramSession {
     pub fn respond_later(&mut self, request: &Packet) {
         if request.header.get_type() == MessageType::Confirmable && !self.keepalive.is_finished() {
             let ack = udp::empty_ack(request.header.message_id);
-            self.dedup.store(request.header.message_id, &ack);
+            self.requests.dedup.store(request.header.message_id, &ack);
             self.transmits.push_back(ack.to_vec());
         }
     }
@@ -519,7 +593,7 @@ impl DatagramSession {
         if confirmable {
             let retransmit = self.first_retransmit(now, bytes.clone());
             let deadline = now + self.keepalive.config().transmission.max_transmit_wait();
-            self.exchanges.pending.push(Pending {
+            self.requests.exchanges.pending.push(Pending {
                 kind: PendingKind::SeparateResponse,
                 token: token.to_vec(),
                 message_id: Some(message_id),
@@ -545,10 +619,12 @@ impl DatagramSession {
         let message_id = self.keepalive.allocate_message_id();
         packet.header.message_id = message_id;
         if let Ok(bytes) = packet.to_bytes_unlimited() {
-            if self.notifications.len() == NOTIFICATION_MEMORY {
-                self.notifications.pop_front();
+            if self.requests.notifications.len() == NOTIFICATION_MEMORY {
+                self.requests.notifications.pop_front();
             }
-            self.notifications.push_back((message_id, token.to_vec()));
+            self.requests
+                .notifications
+                .push_back((message_id, token.to_vec()));
             self.transmits.push_back(bytes);
         }
     }
@@ -565,8 +641,8 @@ impl DatagramSession {
         self.keepalive.handle_timeout(now);
         let max_retransmit = self.keepalive.config().transmission.max_retransmit;
         let mut index = 0;
-        while index < self.exchanges.pending.len() {
-            let pending = &mut self.exchanges.pending[index];
+        while index < self.requests.exchanges.pending.len() {
+            let pending = &mut self.requests.exchanges.pending[index];
             if let Some(retransmit) = pending.retransmit.as_mut() {
                 if retransmit.next <= now {
                     if retransmit.count < max_retransmit {
@@ -577,22 +653,22 @@ impl DatagramSession {
                     } else {
                         // Never acknowledged: the peer is gone, and so is the session. Its waiters
                         // learn it from the session's failure (TooManyRetries).
-                        self.exchanges.pending.remove(index);
+                        self.requests.exchanges.pending.remove(index);
                         self.fail(NackReason::TooManyRetries);
                         return;
                     }
                 }
             }
-            let pending = &self.exchanges.pending[index];
+            let pending = &self.requests.exchanges.pending[index];
             if pending.deadline <= now && pending.kind == PendingKind::SeparateResponse {
                 // Its ACK never came within MAX_TRANSMIT_WAIT: stop waiting for it.
-                self.exchanges.pending.remove(index);
+                self.requests.exchanges.pending.remove(index);
                 self.confirmable_done(now);
                 continue;
             }
             if pending.deadline <= now && pending.kind == PendingKind::Request {
-                let pending = self.exchanges.pending.remove(index);
-                self.queued.retain(|(t, _)| *t != pending.token);
+                let pending = self.requests.exchanges.pending.remove(index);
+                self.requests.queued.retain(|(t, _)| *t != pending.token);
                 self.events.push_back(ProtocolEvent::RequestFailed {
                     token: pending.token,
                     error: RequestError::TimedOut,
@@ -602,6 +678,11 @@ impl DatagramSession {
             }
             index += 1;
         }
+        if !self.requests.dedup.order.is_empty() {
+            let lifetime = self.keepalive.config().transmission.exchange_lifetime();
+            self.requests.dedup.expire(now, lifetime, DEDUP_CAPACITY);
+        }
+        self.requests.release_if_empty();
         self.pump();
     }
 
@@ -648,7 +729,7 @@ impl DatagramSession {
         }
         [
             self.keepalive.poll_timeout(),
-            self.exchanges.next_deadline(),
+            self.requests.exchanges.next_deadline(),
             self.expiry(),
         ]
         .into_iter()
@@ -683,11 +764,12 @@ mod tests {
         s.handle_datagram(t0, &[0x40, 0x00, 0x12, 0x34]);
         assert_eq!(
             s.poll_event(),
-            Some(ProtocolEvent::PeerPing {
-                ping: PeerPing::Datagram { message_id: 0x1234 },
-                answer: vec![0x70, 0x00, 0x12, 0x34],
-            })
+            Some(ProtocolEvent::PeerPing(PeerPing::Datagram {
+                message_id: 0x1234
+            }))
         );
+        let ping = PeerPing::Datagram { message_id: 0x1234 };
+        assert_eq!(ping.answer(), vec![0x70, 0x00, 0x12, 0x34]);
         assert_eq!(s.poll_transmit(), None, "the driver sends the answer");
         assert_eq!(s.keepalive().stats().pings_received, 1);
     }

@@ -19,12 +19,9 @@ use crate::protocol::exchange::RequestError;
 pub enum ProtocolEvent {
     /// The peer pinged us. The driver runs the ping handler and, unless it suppresses the answer,
     /// sends `answer` (already encoded: an RST or a 7.03 Pong).
-    PeerPing {
-        /// The ping, for the handler.
-        ping: PeerPing,
-        /// The protocol's answer.
-        answer: Vec<u8>,
-    },
+    /// The peer pinged us. The driver runs the ping handler and, unless it suppresses the answer,
+    /// sends [`PeerPing::answer`] (an RST or a 7.03 Pong).
+    PeerPing(PeerPing),
     /// One of our pings was answered.
     Pong {
         /// Round-trip time.
@@ -38,13 +35,13 @@ pub enum ProtocolEvent {
     /// The session is ready (stream: the peer's CSM arrived).
     Established,
     /// The peer sent a request; answer it with the session's `respond`.
-    Request(coap_lite::Packet),
+    Request(Box<coap_lite::Packet>),
     /// A response (or a notification) to our request with `token`.
     Response {
         /// The token of our request.
         token: Vec<u8>,
-        /// The response.
-        response: Response,
+        /// The response (boxed: events stay small, and sessions hold a queue of them).
+        response: Box<Response>,
     },
     /// Our request with `token` ended without a response.
     RequestFailed {

@@ -166,7 +166,9 @@ impl StreamSession {
             }
             let packet = frame.to_packet();
             match packet.header.code {
-                MessageClass::Request(_) => self.events.push_back(ProtocolEvent::Request(packet)),
+                MessageClass::Request(_) => self
+                    .events
+                    .push_back(ProtocolEvent::Request(Box::new(packet))),
                 MessageClass::Response(_) => self.handle_response(now, &packet),
                 _ => self.events.push_back(ProtocolEvent::Rejected(format!(
                     "unexpected code {} over TCP",
@@ -212,14 +214,11 @@ impl StreamSession {
             }
             Signal::Ping { custody } => {
                 self.keepalive.note_peer_ping(now);
-                let answer = Signal::Pong { custody }.encode(&frame.token);
-                self.events.push_back(ProtocolEvent::PeerPing {
-                    ping: PeerPing::Stream {
+                self.events
+                    .push_back(ProtocolEvent::PeerPing(PeerPing::Stream {
                         token: frame.token,
                         custody,
-                    },
-                    answer,
-                });
+                    }));
             }
             Signal::Pong { .. } => {
                 self.keepalive.handle_pong(now, &frame.token);
@@ -252,12 +251,16 @@ impl StreamSession {
                 observation.accept(now, &response);
                 self.exchanges.observations.push(observation);
             }
-            self.events
-                .push_back(ProtocolEvent::Response { token, response });
+            self.events.push_back(ProtocolEvent::Response {
+                token,
+                response: Box::new(response),
+            });
         } else if let Some(observation) = self.exchanges.observation(&token) {
             if observation.accept(now, &response) {
-                self.events
-                    .push_back(ProtocolEvent::Response { token, response });
+                self.events.push_back(ProtocolEvent::Response {
+                    token,
+                    response: Box::new(response),
+                });
             }
         } else {
             self.events.push_back(ProtocolEvent::Rejected(
@@ -522,15 +525,15 @@ mod tests {
         s.handle_bytes(t0, &[0x50, 0xe1, 0x23, 0x80, 0x01, 0x00, 0x20]); // libcoap's CSM
         assert_eq!(s.poll_event(), Some(ProtocolEvent::Established));
         s.handle_bytes(t0, &[0x00, 0xe2]);
-        let Some(ProtocolEvent::PeerPing { answer, .. }) = s.poll_event() else {
+        let Some(ProtocolEvent::PeerPing(ping)) = s.poll_event() else {
             panic!()
         };
-        assert_eq!(answer, vec![0x00, 0xe3]);
+        assert_eq!(ping.answer(), vec![0x00, 0xe3]);
         s.handle_bytes(t0, &[0x12, 0xe2, 0x12, 0x34, 0x20]);
-        let Some(ProtocolEvent::PeerPing { answer, .. }) = s.poll_event() else {
+        let Some(ProtocolEvent::PeerPing(ping)) = s.poll_event() else {
             panic!()
         };
-        assert_eq!(answer, vec![0x12, 0xe3, 0x12, 0x34, 0x20]);
+        assert_eq!(ping.answer(), vec![0x12, 0xe3, 0x12, 0x34, 0x20]);
         assert_eq!(s.peer_max_message_size(), 8_388_864);
     }
 
