@@ -1,6 +1,7 @@
 //! One UDP or DTLS session: RFC 7252 messages in, answers, pings, requests and notifications out.
 
 use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,7 +36,8 @@ pub struct DatagramSession {
     /// This session serves an observation of ours (it must not expire while idle).
     observed: bool,
     /// Forget the session after this long without hearing from the peer, when keepalive is off.
-    idle_timeout: Option<Duration>,
+    /// In milliseconds (8 bytes, not an `Option<Duration>`'s 16).
+    idle_timeout_ms: Option<NonZeroU64>,
     /// Usually empty or one item: held inline, not in a buffer per session.
     transmits: SmallQueue<Vec<u8>>,
     events: SmallQueue<ProtocolEvent>,
@@ -146,7 +148,7 @@ impl DatagramSession {
             requests: Requests::default(),
             received: 0,
             observed: false,
-            idle_timeout: None,
+            idle_timeout_ms: None,
             transmits: SmallQueue::default(),
             events: SmallQueue::default(),
         }
@@ -155,7 +157,14 @@ impl DatagramSession {
     /// Forgets the session (a graceful close, no nack) once the peer has been silent this long
     /// while keepalive is off and nothing is pending or observed. Off by default; servers set it.
     pub fn set_idle_timeout(&mut self, timeout: Option<Duration>) {
-        self.idle_timeout = timeout;
+        // Rounded up to whole milliseconds (at least one).
+        self.idle_timeout_ms = timeout.map(|t| {
+            let ms = t
+                .as_nanos()
+                .div_ceil(1_000_000)
+                .clamp(1, u128::from(u64::MAX));
+            NonZeroU64::new(ms as u64).unwrap_or(NonZeroU64::MIN)
+        });
     }
 
     /// True once the peer showed it is real: heard from twice, or answered one of our pings.
@@ -165,7 +174,7 @@ impl DatagramSession {
     }
 
     fn expiry(&self) -> Option<Instant> {
-        let timeout = self.idle_timeout?;
+        let timeout = Duration::from_millis(self.idle_timeout_ms?.get());
         let idle_allowed = self.keepalive.config().interval.is_none()
             && !self.observed
             && self.requests.exchanges.pending.is_empty()
