@@ -116,8 +116,17 @@ pub struct KeepaliveConfig {
     /// the keepalive interval itself, so a dead peer is declared after twice the interval, as
     /// libcoap does. Default `None`.
     pub pong_timeout: Option<Duration>,
-    /// Consecutive unanswered TCP / TLS pings that fail the session; the next ping goes out as soon
-    /// as one times out. Default 1.
+    /// Consecutive unanswered pings that fail the session, at least 1. Default 1.
+    ///
+    /// A TCP / TLS ping is unanswered when its pong timeout passes; a UDP / DTLS ping when its
+    /// RFC 7252 retransmissions are exhausted (MAX_TRANSMIT_WAIT at most). Below the limit the
+    /// next ping goes out at once (over UDP / DTLS with a new Message ID and a new retransmission
+    /// schedule) and [`KeepaliveEvent::Unanswered`](crate::keepalive::KeepaliveEvent::Unanswered)
+    /// is reported; anything received from the peer resets the count. Raise it on lossy links:
+    /// with loss `l` each way a UDP ping of a live peer goes unanswered with probability
+    /// `q = (1 - (1 - l)^2)^(1 + MAX_RETRANSMIT)` (0.36^5 = 0.6 % at 20 % and the defaults), and a
+    /// ping cycle of a live peer fails with `q^max_unanswered` (0.36^15 = 2e-7 with 3), at the
+    /// price of detecting a dead peer up to `max_unanswered` times later (279 s with 3).
     pub max_unanswered: u32,
 }
 
@@ -164,7 +173,8 @@ impl KeepaliveConfig {
         self
     }
 
-    /// The configuration with the given number of unanswered pings tolerated over TCP / TLS.
+    /// The configuration with the given number of consecutive unanswered pings that fail a
+    /// session (any transport; see [`KeepaliveConfig::max_unanswered`]).
     pub fn with_max_unanswered(mut self, n: u32) -> Self {
         self.max_unanswered = n;
         self
@@ -226,5 +236,15 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("ACK_RANDOM_FACTOR"));
+        let bad = KeepaliveConfig::default().with_max_unanswered(0);
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("max_unanswered"));
+        assert!(KeepaliveConfig::default()
+            .with_max_unanswered(3)
+            .validate()
+            .is_ok());
     }
 }

@@ -10,8 +10,10 @@ use std::io;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum NackReason {
-    /// A keepalive ping (or a Confirmable request standing in for one) got no answer: over UDP /
-    /// DTLS after all RFC 7252 retransmissions, over TCP / TLS after `max_unanswered` pongs missed.
+    /// The peer stopped answering: `max_unanswered` consecutive keepalive pings (default 1) got no
+    /// answer — over UDP / DTLS each after all its RFC 7252 retransmissions, over TCP / TLS each
+    /// within the pong timeout — or a Confirmable request, which stands in for the ping while it
+    /// is out, exhausted its retransmissions.
     TooManyRetries,
     /// The connection was closed or reset by the peer, or a datagram could not be sent.
     NotDeliverable,

@@ -10,9 +10,12 @@
 //! - a ping is due when nothing was received from the peer for the interval (less a random jitter);
 //!   anything received proves liveness, anything sent does not;
 //! - over datagrams (UDP, DTLS) a ping is an empty Confirmable message retransmitted per RFC 7252 and
-//!   answered by an RST (or an empty ACK) with its Message ID;
+//!   answered by an RST (or an empty ACK) with its Message ID; a ping that exhausted its
+//!   retransmissions is one unanswered ping;
 //! - over streams (TCP, TLS) a ping is a 7.02 answered by a 7.03 Pong, no ping is sent before the
-//!   peer's CSM arrived, and `max_unanswered` consecutive pong timeouts fail the session;
+//!   peer's CSM arrived, and a pong timeout is one unanswered ping;
+//! - `max_unanswered` consecutive unanswered pings fail the session (below that the next ping goes
+//!   out at once); anything received resets the count;
 //! - while a Confirmable request is outstanding no ping is sent: the request is the probe;
 //! - a failure is reported once, and the machine then stays failed.
 
@@ -86,7 +89,10 @@ pub enum KeepaliveEvent {
         /// Round-trip time of the answered transmission.
         rtt: Duration,
     },
-    /// A stream ping got no Pong within the pong timeout; `count` consecutive ones so far.
+    /// A ping went unanswered: a stream ping got no Pong within the pong timeout, or a datagram
+    /// ping exhausted its retransmissions. Below `max_unanswered` the next ping goes out at once.
+    /// The one that reaches `max_unanswered` fails the session: a stream session reports it too,
+    /// just before [`KeepaliveEvent::Failed`]; a datagram session reports only the failure.
     Unanswered {
         /// Consecutive unanswered pings, including this one.
         count: u32,
@@ -460,7 +466,7 @@ impl Keepalive {
                             retransmission: true,
                         });
                     } else {
-                        self.fail(NackReason::TooManyRetries);
+                        self.datagram_ping_exhausted(now);
                     }
                 }
                 _ => {
@@ -537,6 +543,29 @@ impl Keepalive {
             due,
             from: self.last_rx,
         };
+    }
+
+    /// A datagram ping went through its whole retransmission schedule unanswered: one unanswered
+    /// ping. Below `max_unanswered` the next one goes out at once, with a fresh Message ID and
+    /// schedule, so that one burst of loss on a live path does not fail the session; the
+    /// `max_unanswered`-th fails it, reported as the failure alone (with the default of 1: the
+    /// first exhausted ping, as before the setting applied to datagrams).
+    fn datagram_ping_exhausted(&mut self, now: Instant) {
+        self.unanswered += 1;
+        if self.unanswered >= self.config.max_unanswered {
+            self.fail(NackReason::TooManyRetries);
+            return;
+        }
+        self.events.push_back(KeepaliveEvent::Unanswered {
+            count: self.unanswered,
+        });
+        if self.request_in_flight {
+            // NSTART = 1: a Confirmable request is out, and it is the probe now; its failure
+            // fails the session, its answer resets the count.
+            self.schedule();
+        } else {
+            self.send_ping(now);
+        }
     }
 
     fn send_ping(&mut self, now: Instant) {
@@ -712,6 +741,10 @@ mod tests {
         assert_eq!(k.stats().retransmissions, 4);
         assert_eq!(k.stats().failures, 1);
         assert_eq!(k.poll_timeout(), None, "a failed session schedules nothing");
+        // max_unanswered defaults to 1: the first exhausted ping fails, with no Unanswered event
+        // and no second ping.
+        assert_eq!(k.config().max_unanswered, 1);
+        assert_eq!(k.stats().pings_sent, 1);
     }
 
     #[test]
@@ -834,6 +867,189 @@ mod tests {
             "next ping an interval after the traffic"
         );
         assert!(ev.is_empty());
+    }
+
+    fn datagram_tolerating(max_unanswered: u32) -> (Keepalive, Instant) {
+        let t0 = Instant::now();
+        let config = KeepaliveConfig::default()
+            .with_interval_secs(10)
+            .with_transmission(deterministic())
+            .with_max_unanswered(max_unanswered);
+        (
+            Keepalive::new(PingStyle::Datagram, config, Rng::seeded(1), t0),
+            t0,
+        )
+    }
+
+    fn message_id_of(transmit: PingTransmit) -> u16 {
+        match transmit {
+            PingTransmit::Datagram { message_id, .. } => message_id,
+            PingTransmit::Stream { .. } => panic!("stream ping on UDP"),
+        }
+    }
+
+    #[test]
+    fn exhausted_datagram_pings_count_as_unanswered_up_to_max_unanswered() {
+        // Each ping takes the whole RFC 7252 schedule, 2 + 4 + 8 + 16 + 32 = 62 s with factor
+        // 1.0; the next goes out the instant the previous one is given up.
+        let (mut k, t0) = datagram_tolerating(3);
+        let (tx, ev) = run_until(&mut k, t0, 1000.0);
+        assert_eq!(
+            times(&tx),
+            vec![
+                10.0, 12.0, 16.0, 24.0, 40.0, // ping 1
+                72.0, 74.0, 78.0, 86.0, 102.0, // ping 2
+                134.0, 136.0, 140.0, 148.0, 164.0, // ping 3
+            ]
+        );
+        assert_eq!(
+            ev,
+            vec![
+                (72.0, KeepaliveEvent::Unanswered { count: 1 }),
+                (134.0, KeepaliveEvent::Unanswered { count: 2 }),
+                (196.0, KeepaliveEvent::Failed(NackReason::TooManyRetries)),
+            ]
+        );
+        // A fresh Message ID per ping (the session's sequence), kept by its retransmissions.
+        let ids: Vec<u16> = tx.iter().map(|(_, t)| message_id_of(*t)).collect();
+        for (ping, chunk) in ids.chunks(5).enumerate() {
+            assert!(chunk.iter().all(|&id| id == chunk[0]));
+            assert_eq!(chunk[0], ids[0].wrapping_add(ping as u16));
+        }
+        let retransmissions: Vec<bool> = tx
+            .iter()
+            .map(|(_, t)| {
+                matches!(
+                    t,
+                    PingTransmit::Datagram {
+                        retransmission: true,
+                        ..
+                    }
+                )
+            })
+            .collect();
+        assert_eq!(retransmissions, [false, true, true, true, true].repeat(3));
+        let stats = k.stats();
+        assert_eq!(
+            (stats.pings_sent, stats.retransmissions, stats.failures),
+            (3, 12, 1)
+        );
+        assert_eq!(k.poll_timeout(), None);
+    }
+
+    #[test]
+    fn an_answer_to_a_follow_up_ping_resets_the_unanswered_count() {
+        let (mut k, t0) = datagram_tolerating(3);
+        let (tx, ev) = run_until(&mut k, t0, 72.0);
+        assert_eq!(ev, vec![(72.0, KeepaliveEvent::Unanswered { count: 1 })]);
+        let (at, second) = *tx.last().unwrap();
+        assert_eq!(at, 72.0);
+        assert!(k.handle_datagram_answer(t0 + secs(73.0), message_id_of(second)));
+        assert_eq!(
+            k.poll_event(),
+            Some(KeepaliveEvent::Pong { rtt: secs(1.0) })
+        );
+        // The peer goes silent: the count starts again from zero, so three more whole pings.
+        let (tx, ev) = run_until(&mut k, t0, 1000.0);
+        assert_eq!(
+            times(&tx).iter().step_by(5).copied().collect::<Vec<_>>(),
+            vec![83.0, 145.0, 207.0]
+        );
+        assert_eq!(
+            ev,
+            vec![
+                (145.0, KeepaliveEvent::Unanswered { count: 1 }),
+                (207.0, KeepaliveEvent::Unanswered { count: 2 }),
+                (269.0, KeepaliveEvent::Failed(NackReason::TooManyRetries)),
+            ]
+        );
+        let stats = k.stats();
+        assert_eq!(
+            (stats.pings_sent, stats.pongs, stats.retransmissions),
+            (5, 1, 16),
+            "ping 1: 4 retransmissions, ping 2: none, pings 3 to 5: 4 each"
+        );
+    }
+
+    #[test]
+    fn traffic_during_a_follow_up_ping_resets_the_count_too() {
+        // A late RST to the first ping's Message ID answers nothing, but proves the peer alive.
+        let (mut k, t0) = datagram_tolerating(2);
+        let (tx, _) = run_until(&mut k, t0, 72.0);
+        assert!(!k.handle_datagram_answer(t0 + secs(72.5), message_id_of(tx[0].1)));
+        let (tx, ev) = run_until(&mut k, t0, 82.6);
+        assert!(
+            ev.is_empty(),
+            "the follow-up ping is dropped quietly: {ev:?}"
+        );
+        assert_eq!(
+            times(&tx),
+            vec![82.5],
+            "next ping an interval after the RST"
+        );
+        let (_, ev) = run_until(&mut k, t0, 1000.0);
+        assert_eq!(
+            ev,
+            vec![
+                (144.5, KeepaliveEvent::Unanswered { count: 1 }),
+                (206.5, KeepaliveEvent::Failed(NackReason::TooManyRetries)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_request_in_flight_stands_in_for_the_follow_up_ping() {
+        let (mut k, t0) = datagram_tolerating(3);
+        let (_, _) = run_until(&mut k, t0, 50.0);
+        k.set_request_in_flight(t0 + secs(50.0), true);
+        let (tx, ev) = run_until(&mut k, t0, 500.0);
+        assert!(tx.is_empty(), "no ping beside the request (NSTART = 1)");
+        assert_eq!(ev, vec![(72.0, KeepaliveEvent::Unanswered { count: 1 })]);
+        assert_eq!(k.poll_timeout(), None, "the request is the probe");
+        // The request ends without an answer (cancelled): pinging resumes at once, and the
+        // count goes on from where it was.
+        k.set_request_in_flight(t0 + secs(500.0), false);
+        assert!(k.poll_timeout().is_some_and(|due| due <= t0 + secs(500.0)));
+        k.handle_timeout(t0 + secs(500.0));
+        assert!(matches!(
+            k.poll_transmit(),
+            Some(PingTransmit::Datagram {
+                retransmission: false,
+                ..
+            })
+        ));
+        let (_, ev) = run_until(&mut k, t0, 1000.0);
+        assert_eq!(
+            ev,
+            vec![
+                (562.0, KeepaliveEvent::Unanswered { count: 2 }),
+                (624.0, KeepaliveEvent::Failed(NackReason::TooManyRetries)),
+            ]
+        );
+    }
+
+    #[test]
+    fn total_loss_is_detected_within_max_unanswered_exchange_bounds() {
+        // With the default random factor each ping is given up between 62 s and
+        // MAX_TRANSMIT_WAIT (93 s) after its first transmission.
+        let params = TransmissionParams::default();
+        let (lower, upper) = (secs(62.0), params.max_transmit_wait());
+        for seed in 0..50 {
+            let t0 = Instant::now();
+            let config = KeepaliveConfig::default()
+                .with_interval_secs(10)
+                .with_max_unanswered(3);
+            let mut k = Keepalive::new(PingStyle::Datagram, config, Rng::seeded(seed), t0);
+            let (tx, ev) = run_until(&mut k, t0, 1000.0);
+            assert_eq!(tx.len(), 15);
+            let (failed_at, failure) = *ev.last().unwrap();
+            assert_eq!(failure, KeepaliveEvent::Failed(NackReason::TooManyRetries));
+            let detection = secs(failed_at - tx[0].0);
+            assert!(
+                detection >= lower * 3 && detection <= upper * 3,
+                "seed {seed}: {detection:?}"
+            );
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ use clap::Args;
 use coap_keepalive::config::{KeepaliveConfig, TransmissionParams};
 use coap_keepalive::context::{Context, ContextSettings};
 use coap_keepalive::error::{NackReason, Result};
+use coap_keepalive::handler::SessionEvent;
 use coap_keepalive::uri::CoapUri;
 use tokio::sync::mpsc;
 
@@ -33,12 +34,18 @@ pub struct PingArgs {
     /// TCP: seconds to wait for a Pong (default: the interval).
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pong_timeout: Option<Duration>,
+    /// Consecutive unanswered pings before giving up (default 1): a UDP / DTLS ping is
+    /// unanswered when its retransmissions are exhausted, a TCP / TLS one at its pong timeout;
+    /// below N the next ping goes out at once. Raise it on lossy links.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_unanswered: Option<u32>,
     #[command(flatten)]
     security: secure::ClientSecurityArgs,
 }
 
 enum Outcome {
     Pong(Duration),
+    Unanswered(u32),
     Nack(NackReason),
 }
 
@@ -58,6 +65,9 @@ pub async fn run(args: PingArgs) -> Result<ExitCode> {
     if let Some(t) = args.pong_timeout {
         config = config.with_pong_timeout(t);
     }
+    if let Some(n) = args.max_unanswered {
+        config = config.with_max_unanswered(n);
+    }
     let credentials = args.security.credentials(uri.transport)?;
     let mut settings = ContextSettings::default();
     settings.connect_timeout = args
@@ -70,6 +80,12 @@ pub async fn run(args: PingArgs) -> Result<ExitCode> {
     let pongs = tx.clone();
     ctx.register_pong_handler(move |_, rtt| {
         let _ = pongs.send(Outcome::Pong(rtt));
+    });
+    let unanswered = tx.clone();
+    ctx.register_event_handler(move |_, event| {
+        if let SessionEvent::PingUnanswered { count } = event {
+            let _ = unanswered.send(Outcome::Unanswered(count));
+        }
     });
     ctx.register_nack_handler(move |_, reason| {
         let _ = tx.send(Outcome::Nack(reason));
@@ -102,6 +118,13 @@ pub async fn run(args: PingArgs) -> Result<ExitCode> {
                     if args.count > 0 && rtts.len() as u64 >= args.count {
                         break;
                     }
+                }
+                Some(Outcome::Unanswered(count)) => {
+                    println!(
+                        "no answer from {}: {count} of {} unanswered, pinging again",
+                        session.peer(),
+                        config.max_unanswered
+                    );
                 }
                 Some(Outcome::Nack(reason)) => {
                     println!(
