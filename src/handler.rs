@@ -58,7 +58,8 @@ pub enum SessionEvent {
     Established,
     /// The session ended gracefully.
     Closed,
-    /// A stream ping went unanswered; the session fails when `count` reaches `max_unanswered`.
+    /// A ping went unanswered (over UDP / DTLS after all its retransmissions); the session fails
+    /// when `count` reaches `max_unanswered`.
     PingUnanswered {
         /// Consecutive unanswered pings so far.
         count: u32,

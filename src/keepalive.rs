@@ -167,6 +167,68 @@ impl Stats {
     }
 }
 
+/// [`Stats`] as a session keeps them: RTTs in nanoseconds ([`NO_RTT`] for none), 32 bytes less
+/// per session than four `Option<Duration>`s.
+#[derive(Debug, Clone, Copy)]
+struct Counters {
+    pings_sent: u64,
+    retransmissions: u64,
+    pongs: u64,
+    pings_received: u64,
+    failures: u64,
+    /// Last, min, smoothed and max RTT.
+    rtt_nanos: [u64; 4],
+}
+
+/// A missing RTT sample in [`Counters`]; longer RTTs are stored as one nanosecond less.
+const NO_RTT: u64 = u64::MAX;
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            pings_sent: 0,
+            retransmissions: 0,
+            pongs: 0,
+            pings_received: 0,
+            failures: 0,
+            rtt_nanos: [NO_RTT; 4],
+        }
+    }
+}
+
+impl Counters {
+    fn rtt(&self) -> RttStats {
+        let unpack = |nanos: u64| (nanos != NO_RTT).then(|| Duration::from_nanos(nanos));
+        let [last, min, smoothed, max] = self.rtt_nanos.map(unpack);
+        RttStats {
+            last,
+            min,
+            smoothed,
+            max,
+        }
+    }
+
+    fn record_rtt(&mut self, rtt: Duration) {
+        let mut stats = self.rtt();
+        stats.record(rtt);
+        let pack = |d: Option<Duration>| {
+            d.map_or(NO_RTT, |d| d.as_nanos().min(u128::from(NO_RTT - 1)) as u64)
+        };
+        self.rtt_nanos = [stats.last, stats.min, stats.smoothed, stats.max].map(pack);
+    }
+
+    fn snapshot(&self) -> Stats {
+        Stats {
+            pings_sent: self.pings_sent,
+            retransmissions: self.retransmissions,
+            pongs: self.pongs,
+            pings_received: self.pings_received,
+            failures: self.failures,
+            rtt: self.rtt(),
+        }
+    }
+}
+
 /// What the ping we are waiting for is identified by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ProbeId {
@@ -179,19 +241,32 @@ enum Probe {
     /// No ping outstanding. The next one is due at `due`, computed when the last receipt was
     /// `from`; `None` while keepalive is off, before the CSM, or while a request stands in.
     Idle { due: Option<Instant>, from: Instant },
-    /// A ping is out and waits for its answer until `deadline`.
+    /// A ping is out and waits for its answer until `timeout` after its last transmission
+    /// (`sent_at`): see [`Probe::deadline`].
     Outstanding {
         id: ProbeId,
         first_sent: Instant,
         sent_at: Instant,
         retransmits: u32,
         timeout: Duration,
-        deadline: Instant,
     },
     /// Failed with this reason; terminal.
     Failed(NackReason),
     /// Closed by the application; terminal.
     Closed,
+}
+
+impl Probe {
+    /// When an outstanding ping is retransmitted or given up (computed, not stored: 16 bytes
+    /// less per session).
+    fn deadline(&self) -> Option<Instant> {
+        match *self {
+            Probe::Outstanding {
+                sent_at, timeout, ..
+            } => Some(deadline_after(sent_at, timeout)),
+            _ => None,
+        }
+    }
 }
 
 /// The keepalive state machine of one session. Time is always an argument.
@@ -209,7 +284,7 @@ pub struct Keepalive {
     next_message_id: u16,
     transmits: SmallQueue<PingTransmit>,
     events: SmallQueue<KeepaliveEvent>,
-    stats: Stats,
+    stats: Counters,
 }
 
 impl Keepalive {
@@ -240,7 +315,7 @@ impl Keepalive {
             next_message_id,
             transmits: SmallQueue::default(),
             events: SmallQueue::default(),
-            stats: Stats::default(),
+            stats: Counters::default(),
         };
         keepalive.schedule();
         keepalive
@@ -258,9 +333,9 @@ impl Keepalive {
         &self.config
     }
 
-    /// The counters of this session.
-    pub fn stats(&self) -> &Stats {
-        &self.stats
+    /// The counters of this session (a snapshot).
+    pub fn stats(&self) -> Stats {
+        self.stats.snapshot()
     }
 
     /// The last instant something was received from the peer (or reported by `mark_active`).
@@ -353,7 +428,7 @@ impl Keepalive {
             if let Probe::Outstanding { sent_at, .. } = self.probe {
                 let rtt = now.saturating_duration_since(sent_at);
                 self.stats.pongs += 1;
-                self.stats.rtt.record(rtt);
+                self.stats.record_rtt(rtt);
                 self.events.push_back(KeepaliveEvent::Pong { rtt });
                 self.schedule();
             }
@@ -432,11 +507,10 @@ impl Keepalive {
                 }
                 self.send_ping(now);
             }
-            Probe::Outstanding {
-                first_sent,
-                deadline,
-                ..
-            } if now >= deadline && self.last_rx >= first_sent => {
+            Probe::Outstanding { first_sent, .. }
+                if self.probe.deadline().is_some_and(|d| now >= d)
+                    && self.last_rx >= first_sent =>
+            {
                 // No answer to the ping itself, but the peer was heard from since it went out:
                 // it is alive. Drop the probe quietly.
                 self.schedule();
@@ -446,9 +520,8 @@ impl Keepalive {
                 first_sent,
                 retransmits,
                 timeout,
-                deadline,
                 ..
-            } if now >= deadline => match (self.style, id) {
+            } if self.probe.deadline().is_some_and(|d| now >= d) => match (self.style, id) {
                 (PingStyle::Datagram, ProbeId::MessageId(message_id)) => {
                     if retransmits < self.config.transmission.max_retransmit {
                         let timeout = timeout.saturating_mul(2);
@@ -458,7 +531,6 @@ impl Keepalive {
                             sent_at: now,
                             retransmits: retransmits + 1,
                             timeout,
-                            deadline: deadline_after(now, timeout),
                         };
                         self.stats.retransmissions += 1;
                         self.transmits.push_back(PingTransmit::Datagram {
@@ -523,7 +595,7 @@ impl Keepalive {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.probe {
             Probe::Idle { due, .. } => due,
-            Probe::Outstanding { deadline, .. } => Some(deadline),
+            Probe::Outstanding { .. } => self.probe.deadline(),
             Probe::Failed(_) | Probe::Closed => None,
         }
     }
@@ -602,7 +674,6 @@ impl Keepalive {
             sent_at: now,
             retransmits: 0,
             timeout,
-            deadline: deadline_after(now, timeout),
         };
         self.stats.pings_sent += 1;
         self.transmits.push_back(transmit);

@@ -9,7 +9,8 @@
 //!
 //! - over UDP a ping is an empty Confirmable message (`40 00 MM MM`) answered by an RST with the
 //!   same Message ID, retransmitted per RFC 7252 until the peer answers or the session fails
-//!   with [`NackReason::TooManyRetries`];
+//!   with [`NackReason::TooManyRetries`] (after `max_unanswered` such pings in a row: default 1,
+//!   more for lossy links);
 //! - over TCP a ping is a 7.02 Ping answered by a 7.03 Pong, sent only after the CSM exchange;
 //!   a Pong that does not arrive within the pong timeout fails the session the same way.
 //!

@@ -27,7 +27,8 @@ pub enum ProtocolEvent {
         /// Round-trip time.
         rtt: Duration,
     },
-    /// A stream ping timed out without failing the session yet.
+    /// A ping went unanswered (stream: its pong timeout; datagram: every retransmission)
+    /// without failing the session yet (`max_unanswered` above 1).
     PingUnanswered {
         /// Consecutive unanswered pings.
         count: u32,

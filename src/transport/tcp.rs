@@ -220,7 +220,7 @@ async fn run<S>(
             let Some(event) = core.poll_event() else {
                 break;
             };
-            let stats = *core.keepalive().stats();
+            let stats = core.keepalive().stats();
             let now = Instant::now();
             let reaction = ctx.on_event(&session, &stats, now, event);
             match apply_reaction(&mut core, &mut waiters, now, reaction) {

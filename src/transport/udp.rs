@@ -343,7 +343,7 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
             let Some(event) = p.core.poll_event() else {
                 break;
             };
-            let stats = *p.core.keepalive().stats();
+            let stats = p.core.keepalive().stats();
             let handle = p.handle.clone();
             let reaction = self.ctx.on_event(&handle, &stats, now, event);
             let Some(p) = self.table.get_mut(key) else {

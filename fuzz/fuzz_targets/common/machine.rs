@@ -10,8 +10,8 @@
 //! - a `Pong` answers an outstanding ping and its RTT is measured from its last transmission;
 //! - a datagram `TooManyRetries` comes only after MAX_RETRANSMIT retransmissions, no sooner than
 //!   ACK_TIMEOUT * (2^(MAX_RETRANSMIT+1) - 1) after the first, and never when the peer was heard
-//!   from after the ping went out (incoming traffic proves liveness); a stream one only after
-//!   `max_unanswered` consecutive unanswered pings;
+//!   from after the ping went out (incoming traffic proves liveness); on any transport a failure
+//!   comes only after `max_unanswered` consecutive unanswered pings;
 //! - a ping that the schedule (not `ping_now`) sends needs keepalive on, an established session
 //!   and no request in flight;
 //! - no stall: with keepalive on, established, no request in flight and not finished, a deadline
@@ -24,6 +24,7 @@ use coap_keepalive::config::{KeepaliveConfig, TransmissionParams};
 use coap_keepalive::error::NackReason;
 use coap_keepalive::keepalive::{Keepalive, KeepaliveEvent, PingStyle, PingTransmit};
 use coap_keepalive::protocol::datagram::DatagramSession;
+use coap_keepalive::protocol::exchange::RequestError;
 use coap_keepalive::protocol::ProtocolEvent;
 use coap_keepalive::rng::Rng;
 use coap_keepalive::wire::udp;
@@ -172,7 +173,7 @@ struct Model {
     request_in_flight: bool,
     /// The outstanding ping: its id, first and last transmission, retransmissions.
     outstanding: Option<Outstanding>,
-    /// Consecutive `Unanswered` events (stream).
+    /// Consecutive `Unanswered` events (any transport).
     unanswered: u32,
     finished: bool,
     closed: bool,
@@ -227,7 +228,6 @@ impl Model {
                     self.unanswered = 0;
                 }
                 KeepaliveEvent::Unanswered { count } => {
-                    assert_eq!(self.style, PingStyle::Stream);
                     assert!(
                         self.outstanding.take().is_some(),
                         "unanswered without a ping"
@@ -489,15 +489,10 @@ fn run_session(config: KeepaliveConfig, seed: u64, ops: &[Op]) {
     checker.after(&mut session, now, None);
     for op in ops {
         let mut incoming: Option<Vec<u8>> = None;
-        // Known issue (fuzz/README.md): unlike `respond`, `notify` and `handle_datagram`,
-        // `send_request`, `cancel` and `handle_timeout` on a finished session still transmit
-        // (a new request, a queued one, retransmissions). The driver never calls them then —
-        // it drops finished sessions and follows `poll_timeout`, which is None — so they are
-        // skipped here rather than reported again and again.
-        let unguarded = matches!(op, Op::SendRequest { .. } | Op::Cancel | Op::Timeout);
-        if unguarded && session.is_finished() {
-            continue;
-        }
+        // Every op is applied to a finished session too: an application-driven loop may call
+        // anything at any time, and the checker asserts that nothing goes out then.
+        let was_finished = session.is_finished();
+        let mut requested = None;
         match op {
             Op::Advance(n) => now += ms(u64::from(*n)),
             Op::Deadline => {
@@ -560,6 +555,7 @@ fn run_session(config: KeepaliveConfig, seed: u64, ops: &[Op]) {
                 }
                 let timeout = ms(u64::from(*timeout_ms));
                 let token = session.send_request(now, &request, timeout);
+                requested = Some(token.clone());
                 last_request = Some((token, None));
             }
             Op::AnswerRequest => {
@@ -583,6 +579,16 @@ fn run_session(config: KeepaliveConfig, seed: u64, ops: &[Op]) {
             session.handle_datagram(now, bytes);
         }
         checker.after(&mut session, now, incoming.as_deref());
+        if let (true, Some(token)) = (was_finished, requested) {
+            assert_eq!(
+                checker.events,
+                [ProtocolEvent::RequestFailed {
+                    token,
+                    error: RequestError::SessionEnded,
+                }],
+                "a request on an ended session ends at once, typed"
+            );
+        }
         for bytes in &checker.transmits {
             let (Some(kind), Some(id)) = (message_type(bytes), message_id(bytes)) else {
                 continue;
