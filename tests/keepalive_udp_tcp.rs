@@ -4,7 +4,6 @@
 //!
 //! Every scenario is written once, as a function taking the transport, and run for both.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,30 +17,15 @@ use coap_keepalive::config::{KeepaliveConfig, TransmissionParams};
 use coap_keepalive::context::Context;
 use coap_keepalive::error::NackReason;
 use coap_keepalive::handler::PingDecision;
-use coap_keepalive::keepalive::Stats;
-use coap_keepalive::session::{Role, Session, SessionId, SessionState, Transport};
+use coap_keepalive::session::{Role, Session, SessionState, Transport};
+use coap_keepalive::ClientCredentials;
+
+mod support;
+
+use support::{bounded, drain, listen, loopback, ms, nacks, next, pongs};
 
 /// The most any test here may take; each finishes in well under a second when all is well.
 const TEST_LIMIT: Duration = Duration::from_secs(5);
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-/// Runs a test body under [`TEST_LIMIT`].
-async fn bounded<F: Future>(body: F) -> F::Output {
-    tokio::time::timeout(TEST_LIMIT, body)
-        .await
-        .expect("test exceeded its time limit")
-}
-
-/// Waits at most `limit` for the next item of `rx`.
-async fn next<T>(rx: &mut mpsc::UnboundedReceiver<T>, limit: Duration, what: &str) -> T {
-    tokio::time::timeout(limit, rx.recv())
-        .await
-        .unwrap_or_else(|_| panic!("no {what} within {limit:?}"))
-        .unwrap_or_else(|| panic!("{what} channel closed"))
-}
 
 /// Polls `condition` every few milliseconds until it holds, at most `limit`.
 async fn eventually(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
@@ -52,71 +36,11 @@ async fn eventually(limit: Duration, what: &str, mut condition: impl FnMut() -> 
     }
 }
 
-fn loopback() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
-
-async fn listen(ctx: &Context, transport: Transport) -> SocketAddr {
-    let endpoint = match transport {
-        Transport::Udp => ctx.listen_udp(loopback()).await,
-        Transport::Tcp => ctx.listen_tcp(loopback()).await,
-        other => panic!("{other} is not tested here"),
-    }
-    .expect("listen");
-    assert_eq!(endpoint.transport, transport);
-    endpoint.local_addr
-}
-
+/// A plain UDP or TCP session of `ctx` to `server`.
 async fn connect(ctx: &Context, transport: Transport, server: SocketAddr) -> Session {
-    match transport {
-        Transport::Udp => ctx.connect_udp(server).await,
-        Transport::Tcp => ctx.connect_tcp(server).await,
-        other => panic!("{other} is not tested here"),
-    }
-    .expect("connect")
-}
-
-/// A pong as the pong handler saw it: the session's id, the RTT, the session's counters at that
-/// moment, and when it arrived.
-#[derive(Debug, Clone, Copy)]
-struct Pong {
-    session: SessionId,
-    role: Role,
-    rtt: Duration,
-    stats: Stats,
-}
-
-fn pongs(ctx: &Context) -> mpsc::UnboundedReceiver<Pong> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    ctx.register_pong_handler(move |session, rtt| {
-        let _ = tx.send(Pong {
-            session: session.id(),
-            role: session.role(),
-            rtt,
-            stats: session.stats(),
-        });
-    });
-    rx
-}
-
-/// A nack as the nack handler saw it, with the instant it ran.
-#[derive(Debug, Clone)]
-struct Nack {
-    session: Session,
-    reason: NackReason,
-    at: Instant,
-}
-
-fn nacks(ctx: &Context) -> mpsc::UnboundedReceiver<Nack> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    ctx.register_nack_handler(move |session, reason| {
-        let _ = tx.send(Nack {
-            session: session.clone(),
-            reason,
-            at: Instant::now(),
-        });
-    });
-    rx
+    support::connect(ctx, transport, server, &ClientCredentials::None)
+        .await
+        .expect("connect")
 }
 
 /// Registers a ping handler that answers (or not) and reports the pinging peer's port and the
@@ -129,11 +53,6 @@ fn pings(ctx: &Context, decision: PingDecision) -> mpsc::UnboundedReceiver<(u16,
     });
     rx
 }
-
-fn drain<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> Vec<T> {
-    std::iter::from_fn(|| rx.try_recv().ok()).collect()
-}
-
 // ---- pings answered ----
 
 async fn pings_are_answered(transport: Transport) {
@@ -144,7 +63,7 @@ async fn pings_are_answered(transport: Transport) {
         counter.fetch_add(1, Ordering::SeqCst);
         PingDecision::Answer
     });
-    let addr = listen(&server, transport).await;
+    let addr = listen(&server, transport, None).await;
 
     let client = Context::new();
     client.set_keepalive_interval(Some(ms(100)));
@@ -202,12 +121,12 @@ async fn pings_are_answered(transport: Transport) {
 
 #[tokio::test]
 async fn udp_pings_are_answered() {
-    bounded(pings_are_answered(Transport::Udp)).await
+    bounded(TEST_LIMIT, pings_are_answered(Transport::Udp)).await
 }
 
 #[tokio::test]
 async fn tcp_pings_are_answered() {
-    bounded(pings_are_answered(Transport::Tcp)).await
+    bounded(TEST_LIMIT, pings_are_answered(Transport::Tcp)).await
 }
 
 // ---- silenced peer ----
@@ -215,7 +134,7 @@ async fn tcp_pings_are_answered() {
 async fn silenced_peer_fails_the_session(transport: Transport, config: KeepaliveConfig) {
     let server = Context::new();
     let mut server_pings = pings(&server, PingDecision::Suppress);
-    let addr = listen(&server, transport).await;
+    let addr = listen(&server, transport, None).await;
 
     let client = Context::new();
     client.set_keepalive_config(config).unwrap();
@@ -277,7 +196,11 @@ async fn udp_silenced_peer_gives_too_many_retries() {
                 .with_ack_random_factor(1.0)
                 .with_max_retransmit(2),
         );
-    bounded(silenced_peer_fails_the_session(Transport::Udp, config)).await
+    bounded(
+        TEST_LIMIT,
+        silenced_peer_fails_the_session(Transport::Udp, config),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -286,7 +209,11 @@ async fn tcp_silenced_peer_gives_too_many_retries() {
         .with_interval(Some(ms(100)))
         .with_pong_timeout(ms(100))
         .with_max_unanswered(2);
-    bounded(silenced_peer_fails_the_session(Transport::Tcp, config)).await
+    bounded(
+        TEST_LIMIT,
+        silenced_peer_fails_the_session(Transport::Tcp, config),
+    )
+    .await
 }
 
 // ---- server-side keepalive ----
@@ -296,7 +223,7 @@ async fn server_pings_its_client(transport: Transport) {
     server.set_keepalive_interval(Some(ms(100)));
     let mut server_pongs = pongs(&server);
     let mut server_nacks = nacks(&server);
-    let addr = listen(&server, transport).await;
+    let addr = listen(&server, transport, None).await;
 
     let client = Context::new();
     let mut client_pings = pings(&client, PingDecision::Answer);
@@ -327,12 +254,12 @@ async fn server_pings_its_client(transport: Transport) {
 
 #[tokio::test]
 async fn udp_server_pings_its_client() {
-    bounded(server_pings_its_client(Transport::Udp)).await
+    bounded(TEST_LIMIT, server_pings_its_client(Transport::Udp)).await
 }
 
 #[tokio::test]
 async fn tcp_server_pings_its_client() {
-    bounded(server_pings_its_client(Transport::Tcp)).await
+    bounded(TEST_LIMIT, server_pings_its_client(Transport::Tcp)).await
 }
 
 // ---- per-session overrides ----
@@ -340,7 +267,7 @@ async fn tcp_server_pings_its_client() {
 async fn session_override_stops_pings(transport: Transport) {
     let server = Context::new();
     let mut server_pings = pings(&server, PingDecision::Answer);
-    let addr = listen(&server, transport).await;
+    let addr = listen(&server, transport, None).await;
 
     let client = Context::new();
     client.set_keepalive_interval(Some(ms(100)));
@@ -379,19 +306,19 @@ async fn session_override_stops_pings(transport: Transport) {
 
 #[tokio::test]
 async fn udp_session_override_stops_pings() {
-    bounded(session_override_stops_pings(Transport::Udp)).await
+    bounded(TEST_LIMIT, session_override_stops_pings(Transport::Udp)).await
 }
 
 #[tokio::test]
 async fn tcp_session_override_stops_pings() {
-    bounded(session_override_stops_pings(Transport::Tcp)).await
+    bounded(TEST_LIMIT, session_override_stops_pings(Transport::Tcp)).await
 }
 
 async fn mark_active_postpones_the_ping(transport: Transport) {
     const INTERVAL: Duration = Duration::from_millis(200);
     let server = Context::new();
     let mut server_pings = pings(&server, PingDecision::Answer);
-    let addr = listen(&server, transport).await;
+    let addr = listen(&server, transport, None).await;
 
     let client = Context::new();
     client.set_keepalive_interval(Some(INTERVAL));
@@ -421,26 +348,26 @@ async fn mark_active_postpones_the_ping(transport: Transport) {
 
 #[tokio::test]
 async fn udp_mark_active_postpones_the_ping() {
-    bounded(mark_active_postpones_the_ping(Transport::Udp)).await
+    bounded(TEST_LIMIT, mark_active_postpones_the_ping(Transport::Udp)).await
 }
 
 #[tokio::test]
 async fn tcp_mark_active_postpones_the_ping() {
-    bounded(mark_active_postpones_the_ping(Transport::Tcp)).await
+    bounded(TEST_LIMIT, mark_active_postpones_the_ping(Transport::Tcp)).await
 }
 
 // ---- graceful shutdown and closed connections (TCP) ----
 
 #[tokio::test]
 async fn tcp_graceful_shutdown_releases_the_server_session() {
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         let server = Context::new();
         let mut server_nacks = nacks(&server);
         let (tx, mut server_events) = mpsc::unbounded_channel();
         server.register_event_handler(move |session, event| {
             let _ = tx.send((session.id(), event));
         });
-        let addr = listen(&server, Transport::Tcp).await;
+        let addr = listen(&server, Transport::Tcp, None).await;
 
         let client = Context::new();
         client.set_keepalive_interval(Some(ms(100)));
@@ -482,7 +409,7 @@ const EMPTY_CSM: [u8; 2] = [0x00, 0xe1];
 // Two worker threads: `closed()` must not wake before the session left the table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_server_closing_its_socket_is_not_deliverable() {
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         let listener = TcpListener::bind(loopback()).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let peer = tokio::spawn(async move {
@@ -514,10 +441,10 @@ async fn tcp_server_closing_its_socket_is_not_deliverable() {
 // Two worker threads: `closed()` must not wake before the session left the table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_client_closing_its_socket_is_not_deliverable() {
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         let server = Context::new();
         let mut server_nacks = nacks(&server);
-        let addr = listen(&server, Transport::Tcp).await;
+        let addr = listen(&server, Transport::Tcp, None).await;
 
         let mut stream = TcpStream::connect(addr).await.unwrap();
         stream.write_all(&EMPTY_CSM).await.unwrap();

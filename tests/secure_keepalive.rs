@@ -7,80 +7,32 @@
 //! Certificates are fresh for each test, written to a temporary directory and read back as an
 //! application would.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
-use coap_keepalive::certs::{read_pem, CertificateSet};
 use coap_keepalive::config::{KeepaliveConfig, TransmissionParams};
 use coap_keepalive::context::{Context, ContextSettings};
 use coap_keepalive::error::{Error, NackReason};
 use coap_keepalive::handler::{PingDecision, SessionEvent};
-use coap_keepalive::session::{Role, Session, SessionState, Transport};
-use coap_keepalive::{ClientCredentials, PemIdentity, PskCredentials, ServerCredentials};
+use coap_keepalive::session::{Role, SessionState, Transport};
+use coap_keepalive::{ClientCredentials, PskCredentials, ServerCredentials};
+
+mod support;
+
+use support::{bounded, connect, loopback, ms, nacks, next, pongs, Nack, Pki, Pong};
 
 /// The most any test here may take; each finishes in about a second when all is well.
 const TEST_LIMIT: Duration = Duration::from_secs(10);
 /// The handshake (connect) timeout of the contexts that are expected to connect.
 const HANDSHAKE: Duration = Duration::from_secs(3);
 
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-async fn bounded<F: Future>(body: F) -> F::Output {
-    tokio::time::timeout(TEST_LIMIT, body)
-        .await
-        .expect("test exceeded its time limit")
-}
-
-async fn next<T>(rx: &mut mpsc::UnboundedReceiver<T>, limit: Duration, what: &str) -> T {
-    tokio::time::timeout(limit, rx.recv())
-        .await
-        .unwrap_or_else(|_| panic!("no {what} within {limit:?}"))
-        .unwrap_or_else(|| panic!("{what} channel closed"))
-}
-
-fn loopback() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
-
 fn context(handshake: Duration) -> Context {
     let mut settings = ContextSettings::default();
     settings.connect_timeout = handshake;
     Context::with_settings(settings)
-}
-
-/// A CA with a server and a client certificate, written to a temporary directory.
-struct Pki {
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let dir = tempfile::tempdir().unwrap();
-        CertificateSet::generate()
-            .unwrap()
-            .write_to(dir.path())
-            .unwrap();
-        Pki { dir }
-    }
-
-    fn ca(&self) -> String {
-        read_pem(&self.dir.path().join("ca.pem")).unwrap()
-    }
-
-    fn identity(&self, who: &str) -> PemIdentity {
-        let dir = self.dir.path();
-        PemIdentity::from_files(
-            &dir.join(format!("{who}.pem")),
-            &dir.join(format!("{who}.key")),
-        )
-        .unwrap()
-    }
 }
 
 /// The four ways of securing a session tested here.
@@ -111,69 +63,16 @@ fn credentials(mode: Mode, pki: &Pki) -> (ServerCredentials, ClientCredentials) 
                 ClientCredentials::Psk(psk),
             )
         }
-        Mode::DtlsCertificate | Mode::Tls => (
-            ServerCredentials::Certificate {
-                identity: pki.identity("server"),
-                client_ca_pem: None,
-            },
-            ClientCredentials::Certificate {
-                ca_pem: Some(pki.ca()),
-                identity: None,
-                insecure: false,
-            },
-        ),
-        Mode::MutualTls => (
-            ServerCredentials::Certificate {
-                identity: pki.identity("server"),
-                client_ca_pem: Some(pki.ca()),
-            },
-            ClientCredentials::Certificate {
-                ca_pem: Some(pki.ca()),
-                identity: Some(pki.identity("client")),
-                insecure: false,
-            },
-        ),
+        Mode::DtlsCertificate | Mode::Tls => {
+            (pki.server_credentials(false), pki.client_credentials(false))
+        }
+        Mode::MutualTls => (pki.server_credentials(true), pki.client_credentials(true)),
     }
 }
 
+/// Starts a DTLS or TLS endpoint of `ctx` on loopback.
 async fn listen(ctx: &Context, transport: Transport, credentials: ServerCredentials) -> SocketAddr {
-    let endpoint = match transport {
-        Transport::Dtls => ctx.listen_dtls(loopback(), credentials).await,
-        Transport::Tls => ctx.listen_tls(loopback(), credentials).await,
-        other => panic!("{other} is not tested here"),
-    }
-    .expect("listen");
-    assert_eq!(endpoint.transport, transport);
-    endpoint.local_addr
-}
-
-async fn connect(
-    ctx: &Context,
-    transport: Transport,
-    server: SocketAddr,
-    credentials: &ClientCredentials,
-) -> coap_keepalive::Result<Session> {
-    match transport {
-        Transport::Dtls => ctx.connect_dtls(server, credentials).await,
-        Transport::Tls => ctx.connect_tls(server, "localhost", credentials).await,
-        other => panic!("{other} is not tested here"),
-    }
-}
-
-fn pongs(ctx: &Context) -> mpsc::UnboundedReceiver<(Role, Duration)> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    ctx.register_pong_handler(move |session, rtt| {
-        let _ = tx.send((session.role(), rtt));
-    });
-    rx
-}
-
-fn nacks(ctx: &Context) -> mpsc::UnboundedReceiver<(Session, NackReason, Instant)> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    ctx.register_nack_handler(move |session, reason| {
-        let _ = tx.send((session.clone(), reason, Instant::now()));
-    });
-    rx
+    support::listen(ctx, transport, Some(credentials)).await
 }
 
 fn events(ctx: &Context) -> mpsc::UnboundedReceiver<(Role, SessionEvent)> {
@@ -187,7 +86,7 @@ fn events(ctx: &Context) -> mpsc::UnboundedReceiver<(Role, SessionEvent)> {
 // ---- pings answered, both ways ----
 
 async fn pings_are_answered_both_ways(mode: Mode) {
-    let pki = Pki::new();
+    let pki = Pki::generate();
     let (server_credentials, client_credentials) = credentials(mode, &pki);
     let transport = mode.transport();
 
@@ -209,7 +108,8 @@ async fn pings_are_answered_both_ways(mode: Mode) {
     assert_eq!(session.role(), Role::Client);
 
     for _ in 0..3 {
-        let (role, rtt) = next(&mut client_pongs, Duration::from_secs(2), "client pong").await;
+        let Pong { role, rtt, .. } =
+            next(&mut client_pongs, Duration::from_secs(2), "client pong").await;
         assert_eq!(role, Role::Client);
         assert!(
             rtt > Duration::ZERO && rtt < ms(200),
@@ -222,7 +122,8 @@ async fn pings_are_answered_both_ways(mode: Mode) {
 
     // The server pings its client too, once the client stops pinging.
     session.set_keepalive(0);
-    let (role, rtt) = next(&mut server_pongs, Duration::from_secs(2), "server pong").await;
+    let Pong { role, rtt, .. } =
+        next(&mut server_pongs, Duration::from_secs(2), "server pong").await;
     assert_eq!(role, Role::Server);
     assert!(rtt < ms(200), "{mode:?} server rtt {rtt:?}");
     let theirs = server.sessions();
@@ -239,28 +140,32 @@ async fn pings_are_answered_both_ways(mode: Mode) {
 
 #[tokio::test]
 async fn dtls_psk_pings_are_answered() {
-    bounded(pings_are_answered_both_ways(Mode::DtlsPsk)).await
+    bounded(TEST_LIMIT, pings_are_answered_both_ways(Mode::DtlsPsk)).await
 }
 
 #[tokio::test]
 async fn dtls_certificate_pings_are_answered() {
-    bounded(pings_are_answered_both_ways(Mode::DtlsCertificate)).await
+    bounded(
+        TEST_LIMIT,
+        pings_are_answered_both_ways(Mode::DtlsCertificate),
+    )
+    .await
 }
 
 #[tokio::test]
 async fn tls_pings_are_answered() {
-    bounded(pings_are_answered_both_ways(Mode::Tls)).await
+    bounded(TEST_LIMIT, pings_are_answered_both_ways(Mode::Tls)).await
 }
 
 #[tokio::test]
 async fn mutual_tls_pings_are_answered() {
-    bounded(pings_are_answered_both_ways(Mode::MutualTls)).await
+    bounded(TEST_LIMIT, pings_are_answered_both_ways(Mode::MutualTls)).await
 }
 
 // ---- a silenced server ----
 
 async fn silenced_server_fails_the_session(mode: Mode) {
-    let pki = Pki::new();
+    let pki = Pki::generate();
     let (server_credentials, client_credentials) = credentials(mode, &pki);
     let transport = mode.transport();
 
@@ -289,7 +194,11 @@ async fn silenced_server_fails_the_session(mode: Mode) {
         .await
         .expect("connect");
 
-    let (nacked, reason, at) = next(&mut client_nacks, Duration::from_secs(3), "nack").await;
+    let Nack {
+        session: nacked,
+        reason,
+        at,
+    } = next(&mut client_nacks, Duration::from_secs(3), "nack").await;
     assert_eq!(reason, NackReason::TooManyRetries);
     assert_eq!(nacked.id(), session.id());
     // UDP rules: ping at 100, retransmissions 50 and 100 later, given up 200 after the last.
@@ -318,22 +227,30 @@ async fn silenced_server_fails_the_session(mode: Mode) {
 
 #[tokio::test]
 async fn dtls_psk_silenced_server() {
-    bounded(silenced_server_fails_the_session(Mode::DtlsPsk)).await
+    bounded(TEST_LIMIT, silenced_server_fails_the_session(Mode::DtlsPsk)).await
 }
 
 #[tokio::test]
 async fn dtls_certificate_silenced_server() {
-    bounded(silenced_server_fails_the_session(Mode::DtlsCertificate)).await
+    bounded(
+        TEST_LIMIT,
+        silenced_server_fails_the_session(Mode::DtlsCertificate),
+    )
+    .await
 }
 
 #[tokio::test]
 async fn tls_silenced_server() {
-    bounded(silenced_server_fails_the_session(Mode::Tls)).await
+    bounded(TEST_LIMIT, silenced_server_fails_the_session(Mode::Tls)).await
 }
 
 #[tokio::test]
 async fn mutual_tls_silenced_server() {
-    bounded(silenced_server_fails_the_session(Mode::MutualTls)).await
+    bounded(
+        TEST_LIMIT,
+        silenced_server_fails_the_session(Mode::MutualTls),
+    )
+    .await
 }
 
 // ---- clean close ----
@@ -341,7 +258,7 @@ async fn mutual_tls_silenced_server() {
 /// The client closes: over DTLS a close_notify, over TLS a 7.04 Release. The server sees a
 /// closed session, not a failed one, and forgets it.
 async fn client_close_is_clean(mode: Mode) {
-    let pki = Pki::new();
+    let pki = Pki::generate();
     let (server_credentials, client_credentials) = credentials(mode, &pki);
     let transport = mode.transport();
     let server = context(HANDSHAKE);
@@ -371,12 +288,12 @@ async fn client_close_is_clean(mode: Mode) {
 
 #[tokio::test]
 async fn dtls_close_notify_is_a_clean_close() {
-    bounded(client_close_is_clean(Mode::DtlsPsk)).await
+    bounded(TEST_LIMIT, client_close_is_clean(Mode::DtlsPsk)).await
 }
 
 #[tokio::test]
 async fn tls_release_is_a_clean_close() {
-    bounded(client_close_is_clean(Mode::Tls)).await
+    bounded(TEST_LIMIT, client_close_is_clean(Mode::Tls)).await
 }
 
 // ---- bad credentials ----
@@ -404,7 +321,9 @@ async fn rejected(
     assert!(matches!(error, Error::Tls(_)), "{error}");
     assert!(error.to_string().contains(cause), "{error}");
 
-    let (session, reason, _) = next(&mut client_nacks, ms(100), "client nack").await;
+    let Nack {
+        session, reason, ..
+    } = next(&mut client_nacks, ms(100), "client nack").await;
     assert_eq!(reason, NackReason::TlsFailed);
     assert_eq!(
         (session.transport(), session.role()),
@@ -415,7 +334,9 @@ async fn rejected(
     assert!(client.sessions().is_empty());
     assert_eq!(client.stats().failures, 1);
 
-    let (session, reason, _) = next(&mut server_nacks, HANDSHAKE, "server nack").await;
+    let Nack {
+        session, reason, ..
+    } = next(&mut server_nacks, HANDSHAKE, "server nack").await;
     assert_eq!(reason, NackReason::TlsFailed);
     assert_eq!(
         (session.transport(), session.role()),
@@ -427,18 +348,21 @@ async fn rejected(
 
 #[tokio::test]
 async fn dtls_wrong_psk_fails() {
-    bounded(rejected(
-        Transport::Dtls,
-        ServerCredentials::Psk(PskCredentials::new("client-1", "secret")),
-        ClientCredentials::Psk(PskCredentials::new("client-1", "wrong")),
-        "handshake with",
-    ))
+    bounded(
+        TEST_LIMIT,
+        rejected(
+            Transport::Dtls,
+            ServerCredentials::Psk(PskCredentials::new("client-1", "secret")),
+            ClientCredentials::Psk(PskCredentials::new("client-1", "wrong")),
+            "handshake with",
+        ),
+    )
     .await
 }
 
 async fn untrusted_server(transport: Transport) {
-    let pki = Pki::new();
-    let other = Pki::new();
+    let pki = Pki::generate();
+    let other = Pki::generate();
     let (server_credentials, _) = credentials(Mode::Tls, &pki);
     let (_, client_credentials) = credentials(Mode::Tls, &other);
     rejected(
@@ -452,16 +376,16 @@ async fn untrusted_server(transport: Transport) {
 
 #[tokio::test]
 async fn dtls_untrusted_server_certificate_fails() {
-    bounded(untrusted_server(Transport::Dtls)).await
+    bounded(TEST_LIMIT, untrusted_server(Transport::Dtls)).await
 }
 
 #[tokio::test]
 async fn tls_untrusted_server_certificate_fails() {
-    bounded(untrusted_server(Transport::Tls)).await
+    bounded(TEST_LIMIT, untrusted_server(Transport::Tls)).await
 }
 
 async fn missing_client_certificate(transport: Transport, cause: &str) {
-    let pki = Pki::new();
+    let pki = Pki::generate();
     let (server_credentials, _) = credentials(Mode::MutualTls, &pki);
     let (_, client_credentials) = credentials(Mode::Tls, &pki);
     rejected(transport, server_credentials, client_credentials, cause).await
@@ -469,31 +393,31 @@ async fn missing_client_certificate(transport: Transport, cause: &str) {
 
 #[tokio::test]
 async fn dtls_missing_client_certificate_fails() {
-    bounded(missing_client_certificate(
-        Transport::Dtls,
-        "handshake with",
-    ))
+    bounded(
+        TEST_LIMIT,
+        missing_client_certificate(Transport::Dtls, "handshake with"),
+    )
     .await
 }
 
 #[tokio::test]
 async fn tls_missing_client_certificate_fails() {
     // TLS 1.3: the handshake completes on the client, the server's alert follows.
-    bounded(missing_client_certificate(
-        Transport::Tls,
-        "CertificateRequired",
-    ))
+    bounded(
+        TEST_LIMIT,
+        missing_client_certificate(Transport::Tls, "CertificateRequired"),
+    )
     .await
 }
 
 #[tokio::test]
 async fn tls_client_certificate_from_another_ca_fails() {
-    bounded(async {
-        let pki = Pki::new();
-        let other = Pki::new();
+    bounded(TEST_LIMIT, async {
+        let pki = Pki::generate();
+        let other = Pki::generate();
         let (server_credentials, _) = credentials(Mode::MutualTls, &pki);
         let client_credentials = ClientCredentials::Certificate {
-            ca_pem: Some(pki.ca()),
+            ca_pem: Some(pki.ca_pem()),
             identity: Some(other.identity("client")),
             insecure: false,
         };
@@ -532,7 +456,9 @@ async fn client_handshake_times_out(transport: Transport, silent: SocketAddr) {
         error.to_string().contains("timed out after 300ms"),
         "{error}"
     );
-    let (session, reason, _) = next(&mut client_nacks, ms(100), "nack").await;
+    let Nack {
+        session, reason, ..
+    } = next(&mut client_nacks, ms(100), "nack").await;
     assert_eq!(reason, NackReason::TlsFailed);
     assert_eq!(session.role(), Role::Client);
     assert!(client.sessions().is_empty());
@@ -540,7 +466,7 @@ async fn client_handshake_times_out(transport: Transport, silent: SocketAddr) {
 
 #[tokio::test]
 async fn dtls_handshake_times_out_against_a_silent_socket() {
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         let silent = UdpSocket::bind(loopback()).await.unwrap();
         client_handshake_times_out(Transport::Dtls, silent.local_addr().unwrap()).await
     })
@@ -549,7 +475,7 @@ async fn dtls_handshake_times_out_against_a_silent_socket() {
 
 #[tokio::test]
 async fn tls_handshake_times_out_against_a_listener_that_never_answers() {
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         // The kernel completes the TCP handshake; nobody ever reads.
         let silent = TcpListener::bind(loopback()).await.unwrap();
         client_handshake_times_out(Transport::Tls, silent.local_addr().unwrap()).await
@@ -560,7 +486,7 @@ async fn tls_handshake_times_out_against_a_listener_that_never_answers() {
 /// A client that connects and says nothing costs the server one handshake deadline and a nack,
 /// and never keeps others from connecting.
 async fn server_handshake_times_out(mode: Mode) {
-    let pki = Pki::new();
+    let pki = Pki::generate();
     let (server_credentials, client_credentials) = credentials(mode, &pki);
     let transport = mode.transport();
     let server = context(ms(300));
@@ -586,7 +512,11 @@ async fn server_handshake_times_out(mode: Mode) {
         .expect("connect while another handshake hangs");
     assert!(start.elapsed() < ms(300), "blocked by the silent peer");
 
-    let (failed, reason, at) = next(&mut server_nacks, Duration::from_secs(2), "nack").await;
+    let Nack {
+        session: failed,
+        reason,
+        at,
+    } = next(&mut server_nacks, Duration::from_secs(2), "nack").await;
     assert_eq!(reason, NackReason::TlsFailed);
     assert_eq!(failed.role(), Role::Server);
     let elapsed = at - start;
@@ -605,19 +535,19 @@ async fn server_handshake_times_out(mode: Mode) {
 
 #[tokio::test]
 async fn dtls_server_handshake_times_out_without_blocking_others() {
-    bounded(server_handshake_times_out(Mode::DtlsPsk)).await
+    bounded(TEST_LIMIT, server_handshake_times_out(Mode::DtlsPsk)).await
 }
 
 #[tokio::test]
 async fn tls_server_handshake_times_out_without_blocking_others() {
-    bounded(server_handshake_times_out(Mode::Tls)).await
+    bounded(TEST_LIMIT, server_handshake_times_out(Mode::Tls)).await
 }
 
 // ---- configuration errors and connect_with ----
 
 #[tokio::test]
 async fn tls_with_a_psk_is_a_configuration_error() {
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         let ctx = context(HANDSHAKE);
         let mut nack_rx = nacks(&ctx);
         let psk = PskCredentials::new("id", "secret");
@@ -646,7 +576,7 @@ async fn tls_with_a_psk_is_a_configuration_error() {
 
 #[tokio::test]
 async fn secured_schemes_need_credentials() {
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         let ctx = context(HANDSHAKE);
         let mut nack_rx = nacks(&ctx);
         for uri in ["coaps://127.0.0.1:9", "coaps+tcp://127.0.0.1:9"] {
@@ -679,8 +609,8 @@ async fn secured_schemes_need_credentials() {
 
 #[tokio::test]
 async fn connect_with_serves_every_scheme() {
-    bounded(async {
-        let pki = Pki::new();
+    bounded(TEST_LIMIT, async {
+        let pki = Pki::generate();
         let psk = PskCredentials::new("id", "secret");
         let server = context(HANDSHAKE);
         let udp = server.listen_udp(loopback()).await.unwrap();

@@ -5,127 +5,90 @@
 //! next datagram (the server handles one peer's datagrams in order, so anything sent for the
 //! earlier ones would arrive first).
 
-use std::future::Future;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
-use tokio::sync::mpsc;
 
 use coap_keepalive::context::Context;
 use coap_keepalive::error::NackReason;
+use coap_keepalive::session::Transport;
 use coap_keepalive::wire::decode_uint;
 use coap_keepalive::wire::signal::{
     Signal, ABORT, CSM, OPTION_BAD_CSM_OPTION, OPTION_CUSTODY, OPTION_MAX_MESSAGE_SIZE, PONG,
     RELEASE,
 };
-use coap_keepalive::wire::tcp::{Frame, FrameDecoder};
+use coap_keepalive::wire::tcp::Frame;
+
+mod support;
+
+use support::{bounded, expect_nack, listen, loopback, nacks, RawDatagram, RawStream};
 
 /// The most any test here may take.
 const TEST_LIMIT: Duration = Duration::from_secs(5);
 /// How long to wait for an answer that should come.
 const ANSWER_LIMIT: Duration = Duration::from_secs(1);
-/// How long to listen for an answer that should not come.
-const QUIET: Duration = Duration::from_millis(200);
-
-async fn bounded<F: Future>(body: F) -> F::Output {
-    tokio::time::timeout(TEST_LIMIT, body)
-        .await
-        .expect("test exceeded its time limit")
-}
-
-fn loopback() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
 
 // ---- UDP ----
 
-/// A library UDP server and a raw socket connected to it.
-async fn udp_pair() -> (Context, UdpSocket) {
+/// A library UDP server and a raw peer of it.
+async fn udp_pair() -> (Context, RawDatagram) {
     let server = Context::new();
-    let endpoint = server.listen_udp(loopback()).await.unwrap();
-    let socket = UdpSocket::bind(loopback()).await.unwrap();
-    socket.connect(endpoint.local_addr).await.unwrap();
-    (server, socket)
-}
-
-async fn recv_datagram(socket: &UdpSocket) -> Vec<u8> {
-    let mut buf = vec![0u8; 2048];
-    let len = tokio::time::timeout(ANSWER_LIMIT, socket.recv(&mut buf))
-        .await
-        .expect("no answer")
-        .unwrap();
-    buf.truncate(len);
-    buf
-}
-
-async fn assert_quiet(socket: &UdpSocket, after: &str) {
-    let mut buf = [0u8; 2048];
-    if let Ok(received) = tokio::time::timeout(QUIET, socket.recv(&mut buf)).await {
-        let len = received.unwrap();
-        panic!("answer to {after}: {:02x?}", &buf[..len]);
-    }
-}
-
-/// Pings with `message_id` and asserts that the very next datagram is its RST.
-async fn assert_next_answer_is_rst_to_ping(socket: &UdpSocket, message_id: u16) {
-    let [high, low] = message_id.to_be_bytes();
-    socket.send(&[0x40, 0x00, high, low]).await.unwrap();
-    assert_eq!(recv_datagram(socket).await, vec![0x70, 0x00, high, low]);
+    let addr = listen(&server, Transport::Udp, None).await;
+    let peer = RawDatagram::udp(addr, ANSWER_LIMIT).await;
+    (server, peer)
 }
 
 #[tokio::test]
 async fn udp_ping_gets_rst_with_its_message_id() {
-    bounded(async {
-        let (_server, socket) = udp_pair().await;
-        socket.send(&[0x40, 0x00, 0x12, 0x34]).await.unwrap();
-        assert_eq!(recv_datagram(&socket).await, vec![0x70, 0x00, 0x12, 0x34]);
+    bounded(TEST_LIMIT, async {
+        let (_server, peer) = udp_pair().await;
+        peer.send(&[0x40, 0x00, 0x12, 0x34]).await;
+        assert_eq!(peer.recv().await, vec![0x70, 0x00, 0x12, 0x34]);
     })
     .await
 }
 
 #[tokio::test]
 async fn udp_empty_non_gets_rst() {
-    bounded(async {
-        let (_server, socket) = udp_pair().await;
-        socket.send(&[0x50, 0x00, 0xab, 0xcd]).await.unwrap();
-        assert_eq!(recv_datagram(&socket).await, vec![0x70, 0x00, 0xab, 0xcd]);
+    bounded(TEST_LIMIT, async {
+        let (_server, peer) = udp_pair().await;
+        peer.send(&[0x50, 0x00, 0xab, 0xcd]).await;
+        assert_eq!(peer.recv().await, vec![0x70, 0x00, 0xab, 0xcd]);
     })
     .await
 }
 
 #[tokio::test]
 async fn udp_ack_and_rst_for_unknown_ids_get_nothing() {
-    bounded(async {
-        let (_server, socket) = udp_pair().await;
-        socket.send(&[0x60, 0x00, 0x00, 0x01]).await.unwrap();
-        socket.send(&[0x70, 0x00, 0x00, 0x02]).await.unwrap();
-        assert_quiet(&socket, "an ACK and an RST").await;
-        assert_next_answer_is_rst_to_ping(&socket, 0x0003).await;
+    bounded(TEST_LIMIT, async {
+        let (_server, peer) = udp_pair().await;
+        peer.send(&[0x60, 0x00, 0x00, 0x01]).await;
+        peer.send(&[0x70, 0x00, 0x00, 0x02]).await;
+        peer.assert_quiet("an ACK and an RST").await;
+        peer.assert_next_answer_is_rst_to_ping(0x0003).await;
     })
     .await
 }
 
 #[tokio::test]
 async fn udp_empty_con_with_a_token_gets_rst() {
-    bounded(async {
-        let (_server, socket) = udp_pair().await;
-        socket.send(&[0x41, 0x00, 0x12, 0x34, 0x99]).await.unwrap();
-        assert_eq!(recv_datagram(&socket).await, vec![0x70, 0x00, 0x12, 0x34]);
+    bounded(TEST_LIMIT, async {
+        let (_server, peer) = udp_pair().await;
+        peer.send(&[0x41, 0x00, 0x12, 0x34, 0x99]).await;
+        assert_eq!(peer.recv().await, vec![0x70, 0x00, 0x12, 0x34]);
     })
     .await
 }
 
 #[tokio::test]
 async fn udp_short_datagram_and_version_2_get_nothing() {
-    bounded(async {
-        let (server, socket) = udp_pair().await;
-        socket.send(&[0x40, 0x00, 0x12]).await.unwrap();
-        socket.send(&[0x80, 0x00, 0x12, 0x35]).await.unwrap();
-        assert_quiet(&socket, "a 3-byte datagram and a version-2 header").await;
-        assert_next_answer_is_rst_to_ping(&socket, 0x1236).await;
+    bounded(TEST_LIMIT, async {
+        let (server, peer) = udp_pair().await;
+        peer.send(&[0x40, 0x00, 0x12]).await;
+        peer.send(&[0x80, 0x00, 0x12, 0x35]).await;
+        peer.assert_quiet("a 3-byte datagram and a version-2 header")
+            .await;
+        peer.assert_next_answer_is_rst_to_ping(0x1236).await;
         assert_eq!(server.sessions().len(), 1);
     })
     .await
@@ -133,17 +96,17 @@ async fn udp_short_datagram_and_version_2_get_nothing() {
 
 #[tokio::test]
 async fn udp_con_get_gets_piggybacked_not_found() {
-    bounded(async {
-        let (_server, socket) = udp_pair().await;
+    bounded(TEST_LIMIT, async {
+        let (_server, peer) = udp_pair().await;
         let mut request = Packet::new();
         request.header.set_type(MessageType::Confirmable);
         request.header.code = MessageClass::Request(RequestType::Get);
         request.header.message_id = 0x4242;
         request.set_token(vec![0xde, 0xad, 0xbe, 0xef]);
         request.add_option(CoapOption::UriPath, b"x".to_vec());
-        socket.send(&request.to_bytes().unwrap()).await.unwrap();
+        peer.send(&request.to_bytes().unwrap()).await;
 
-        let response = Packet::from_bytes(&recv_datagram(&socket).await).unwrap();
+        let response = Packet::from_bytes(&peer.recv().await).unwrap();
         assert_eq!(response.header.get_type(), MessageType::Acknowledgement);
         assert_eq!(
             response.header.code,
@@ -157,113 +120,48 @@ async fn udp_con_get_gets_piggybacked_not_found() {
 
 #[tokio::test]
 async fn udp_largest_datagrams_do_not_kill_the_server() {
-    bounded(async {
-        let (_server, socket) = udp_pair().await;
+    bounded(TEST_LIMIT, async {
+        let (_server, peer) = udp_pair().await;
         // The largest UDP payload IPv4 carries (a 64 KiB datagram less the IP and UDP headers).
         const LARGEST: usize = 65_507;
         // A well-formed CON POST with a huge payload...
         let mut post = vec![0x40, 0x02, 0x77, 0x01, 0xff];
         post.resize(LARGEST, 0x61);
-        socket.send(&post).await.unwrap();
+        peer.send(&post).await;
         // ...and as much garbage behind a CON header (option byte f0: reserved delta 15).
         let mut garbage = vec![0x40, 0x01, 0x77, 0x02, 0xf0];
         garbage.extend((0..LARGEST - 5).map(|i| (i * 7 + 3) as u8));
-        socket.send(&garbage).await.unwrap();
-        socket.send(&[0x40, 0x00, 0x77, 0x03]).await.unwrap();
+        peer.send(&garbage).await;
+        peer.send(&[0x40, 0x00, 0x77, 0x03]).await;
 
         // Piggybacked 4.04, RST for the format error, RST for the ping: the server lives.
-        assert_eq!(recv_datagram(&socket).await, vec![0x60, 0x84, 0x77, 0x01]);
-        assert_eq!(recv_datagram(&socket).await, vec![0x70, 0x00, 0x77, 0x02]);
-        assert_eq!(recv_datagram(&socket).await, vec![0x70, 0x00, 0x77, 0x03]);
+        assert_eq!(peer.recv().await, vec![0x60, 0x84, 0x77, 0x01]);
+        assert_eq!(peer.recv().await, vec![0x70, 0x00, 0x77, 0x02]);
+        assert_eq!(peer.recv().await, vec![0x70, 0x00, 0x77, 0x03]);
     })
     .await
 }
 
 // ---- TCP ----
 
-/// A raw TCP connection to a library server, decoding what the server sends.
-struct RawTcp {
-    stream: TcpStream,
-    decoder: FrameDecoder,
+/// Starts a TCP endpoint on `server` and connects a raw stream to it.
+async fn connect_raw(server: &Context) -> RawStream {
+    let addr = listen(server, Transport::Tcp, None).await;
+    RawStream::tcp(addr, ANSWER_LIMIT).await
 }
 
-impl RawTcp {
-    /// Starts a TCP endpoint on `server` and connects to it.
-    async fn connect(server: &Context) -> RawTcp {
-        let endpoint = server.listen_tcp(loopback()).await.unwrap();
-        RawTcp::to(endpoint.local_addr).await
-    }
-
-    async fn to(addr: SocketAddr) -> RawTcp {
-        RawTcp {
-            stream: TcpStream::connect(addr).await.unwrap(),
-            decoder: FrameDecoder::new(1 << 20),
-        }
-    }
-
-    /// Connects and reads the server's CSM before writing anything, then sends ours.
-    async fn established(server: &Context) -> RawTcp {
-        let mut raw = RawTcp::connect(server).await;
-        assert_eq!(raw.frame().await.code, CSM);
-        raw.send(&[0x00, 0xe1]).await;
-        raw
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.unwrap();
-    }
-
-    /// The next frame from the server.
-    async fn frame(&mut self) -> Frame {
-        let mut buf = [0u8; 4096];
-        loop {
-            if let Some(frame) = self.decoder.next_frame().expect("server sent a bad frame") {
-                return frame;
-            }
-            let n = tokio::time::timeout(ANSWER_LIMIT, self.stream.read(&mut buf))
-                .await
-                .expect("no frame from the server")
-                .unwrap();
-            assert!(n > 0, "connection closed while a frame was expected");
-            self.decoder.push(&buf[..n]);
-        }
-    }
-
-    /// Asserts that the server closes the connection with nothing more to say.
-    async fn assert_closed(&mut self) {
-        assert_eq!(self.decoder.buffered(), 0);
-        let mut buf = [0u8; 64];
-        let n = tokio::time::timeout(ANSWER_LIMIT, self.stream.read(&mut buf))
-            .await
-            .expect("connection still open")
-            .unwrap();
-        assert_eq!(n, 0, "more after the Abort: {:02x?}", &buf[..n]);
-    }
-}
-
-/// A server context whose nack handler reports each reason.
-fn server_with_nacks() -> (Context, mpsc::UnboundedReceiver<NackReason>) {
-    let server = Context::new();
-    let (tx, rx) = mpsc::unbounded_channel();
-    server.register_nack_handler(move |_, reason| {
-        let _ = tx.send(reason);
-    });
-    (server, rx)
-}
-
-async fn expect_nack(rx: &mut mpsc::UnboundedReceiver<NackReason>, reason: NackReason) {
-    let got = tokio::time::timeout(ANSWER_LIMIT, rx.recv())
-        .await
-        .expect("no nack")
-        .expect("nack channel closed");
-    assert_eq!(got, reason);
+/// Connects, reads the server's CSM before writing anything, then sends ours.
+async fn established(server: &Context) -> RawStream {
+    let mut raw = connect_raw(server).await;
+    raw.exchange_csms().await;
+    raw
 }
 
 #[tokio::test]
 async fn tcp_server_sends_its_csm_first() {
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         let server = Context::new();
-        let mut raw = RawTcp::connect(&server).await;
+        let mut raw = connect_raw(&server).await;
         // Nothing written yet: the server must not wait for our CSM.
         let csm = raw.frame().await;
         assert_eq!(csm.code, 0xe1);
@@ -286,9 +184,9 @@ async fn tcp_server_sends_its_csm_first() {
 
 #[tokio::test]
 async fn tcp_ping_without_token_gets_pong_without_token() {
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         let server = Context::new();
-        let mut raw = RawTcp::established(&server).await;
+        let mut raw = established(&server).await;
         // An empty 0.00 message first: ignored, so the Pong is the next thing we get.
         raw.send(&[0x00, 0x00, 0x00, 0xe2]).await;
         let pong = raw.frame().await;
@@ -300,9 +198,9 @@ async fn tcp_ping_without_token_gets_pong_without_token() {
 
 #[tokio::test]
 async fn tcp_ping_with_token_and_custody_gets_both_back() {
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         let server = Context::new();
-        let mut raw = RawTcp::established(&server).await;
+        let mut raw = established(&server).await;
         raw.send(&[0x12, 0xe2, 0x12, 0x34, 0x20]).await;
         let pong = raw.frame().await;
         assert_eq!(pong.code, PONG);
@@ -315,9 +213,9 @@ async fn tcp_ping_with_token_and_custody_gets_both_back() {
 
 #[tokio::test]
 async fn tcp_request_gets_not_found_with_its_token() {
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         let server = Context::new();
-        let mut raw = RawTcp::established(&server).await;
+        let mut raw = established(&server).await;
         let mut get = Frame::new(0x01);
         get.token = vec![0xaa, 0xbb, 0xcc];
         get.options.push((11, b"x".to_vec())); // Uri-Path
@@ -329,7 +227,8 @@ async fn tcp_request_gets_not_found_with_its_token() {
     .await
 }
 
-async fn assert_aborted(raw: &mut RawTcp) -> Signal {
+/// Reads an Abort, then the clean close; returns the Abort.
+async fn assert_aborted(raw: &mut RawStream) -> Signal {
     let abort = raw.frame().await;
     assert_eq!(abort.code, ABORT);
     raw.assert_closed().await;
@@ -338,9 +237,10 @@ async fn assert_aborted(raw: &mut RawTcp) -> Signal {
 
 #[tokio::test]
 async fn tcp_first_message_not_a_csm_is_aborted() {
-    bounded(async {
-        let (server, mut nacks) = server_with_nacks();
-        let mut raw = RawTcp::connect(&server).await;
+    bounded(TEST_LIMIT, async {
+        let server = Context::new();
+        let mut nack_rx = nacks(&server);
+        let mut raw = connect_raw(&server).await;
         assert_eq!(raw.frame().await.code, CSM);
         raw.send(&[0x00, 0xe2]).await;
         let abort = assert_aborted(&mut raw).await;
@@ -354,16 +254,17 @@ async fn tcp_first_message_not_a_csm_is_aborted() {
             ),
             "{abort:?}"
         );
-        expect_nack(&mut nacks, NackReason::ProtocolError).await;
+        expect_nack(&mut nack_rx, ANSWER_LIMIT, NackReason::ProtocolError).await;
     })
     .await
 }
 
 #[tokio::test]
 async fn tcp_unknown_critical_csm_option_is_aborted_with_bad_csm_option() {
-    bounded(async {
-        let (server, mut nacks) = server_with_nacks();
-        let mut raw = RawTcp::connect(&server).await;
+    bounded(TEST_LIMIT, async {
+        let server = Context::new();
+        let mut nack_rx = nacks(&server);
+        let mut raw = connect_raw(&server).await;
         assert_eq!(raw.frame().await.code, CSM);
         // A CSM carrying option 6: even, so critical, and not defined for a CSM.
         raw.send(&[0x10, 0xe1, 0x60]).await;
@@ -374,20 +275,21 @@ async fn tcp_unknown_critical_csm_option_is_aborted_with_bad_csm_option() {
             Some(6)
         );
         raw.assert_closed().await;
-        expect_nack(&mut nacks, NackReason::ProtocolError).await;
+        expect_nack(&mut nack_rx, ANSWER_LIMIT, NackReason::ProtocolError).await;
     })
     .await
 }
 
 #[tokio::test]
 async fn tcp_frame_declaring_4_gib_is_aborted() {
-    bounded(async {
-        let (server, mut nacks) = server_with_nacks();
-        let mut raw = RawTcp::established(&server).await;
+    bounded(TEST_LIMIT, async {
+        let server = Context::new();
+        let mut nack_rx = nacks(&server);
+        let mut raw = established(&server).await;
         // Len 15, extended length 0xffffffff (4 GiB + 65805 bytes), code GET: the header alone.
         raw.send(&[0xf0, 0xff, 0xff, 0xff, 0xff, 0x01]).await;
         assert_aborted(&mut raw).await;
-        expect_nack(&mut nacks, NackReason::ProtocolError).await;
+        expect_nack(&mut nack_rx, ANSWER_LIMIT, NackReason::ProtocolError).await;
         assert!(server.sessions().is_empty());
     })
     .await
@@ -395,16 +297,16 @@ async fn tcp_frame_declaring_4_gib_is_aborted() {
 
 #[tokio::test]
 async fn tcp_server_keeps_serving_after_an_abort() {
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         let server = Context::new();
         let endpoint = server.listen_tcp(loopback()).await.unwrap();
         for _ in 0..2 {
-            let mut raw = RawTcp::to(endpoint.local_addr).await;
+            let mut raw = RawStream::tcp(endpoint.local_addr, ANSWER_LIMIT).await;
             assert_eq!(raw.frame().await.code, CSM);
             raw.send(&[0x00, 0x01]).await; // a GET before any CSM
             assert_aborted(&mut raw).await;
         }
-        let mut raw = RawTcp::to(endpoint.local_addr).await;
+        let mut raw = RawStream::tcp(endpoint.local_addr, ANSWER_LIMIT).await;
         assert_eq!(raw.frame().await.code, CSM);
         raw.send(&[0x00, 0xe1, 0x00, 0xe2]).await;
         assert_eq!(raw.frame().await.encode(), vec![0x00, 0xe3]);
@@ -414,9 +316,10 @@ async fn tcp_server_keeps_serving_after_an_abort() {
 
 #[tokio::test]
 async fn tcp_server_shutdown_sends_release() {
-    bounded(async {
-        let (server, mut nacks) = server_with_nacks();
-        let mut raw = RawTcp::established(&server).await;
+    bounded(TEST_LIMIT, async {
+        let server = Context::new();
+        let mut nack_rx = nacks(&server);
+        let mut raw = established(&server).await;
         // A ping round trip: the server has taken our CSM.
         raw.send(&[0x00, 0xe2]).await;
         assert_eq!(raw.frame().await.code, PONG);
@@ -429,7 +332,7 @@ async fn tcp_server_shutdown_sends_release() {
         ));
         raw.assert_closed().await;
         assert!(server.sessions().is_empty());
-        assert!(nacks.try_recv().is_err(), "a graceful close is no nack");
+        assert!(nack_rx.try_recv().is_err(), "a graceful close is no nack");
     })
     .await
 }
