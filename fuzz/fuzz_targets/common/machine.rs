@@ -8,10 +8,14 @@
 //!   `poll_timeout` is `None`; a closed machine never reports a failure;
 //! - a retransmission repeats the outstanding ping's Message ID, at most MAX_RETRANSMIT times;
 //! - a `Pong` answers an outstanding ping and its RTT is measured from its last transmission;
-//! - a datagram `TooManyRetries` comes only after MAX_RETRANSMIT retransmissions, no sooner than
-//!   ACK_TIMEOUT * (2^(MAX_RETRANSMIT+1) - 1) after the first, and never when the peer was heard
-//!   from after the ping went out (incoming traffic proves liveness); on any transport a failure
-//!   comes only after `max_unanswered` consecutive unanswered pings;
+//! - a datagram ping counts as unanswered only after MAX_RETRANSMIT retransmissions, no sooner
+//!   than ACK_TIMEOUT * (2^(MAX_RETRANSMIT+1) - 1) after the first, and never when the peer was
+//!   heard from after the ping went out (incoming traffic proves liveness); a stream ping after
+//!   its pong timeout, likewise unheard;
+//! - on any transport `TooManyRetries` comes only with the `max_unanswered`-th consecutive
+//!   unanswered ping (a stream machine reports that one as `Unanswered` too, a datagram machine
+//!   only the failure); below that the next ping goes out at once (over datagrams, unless a
+//!   Confirmable request in flight stands in for it);
 //! - a ping that the schedule (not `ping_now`) sends needs keepalive on, an established session
 //!   and no request in flight;
 //! - no stall: with keepalive on, established, no request in flight and not finished, a deadline
@@ -228,13 +232,18 @@ impl Model {
                     self.unanswered = 0;
                 }
                 KeepaliveEvent::Unanswered { count } => {
-                    assert!(
-                        self.outstanding.take().is_some(),
-                        "unanswered without a ping"
-                    );
+                    assert!(self.outstanding.is_some(), "unanswered without a ping");
                     assert!(!self.heard_since_ping, "the peer was heard: not unanswered");
+                    if self.style == PingStyle::Datagram {
+                        self.check_schedule_exhausted();
+                    }
+                    self.outstanding = None;
                     self.unanswered += 1;
                     assert_eq!(count, self.unanswered);
+                    if self.style == PingStyle::Datagram {
+                        // The max_unanswered-th is reported as the failure alone.
+                        assert!(count < self.config.max_unanswered, "{count} unanswered");
+                    }
                 }
                 KeepaliveEvent::Failed(reason) => {
                     self.failures += 1;
@@ -278,7 +287,14 @@ impl Model {
                     PingStyle::Datagram,
                 )
                 | (PingTransmit::Stream { .. }, PingStyle::Stream) => {
-                    let follow_up = self.style == PingStyle::Stream && self.unanswered > 0;
+                    // The ping that follows an unanswered one at once.
+                    let follow_up = self.unanswered > 0 && was_awaiting;
+                    if follow_up && self.style == PingStyle::Datagram {
+                        assert!(
+                            !self.request_in_flight,
+                            "a follow-up ping beside a request in flight"
+                        );
+                    }
                     if scheduled && !was_awaiting && !follow_up {
                         assert!(self.config.interval.is_some(), "a ping with keepalive off");
                         assert!(self.established, "a ping before the session is established");
@@ -337,21 +353,31 @@ impl Model {
     fn check_give_up(&self) {
         match self.style {
             PingStyle::Datagram => {
-                let out = self.outstanding.expect("gave up on no ping");
-                let params = &self.config.transmission;
-                assert_eq!(out.retransmits, params.max_retransmit, "gave up early");
                 assert!(!self.heard_since_ping, "gave up on a peer heard from");
-                let bound = give_up_lower_bound(params.ack_timeout, params.max_retransmit);
-                assert!(
-                    self.now - out.first >= bound,
-                    "gave up after {:?} < {bound:?}",
-                    self.now - out.first
+                self.check_schedule_exhausted();
+                assert_eq!(
+                    self.unanswered + 1,
+                    self.config.max_unanswered,
+                    "gave up early"
                 );
             }
             PingStyle::Stream => {
                 assert_eq!(self.unanswered, self.config.max_unanswered, "gave up early");
             }
         }
+    }
+
+    /// The outstanding datagram ping went through its whole retransmission schedule.
+    fn check_schedule_exhausted(&self) {
+        let out = self.outstanding.expect("gave up on no ping");
+        let params = &self.config.transmission;
+        assert_eq!(out.retransmits, params.max_retransmit, "gave up early");
+        let bound = give_up_lower_bound(params.ack_timeout, params.max_retransmit);
+        assert!(
+            self.now - out.first >= bound,
+            "gave up after {:?} < {bound:?}",
+            self.now - out.first
+        );
     }
 }
 

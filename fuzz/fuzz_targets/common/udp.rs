@@ -127,10 +127,13 @@ pub fn drive_session(data: &[u8]) {
                 if let Some(request) = &last_request {
                     session.respond_later(request);
                     let token = request.get_token().to_vec();
-                    // Non-confirmable only: a Confirmable separate response woken after its
-                    // MAX_TRANSMIT_WAIT deadline leaves that deadline in the past, unhandled, so
-                    // `settle` would fail on a known issue (see fuzz/README.md).
-                    session.respond_separate(now, &token, false, &Response::content_text("later"));
+                    let confirmable = u.bool();
+                    session.respond_separate(
+                        now,
+                        &token,
+                        confirmable,
+                        &Response::content_text("later"),
+                    );
                 }
             }
             _ => {
@@ -143,7 +146,7 @@ pub fn drive_session(data: &[u8]) {
         checker.after(&mut session, now, incoming);
         for event in &checker.events {
             if let ProtocolEvent::Request(packet) = event {
-                last_request = Some(packet.clone());
+                last_request = Some((**packet).clone());
             }
         }
     }
