@@ -49,7 +49,7 @@
 //!   certificate generation (rcgen) and the rustls / webrtc-dtls configurations built from them.
 //! - [`uri`]: `coap://`, `coaps://`, `coap+tcp://`, `coaps+tcp://`.
 //! - [`rng`]: the seedable random source.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod certs;
@@ -59,6 +59,7 @@ pub mod error;
 pub mod handler;
 pub mod keepalive;
 pub mod message;
+mod prefetch;
 pub mod protocol;
 pub mod resource;
 pub mod rng;

@@ -297,8 +297,26 @@ impl<S: Timed> SessionTable<S> {
                 // Nothing to wake it for any more.
                 NEVER => {}
                 due if due > now_ticks => self.push(key, due),
-                _ => return Some(key),
+                _ => {
+                    self.prefetch_next();
+                    return Some(key);
+                }
             }
+        }
+    }
+
+    /// Asks the CPU to start loading the session due next while the caller runs this one: in a
+    /// table of a million sessions its slot and timing are not in any cache.
+    fn prefetch_next(&self) {
+        let Some(next) = self.deadlines.heap.peek() else {
+            return;
+        };
+        let index = next.key().index as usize;
+        if let Some(timing) = self.timings.get(index) {
+            crate::prefetch::prefetch(timing);
+        }
+        if let Some(slot) = self.slots.get(index) {
+            crate::prefetch::prefetch_all(slot);
         }
     }
 
