@@ -59,6 +59,7 @@ pub mod error;
 pub mod handler;
 pub mod keepalive;
 pub mod message;
+mod peer_index;
 mod prefetch;
 pub mod protocol;
 pub mod resource;

@@ -9,10 +9,9 @@
 //! The layout is chosen for tables of a million sessions (see `benches/core.rs`): heap items
 //! are 16 bytes (a deadline in nanoseconds since the table's epoch, and the slot), so the four
 //! children a sift compares share one or two cache lines and a comparison is one integer
-//! compare; peers are hashed as one word, and the peer index holds only slot numbers (4 bytes
-//! a bucket: the address it is compared with is the slot's own).
+//! compare; the peer index ([`crate::peer_index`]) costs one cache miss a lookup.
 
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use crate::peer_index::PeerIndex;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -56,25 +55,6 @@ struct Timing {
     due: u64,
 }
 
-/// A peer address as a hash key: hashed as one or two words instead of field by field (the
-/// hasher stays the keyed default, so peers cannot choose colliding addresses).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct PeerKey(SocketAddr);
-
-impl Hash for PeerKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        match self.0 {
-            SocketAddr::V4(a) => {
-                state.write_u64(u64::from(a.ip().to_bits()) << 16 | u64::from(a.port()))
-            }
-            SocketAddr::V6(a) => {
-                state.write_u128(a.ip().to_bits());
-                state.write_u64(u64::from(a.scope_id()) << 16 | u64::from(a.port()));
-            }
-        }
-    }
-}
-
 /// Sessions by peer, with one deadline queue.
 #[derive(Debug)]
 pub struct SessionTable<S> {
@@ -82,10 +62,8 @@ pub struct SessionTable<S> {
     /// One per slot.
     timings: Vec<Timing>,
     free: Vec<u32>,
-    /// Slot numbers, hashed by their entry's peer.
-    by_peer: hashbrown::HashTable<u32>,
-    /// Keyed per table, so peers cannot choose colliding addresses.
-    hasher: RandomState,
+    /// Slot numbers by their entry's peer.
+    by_peer: PeerIndex,
     deadlines: DeadlineQueue,
     /// Ticks count nanoseconds from here; set by the first deadline.
     epoch: Option<Instant>,
@@ -99,8 +77,7 @@ impl<S> Default for SessionTable<S> {
             slots: Vec::new(),
             timings: Vec::new(),
             free: Vec::new(),
-            by_peer: hashbrown::HashTable::new(),
-            hasher: RandomState::new(),
+            by_peer: PeerIndex::default(),
             deadlines: DeadlineQueue::default(),
             epoch: None,
             last_now: None,
@@ -124,16 +101,16 @@ impl<S: Timed> SessionTable<S> {
 
     /// True when there are no sessions.
     pub fn is_empty(&self) -> bool {
-        self.by_peer.is_empty()
+        self.by_peer.len() == 0
     }
 
     /// The session of `peer`, if any.
     pub fn key_of(&self, peer: &SocketAddr) -> Option<Key> {
-        let hash = self.hasher.hash_one(PeerKey(*peer));
         let slots = &self.slots;
-        let index = *self.by_peer.find(hash, |&index| {
-            slots[index as usize]
-                .as_ref()
+        let index = self.by_peer.find(peer, |index| {
+            slots
+                .get(index as usize)
+                .and_then(Option::as_ref)
                 .is_some_and(|entry| entry.peer == *peer)
         })?;
         Some(Key {
@@ -145,7 +122,6 @@ impl<S: Timed> SessionTable<S> {
     /// Adds a session for `peer` (replacing none: the caller checks `key_of` first) and
     /// schedules its first deadline.
     pub fn insert(&mut self, peer: SocketAddr, session: S) -> Key {
-        let hash = self.hasher.hash_one(PeerKey(peer));
         let entry = Some(Entry { peer, session });
         let key = match self.free.pop() {
             Some(index) => {
@@ -168,13 +144,7 @@ impl<S: Timed> SessionTable<S> {
                 }
             }
         };
-        let (slots, hasher) = (&self.slots, &self.hasher);
-        self.by_peer.insert_unique(hash, key.index, |&index| {
-            // Every slot number in the index is a live slot.
-            slots[index as usize]
-                .as_ref()
-                .map_or(0, |entry| hasher.hash_one(PeerKey(entry.peer)))
-        });
+        self.by_peer.insert(&peer, key.index);
         if self.by_peer.len() >= WHEEL_MIN_SESSIONS {
             self.deadlines.enable_wheel();
         }
@@ -230,10 +200,7 @@ impl<S: Timed> SessionTable<S> {
         timing.scheduled = NEVER;
         timing.due = NEVER;
         self.free.push(key.index);
-        let hash = self.hasher.hash_one(PeerKey(entry.peer));
-        if let Ok(found) = self.by_peer.find_entry(hash, |&index| index == key.index) {
-            found.remove();
-        }
+        self.by_peer.remove(&entry.peer, key.index);
         Some(entry.session)
     }
 
