@@ -228,6 +228,7 @@ impl<S: Timed> SessionTable<S> {
                 return Some(self.instant(item.at()));
             }
             self.deadlines.pop_earliest();
+            self.prefetch_next();
         }
         None
     }
@@ -254,6 +255,8 @@ impl<S: Timed> SessionTable<S> {
                 return None;
             }
             self.deadlines.pop_earliest();
+            // The next item's session is fetched while this one is handled.
+            self.prefetch_next();
             if !self.is_live(item) {
                 continue;
             }
@@ -264,16 +267,13 @@ impl<S: Timed> SessionTable<S> {
                 // Nothing to wake it for any more.
                 NEVER => {}
                 due if due > now_ticks => self.push(key, due),
-                _ => {
-                    self.prefetch_next();
-                    return Some(key);
-                }
+                _ => return Some(key),
             }
         }
     }
 
-    /// Asks the CPU to start loading the session due next while the caller runs this one: in a
-    /// table of a million sessions its slot and timing are not in any cache.
+    /// Asks the CPU to start loading the session due next (the heap's top) while the caller runs
+    /// this one: in a table of a million sessions its slot and timing are in no cache.
     fn prefetch_next(&self) {
         let Some(next) = self.deadlines.heap.peek() else {
             return;
