@@ -43,6 +43,71 @@ struct Entry<S> {
     session: S,
 }
 
+/// Slots in chunks of [`CHUNK`]: the table grows a chunk at a time, so it never holds more than
+/// one chunk of unused slots (a doubling `Vec` holds up to as many unused as used) and never
+/// copies its sessions to grow (with a million sessions, a copy of hundreds of megabytes that
+/// would stall every session of the endpoint).
+#[derive(Debug)]
+struct Chunks<T> {
+    chunks: Vec<Box<[Option<T>]>>,
+    /// Slots handed out so far (used or freed); the next new slot is this one.
+    len: usize,
+}
+
+/// Slots per chunk.
+const CHUNK: usize = 1024;
+
+impl<T> Default for Chunks<T> {
+    fn default() -> Self {
+        Chunks {
+            chunks: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> Chunks<T> {
+    fn slot(&self, index: usize) -> Option<&Option<T>> {
+        self.chunks.get(index / CHUNK)?.get(index % CHUNK)
+    }
+
+    fn get(&self, index: usize) -> Option<&T> {
+        self.slot(index)?.as_ref()
+    }
+
+    fn get_mut(&mut self, index: usize) -> Option<&mut T> {
+        self.chunks.get_mut(index / CHUNK)?.get_mut(index % CHUNK)?.as_mut()
+    }
+
+    fn take(&mut self, index: usize) -> Option<T> {
+        self.chunks.get_mut(index / CHUNK)?.get_mut(index % CHUNK)?.take()
+    }
+
+    /// Fills a slot handed out before (a freed one).
+    fn set(&mut self, index: usize, value: Option<T>) {
+        if let Some(slot) = self
+            .chunks
+            .get_mut(index / CHUNK)
+            .and_then(|chunk| chunk.get_mut(index % CHUNK))
+        {
+            *slot = value;
+        }
+    }
+
+    /// Hands out a new slot holding `value`.
+    fn push(&mut self, value: Option<T>) {
+        if self.len == self.chunks.len() * CHUNK {
+            self.chunks.push((0..CHUNK).map(|_| None).collect());
+        }
+        self.set(self.len, value);
+        self.len += 1;
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
 /// What the deadline queue needs of a slot, kept apart from the (large) sessions so that
 /// checking a heap item and re-arming a deadline that moved touch 24 dense bytes, not the
 /// session.
@@ -58,7 +123,7 @@ struct Timing {
 /// Sessions by peer, with one deadline queue.
 #[derive(Debug)]
 pub struct SessionTable<S> {
-    slots: Vec<Option<Entry<S>>>,
+    slots: Chunks<Entry<S>>,
     /// One per slot.
     timings: Vec<Timing>,
     free: Vec<u32>,
@@ -74,7 +139,7 @@ pub struct SessionTable<S> {
 impl<S> Default for SessionTable<S> {
     fn default() -> Self {
         SessionTable {
-            slots: Vec::new(),
+            slots: Chunks::default(),
             timings: Vec::new(),
             free: Vec::new(),
             by_peer: PeerIndex::default(),
@@ -110,7 +175,6 @@ impl<S: Timed> SessionTable<S> {
         let index = self.by_peer.find(peer, |index| {
             slots
                 .get(index as usize)
-                .and_then(Option::as_ref)
                 .is_some_and(|entry| entry.peer == *peer)
         })?;
         Some(Key {
@@ -125,7 +189,7 @@ impl<S: Timed> SessionTable<S> {
         let entry = Some(Entry { peer, session });
         let key = match self.free.pop() {
             Some(index) => {
-                self.slots[index as usize] = entry;
+                self.slots.set(index as usize, entry);
                 Key {
                     index,
                     generation: self.timings[index as usize].generation,
@@ -164,7 +228,7 @@ impl<S: Timed> SessionTable<S> {
         if timing.generation != key.generation {
             return None;
         }
-        self.slots.get(key.index as usize)?.as_ref()
+        self.slots.get(key.index as usize)
     }
 
     fn entry_mut(&mut self, key: Key) -> Option<&mut Entry<S>> {
@@ -172,7 +236,7 @@ impl<S: Timed> SessionTable<S> {
         if timing.generation != key.generation {
             return None;
         }
-        self.slots.get_mut(key.index as usize)?.as_mut()
+        self.slots.get_mut(key.index as usize)
     }
 
     /// The session behind `key`.
@@ -194,7 +258,7 @@ impl<S: Timed> SessionTable<S> {
     pub fn remove(&mut self, key: Key) -> Option<S> {
         self.timing_mut(key)?;
         let index = key.index as usize;
-        let entry = self.slots.get_mut(index)?.take()?;
+        let entry = self.slots.take(index)?;
         let timing = &mut self.timings[index];
         timing.generation = timing.generation.wrapping_add(1);
         timing.scheduled = NEVER;
@@ -282,19 +346,18 @@ impl<S: Timed> SessionTable<S> {
         if let Some(timing) = self.timings.get(index) {
             crate::prefetch::prefetch(timing);
         }
-        if let Some(slot) = self.slots.get(index) {
+        if let Some(slot) = self.slots.slot(index) {
             crate::prefetch::prefetch_all(slot);
         }
     }
 
     /// Every key, in slot order (for shutdown and listings).
     pub fn keys(&self) -> Vec<Key> {
-        self.slots
+        self.timings
             .iter()
-            .zip(&self.timings)
             .enumerate()
-            .filter(|(_, (slot, _))| slot.is_some())
-            .map(|(index, (_, timing))| Key {
+            .filter(|(index, _)| self.slots.get(*index).is_some())
+            .map(|(index, timing)| Key {
                 index: index as u32,
                 generation: timing.generation,
             })
