@@ -245,11 +245,10 @@ fn main() {
         INTERVAL.as_secs()
     );
     println!(
-        "size_of: DatagramSession {} bytes, of which Keepalive {} (its KeepaliveConfig {}, Stats {})",
+        "size_of: DatagramSession {} bytes, of which Keepalive {} (the {}-byte KeepaliveConfig is shared)",
         std::mem::size_of::<DatagramSession>(),
         std::mem::size_of::<coap_keepalive::keepalive::Keepalive>(),
         std::mem::size_of::<KeepaliveConfig>(),
-        std::mem::size_of::<coap_keepalive::keepalive::Stats>(),
     );
     println!(
         "size_of: ProtocolEvent {} bytes (a DatagramSession's event queue holds these)",
