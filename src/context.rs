@@ -166,10 +166,20 @@ impl Context {
     /// Like [`Context::set_keepalive`] with any duration (`None` disables).
     pub fn set_keepalive_interval(&self, interval: Option<Duration>) {
         let interval = interval.filter(|d| !d.is_zero());
-        Arc::make_mut(&mut lock(&self.inner.keepalive)).interval = interval;
+        let (old, new) = {
+            let mut config = lock(&self.inner.keepalive);
+            let old = Arc::clone(&config);
+            // A new `Arc` (the old one is shared, at least with `old`): sessions that share the
+            // old one move to it together instead of copying it each.
+            Arc::make_mut(&mut config).interval = interval;
+            (old, Arc::clone(&config))
+        };
         for session in self.sessions() {
             if !session.keepalive_overridden() {
-                session.command(Command::InheritKeepalive(interval));
+                session.command(Command::InheritKeepalive {
+                    old: Arc::clone(&old),
+                    new: Arc::clone(&new),
+                });
             }
         }
     }

@@ -462,6 +462,17 @@ impl Keepalive {
         }
     }
 
+    /// Follows a change of the configuration this session was created from (`old`, now `new`):
+    /// a session still sharing `old` shares `new`; one whose interval was changed on its own
+    /// takes the new interval only.
+    pub fn inherit_config(&mut self, old: &Arc<KeepaliveConfig>, new: Arc<KeepaliveConfig>) {
+        if Arc::ptr_eq(&self.config, old) {
+            self.set_config(new);
+        } else {
+            self.set_interval(new.interval);
+        }
+    }
+
     /// Replaces the whole configuration (same rule as [`Keepalive::set_interval`]).
     pub fn set_config(&mut self, config: impl Into<Arc<KeepaliveConfig>>) {
         self.config = config.into();
@@ -736,6 +747,22 @@ mod tests {
 
     fn secs(s: f64) -> Duration {
         Duration::from_secs_f64(s)
+    }
+
+    #[test]
+    fn sessions_sharing_the_context_config_move_to_its_new_one_together() {
+        let t0 = Instant::now();
+        let old = Arc::new(KeepaliveConfig::default().with_interval_secs(10));
+        let new = Arc::new(KeepaliveConfig::default().with_interval_secs(20));
+        let mut shared = Keepalive::new(PingStyle::Datagram, Arc::clone(&old), Rng::seeded(1), t0);
+        let mut own = Keepalive::new(PingStyle::Datagram, Arc::clone(&old), Rng::seeded(2), t0);
+        own.set_interval(Some(secs(5.0)));
+        shared.inherit_config(&old, Arc::clone(&new));
+        own.inherit_config(&old, Arc::clone(&new));
+        assert!(Arc::ptr_eq(&shared.config, &new), "no copy per session");
+        assert_eq!(own.config().interval, Some(secs(20.0)));
+        assert!(!Arc::ptr_eq(&own.config, &new));
+        assert_eq!(shared.poll_timeout(), Some(t0 + secs(20.0)));
     }
 
     fn datagram(interval: u64, params: TransmissionParams) -> (Keepalive, Instant) {

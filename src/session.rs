@@ -138,8 +138,12 @@ pub(crate) enum Waiter {
 pub(crate) enum Command {
     /// Override the keepalive interval of this session (`None`: off).
     SetKeepalive(Option<Duration>),
-    /// Follow the context's keepalive setting again (sent to sessions without an override).
-    InheritKeepalive(Option<Duration>),
+    /// Follow the context's keepalive setting again (sent to sessions without an override): the
+    /// context's configuration was `old` and is now `new`.
+    InheritKeepalive {
+        old: Arc<crate::config::KeepaliveConfig>,
+        new: Arc<crate::config::KeepaliveConfig>,
+    },
     /// Evidence of life from elsewhere.
     MarkActive,
     /// Send a ping now.

@@ -119,13 +119,16 @@ pub async fn run(args: PingArgs) -> Result<ExitCode> {
                         break;
                     }
                 }
-                Some(Outcome::Unanswered(count)) => {
+                // Over TCP / TLS the last unanswered ping is reported just before the nack:
+                // the nack line says it.
+                Some(Outcome::Unanswered(count)) if count < config.max_unanswered => {
                     println!(
                         "no answer from {}: {count} of {} unanswered, pinging again",
                         session.peer(),
                         config.max_unanswered
                     );
                 }
+                Some(Outcome::Unanswered(_)) => {}
                 Some(Outcome::Nack(reason)) => {
                     println!(
                         "{}: {reason} (after {:.3}s)",

@@ -18,8 +18,6 @@ use crate::protocol::exchange::RequestError;
 #[non_exhaustive]
 pub enum ProtocolEvent {
     /// The peer pinged us. The driver runs the ping handler and, unless it suppresses the answer,
-    /// sends `answer` (already encoded: an RST or a 7.03 Pong).
-    /// The peer pinged us. The driver runs the ping handler and, unless it suppresses the answer,
     /// sends [`PeerPing::answer`] (an RST or a 7.03 Pong).
     PeerPing(PeerPing),
     /// One of our pings was answered.

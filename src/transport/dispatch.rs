@@ -29,9 +29,8 @@ pub(crate) fn apply_command<P: SessionProtocol>(
     command: Command,
 ) {
     match command {
-        Command::SetKeepalive(interval) | Command::InheritKeepalive(interval) => {
-            core.keepalive_mut().set_interval(interval)
-        }
+        Command::SetKeepalive(interval) => core.keepalive_mut().set_interval(interval),
+        Command::InheritKeepalive { old, new } => core.keepalive_mut().inherit_config(&old, new),
         Command::MarkActive => {
             core.keepalive_mut().mark_active(now);
             session.note_receipt(now);
