@@ -28,7 +28,9 @@ const NOTIFICATION_MEMORY: usize = 8;
 #[derive(Debug)]
 pub struct DatagramSession {
     keepalive: Keepalive,
-    /// Requests both ways and notifications: allocated by the first one, dropped when idle.
+    /// Requests both ways and notifications: allocated by the first one, dropped by a timeout once
+    /// nothing is pending, queued, observed or remembered (the IDs of the last notifications sent
+    /// are remembered for good, so a server that notified keeps it).
     requests: Requests,
     /// Datagrams received from the peer (saturating): a peer heard from twice, or that answered
     /// a ping, has shown it is real.
