@@ -39,7 +39,9 @@
 //!   transport family, built on the keepalive machine.
 //! - [`message`]: [`Request`] and [`Response`] as applications see them.
 //! - [`resource`]: server-side [`Resource`]s by path, `/.well-known/core`, observers.
-//! - [`table`]: the session table of an endpoint with one deadline queue for all its sessions.
+//! - [`table`]: the session table of an endpoint with one deadline queue for all its sessions;
+//!   its peer index (`peer_index.rs`) and cache hints (`prefetch.rs`, the crate's one `unsafe`)
+//!   are private to it.
 //! - [`session`]: the [`Session`] handle — id, peer, transport, role, state, statistics.
 //! - [`context`]: [`Context`] — settings, handlers, listen / connect, shutdown.
 //! - [`handler`]: the ping / pong / nack / event handler types.
