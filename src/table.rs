@@ -9,7 +9,7 @@
 //! The layout is chosen for tables of a million sessions (see `benches/core.rs`): heap items
 //! are 16 bytes (a deadline in nanoseconds since the table's epoch, and the slot), so the four
 //! children a sift compares share one or two cache lines and a comparison is one integer
-//! compare; the peer index ([`crate::peer_index`]) costs one cache miss a lookup.
+//! compare; the peer index (`peer_index.rs`) costs one cache miss a lookup.
 
 use crate::peer_index::PeerIndex;
 use std::net::SocketAddr;
