@@ -3,14 +3,8 @@
 /// One cache line, as far as prefetching is concerned.
 const LINE: usize = 64;
 
-/// Hints that `value`'s first cache line will be read soon. A hint only: it never faults and
-/// changes nothing but timing (a no-op off x86_64).
-#[inline]
-pub(crate) fn prefetch<T>(value: &T) {
-    prefetch_bytes(std::ptr::from_ref(value).cast(), 1);
-}
-
-/// Hints that all of `value` will be read soon.
+/// Hints that all of `value` will be read soon. A hint only: it never faults and changes
+/// nothing but timing (a no-op off x86_64).
 #[inline]
 pub(crate) fn prefetch_all<T>(value: &T) {
     prefetch_bytes(std::ptr::from_ref(value).cast(), size_of::<T>());
