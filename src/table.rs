@@ -1,9 +1,10 @@
 //! The session table of one endpoint: sessions by peer address in a slab, and one deadline queue
 //! for all of them.
 //!
-//! A timer costs O(log n): each session has at most one live entry in a 4-ary min-heap, and a
-//! deadline that moves later is left in place and re-armed lazily when it comes up (receiving a
-//! datagram never touches the heap, and a session whose deadline moved is not woken for it).
+//! A timer costs O(log n) at most: each session has at most one live item in the deadline queue
+//! (a timing wheel in front of a 4-ary min-heap), and a deadline that moves later is left in
+//! place and re-armed lazily when it comes up (receiving a datagram never touches the queue, and
+//! a session whose deadline moved is not woken for it).
 //! Nothing ever scans all sessions.
 //!
 //! The layout is chosen for tables of a million sessions (see `benches/core.rs`): heap items
@@ -458,11 +459,12 @@ const WHEEL_WORDS: usize = WHEEL_SLOTS / 64;
 ///
 /// With many sessions most deadlines (the next ping, a retransmission) lie within a minute,
 /// and a heap of a million items costs a cache miss per level on every push and pop. Those
-/// deadlines go to the wheel instead: O(1) to add, and a slot's items move to the heap only
-/// when its time comes, so the heap holds one slot's worth of items and stays in the cache.
-/// Deadlines outside the wheel's span, and all of them in a small table, go to the heap
-/// directly. Order is exact either way: a slot is moved into the heap before any of its items
-/// could be the earliest.
+/// deadlines go to the wheel instead: O(1) to add, and when a slot's time comes its items are
+/// sorted once into the run, popped in order, which also tells which sessions come next (the
+/// table prefetches them). Deadlines outside the wheel's span, deadlines pushed into the slot
+/// being run, and all of them in a small table go to the heap. Order is exact either way: the
+/// earliest is the least of the heap's top and the run's next, and a slot is moved out before
+/// any of its items could be the earliest.
 #[derive(Debug, Default)]
 struct DeadlineQueue {
     heap: DeadlineHeap,
