@@ -51,13 +51,23 @@ struct Entry<S> {
 /// hundreds of megabytes and stall every session of the endpoint).
 #[derive(Debug)]
 struct Chunks<T> {
-    chunks: Vec<Vec<Option<T>>>,
+    chunks: Vec<Vec<Slot<T>>>,
     /// Slots handed out so far (used or freed); the next new slot is this one.
     len: usize,
 }
 
 /// Slots per chunk.
 const CHUNK: usize = 1024;
+
+/// One slot: its timing first, so that checking a deadline and running the session start on
+/// the same cache line and the same page (with a million sessions each is a miss, and a
+/// separate timing array made two).
+#[repr(C)]
+#[derive(Debug)]
+struct Slot<T> {
+    timing: Timing,
+    value: Option<T>,
+}
 
 impl<T> Default for Chunks<T> {
     fn default() -> Self {
@@ -69,46 +79,61 @@ impl<T> Default for Chunks<T> {
 }
 
 impl<T> Chunks<T> {
-    fn slot(&self, index: usize) -> Option<&Option<T>> {
+    fn slot(&self, index: usize) -> Option<&Slot<T>> {
         self.chunks.get(index / CHUNK)?.get(index % CHUNK)
     }
 
+    fn slot_mut(&mut self, index: usize) -> Option<&mut Slot<T>> {
+        self.chunks.get_mut(index / CHUNK)?.get_mut(index % CHUNK)
+    }
+
     fn get(&self, index: usize) -> Option<&T> {
-        self.slot(index)?.as_ref()
+        self.slot(index)?.value.as_ref()
     }
 
     fn get_mut(&mut self, index: usize) -> Option<&mut T> {
-        self.chunks
-            .get_mut(index / CHUNK)?
-            .get_mut(index % CHUNK)?
-            .as_mut()
+        self.slot_mut(index)?.value.as_mut()
+    }
+
+    fn timing(&self, index: usize) -> Option<&Timing> {
+        self.slot(index).map(|slot| &slot.timing)
+    }
+
+    fn timing_mut(&mut self, index: usize) -> Option<&mut Timing> {
+        self.slot_mut(index).map(|slot| &mut slot.timing)
     }
 
     fn take(&mut self, index: usize) -> Option<T> {
-        self.chunks
-            .get_mut(index / CHUNK)?
-            .get_mut(index % CHUNK)?
-            .take()
+        self.slot_mut(index)?.value.take()
     }
 
     /// Fills a slot handed out before (a freed one).
     fn set(&mut self, index: usize, value: Option<T>) {
-        if let Some(slot) = self
-            .chunks
-            .get_mut(index / CHUNK)
-            .and_then(|chunk| chunk.get_mut(index % CHUNK))
-        {
-            *slot = value;
+        if let Some(slot) = self.slot_mut(index) {
+            slot.value = value;
         }
     }
 
-    /// Hands out a new slot holding `value`.
+    /// Hands out a new slot holding `value`, with a fresh timing.
     fn push(&mut self, value: Option<T>) {
+        let slot = Slot {
+            timing: Timing {
+                generation: 0,
+                scheduled: NEVER,
+                due: NEVER,
+            },
+            value,
+        };
         match self.chunks.last_mut() {
-            Some(chunk) if chunk.len() < CHUNK => chunk.push(value),
-            _ => self.chunks.push(vec![value]),
+            Some(chunk) if chunk.len() < CHUNK => chunk.push(slot),
+            _ => self.chunks.push(vec![slot]),
         }
         self.len += 1;
+    }
+
+    /// Every slot handed out, in order.
+    fn iter(&self) -> impl Iterator<Item = &Slot<T>> {
+        self.chunks.iter().flatten()
     }
 
     fn len(&self) -> usize {
@@ -116,9 +141,8 @@ impl<T> Chunks<T> {
     }
 }
 
-/// What the deadline queue needs of a slot, kept apart from the (large) sessions so that
-/// checking a heap item and re-arming a deadline that moved touch 24 dense bytes, not the
-/// session.
+/// What the deadline queue needs of a slot: checking an item and re-arming a deadline that
+/// moved read and write these 24 bytes, at the start of the slot.
 #[derive(Debug, Clone, Copy)]
 struct Timing {
     generation: u32,
@@ -132,8 +156,6 @@ struct Timing {
 #[derive(Debug)]
 pub struct SessionTable<S> {
     slots: Chunks<Entry<S>>,
-    /// One per slot.
-    timings: Vec<Timing>,
     free: Vec<u32>,
     /// Slot numbers by their entry's peer.
     by_peer: PeerIndex,
@@ -148,7 +170,6 @@ impl<S> Default for SessionTable<S> {
     fn default() -> Self {
         SessionTable {
             slots: Chunks::default(),
-            timings: Vec::new(),
             free: Vec::new(),
             by_peer: PeerIndex::default(),
             deadlines: DeadlineQueue::default(),
@@ -187,7 +208,7 @@ impl<S: Timed> SessionTable<S> {
         })?;
         Some(Key {
             index,
-            generation: self.timings[index as usize].generation,
+            generation: self.slots.timing(index as usize)?.generation,
         })
     }
 
@@ -200,16 +221,14 @@ impl<S: Timed> SessionTable<S> {
                 self.slots.set(index as usize, entry);
                 Key {
                     index,
-                    generation: self.timings[index as usize].generation,
+                    generation: self
+                        .slots
+                        .timing(index as usize)
+                        .map_or(0, |t| t.generation),
                 }
             }
             None => {
                 self.slots.push(entry);
-                self.timings.push(Timing {
-                    generation: 0,
-                    scheduled: NEVER,
-                    due: NEVER,
-                });
                 Key {
                     index: (self.slots.len() - 1) as u32,
                     generation: 0,
@@ -226,13 +245,13 @@ impl<S: Timed> SessionTable<S> {
 
     /// The timing of a live key.
     fn timing_mut(&mut self, key: Key) -> Option<&mut Timing> {
-        self.timings
-            .get_mut(key.index as usize)
+        self.slots
+            .timing_mut(key.index as usize)
             .filter(|t| t.generation == key.generation)
     }
 
     fn entry(&self, key: Key) -> Option<&Entry<S>> {
-        let timing = self.timings.get(key.index as usize)?;
+        let timing = self.slots.timing(key.index as usize)?;
         if timing.generation != key.generation {
             return None;
         }
@@ -240,7 +259,7 @@ impl<S: Timed> SessionTable<S> {
     }
 
     fn entry_mut(&mut self, key: Key) -> Option<&mut Entry<S>> {
-        let timing = self.timings.get(key.index as usize)?;
+        let timing = self.slots.timing(key.index as usize)?;
         if timing.generation != key.generation {
             return None;
         }
@@ -267,7 +286,7 @@ impl<S: Timed> SessionTable<S> {
         self.timing_mut(key)?;
         let index = key.index as usize;
         let entry = self.slots.take(index)?;
-        let timing = &mut self.timings[index];
+        let timing = self.slots.timing_mut(index)?;
         timing.generation = timing.generation.wrapping_add(1);
         timing.scheduled = NEVER;
         timing.due = NEVER;
@@ -284,7 +303,9 @@ impl<S: Timed> SessionTable<S> {
         };
         let due = entry.session.poll_timeout();
         let due = due.map_or(NEVER, |due| self.ticks(due));
-        let timing = &mut self.timings[key.index as usize];
+        let Some(timing) = self.slots.timing_mut(key.index as usize) else {
+            return;
+        };
         timing.due = due;
         if due < timing.scheduled {
             self.push(key, due);
@@ -333,7 +354,9 @@ impl<S: Timed> SessionTable<S> {
                 continue;
             }
             let key = item.key();
-            let timing = &mut self.timings[key.index as usize];
+            let Some(timing) = self.slots.timing_mut(key.index as usize) else {
+                continue;
+            };
             timing.scheduled = NEVER;
             match timing.due {
                 // Nothing to wake it for any more.
@@ -357,9 +380,6 @@ impl<S: Timed> SessionTable<S> {
             return;
         };
         let index = item.key().index as usize;
-        if let Some(timing) = self.timings.get(index) {
-            crate::prefetch::prefetch_all(timing);
-        }
         if let Some(slot) = self.slots.slot(index) {
             crate::prefetch::prefetch_all(slot);
         }
@@ -367,13 +387,13 @@ impl<S: Timed> SessionTable<S> {
 
     /// Every key, in slot order (for shutdown and listings).
     pub fn keys(&self) -> Vec<Key> {
-        self.timings
+        self.slots
             .iter()
             .enumerate()
-            .filter(|(index, _)| self.slots.get(*index).is_some())
-            .map(|(index, timing)| Key {
+            .filter(|(_, slot)| slot.value.is_some())
+            .map(|(index, slot)| Key {
                 index: index as u32,
-                generation: timing.generation,
+                generation: slot.timing.generation,
             })
             .collect()
     }
@@ -386,8 +406,8 @@ impl<S: Timed> SessionTable<S> {
     /// True when `item` is the live heap item of a session.
     fn is_live(&self, item: Item) -> bool {
         let key = item.key();
-        self.timings
-            .get(key.index as usize)
+        self.slots
+            .timing(key.index as usize)
             .is_some_and(|t| t.generation == key.generation && t.scheduled == item.at())
     }
 
