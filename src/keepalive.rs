@@ -503,6 +503,11 @@ impl Keepalive {
 
     /// Advances the timers to `now`: sends a due ping, retransmits, or gives up.
     pub fn handle_timeout(&mut self, now: Instant) {
+        // An outstanding ping's deadline, computed once (it is not stored).
+        let expired = self
+            .probe
+            .deadline()
+            .is_some_and(|deadline| now >= deadline);
         match self.probe {
             Probe::Idle {
                 due: Some(due),
@@ -518,10 +523,7 @@ impl Keepalive {
                 }
                 self.send_ping(now);
             }
-            Probe::Outstanding { first_sent, .. }
-                if self.probe.deadline().is_some_and(|d| now >= d)
-                    && self.last_rx >= first_sent =>
-            {
+            Probe::Outstanding { first_sent, .. } if expired && self.last_rx >= first_sent => {
                 // No answer to the ping itself, but the peer was heard from since it went out:
                 // it is alive. Drop the probe quietly.
                 self.schedule();
@@ -532,7 +534,7 @@ impl Keepalive {
                 retransmits,
                 timeout,
                 ..
-            } if self.probe.deadline().is_some_and(|d| now >= d) => match (self.style, id) {
+            } if expired => match (self.style, id) {
                 (PingStyle::Datagram, ProbeId::MessageId(message_id)) => {
                     if retransmits < self.config.transmission.max_retransmit {
                         let timeout = timeout.saturating_mul(2);
