@@ -97,6 +97,32 @@ impl TransmissionParams {
     }
 }
 
+/// What an ICMP error (destination or port unreachable) reported for a UDP session's peer does.
+///
+/// RFC 8085 §5.2 calls ICMP errors soft: they can be transient (a route flapping, a server that
+/// restarts) and they can be forged. A port unreachable on loopback or a LAN is nonetheless
+/// nearly always the truth — nobody listens there — and waiting out the whole RFC 7252 schedule
+/// (up to MAX_TRANSMIT_WAIT, 93 s) to report what the kernel said on the first ping helps no
+/// one, so the default fails the session at once, as libcoap reports `COAP_NACK_ICMP_ISSUE`.
+/// [`IcmpPolicy::Soft`] is there for paths where that is wrong.
+///
+/// Only errors the socket can attribute to the session's peer count: a client's UDP socket is
+/// connected to its one peer, so the kernel's report (`ECONNREFUSED` and the like on the next
+/// receive or send) names it. A server's socket serves many peers unconnected and learns no
+/// peer from such an error (Linux reports none there without `IP_RECVERR`): it ignores it, and
+/// the retransmission schedule decides, without harm to the socket or any other session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum IcmpPolicy {
+    /// Fail the session with [`NackReason::IcmpError`](crate::NackReason::IcmpError) on the
+    /// first ICMP error for its peer. The default.
+    #[default]
+    Fail,
+    /// Treat it as a soft error (RFC 8085 §5.2): note it, keep retransmitting, and let the
+    /// schedule decide (`TooManyRetries` if nothing ever answers).
+    Soft,
+}
+
 /// How a session keeps its peer alive.
 ///
 /// A `Context` holds one of these; every session it creates starts from a copy, and
@@ -128,6 +154,8 @@ pub struct KeepaliveConfig {
     /// ping cycle of a live peer fails with `q^max_unanswered` (0.36^15 = 2e-7 with 3), at the
     /// price of detecting a dead peer up to `max_unanswered` times later (279 s with 3).
     pub max_unanswered: u32,
+    /// What an ICMP error for a UDP session's peer does. Default [`IcmpPolicy::Fail`].
+    pub icmp: IcmpPolicy,
 }
 
 impl Default for KeepaliveConfig {
@@ -138,6 +166,7 @@ impl Default for KeepaliveConfig {
             transmission: TransmissionParams::default(),
             pong_timeout: None,
             max_unanswered: 1,
+            icmp: IcmpPolicy::Fail,
         }
     }
 }
@@ -177,6 +206,12 @@ impl KeepaliveConfig {
     /// session (any transport; see [`KeepaliveConfig::max_unanswered`]).
     pub fn with_max_unanswered(mut self, n: u32) -> Self {
         self.max_unanswered = n;
+        self
+    }
+
+    /// The configuration with the given ICMP error policy.
+    pub fn with_icmp_policy(mut self, policy: IcmpPolicy) -> Self {
+        self.icmp = policy;
         self
     }
 

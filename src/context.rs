@@ -84,12 +84,35 @@ pub(crate) struct Inner {
     pub(crate) router: Router,
     sessions: Mutex<HashMap<crate::session::SessionId, Session>>,
     ended: Mutex<Stats>,
+    /// Sessions registered, and those that ended closed or failed (see [`SessionCounts`]).
+    opened: AtomicU64,
+    closed: AtomicU64,
+    failed: AtomicU64,
+    /// The latest RTT sample of any session, in nanoseconds (0: none yet).
+    last_rtt_nanos: AtomicU64,
     next_id: AtomicU64,
     rng: Mutex<Rng>,
     shutdown: watch::Sender<bool>,
     /// Until when sessions with requests in flight may finish after shutdown began.
     drain_until: Mutex<Option<Instant>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// How many sessions a context has had, and how they ended: `opened == live + closed + failed`
+/// at every instant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionCounts {
+    /// Sessions created, on every endpoint and connection (a (D)TLS handshake that failed
+    /// counts as a session that failed at once, as the nack handler sees it).
+    pub opened: u64,
+    /// Sessions in the table now ([`Context::sessions`]).
+    pub live: u64,
+    /// Sessions that ended normally: closed by us, by the peer with nothing of ours
+    /// outstanding (a 7.04 Release or the end of its connection), or forgotten when idle.
+    pub closed: u64,
+    /// Sessions that failed: the nack handler ran for each, with its reason.
+    pub failed: u64,
 }
 
 /// A listening endpoint of a context.
@@ -142,6 +165,10 @@ impl Context {
                 router: Router::default(),
                 sessions: Mutex::new(HashMap::new()),
                 ended: Mutex::new(Stats::default()),
+                opened: AtomicU64::new(0),
+                closed: AtomicU64::new(0),
+                failed: AtomicU64::new(0),
+                last_rtt_nanos: AtomicU64::new(0),
                 next_id: AtomicU64::new(1),
                 rng: Mutex::new(rng),
                 shutdown,
@@ -265,13 +292,35 @@ impl Context {
         sessions
     }
 
-    /// Counters summed over every session this context has had, live or ended.
+    /// Counters summed over every session this context has had, live or ended, as live as
+    /// [`Session::stats`]: `failures` counts the sessions that failed (as
+    /// [`SessionCounts::failed`] does), `rtt.smoothed` is the mean of every session's smoothed
+    /// RTT weighted by its pongs, `rtt.last` the latest sample of any session, `rtt.min` and
+    /// `rtt.max` the extremes over all.
     pub fn stats(&self) -> Stats {
         let mut total = *lock(&self.inner.ended);
         for session in lock(&self.inner.sessions).values() {
             total.accumulate(&session.stats());
         }
+        let last = self.inner.last_rtt_nanos.load(Ordering::Relaxed);
+        if last != 0 {
+            total.rtt.last = Some(Duration::from_nanos(last));
+        }
         total
+    }
+
+    /// How many sessions this context has had and how they ended.
+    pub fn session_counts(&self) -> SessionCounts {
+        // Ended ones first: every one of them was opened before, so `live` never goes negative.
+        let closed = self.inner.closed.load(Ordering::Acquire);
+        let failed = self.inner.failed.load(Ordering::Acquire);
+        let opened = self.inner.opened.load(Ordering::Acquire);
+        SessionCounts {
+            opened,
+            live: opened.saturating_sub(closed + failed),
+            closed,
+            failed,
+        }
     }
 
     /// Serves CoAP over UDP on `addr`: all of its sessions from one socket and one task.
@@ -361,7 +410,12 @@ impl Context {
     }
 
     pub(crate) fn register(&self, session: &Session) {
-        lock(&self.inner.sessions).insert(session.id(), session.clone());
+        if lock(&self.inner.sessions)
+            .insert(session.id(), session.clone())
+            .is_none()
+        {
+            self.inner.opened.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     /// Removes an ended session from the table (and its observations), keeping its counters in
@@ -371,25 +425,30 @@ impl Context {
     /// the table, so whoever awaits it never sees a zombie in [`Context::sessions`].
     pub(crate) fn unregister(&self, session: &Session, state: SessionState) {
         if lock(&self.inner.sessions).remove(&session.id()).is_some() {
-            lock(&self.inner.ended).accumulate(&session.stats());
+            session.drop_requested_pings();
+            let mut stats = session.stats();
+            // A session fails once or not at all, whichever path ended it.
+            stats.failures = u64::from(matches!(state, SessionState::Failed(_)));
+            lock(&self.inner.ended).accumulate(&stats);
+            let ended = match state {
+                SessionState::Failed(_) => &self.inner.failed,
+                _ => &self.inner.closed,
+            };
+            ended.fetch_add(1, Ordering::AcqRel);
         }
         self.inner.router.forget_session(session.id());
         session.set_state(state);
     }
 
     /// Runs the handlers for one protocol event and says what the driver must do.
-    pub(crate) fn on_event(
-        &self,
-        session: &Session,
-        stats: &Stats,
-        now: Instant,
-        event: ProtocolEvent,
-    ) -> Reaction {
+    ///
+    /// The driver has published the session's statistics before (see
+    /// `dispatch::publish_stats`), so the handlers read them up to date.
+    pub(crate) fn on_event(&self, session: &Session, now: Instant, event: ProtocolEvent) -> Reaction {
         let handlers = &self.inner.handlers;
         match event {
             ProtocolEvent::PeerPing(ping) => {
                 session.note_receipt(now);
-                session.set_stats(stats);
                 match handlers.ping(session, &ping) {
                     PingDecision::Answer => Reaction::Send(ping.answer()),
                     PingDecision::Suppress => Reaction::None,
@@ -397,12 +456,12 @@ impl Context {
             }
             ProtocolEvent::Pong { rtt } => {
                 session.note_receipt(now);
-                session.set_stats(stats);
+                let nanos = rtt.as_nanos().clamp(1, u128::from(u64::MAX)) as u64;
+                self.inner.last_rtt_nanos.store(nanos, Ordering::Relaxed);
                 handlers.pong(session, rtt);
                 Reaction::None
             }
             ProtocolEvent::PingUnanswered { count } => {
-                session.set_stats(stats);
                 handlers.event(session, SessionEvent::PingUnanswered { count });
                 Reaction::None
             }
@@ -443,13 +502,11 @@ impl Context {
                 Reaction::None
             }
             ProtocolEvent::Closed => {
-                session.set_stats(stats);
                 handlers.event(session, SessionEvent::Closed);
                 self.unregister(session, SessionState::Closed);
                 Reaction::Ended(Error::Closed)
             }
             ProtocolEvent::Failed(reason) => {
-                session.set_stats(stats);
                 // The nack handler sees the failure; `closed()` wakes once the session is gone.
                 session.record_state(SessionState::Failed(reason));
                 handlers.nack(session, reason);

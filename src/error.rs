@@ -21,6 +21,10 @@ pub enum NackReason {
     Rst,
     /// The (D)TLS handshake failed, timed out, or the peer sent a fatal alert.
     TlsFailed,
+    /// The network reported the peer unreachable (an ICMP destination or port unreachable for
+    /// a UDP session's peer, libcoap's `COAP_NACK_ICMP_ISSUE`), under the default
+    /// [`IcmpPolicy::Fail`](crate::config::IcmpPolicy::Fail).
+    IcmpError,
     /// The peer violated the protocol badly enough that the session was aborted (for instance a
     /// first TCP message that was not a CSM); a 7.05 Abort was sent where the transport has one.
     ProtocolError,
@@ -34,6 +38,7 @@ impl NackReason {
             NackReason::NotDeliverable => "not deliverable",
             NackReason::Rst => "reset by peer",
             NackReason::TlsFailed => "TLS failed",
+            NackReason::IcmpError => "destination unreachable (ICMP)",
             NackReason::ProtocolError => "protocol error",
         }
     }

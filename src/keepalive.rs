@@ -145,8 +145,18 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Adds another session's counters to these (RTT min / max / last merged, smoothed kept).
+    /// Adds another session's counters to these: counts summed, RTT min / max merged, `last`
+    /// taken from `other` when it has one, and `smoothed` the mean of both smoothed RTTs weighted
+    /// by their pongs (so a context's smoothed RTT stands for all of its sessions).
     pub fn accumulate(&mut self, other: &Stats) {
+        self.rtt.smoothed = match (self.rtt.smoothed, other.rtt.smoothed) {
+            (Some(ours), Some(theirs)) => {
+                let (a, b) = (u128::from(self.pongs.max(1)), u128::from(other.pongs.max(1)));
+                let mean = (ours.as_nanos() * a + theirs.as_nanos() * b) / (a + b);
+                Some(Duration::from_nanos(mean.min(u128::from(u64::MAX)) as u64))
+            }
+            (ours, theirs) => ours.or(theirs),
+        };
         self.pings_sent += other.pings_sent;
         self.retransmissions += other.retransmissions;
         self.pongs += other.pongs;
@@ -160,9 +170,6 @@ impl Stats {
         }
         if other.rtt.last.is_some() {
             self.rtt.last = other.rtt.last;
-        }
-        if self.rtt.smoothed.is_none() {
-            self.rtt.smoothed = other.rtt.smoothed;
         }
     }
 }
@@ -279,6 +286,8 @@ pub struct Keepalive {
     last_rx: Instant,
     established: bool,
     request_in_flight: bool,
+    /// Something was counted, or a ping went out or ended, since [`Keepalive::poll_stats`].
+    stats_changed: bool,
     probe: Probe,
     unanswered: u32,
     next_message_id: u16,
@@ -307,6 +316,7 @@ impl Keepalive {
             last_rx: now,
             established: style == PingStyle::Datagram,
             request_in_flight: false,
+            stats_changed: false,
             probe: Probe::Idle {
                 due: None,
                 from: now,
@@ -336,6 +346,14 @@ impl Keepalive {
     /// The counters of this session (a snapshot).
     pub fn stats(&self) -> Stats {
         self.stats.snapshot()
+    }
+
+    /// The counters, when anything was counted or a ping went out or ended since the last call;
+    /// `None` otherwise. A driver that publishes statistics calls this after every input, so
+    /// that what it publishes is never behind a transmission, a retransmission or a pong, and
+    /// costs nothing when nothing changed.
+    pub fn poll_stats(&mut self) -> Option<Stats> {
+        std::mem::take(&mut self.stats_changed).then(|| self.stats.snapshot())
     }
 
     /// The last instant something was received from the peer (or reported by `mark_active`).
@@ -419,6 +437,7 @@ impl Keepalive {
     /// The peer pinged us (counted; the answer is the session's business).
     pub fn note_peer_ping(&mut self, now: Instant) {
         self.stats.pings_received += 1;
+        self.stats_changed = true;
         self.handle_activity(now);
     }
 
@@ -429,6 +448,7 @@ impl Keepalive {
                 let rtt = now.saturating_duration_since(sent_at);
                 self.stats.pongs += 1;
                 self.stats.record_rtt(rtt);
+                self.stats_changed = true;
                 self.events.push_back(KeepaliveEvent::Pong { rtt });
                 self.schedule();
             }
@@ -489,6 +509,7 @@ impl Keepalive {
         }
         self.probe = Probe::Failed(reason);
         self.stats.failures += 1;
+        self.stats_changed = true;
         self.transmits.clear();
         self.events.push_back(KeepaliveEvent::Failed(reason));
     }
@@ -497,6 +518,7 @@ impl Keepalive {
     pub fn close(&mut self) {
         if !self.is_finished() {
             self.probe = Probe::Closed;
+            self.stats_changed = true;
             self.transmits.clear();
         }
     }
@@ -526,6 +548,7 @@ impl Keepalive {
             Probe::Outstanding { first_sent, .. } if expired && self.last_rx >= first_sent => {
                 // No answer to the ping itself, but the peer was heard from since it went out:
                 // it is alive. Drop the probe quietly.
+                self.stats_changed = true;
                 self.schedule();
             }
             Probe::Outstanding {
@@ -546,6 +569,7 @@ impl Keepalive {
                             timeout,
                         };
                         self.stats.retransmissions += 1;
+                        self.stats_changed = true;
                         self.transmits.push_back(PingTransmit::Datagram {
                             message_id,
                             retransmission: true,
@@ -637,6 +661,7 @@ impl Keepalive {
     /// first exhausted ping, as before the setting applied to datagrams).
     fn datagram_ping_exhausted(&mut self, now: Instant) {
         self.unanswered += 1;
+        self.stats_changed = true;
         if self.unanswered >= self.config.max_unanswered {
             self.fail(NackReason::TooManyRetries);
             return;
@@ -689,6 +714,7 @@ impl Keepalive {
             timeout,
         };
         self.stats.pings_sent += 1;
+        self.stats_changed = true;
         self.transmits.push_back(transmit);
     }
 }
@@ -1367,6 +1393,68 @@ mod tests {
             .poll_timeout()
             .is_some_and(|deadline| deadline > t0 + secs(1e9)));
     }
+    #[test]
+    fn stats_are_offered_at_every_transmission_retransmission_and_pong() {
+        let (mut k, t0) = datagram(10, deterministic());
+        assert_eq!(k.poll_stats(), None, "nothing happened yet");
+        k.handle_timeout(t0 + secs(10.0));
+        let PingTransmit::Datagram { message_id, .. } = k.poll_transmit().unwrap() else {
+            panic!("a datagram ping")
+        };
+        assert_eq!(k.poll_stats().map(|s| s.pings_sent), Some(1));
+        assert_eq!(k.poll_stats(), None, "offered once");
+        assert!(k.is_awaiting_pong());
+        k.handle_timeout(t0 + secs(12.0));
+        assert!(k.poll_transmit().is_some());
+        assert_eq!(k.poll_stats().map(|s| s.retransmissions), Some(1));
+        // Traffic that answers nothing changes no counter.
+        k.handle_activity(t0 + secs(12.5));
+        assert_eq!(k.poll_stats(), None);
+        assert!(k.handle_datagram_answer(t0 + secs(13.0), message_id));
+        let stats = k.poll_stats().unwrap();
+        assert_eq!((stats.pongs, stats.rtt.last), (1, Some(secs(1.0))));
+        assert!(!k.is_awaiting_pong());
+        k.note_peer_ping(t0 + secs(14.0));
+        assert_eq!(k.poll_stats().map(|s| s.pings_received), Some(1));
+        k.fail(NackReason::NotDeliverable);
+        assert_eq!(k.poll_stats().map(|s| s.failures), Some(1));
+    }
+
+    #[test]
+    fn a_ping_dropped_quietly_is_offered_too() {
+        // The probe ends without a pong (the peer was heard from): no longer awaiting.
+        let (mut k, t0) = datagram(10, deterministic());
+        k.handle_timeout(t0 + secs(10.0));
+        k.poll_transmit();
+        k.poll_stats();
+        k.handle_activity(t0 + secs(11.0));
+        k.handle_timeout(t0 + secs(12.0));
+        assert!(!k.is_awaiting_pong());
+        assert!(k.poll_stats().is_some());
+    }
+
+    #[test]
+    fn accumulated_smoothed_rtt_is_weighted_by_pongs() {
+        let session = |pongs: u64, smoothed_ms: u64| Stats {
+            pongs,
+            rtt: RttStats {
+                last: Some(Duration::from_millis(smoothed_ms)),
+                min: Some(Duration::from_millis(smoothed_ms)),
+                smoothed: Some(Duration::from_millis(smoothed_ms)),
+                max: Some(Duration::from_millis(smoothed_ms)),
+            },
+            ..Stats::default()
+        };
+        let mut total = Stats::default();
+        total.accumulate(&session(1, 10));
+        total.accumulate(&Stats::default());
+        total.accumulate(&session(3, 50));
+        assert_eq!(total.pongs, 4);
+        assert_eq!(total.rtt.smoothed, Some(Duration::from_millis(40)));
+        assert_eq!(total.rtt.min, Some(Duration::from_millis(10)));
+        assert_eq!(total.rtt.max, Some(Duration::from_millis(50)));
+    }
+
     #[test]
     fn small_queue_is_first_in_first_out_past_its_inline_item() {
         let mut q = SmallQueue::default();

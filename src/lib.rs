@@ -73,8 +73,8 @@ pub mod uri;
 pub mod wire;
 
 pub use certs::{ClientCredentials, PemIdentity, PskCredentials, ServerCredentials};
-pub use config::{KeepaliveConfig, TransmissionParams};
-pub use context::{Context, ContextSettings, Endpoint};
+pub use config::{IcmpPolicy, KeepaliveConfig, TransmissionParams};
+pub use context::{Context, ContextSettings, Endpoint, SessionCounts};
 pub use error::{Error, NackReason, Result};
 pub use handler::{PeerPing, PingDecision, SessionEvent};
 pub use keepalive::{Keepalive, KeepaliveEvent, PingStyle, PingTransmit, RttStats, Stats};

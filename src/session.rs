@@ -146,8 +146,9 @@ pub(crate) enum Command {
     },
     /// Evidence of life from elsewhere.
     MarkActive,
-    /// Send a ping now.
-    PingNow,
+    /// Send a ping now. `counted`: [`Session::ping`] already counts it in the published
+    /// statistics (the driver settles that when it has handled the command).
+    PingNow { counted: bool },
     /// Close gracefully (Release over TCP / TLS).
     Close,
     /// Send a request; the response goes to `waiter`.
@@ -188,7 +189,7 @@ pub(crate) struct Shared {
     pub(crate) role: Role,
     pub(crate) created: Instant,
     pub(crate) state: Mutex<SessionState>,
-    pub(crate) stats: Mutex<Stats>,
+    pub(crate) stats: Mutex<Published>,
     /// Microseconds after `created` of the last receipt.
     pub(crate) last_rx_micros: AtomicU64,
     pub(crate) keepalive_overridden: AtomicBool,
@@ -197,6 +198,17 @@ pub(crate) struct Shared {
     pub(crate) next_request: AtomicU64,
     pub(crate) commands: CommandSender,
     pub(crate) ended: tokio::sync::watch::Sender<Option<SessionState>>,
+}
+
+/// What the driver last published of its session's keepalive machine, and the pings asked for
+/// that it has not handled yet.
+#[derive(Debug, Default)]
+pub(crate) struct Published {
+    stats: Stats,
+    /// A ping of ours is out (so [`Session::ping`] adds none).
+    awaiting_pong: bool,
+    /// `Session::ping` calls counted but not yet handled by the driver.
+    requested_pings: u64,
 }
 
 /// Where a session's commands go: its own task, or the endpoint task that serves it.
@@ -236,7 +248,7 @@ impl Session {
                 role,
                 created: now,
                 state: Mutex::new(SessionState::Connecting),
-                stats: Mutex::new(Stats::default()),
+                stats: Mutex::new(Published::default()),
                 last_rx_micros: AtomicU64::new(0),
                 keepalive_overridden: AtomicBool::new(false),
                 request_timeout_ms: AtomicU64::new(DEFAULT_REQUEST_TIMEOUT.as_millis() as u64),
@@ -277,9 +289,17 @@ impl Session {
         *lock(&self.shared.state)
     }
 
-    /// A copy of the session's counters and RTTs.
+    /// The session's counters and RTTs, live: the driver publishes them at every transmission,
+    /// retransmission, pong and ping received, before any handler runs, so a handler or any
+    /// other task reads them up to date.
+    ///
+    /// `pings_sent` also counts the pings [`Session::ping`] asked for that the driver is about to
+    /// send: a ping counts from the moment `ping()` returns, not from when the driver got to it.
     pub fn stats(&self) -> Stats {
-        *lock(&self.shared.stats)
+        let published = lock(&self.shared.stats);
+        let mut stats = published.stats;
+        stats.pings_sent += published.requested_pings;
+        stats
     }
 
     /// How long nothing has been received from the peer.
@@ -309,8 +329,26 @@ impl Session {
     }
 
     /// Sends a ping now (if none is outstanding and the session is established).
+    ///
+    /// The ping is counted in [`Session::stats`] (`pings_sent`) as soon as this returns, while
+    /// its driver sends it: when the session is established and, as last published, no ping of
+    /// ours is out. A ping asked for while one is out is merged into that one and not counted
+    /// again; so is one that meets a ping the session sent by itself in the same instant (the
+    /// count then settles back by one when the driver handles it). A ping asked for on a session
+    /// that has ended is not counted, and the count of one that ends first is dropped.
     pub fn ping(&self) {
-        self.command(Command::PingNow);
+        let established = self.state() == SessionState::Established;
+        let mut published = lock(&self.shared.stats);
+        let counted = established && !published.awaiting_pong;
+        if self
+            .shared
+            .commands
+            .send(self.shared.id, Command::PingNow { counted })
+            .is_ok()
+            && counted
+        {
+            published.requested_pings += 1;
+        }
     }
 
     /// Closes the session gracefully: a 7.04 Release over TCP / TLS, close_notify over DTLS.
@@ -447,8 +485,20 @@ impl Session {
         *lock(&self.shared.state) = state;
     }
 
-    pub(crate) fn set_stats(&self, stats: &Stats) {
-        *lock(&self.shared.stats) = *stats;
+    /// Publishes the machine's counters; `fulfilled` settles one ping counted by
+    /// [`Session::ping`] (the driver has handled its command).
+    pub(crate) fn publish_stats(&self, stats: Stats, awaiting_pong: bool, fulfilled: bool) {
+        let mut published = lock(&self.shared.stats);
+        published.stats = stats;
+        published.awaiting_pong = awaiting_pong;
+        if fulfilled {
+            published.requested_pings = published.requested_pings.saturating_sub(1);
+        }
+    }
+
+    /// The session ended: pings asked for and never handled were never sent.
+    pub(crate) fn drop_requested_pings(&self) {
+        lock(&self.shared.stats).requested_pings = 0;
     }
 
     pub(crate) fn note_receipt(&self, now: Instant) {

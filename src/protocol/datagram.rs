@@ -142,7 +142,84 @@ impl Dedup {
     }
 }
 
+/// What an endpoint does with a datagram from a peer it has no session with: the decision
+/// [`DatagramSession::screen`] makes, so that only a peer that sent CoAP gets a session.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Stranger {
+    /// A well-formed Confirmable or Non-confirmable request, or an empty CON / NON (a ping): open
+    /// a session for the peer and give it the datagram with [`DatagramSession::handle_first`].
+    Open(FirstDatagram),
+    /// Send this RST and open no session: a CON whose header parsed but that has a format error
+    /// (RFC 7252 §4.2), or a CON / NON response, which answers nothing of ours.
+    Reject {
+        /// The RST, echoing the datagram's Message ID.
+        rst: [u8; 4],
+        /// Why, for logs.
+        why: String,
+    },
+    /// Drop it silently and open no session: not CoAP at all (too short, unknown version), a NON
+    /// with a format error (RFC 7252 §4.3 lets it be ignored), or an ACK or RST, which are never
+    /// answered and answer nothing of ours.
+    Ignore {
+        /// Why, for logs.
+        why: String,
+    },
+}
+
+/// A datagram [`DatagramSession::screen`] found well-formed, already classified, for the session
+/// it opens (so that it is not parsed twice).
+#[derive(Debug)]
+pub struct FirstDatagram(Datagram);
+
 impl DatagramSession {
+    /// Decides what a datagram from a peer without a session gets (RFC 7252 §4.2, §4.3): a
+    /// session only for a well-formed CON or NON request or ping; an RST for a rejected CON and
+    /// for a response that answers nothing; nothing for everything else. The sessions' hot
+    /// path (a known peer's datagram) never comes here.
+    pub fn screen(bytes: &[u8]) -> Stranger {
+        let datagram = match udp::classify(bytes) {
+            Ok(datagram) => datagram,
+            Err(error) => {
+                let why = format!("datagram from a stranger: {error}");
+                return match error.rejection() {
+                    Some(rst) => Stranger::Reject { rst, why },
+                    None => Stranger::Ignore { why },
+                };
+            }
+        };
+        let packet = match &datagram {
+            Datagram::Ping { .. } | Datagram::EmptyNon { .. } => {
+                return Stranger::Open(FirstDatagram(datagram))
+            }
+            Datagram::EmptyAck { .. } | Datagram::Reset { .. } => {
+                return Stranger::Ignore {
+                    why: "ACK or RST from a stranger answers nothing".into(),
+                }
+            }
+            Datagram::Message(packet) => packet,
+        };
+        let message_type = packet.header.get_type();
+        let incoming = matches!(
+            message_type,
+            MessageType::Confirmable | MessageType::NonConfirmable
+        );
+        match packet.header.code {
+            MessageClass::Request(_) if incoming => Stranger::Open(FirstDatagram(datagram)),
+            MessageClass::Response(_) if incoming => Stranger::Reject {
+                rst: udp::reset(packet.header.message_id),
+                why: "response from a stranger matches no request".into(),
+            },
+            _ if message_type == MessageType::Confirmable => Stranger::Reject {
+                rst: udp::reset(packet.header.message_id),
+                why: format!("unexpected code {} over UDP", packet.header.code),
+            },
+            _ => Stranger::Ignore {
+                why: format!("{:?} {} from a stranger", message_type, packet.header.code),
+            },
+        }
+    }
+
     /// A session that starts at `now` (datagram sessions are established at once).
     pub fn new(config: impl Into<Arc<KeepaliveConfig>>, rng: Rng, now: Instant) -> Self {
         DatagramSession {
@@ -209,7 +286,22 @@ impl DatagramSession {
         if self.keepalive.is_finished() {
             return;
         }
-        let classified = udp::classify(bytes);
+        self.handle_classified(now, udp::classify(bytes));
+    }
+
+    /// The datagram that opened this session ([`Stranger::Open`]).
+    pub fn handle_first(&mut self, now: Instant, first: FirstDatagram) {
+        if self.keepalive.is_finished() {
+            return;
+        }
+        self.handle_classified(now, Ok(first.0));
+    }
+
+    fn handle_classified(
+        &mut self,
+        now: Instant,
+        classified: Result<Datagram, udp::DatagramError>,
+    ) {
         if classified.is_ok() {
             // Only well-formed messages count towards proving the peer real.
             self.received = self.received.saturating_add(1);
@@ -767,6 +859,65 @@ mod tests {
         let t0 = Instant::now();
         let config = KeepaliveConfig::default().with_interval_secs(10);
         (DatagramSession::new(config, Rng::seeded(5), t0), t0)
+    }
+
+    #[test]
+    fn only_coap_from_a_stranger_opens_a_session() {
+        let opens = |bytes: &[u8]| matches!(DatagramSession::screen(bytes), Stranger::Open(_));
+        let rst = |bytes: &[u8]| match DatagramSession::screen(bytes) {
+            Stranger::Reject { rst, .. } => Some(rst),
+            _ => None,
+        };
+        let ignored =
+            |bytes: &[u8]| matches!(DatagramSession::screen(bytes), Stranger::Ignore { .. });
+        // Pings and requests, CON or NON.
+        assert!(opens(&[0x40, 0x00, 0x12, 0x34]));
+        assert!(opens(&[0x50, 0x00, 0x12, 0x34]));
+        assert!(opens(&[
+            0x40, 0x01, 0x12, 0x34, 0xb4, b't', b'i', b'm', b'e'
+        ]));
+        assert!(opens(&[0x51, 0x01, 0x12, 0x34, 0x99]));
+        // Not CoAP: silence.
+        assert!(ignored(b"hello world"));
+        assert!(ignored(&[0x16, 0xfe, 0xfd, 0x00, 0x00, 0x00, 0x00, 0x00]));
+        assert!(ignored(&[0x40, 0x00, 0x12]));
+        // A CON whose header parsed but with a format error, or a response: RST, no session.
+        assert_eq!(
+            rst(&[0x40, 0x01, 0x12, 0x34, 0xf0]),
+            Some([0x70, 0x00, 0x12, 0x34])
+        );
+        assert_eq!(
+            rst(&[0x40, 0x45, 0x12, 0x35]),
+            Some([0x70, 0x00, 0x12, 0x35])
+        );
+        assert_eq!(
+            rst(&[0x50, 0x45, 0x12, 0x36]),
+            Some([0x70, 0x00, 0x12, 0x36])
+        );
+        assert_eq!(
+            rst(&[0x40, 0xe2, 0x12, 0x37]),
+            Some([0x70, 0x00, 0x12, 0x37])
+        );
+        // A NON with a format error, an ACK, an RST, a piggybacked response: never answered.
+        assert!(ignored(&[0x50, 0x01, 0x12, 0x34, 0xf0]));
+        assert!(ignored(&[0x60, 0x00, 0x12, 0x34]));
+        assert!(ignored(&[0x70, 0x00, 0x12, 0x34]));
+        assert!(ignored(&[0x60, 0x45, 0x12, 0x34]));
+    }
+
+    #[test]
+    fn the_first_datagram_is_handled_as_if_received() {
+        let (mut s, t0) = session();
+        let Stranger::Open(first) = DatagramSession::screen(&[0x40, 0x00, 0x12, 0x34]) else {
+            panic!("a ping opens a session")
+        };
+        s.handle_first(t0, first);
+        assert_eq!(
+            s.poll_event(),
+            Some(ProtocolEvent::PeerPing(PeerPing::Datagram {
+                message_id: 0x1234
+            }))
+        );
     }
 
     #[test]

@@ -224,10 +224,9 @@ impl StreamSession {
                 self.keepalive.handle_pong(now, &frame.token);
             }
             Signal::Release { .. } => {
-                // The peer goes away gracefully: no nack.
-                self.phase = Phase::Done;
-                self.keepalive.close();
-                self.events.push_back(ProtocolEvent::Closed);
+                // The peer goes away gracefully: an end, not a failure, unless it leaves
+                // something of ours unanswered.
+                self.peer_left();
             }
             Signal::Abort { diagnostic, .. } => {
                 self.phase = Phase::Done;
@@ -354,12 +353,37 @@ impl StreamSession {
         self.transmits.push_back(bytes);
     }
 
-    /// The connection reached end of file or failed at `now`.
+    /// The connection reached end of file, or was reset, at `now`.
+    ///
+    /// A peer that leaves while nothing of ours is outstanding ended the session normally:
+    /// [`ProtocolEvent::Closed`], no nack. One that leaves with a ping or a request of ours
+    /// unanswered — or before its CSM, which our CSM waits for — fails the session with
+    /// [`NackReason::NotDeliverable`] (the requests learn it too). A 7.04 Release is judged the
+    /// same way.
     pub fn handle_eof(&mut self, _now: Instant) {
         if self.phase != Phase::Done {
-            self.phase = Phase::Done;
-            self.keepalive.fail(NackReason::NotDeliverable);
+            self.peer_left();
             self.pump();
+        }
+    }
+
+    /// True while something of ours waits for the peer: our CSM for its CSM, a ping for its
+    /// Pong, a request for its response.
+    pub fn is_awaiting_peer(&self) -> bool {
+        self.phase == Phase::AwaitingCsm
+            || self.keepalive.is_awaiting_pong()
+            || !self.exchanges.pending.is_empty()
+    }
+
+    /// The peer closed the connection or sent its Release.
+    fn peer_left(&mut self) {
+        let undelivered = self.is_awaiting_peer();
+        self.phase = Phase::Done;
+        if undelivered {
+            self.keepalive.fail(NackReason::NotDeliverable);
+        } else {
+            self.keepalive.close();
+            self.events.push_back(ProtocolEvent::Closed);
         }
     }
 
@@ -622,6 +646,74 @@ mod tests {
             vec![ProtocolEvent::Established, ProtocolEvent::Closed]
         );
         assert!(s.is_done());
+    }
+
+    fn events_of(s: &mut StreamSession) -> Vec<ProtocolEvent> {
+        std::iter::from_fn(|| s.poll_event()).collect()
+    }
+
+    #[test]
+    fn a_peer_closing_with_nothing_outstanding_ends_the_session_normally() {
+        let (mut s, t0) = session(10);
+        s.handle_bytes(t0, &[0x00, 0xe1]);
+        s.handle_eof(t0 + Duration::from_secs(3));
+        assert_eq!(
+            events_of(&mut s),
+            vec![ProtocolEvent::Established, ProtocolEvent::Closed]
+        );
+        assert!(s.is_done());
+        assert_eq!(s.keepalive().stats().failures, 0);
+        assert_eq!(s.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_peer_closing_or_releasing_with_a_ping_outstanding_is_not_deliverable() {
+        for release in [false, true] {
+            let (mut s, t0) = session(2);
+            s.handle_bytes(t0, &[0x00, 0xe1]);
+            s.handle_timeout(t0 + Duration::from_secs(2));
+            while s.poll_transmit().is_some() {}
+            assert!(s.is_awaiting_peer());
+            let later = t0 + Duration::from_millis(2_500);
+            if release {
+                s.handle_bytes(later, &[0x00, 0xe4]);
+            } else {
+                s.handle_eof(later);
+            }
+            assert_eq!(
+                events_of(&mut s),
+                vec![
+                    ProtocolEvent::Established,
+                    ProtocolEvent::Failed(NackReason::NotDeliverable)
+                ],
+                "release: {release}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_peer_closing_with_a_request_outstanding_is_not_deliverable() {
+        let (mut s, t0) = session(0);
+        s.handle_bytes(t0, &[0x00, 0xe1]);
+        s.send_request(t0, &Request::get("/x"), Duration::from_secs(5));
+        s.handle_eof(t0 + Duration::from_secs(1));
+        assert_eq!(
+            events_of(&mut s),
+            vec![
+                ProtocolEvent::Established,
+                ProtocolEvent::Failed(NackReason::NotDeliverable)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_peer_closing_before_its_csm_is_not_deliverable() {
+        let (mut s, t0) = session(0);
+        s.handle_eof(t0);
+        assert_eq!(
+            events_of(&mut s),
+            vec![ProtocolEvent::Failed(NackReason::NotDeliverable)]
+        );
     }
 
     #[test]

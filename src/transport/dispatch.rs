@@ -35,7 +35,13 @@ pub(crate) fn apply_command<P: SessionProtocol>(
             core.keepalive_mut().mark_active(now);
             session.note_receipt(now);
         }
-        Command::PingNow => core.ping_now(now),
+        Command::PingNow { counted } => {
+            core.ping_now(now);
+            // Published now, with the ping `Session::ping` counted settled in the same step.
+            let stats = core.keepalive_mut().poll_stats();
+            let stats = stats.unwrap_or_else(|| core.keepalive().stats());
+            session.publish_stats(stats, core.keepalive().is_awaiting_pong(), counted);
+        }
         Command::Close => core.close(),
         Command::Request {
             id,
@@ -63,6 +69,14 @@ pub(crate) fn apply_command<P: SessionProtocol>(
             confirmable,
             response,
         } => core.respond_separate(now, &token, confirmable, &response),
+    }
+}
+
+/// Publishes the session's statistics to its handle when anything changed: called by the
+/// drivers after every input, before each event's handlers run.
+pub(crate) fn publish_stats<P: SessionProtocol>(core: &mut P, session: &Session) {
+    if let Some(stats) = core.keepalive_mut().poll_stats() {
+        session.publish_stats(stats, core.keepalive().is_awaiting_pong(), false);
     }
 }
 

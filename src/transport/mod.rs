@@ -53,7 +53,8 @@ pub(crate) fn report_failed_start(
         failures: 1,
         ..Stats::default()
     };
-    ctx.on_event(&session, &stats, now, ProtocolEvent::Failed(reason));
+    session.publish_stats(stats, false, false);
+    ctx.on_event(&session, now, ProtocolEvent::Failed(reason));
     session
 }
 

@@ -13,7 +13,7 @@ use crate::context::{Context, Endpoint};
 use crate::error::{Error, NackReason, Result};
 use crate::protocol::stream::StreamSession;
 use crate::session::{Command, CommandSender, Role, Session, SessionState, Transport};
-use crate::transport::dispatch::{apply_command, apply_reaction, FollowUp};
+use crate::transport::dispatch::{apply_command, apply_reaction, publish_stats, FollowUp};
 use crate::transport::waiters::Waiters;
 use crate::transport::SessionLimit;
 
@@ -217,12 +217,12 @@ async fn run<S>(
                 }
                 continue;
             }
+            publish_stats(&mut core, &session);
             let Some(event) = core.poll_event() else {
                 break;
             };
-            let stats = core.keepalive().stats();
             let now = Instant::now();
-            let reaction = ctx.on_event(&session, &stats, now, event);
+            let reaction = ctx.on_event(&session, now, event);
             match apply_reaction(&mut core, &mut waiters, now, reaction) {
                 FollowUp::None => {}
                 FollowUp::Send(bytes) => {

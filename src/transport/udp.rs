@@ -16,10 +16,10 @@ use tokio::sync::{mpsc, watch};
 
 use crate::context::{Context, Endpoint};
 use crate::error::{NackReason, Result};
-use crate::protocol::datagram::DatagramSession;
+use crate::protocol::datagram::{DatagramSession, Stranger};
 use crate::session::{Command, CommandSender, Role, Session, SessionId, SessionState, Transport};
 use crate::table::{Key, SessionTable, Timed};
-use crate::transport::dispatch::{apply_command, apply_reaction, FollowUp};
+use crate::transport::dispatch::{apply_command, apply_reaction, publish_stats, FollowUp};
 use crate::transport::waiters::Waiters;
 
 /// Largest datagram we read (the UDP maximum).
@@ -258,25 +258,42 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
 
     async fn on_datagram(&mut self, peer: SocketAddr, bytes: &[u8]) {
         let now = Instant::now();
-        let key = match self.table.key_of(&peer) {
-            Some(key) => key,
-            None if self.accept && bytes.len() >= 4 => {
-                if self.table.len() >= self.ctx.settings().max_sessions
-                    && !self.evict_unproven(now).await
-                {
-                    tracing::debug!(%peer, "session table full: datagram dropped");
-                    return;
-                }
-                self.add_session(peer, Role::Server, now);
-                match self.table.key_of(&peer) {
-                    Some(key) => key,
-                    None => return,
-                }
+        if let Some(key) = self.table.key_of(&peer) {
+            if let Some(p) = self.table.get_mut(key) {
+                p.core.handle_datagram(now, bytes);
             }
-            None => return,
+            self.flush(key, now).await;
+        } else if self.accept {
+            self.on_stranger(peer, bytes, now).await;
+        }
+    }
+
+    /// A datagram from a peer without a session: the protocol says whether it opens one.
+    async fn on_stranger(&mut self, peer: SocketAddr, bytes: &[u8], now: Instant) {
+        let first = match DatagramSession::screen(bytes) {
+            Stranger::Open(first) => first,
+            Stranger::Reject { rst, why } => {
+                tracing::debug!(%peer, %why, "rejected without a session");
+                if let Err(error) = self.socket.send_to(&rst, peer).await {
+                    tracing::debug!(%error, %peer, "udp send failed");
+                }
+                return;
+            }
+            Stranger::Ignore { why } => {
+                tracing::trace!(%peer, %why, "ignored without a session");
+                return;
+            }
+        };
+        if self.table.len() >= self.ctx.settings().max_sessions && !self.evict_unproven(now).await {
+            tracing::debug!(%peer, "session table full: datagram dropped");
+            return;
+        }
+        self.add_session(peer, Role::Server, now);
+        let Some(key) = self.table.key_of(&peer) else {
+            return;
         };
         if let Some(p) = self.table.get_mut(key) {
-            p.core.handle_datagram(now, bytes);
+            p.core.handle_first(now, first);
         }
         self.flush(key, now).await;
     }
@@ -340,12 +357,12 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
                 }
                 continue;
             }
+            publish_stats(&mut p.core, &p.handle);
             let Some(event) = p.core.poll_event() else {
                 break;
             };
-            let stats = p.core.keepalive().stats();
             let handle = p.handle.clone();
-            let reaction = self.ctx.on_event(&handle, &stats, now, event);
+            let reaction = self.ctx.on_event(&handle, now, event);
             let Some(p) = self.table.get_mut(key) else {
                 return;
             };

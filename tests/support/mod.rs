@@ -319,6 +319,11 @@ impl RawStream {
         self.send(&[0x00, 0xe1]).await;
     }
 
+    /// Shuts our side down: a TLS close_notify (over TLS), then the TCP FIN.
+    pub async fn shutdown(&mut self) {
+        let _ = self.stream.shutdown().await;
+    }
+
     /// Asserts that the server closes the connection cleanly (end of stream) with nothing more
     /// to say.
     pub async fn assert_closed(&mut self) {
