@@ -444,7 +444,12 @@ impl Context {
     ///
     /// The driver has published the session's statistics before (see
     /// `dispatch::publish_stats`), so the handlers read them up to date.
-    pub(crate) fn on_event(&self, session: &Session, now: Instant, event: ProtocolEvent) -> Reaction {
+    pub(crate) fn on_event(
+        &self,
+        session: &Session,
+        now: Instant,
+        event: ProtocolEvent,
+    ) -> Reaction {
         let handlers = &self.inner.handlers;
         match event {
             ProtocolEvent::PeerPing(ping) => {

@@ -151,7 +151,10 @@ impl Stats {
     pub fn accumulate(&mut self, other: &Stats) {
         self.rtt.smoothed = match (self.rtt.smoothed, other.rtt.smoothed) {
             (Some(ours), Some(theirs)) => {
-                let (a, b) = (u128::from(self.pongs.max(1)), u128::from(other.pongs.max(1)));
+                let (a, b) = (
+                    u128::from(self.pongs.max(1)),
+                    u128::from(other.pongs.max(1)),
+                );
                 let mean = (ours.as_nanos() * a + theirs.as_nanos() * b) / (a + b);
                 Some(Duration::from_nanos(mean.min(u128::from(u64::MAX)) as u64))
             }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use coap_lite::{MessageClass, MessageType, Packet};
 
-use crate::config::KeepaliveConfig;
+use crate::config::{IcmpPolicy, KeepaliveConfig};
 use crate::error::NackReason;
 use crate::handler::PeerPing;
 use crate::keepalive::{Keepalive, PingStyle, SmallQueue};
@@ -795,6 +795,25 @@ impl DatagramSession {
         self.pump();
     }
 
+    /// The network reported the peer unreachable at `now`: an ICMP destination or port
+    /// unreachable that the socket attributes to this peer (a client's connected socket reports
+    /// it as `ECONNREFUSED` and the like). `detail` says what the socket said, for logs.
+    ///
+    /// Under [`IcmpPolicy::Fail`] (the default) the session fails with
+    /// [`NackReason::IcmpError`], its requests with it; under [`IcmpPolicy::Soft`] it is noted
+    /// and the retransmission schedule goes on (RFC 8085 §5.2). See [`IcmpPolicy`] for why.
+    pub fn handle_unreachable(&mut self, _now: Instant, detail: &str) {
+        if self.keepalive.is_finished() {
+            return;
+        }
+        match self.keepalive.config().icmp {
+            IcmpPolicy::Fail => self.fail(NackReason::IcmpError),
+            IcmpPolicy::Soft => self.events.push_back(ProtocolEvent::Rejected(format!(
+                "ICMP error kept soft, retransmissions go on: {detail}"
+            ))),
+        }
+    }
+
     /// Fails the session (send error, handshake failure…).
     pub fn fail(&mut self, reason: NackReason) {
         self.keepalive.fail(reason);
@@ -859,6 +878,55 @@ mod tests {
         let t0 = Instant::now();
         let config = KeepaliveConfig::default().with_interval_secs(10);
         (DatagramSession::new(config, Rng::seeded(5), t0), t0)
+    }
+
+    fn icmp_session(policy: IcmpPolicy) -> (DatagramSession, Instant) {
+        let t0 = Instant::now();
+        let config = KeepaliveConfig::default()
+            .with_interval_secs(10)
+            .with_transmission(
+                crate::config::TransmissionParams::default().with_ack_random_factor(1.0),
+            )
+            .with_icmp_policy(policy);
+        (DatagramSession::new(config, Rng::seeded(5), t0), t0)
+    }
+
+    #[test]
+    fn an_icmp_error_fails_the_session_at_once_by_default() {
+        let (mut s, t0) = icmp_session(IcmpPolicy::default());
+        s.ping_now(t0);
+        assert!(s.poll_transmit().is_some());
+        s.handle_unreachable(t0 + Duration::from_millis(1), "connection refused");
+        assert_eq!(
+            s.poll_event(),
+            Some(ProtocolEvent::Failed(NackReason::IcmpError))
+        );
+        assert!(s.is_finished());
+        assert_eq!(s.poll_timeout(), None, "no retransmission");
+        let stats = s.keepalive().stats();
+        assert_eq!(
+            (stats.pings_sent, stats.retransmissions, stats.failures),
+            (1, 0, 1)
+        );
+    }
+
+    #[test]
+    fn a_soft_icmp_error_leaves_the_schedule_to_decide() {
+        let (mut s, t0) = icmp_session(IcmpPolicy::Soft);
+        let sent = t0 + Duration::from_secs(1);
+        s.ping_now(sent);
+        assert!(s.poll_transmit().is_some());
+        s.handle_unreachable(sent + Duration::from_millis(1), "connection refused");
+        assert!(matches!(s.poll_event(), Some(ProtocolEvent::Rejected(_))));
+        assert!(!s.is_finished());
+        // ACK_TIMEOUT 2 s later: the first retransmission, as if nothing had been reported.
+        assert_eq!(s.poll_timeout(), Some(sent + Duration::from_secs(2)));
+        s.handle_timeout(sent + Duration::from_secs(2));
+        assert_eq!(
+            s.poll_transmit().map(|d| d[..2].to_vec()),
+            Some(vec![0x40, 0x00])
+        );
+        assert_eq!(s.keepalive().stats().retransmissions, 1);
     }
 
     #[test]

@@ -41,6 +41,12 @@ pub(crate) trait DatagramIo: Send + Sync + 'static {
     ) -> impl std::future::Future<Output = io::Result<()>> + Send + 'a;
     /// Our address.
     fn local_addr(&self) -> io::Result<SocketAddr>;
+    /// The one peer this socket is connected to, to whom its errors (an ICMP unreachable
+    /// reported as `ECONNREFUSED` and the like) can be attributed; `None` for a socket serving
+    /// many peers, which learns no peer from such an error.
+    fn connected_peer(&self) -> Option<SocketAddr> {
+        None
+    }
     /// Closes the underlying connection, if it is one (DTLS sends close_notify).
     fn close(&self) -> impl std::future::Future<Output = ()> + Send {
         async {}
@@ -61,6 +67,34 @@ impl DatagramIo for UdpSocket {
     }
 }
 
+/// A UDP socket connected to a client session's one peer: the kernel delivers only that peer's
+/// datagrams, and reports an ICMP error for it on the next receive or send, so it is attributed
+/// without doubt (an unconnected socket hears of none without `IP_RECVERR` on Linux).
+struct ConnectedUdp {
+    socket: UdpSocket,
+    peer: SocketAddr,
+}
+
+impl DatagramIo for ConnectedUdp {
+    async fn recv_from<'a>(&'a self, buf: &'a mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        let len = self.socket.recv(buf).await?;
+        Ok((len, self.peer))
+    }
+
+    async fn send_to<'a>(&'a self, buf: &'a [u8], _peer: SocketAddr) -> io::Result<()> {
+        // The only peer this driver has a session with.
+        self.socket.send(buf).await.map(|_| ())
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    fn connected_peer(&self) -> Option<SocketAddr> {
+        Some(self.peer)
+    }
+}
+
 /// Binds `addr` and serves every peer that writes to it.
 pub(crate) async fn listen(ctx: &Context, addr: SocketAddr) -> Result<Endpoint> {
     let socket = UdpSocket::bind(addr).await?;
@@ -74,7 +108,8 @@ pub(crate) async fn listen(ctx: &Context, addr: SocketAddr) -> Result<Endpoint> 
     })
 }
 
-/// Opens a session to `peer` from a fresh port of the matching address family.
+/// Opens a session to `peer` from a fresh port of the matching address family, on a socket
+/// connected to it (so that an ICMP error for it reaches the session).
 pub(crate) async fn connect(ctx: &Context, peer: SocketAddr) -> Result<Session> {
     let bind: SocketAddr = if peer.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
@@ -82,6 +117,8 @@ pub(crate) async fn connect(ctx: &Context, peer: SocketAddr) -> Result<Session> 
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
     let socket = UdpSocket::bind(bind).await?;
+    socket.connect(peer).await?;
+    let socket = ConnectedUdp { socket, peer };
     let mut driver = DatagramDriver::new(ctx, socket, Transport::Udp, false);
     let session = driver.add_session(peer, Role::Client, Instant::now());
     ctx.spawn(driver.run());
@@ -225,8 +262,8 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
                         self.close_all().await;
                         return;
                     }
+                    Err(error) if is_unreachable(&error) => self.on_unreachable(&error).await,
                     Err(error) if is_transient(&error) => {
-                        // An ICMP error for an earlier send; the retransmission timers decide.
                         tracing::trace!(%error, "udp receive error ignored");
                     }
                     Err(error) => {
@@ -298,6 +335,26 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
         self.flush(key, now).await;
     }
 
+    /// The socket reported an ICMP error (on a receive): the session's protocol decides what
+    /// it means when the socket can say whose it is.
+    async fn on_unreachable(&mut self, error: &io::Error) {
+        let Some(peer) = self.socket.connected_peer() else {
+            // An unconnected socket serving many peers cannot tell which one: the
+            // retransmission schedules decide, and nobody else is harmed.
+            tracing::trace!(%error, local = %self.local, "ICMP error not attributable to a peer");
+            return;
+        };
+        let Some(key) = self.table.key_of(&peer) else {
+            return;
+        };
+        let now = Instant::now();
+        tracing::debug!(%error, %peer, "peer reported unreachable");
+        if let Some(p) = self.table.get_mut(key) {
+            p.core.handle_unreachable(now, &error.to_string());
+        }
+        self.flush(key, now).await;
+    }
+
     /// Makes room in a full table by closing the oldest session that never proved its peer
     /// real. False when every session is established: the newcomer is refused instead.
     async fn evict_unproven(&mut self, now: Instant) -> bool {
@@ -350,7 +407,10 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
             };
             if let Some(bytes) = p.core.poll_transmit() {
                 if let Err(error) = self.socket.send_to(&bytes, peer).await {
-                    if !is_transient(&error) {
+                    if is_unreachable(&error) && self.socket.connected_peer() == Some(peer) {
+                        // A connected socket reports an earlier datagram's ICMP error here too.
+                        p.core.handle_unreachable(now, &error.to_string());
+                    } else if !is_transient(&error) {
                         tracing::debug!(%error, %peer, "udp send failed");
                         p.core.fail(NackReason::NotDeliverable);
                     }
@@ -423,12 +483,19 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
 /// Errors a UDP socket reports for earlier datagrams (ICMP unreachable and the like), which say
 /// nothing about the socket itself.
 fn is_transient(error: &io::Error) -> bool {
+    is_unreachable(error)
+        || matches!(
+            error.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+        )
+}
+
+/// An ICMP error for an earlier datagram: port unreachable (`ECONNREFUSED`; `ECONNRESET` on
+/// Windows), host or network unreachable.
+fn is_unreachable(error: &io::Error) -> bool {
     matches!(
         error.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::WouldBlock
-            | io::ErrorKind::Interrupted
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset
     ) || error.raw_os_error() == Some(113) // EHOSTUNREACH
         || error.raw_os_error() == Some(101) // ENETUNREACH
 }
