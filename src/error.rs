@@ -15,7 +15,10 @@ pub enum NackReason {
     /// within the pong timeout — or a Confirmable request, which stands in for the ping while it
     /// is out, exhausted its retransmissions.
     TooManyRetries,
-    /// The connection was closed or reset by the peer, or a datagram could not be sent.
+    /// Something of ours was left undelivered: the peer closed or reset the connection (or sent
+    /// 7.04 Release) while a ping or request of ours was outstanding, or before its CSM; or a
+    /// datagram could not be sent. A peer that closes with nothing of ours outstanding ended the
+    /// session normally: [`SessionEvent::Closed`](crate::SessionEvent::Closed), no nack.
     NotDeliverable,
     /// The peer answered our Confirmable message with a Reset.
     Rst,

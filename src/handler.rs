@@ -56,7 +56,9 @@ pub enum PingDecision {
 pub enum SessionEvent {
     /// The session is ready (UDP: created; DTLS / TLS: handshake done; TCP / TLS: peer's CSM).
     Established,
-    /// The session ended gracefully.
+    /// The session ended gracefully: closed by us, by the peer with nothing of ours outstanding
+    /// (its 7.04 Release or the end of its connection), or forgotten after its idle timeout. Not
+    /// a failure: no nack, counted in [`SessionCounts::closed`](crate::SessionCounts::closed).
     Closed,
     /// A ping went unanswered (over UDP / DTLS after all its retransmissions); the session fails
     /// when `count` reaches `max_unanswered`.

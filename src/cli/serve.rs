@@ -132,14 +132,17 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     wait_for_signal().await;
     ctx.shutdown().await;
     let stats = ctx.stats();
+    // One source for every figure: opened = closed + failed once all sessions ended.
+    let sessions = ctx.session_counts();
     println!(
-        "served {} sessions in {:.1}s: {} pings received, {} pings sent, {} pongs, {} failed",
-        sessions_seen.load(Ordering::Relaxed),
+        "served {} sessions in {:.1}s ({} closed, {} failed): {} pings received, {} pings sent, {} pongs",
+        sessions.opened,
         printer.elapsed().as_secs_f64(),
+        sessions.closed,
+        sessions.failed,
         stats.pings_received,
         stats.pings_sent,
-        stats.pongs,
-        stats.failures
+        stats.pongs
     );
     Ok(ExitCode::SUCCESS)
 }

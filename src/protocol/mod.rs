@@ -54,7 +54,8 @@ pub enum ProtocolEvent {
         /// The token of its registration.
         token: Vec<u8>,
     },
-    /// The session ended gracefully (Release sent or received, or closed by us).
+    /// The session ended gracefully: closed by us, or by the peer (Release, end of the
+    /// connection) with nothing of ours outstanding.
     Closed,
     /// The session failed; the driver runs the nack handler and removes it.
     Failed(NackReason),
