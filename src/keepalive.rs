@@ -1424,6 +1424,57 @@ mod tests {
     }
 
     #[test]
+    fn what_poll_stats_offers_is_never_behind_the_counters() {
+        // Random inputs at random instants; after each, a driver that publishes what
+        // poll_stats offers holds exactly the machine's counters and outstanding state.
+        for seed in 0..40 {
+            let mut ops = Rng::seeded(seed);
+            let style = if seed % 2 == 0 {
+                PingStyle::Datagram
+            } else {
+                PingStyle::Stream
+            };
+            let t0 = Instant::now();
+            let config = KeepaliveConfig::default()
+                .with_interval_secs(3)
+                .with_max_unanswered(2)
+                .with_transmission(deterministic());
+            let mut k = Keepalive::new(style, config, Rng::seeded(seed), t0);
+            k.handle_established(t0);
+            let mut published = (k.stats(), k.is_awaiting_pong());
+            let mut now = t0;
+            let mut last_id = 0u16;
+            let mut last_token = [0u8; PING_TOKEN_LEN];
+            for _ in 0..300 {
+                now += Duration::from_millis(ops.next_u64() % 1500);
+                match ops.next_u64() % 6 {
+                    0 => k.handle_activity(now),
+                    1 => k.ping_now(now),
+                    2 => {
+                        k.handle_datagram_answer(now, last_id);
+                    }
+                    3 => {
+                        k.handle_pong(now, &last_token);
+                    }
+                    4 => k.note_peer_ping(now),
+                    _ => k.handle_timeout(now),
+                }
+                while let Some(t) = k.poll_transmit() {
+                    match t {
+                        PingTransmit::Datagram { message_id, .. } => last_id = message_id,
+                        PingTransmit::Stream { token } => last_token = token,
+                    }
+                }
+                while k.poll_event().is_some() {}
+                if let Some(stats) = k.poll_stats() {
+                    published = (stats, k.is_awaiting_pong());
+                }
+                assert_eq!(published, (k.stats(), k.is_awaiting_pong()), "seed {seed}");
+            }
+        }
+    }
+
+    #[test]
     fn a_ping_dropped_quietly_is_offered_too() {
         // The probe ends without a pong (the peer was heard from): no longer awaiting.
         let (mut k, t0) = datagram(10, deterministic());
