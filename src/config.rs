@@ -107,10 +107,13 @@ impl TransmissionParams {
 /// [`IcmpPolicy::Soft`] is there for paths where that is wrong.
 ///
 /// Only errors the socket can attribute to the session's peer count: a client's UDP socket is
-/// connected to its one peer, so the kernel's report (`ECONNREFUSED` and the like on the next
-/// receive or send) names it. A server's socket serves many peers unconnected and learns no
-/// peer from such an error (Linux reports none there without `IP_RECVERR`): it ignores it, and
-/// the retransmission schedule decides, without harm to the socket or any other session.
+/// connected to its one peer, so the kernel's report (`ECONNREFUSED`, `EHOSTUNREACH`,
+/// `ENETUNREACH` on the next receive or send) can only be about it. A server's socket serves
+/// many peers unconnected: Linux reports nothing there unless `IP_RECVERR` is set, and then an
+/// `ECONNREFUSED` that names no peer (only the socket's error queue does). The server ignores
+/// such errors and its sessions' retransmission schedules decide, without harm to the socket or
+/// any other session; this also keeps an off-path attacker who forges ICMP errors from ending a
+/// server's sessions. DTLS sessions are not affected by this setting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum IcmpPolicy {
