@@ -453,6 +453,49 @@ async fn tls_peer_closing_with_a_ping_outstanding_is_not_deliverable() {
     .await
 }
 
+/// Over DTLS the peer's close_notify is judged the same way: with a ping of ours outstanding
+/// it is a nack, with nothing outstanding a normal end.
+#[tokio::test]
+async fn dtls_peer_closing_is_judged_by_what_is_outstanding() {
+    bounded(TEST_LIMIT, async {
+        let psk = coap_keepalive::PskCredentials::new("lifecycle", "secret");
+        let server = Context::new();
+        server.set_keepalive_interval(Some(ms(100)));
+        let mut server_nacks = nacks(&server);
+        let mut server_events = events(&server);
+        let addr = listen(
+            &server,
+            Transport::Dtls,
+            Some(ServerCredentials::Psk(psk.clone())),
+        )
+        .await;
+
+        // Nothing outstanding: a ping of ours answered, then the close.
+        let quiet = RawDatagram::dtls_psk(addr, &psk, ANSWER_LIMIT).await;
+        quiet.assert_next_answer_is_rst_to_ping(0x0001).await;
+        quiet.close().await;
+        eventually(ANSWER_LIMIT, "closed", || server.sessions().is_empty()).await;
+        let ends: Vec<_> = drain(&mut server_events)
+            .into_iter()
+            .map(|(_, _, event)| event)
+            .filter(|event| *event != SessionEvent::Established)
+            .collect();
+        assert_eq!(ends, vec![SessionEvent::Closed]);
+        assert!(drain(&mut server_nacks).is_empty());
+
+        // The server's ping unanswered when the peer leaves.
+        let leaving = RawDatagram::dtls_psk(addr, &psk, ANSWER_LIMIT).await;
+        let ping = leaving.recv().await;
+        assert_eq!(&ping[..2], &[0x40, 0x00]);
+        leaving.close().await;
+        let nack = next(&mut server_nacks, ANSWER_LIMIT, "nack").await;
+        assert_eq!(nack.reason, NackReason::NotDeliverable);
+        let counts = server.session_counts();
+        assert_eq!((counts.opened, counts.closed, counts.failed), (2, 1, 1));
+    })
+    .await
+}
+
 // ---- live statistics ----
 
 async fn a_ping_counts_the_moment_it_is_asked_for(transport: Transport) {

@@ -820,6 +820,21 @@ impl DatagramSession {
         self.pump();
     }
 
+    /// The peer closed the connection at `now` (a DTLS close_notify): a normal end
+    /// ([`ProtocolEvent::Closed`]) when nothing of ours is outstanding, else, as over TCP, a
+    /// failure with [`NackReason::NotDeliverable`] for the ping, request or separate response
+    /// left unanswered.
+    pub fn handle_peer_closed(&mut self, _now: Instant) {
+        if self.keepalive.is_finished() {
+            return;
+        }
+        if self.keepalive.is_awaiting_pong() || !self.requests.exchanges.pending.is_empty() {
+            self.fail(NackReason::NotDeliverable);
+        } else {
+            self.close();
+        }
+    }
+
     /// Ends the session gracefully.
     pub fn close(&mut self) {
         if !self.keepalive.is_finished() {
@@ -927,6 +942,32 @@ mod tests {
             Some(vec![0x40, 0x00])
         );
         assert_eq!(s.keepalive().stats().retransmissions, 1);
+    }
+
+    #[test]
+    fn a_peer_closing_ends_the_session_normally_unless_something_of_ours_is_out() {
+        let (mut s, t0) = session();
+        s.handle_peer_closed(t0 + Duration::from_secs(1));
+        assert_eq!(s.poll_event(), Some(ProtocolEvent::Closed));
+        assert!(s.is_finished());
+
+        let (mut s, t0) = session();
+        s.handle_timeout(t0 + Duration::from_secs(10));
+        assert!(s.poll_transmit().is_some(), "the ping");
+        s.handle_peer_closed(t0 + Duration::from_secs(11));
+        assert_eq!(
+            s.poll_event(),
+            Some(ProtocolEvent::Failed(NackReason::NotDeliverable))
+        );
+
+        let (mut s, t0) = session();
+        s.send_request(t0, &Request::get("/x"), Duration::from_secs(5));
+        s.handle_peer_closed(t0 + Duration::from_secs(1));
+        let events: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+        assert_eq!(
+            events,
+            vec![ProtocolEvent::Failed(NackReason::NotDeliverable)]
+        );
     }
 
     #[test]

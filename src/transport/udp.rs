@@ -259,7 +259,7 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
                     Ok((len, peer)) => self.on_datagram(peer, &buf[..len]).await,
                     Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => {
                         // The peer closed the connection gracefully (DTLS close_notify).
-                        self.close_all().await;
+                        self.peer_closed().await;
                         return;
                     }
                     Err(error) if is_unreachable(&error) => self.on_unreachable(&error).await,
@@ -459,11 +459,12 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
         }
     }
 
-    async fn close_all(&mut self) {
+    /// The connection under every session closed (its one peer's DTLS close_notify).
+    async fn peer_closed(&mut self) {
         let now = Instant::now();
         for key in self.table.keys() {
             if let Some(p) = self.table.get_mut(key) {
-                p.core.close();
+                p.core.handle_peer_closed(now);
             }
             self.flush(key, now).await;
         }
