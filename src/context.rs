@@ -425,6 +425,9 @@ impl Context {
     /// the table, so whoever awaits it never sees a zombie in [`Context::sessions`].
     pub(crate) fn unregister(&self, session: &Session, state: SessionState) {
         if lock(&self.inner.sessions).remove(&session.id()).is_some() {
+            // Recorded before the pings asked for are dropped, so that `Session::ping` counts
+            // none after that.
+            session.record_state(state);
             session.drop_requested_pings();
             let mut stats = session.stats();
             // A session fails once or not at all, whichever path ended it.

@@ -337,9 +337,10 @@ impl Session {
     /// count then settles back by one when the driver handles it). A ping asked for on a session
     /// that has ended is not counted, and the count of one that ends first is dropped.
     pub fn ping(&self) {
-        let established = self.state() == SessionState::Established;
         let mut published = lock(&self.shared.stats);
-        let counted = established && !published.awaiting_pong;
+        // The state is read under the statistics' lock: a session that ends records its state
+        // before it drops the pings asked for (`Context::unregister`), so none is counted after.
+        let counted = self.state() == SessionState::Established && !published.awaiting_pong;
         if self
             .shared
             .commands
