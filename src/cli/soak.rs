@@ -470,7 +470,7 @@ async fn slot(env: Arc<Env>, index: usize, end: Instant, seed: u64) {
             Duration::from_millis(LIFETIME_MS.0 + rng.next_u64() % (LIFETIME_MS.1 - LIFETIME_MS.0));
         let until = (Instant::now() + lifetime).min(end);
         let raw = matches!(TRANSPORTS[transport], Transport::Udp | Transport::Tcp)
-            && rng.next_u64() % RAW_EVERY == 0;
+            && rng.next_u64().is_multiple_of(RAW_EVERY);
         if raw {
             add(&env.counters.raw_peers);
             let _ = match TRANSPORTS[transport] {
@@ -491,7 +491,7 @@ async fn slot(env: Arc<Env>, index: usize, end: Instant, seed: u64) {
         };
         add(&env.counters.opened[transport]);
         let session_ends = async {
-            if rng.next_u64() % 3 == 0 {
+            if rng.next_u64().is_multiple_of(3) {
                 match session.get("/").await {
                     Ok(_) => add(&env.counters.requests_ok),
                     Err(_) => add(&env.counters.requests_failed),
