@@ -148,6 +148,12 @@ fn check_frame(frame: &Frame) {
     match Signal::parse(frame) {
         Ok(signal) => {
             assert!(frame.is_signal());
+            // Every signalling option RFC 8323 defines is even: a signal that parsed carried
+            // no odd (critical) option.
+            assert!(
+                frame.options.iter().all(|(n, _)| n % 2 == 0),
+                "accepted a critical option: {frame:?}"
+            );
             let again = signal.to_frame(&frame.token);
             assert_eq!(
                 Signal::parse(&again),
@@ -162,7 +168,8 @@ fn check_frame(frame: &Frame) {
             let _ = frame.to_packet();
         }
         Err(SignalError::UnknownCriticalOption { number, .. }) => {
-            assert_eq!(number % 2, 0, "only an even option is critical");
+            // RFC 7252 §5.4.6, applied to signalling options by RFC 8323 §5.2.
+            assert_eq!(number % 2, 1, "only an odd option is critical");
             assert!(frame.options.iter().any(|(n, _)| *n == number));
         }
         Err(_) => assert!(frame.is_signal()),
