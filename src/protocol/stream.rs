@@ -12,8 +12,9 @@ use crate::handler::PeerPing;
 use crate::keepalive::{Keepalive, PingStyle};
 use crate::message::{Request, Response};
 use crate::protocol::exchange::{Exchanges, Observation, Pending, PendingKind, RequestError};
-use crate::protocol::ProtocolEvent;
+use crate::protocol::{option_rejection, ProtocolEvent};
 use crate::rng::Rng;
+use crate::wire::options::{self as wire_options, OptionProblem};
 use crate::wire::signal::{Signal, SignalError, ABORT, BASE_MAX_MESSAGE_SIZE, CSM};
 use crate::wire::tcp::{Frame, FrameDecoder, FrameError};
 
@@ -165,11 +166,26 @@ impl StreamSession {
                 return;
             }
             let packet = frame.to_packet();
+            let options = frame.options.iter().map(|(n, v)| (*n, v.as_slice()));
             match packet.header.code {
-                MessageClass::Request(_) => self
-                    .events
-                    .push_back(ProtocolEvent::Request(Box::new(packet))),
-                MessageClass::Response(_) => self.handle_response(now, &packet),
+                MessageClass::Request(_) => match wire_options::check_request(options) {
+                    Ok(()) => self
+                        .events
+                        .push_back(ProtocolEvent::Request(Box::new(packet))),
+                    Err(problem) => {
+                        // RFC 7252 §5.4.1 over a reliable transport (RFC 8323 has no message
+                        // types: every request is answered): 4.02 Bad Option, or 5.05 for a
+                        // proxy request, instead of reaching a handler.
+                        self.respond(&packet, option_rejection(problem));
+                        self.events.push_back(ProtocolEvent::Rejected(format!(
+                            "request refused: {problem}"
+                        )));
+                    }
+                },
+                MessageClass::Response(_) => match wire_options::check_response(options) {
+                    Ok(()) => self.handle_response(now, &packet),
+                    Err(problem) => self.reject_response(&packet, problem),
+                },
                 _ => self.events.push_back(ProtocolEvent::Rejected(format!(
                     "unexpected code {} over TCP",
                     packet.header.code
@@ -281,6 +297,34 @@ impl StreamSession {
                 "response matches no request".into(),
             ));
         }
+    }
+
+    /// A response carrying a critical option we do not recognise (RFC 7252 §5.4.1): not
+    /// delivered; the request or observation it belongs to fails with the option named. Over a
+    /// stream there is no RST to send: the rejection is ours alone.
+    fn reject_response(&mut self, packet: &Packet, problem: OptionProblem) {
+        let token = packet.get_token().to_vec();
+        let error = RequestError::UnrecognisedOption {
+            number: problem.number(),
+        };
+        let known = if let Some(index) = self.exchanges.by_token(&token, PendingKind::Request) {
+            self.exchanges.pending.remove(index);
+            true
+        } else if self.exchanges.observation(&token).is_some() {
+            self.exchanges.forget_observation(&token);
+            true
+        } else {
+            false
+        };
+        if known {
+            self.events
+                .push_back(ProtocolEvent::RequestFailed { token, error });
+        }
+        self.events.push_back(ProtocolEvent::Rejected(if known {
+            format!("response rejected: {problem}")
+        } else {
+            format!("response matches no request (and has {problem})")
+        }));
     }
 
     /// Sends `request`; the response comes back as a [`ProtocolEvent::Response`] with the
@@ -642,6 +686,52 @@ mod tests {
             matches!(&events[0], ProtocolEvent::Rejected(why) if why.contains("peer aborted: x"))
         );
         assert_eq!(events[1], ProtocolEvent::Failed(NackReason::NotDeliverable));
+    }
+
+    fn established(interval: u64) -> (StreamSession, Instant) {
+        let (mut s, t0) = session(interval);
+        s.poll_transmit();
+        s.handle_bytes(t0, &[0x00, 0xe1]);
+        assert_eq!(s.poll_event(), Some(ProtocolEvent::Established));
+        (s, t0)
+    }
+
+    #[test]
+    fn request_with_an_unrecognised_critical_option_gets_4_02() {
+        let (mut s, t0) = established(0);
+        // GET, token 0x5a, Uri-Path "x", option 13: Len 3, TKL 1.
+        s.handle_bytes(t0, &[0x31, 0x01, 0x5a, 0xb1, b'x', 0x20]);
+        let events: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+        assert!(!events
+            .iter()
+            .any(|e| matches!(e, ProtocolEvent::Request(_))));
+        let answer = decode(&s.poll_transmit().unwrap());
+        assert_eq!((answer.code, answer.token.as_slice()), (0x82, &[0x5a][..]));
+        assert_eq!(answer.payload, b"unrecognised critical option 13");
+        assert!(!s.is_done(), "the connection stays up");
+    }
+
+    #[test]
+    fn response_with_an_unrecognised_critical_option_fails_the_request() {
+        let (mut s, t0) = established(0);
+        let token = s.send_request(t0, &Request::get("/a"), Duration::from_secs(60));
+        s.poll_transmit();
+        let mut response = Frame::new(0x45);
+        response.token = token.clone();
+        response.options = vec![(23, vec![0x0a])];
+        response.payload = b"part".to_vec();
+        s.handle_bytes(t0, &response.encode());
+        let events: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+        assert!(events.contains(&ProtocolEvent::RequestFailed {
+            token,
+            error: RequestError::UnrecognisedOption { number: 23 },
+        }));
+        assert!(!events
+            .iter()
+            .any(|e| matches!(e, ProtocolEvent::Response { .. })));
+        assert_eq!(s.poll_transmit(), None);
+        assert_eq!(s.pending_requests(), 0);
+        assert!(!s.is_done());
     }
 
     #[test]

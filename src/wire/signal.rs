@@ -11,6 +11,8 @@
 //! elective options are ignored, so RFC 8974's Extended-Token-Length (CSM option 6) is accepted
 //! as if it were absent. Every option RFC 8323 defines is even, hence elective.
 
+// RFC 7252 §5.4.6, which RFC 8323 §5.2 applies to signalling options: odd numbers are critical.
+use super::options::is_critical;
 use super::tcp::Frame;
 use super::{decode_uint, encode_uint};
 
@@ -233,11 +235,6 @@ impl Signal {
     pub fn encode(&self, token: &[u8]) -> Vec<u8> {
         self.to_frame(token).encode()
     }
-}
-
-/// RFC 7252 §5.4.6, which RFC 8323 §5.2 applies to signalling options: odd numbers are critical.
-pub fn is_critical(number: u16) -> bool {
-    number & 1 == 1
 }
 
 /// The options of one signalling frame, read against the numbers known for its code.
