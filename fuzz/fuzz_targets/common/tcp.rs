@@ -17,6 +17,7 @@ use coap_keepalive::error::NackReason;
 use coap_keepalive::protocol::stream::StreamSession;
 use coap_keepalive::protocol::ProtocolEvent;
 use coap_keepalive::rng::Rng;
+use coap_keepalive::wire::options;
 use coap_keepalive::wire::signal::{self, Signal, SignalError};
 use coap_keepalive::wire::tcp::{Frame, FrameDecoder, FrameError};
 use coap_keepalive::Response;
@@ -269,6 +270,12 @@ impl Seen {
                 }
                 ProtocolEvent::Request(packet) => {
                     assert!(self.established, "a request before the CSM is handed up");
+                    // RFC 7252 §5.4.1: one with an unrecognised critical option gets 4.02.
+                    assert_eq!(
+                        options::check_request(options::packet_options(packet)),
+                        Ok(()),
+                        "handed up a request the stack must refuse: {packet:?}"
+                    );
                     requests.push(packet.clone());
                 }
                 _ => {}
