@@ -1,6 +1,6 @@
-//! RFC 7252 §5.4.1 over real sockets: what the stack does with a critical (odd-numbered) option
-//! it does not recognise, as a server (raw UDP and TCP peers sending such requests) and as a
-//! client (raw UDP and TCP peers answering our requests with such responses).
+//! RFC 7252 §5.4.1 over real sockets: what the stack does with a critical (odd-numbered)
+//! option it does not recognise, as a server (raw UDP, DTLS and TCP peers sending such
+//! requests) and as a client (raw UDP and TCP peers answering our requests with such responses).
 //!
 //! - A Confirmable request gets 4.02 Bad Option piggybacked on its ACK (over TCP a 4.02
 //!   response), with a diagnostic naming the option; a Non-confirmable one an RST; no handler
@@ -17,7 +17,9 @@ use std::time::Duration;
 use tokio::net::{TcpListener, UdpSocket};
 
 use coap_keepalive::wire::tcp::Frame;
-use coap_keepalive::{Context, Error, Resource, Response, Status, Transport};
+use coap_keepalive::{
+    Context, Error, PskCredentials, Resource, Response, ServerCredentials, Status, Transport,
+};
 
 mod support;
 
@@ -56,7 +58,7 @@ impl Server {
                     Response::new(Status::Changed)
                 }),
         );
-        let addr = listen(&ctx, transport, None).await;
+        let addr = listen(&ctx, transport, Some(ServerCredentials::Psk(psk()))).await;
         Server {
             _ctx: ctx,
             addr,
@@ -71,6 +73,10 @@ impl Server {
             self.puts.load(Ordering::SeqCst),
         )
     }
+}
+
+fn psk() -> PskCredentials {
+    PskCredentials::new("options", "secret")
 }
 
 /// A CON GET /echo with Message ID `mid` and token `c0 de`, then `extra` (options after
@@ -121,6 +127,22 @@ async fn udp_get_with_an_unrecognised_critical_option_gets_a_piggybacked_4_02() 
         assert_eq!(&ok[..6], &[0x62, 0x45, 0x13, 0x02, 0xc0, 0xde]);
         assert_eq!(diagnostic(&ok), "initial");
         assert_eq!(server.handler_calls(), (1, 0));
+    })
+    .await
+}
+
+/// The same inside a DTLS session: the decision is the datagram core's, whatever carries it.
+#[tokio::test]
+async fn dtls_get_with_an_unrecognised_critical_option_gets_a_piggybacked_4_02() {
+    bounded(TEST_LIMIT, async {
+        let server = Server::start(Transport::Dtls).await;
+        let peer = RawDatagram::dtls_psk(server.addr, &psk(), ANSWER_LIMIT).await;
+        peer.send(&con_get_echo(0x1701, &OPTION_13)).await;
+        let answer = peer.recv().await;
+        assert_eq!(&answer[..7], &[0x62, 0x82, 0x17, 0x01, 0xc0, 0xde, 0xff]);
+        assert_eq!(diagnostic(&answer), "unrecognised critical option 13");
+        assert_eq!(server.handler_calls(), (0, 0));
+        peer.close().await;
     })
     .await
 }

@@ -445,7 +445,7 @@ async fn oversized_frames_are_aborted(transport: Transport) {
 }
 
 /// RFC 8323 §5.2 with RFC 7252 §5.4.6: an odd signalling option is critical, and one the
-/// receiver does not know aborts the connection; in a CSM, Bad-CSM-Option names it (§5.6.1).
+/// receiver does not know aborts the connection; in a CSM, Bad-CSM-Option names it (§5.6).
 async fn unknown_critical_signal_option_is_aborted(transport: Transport) {
     bounded(TEST_LIMIT, async {
         let mut server = StreamServer::start(transport).await;

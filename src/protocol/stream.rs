@@ -209,7 +209,7 @@ impl StreamSession {
             }
             Err(SignalError::UnknownCriticalOption { code, number }) => {
                 // RFC 8323 §5.2: a critical signalling option we do not understand aborts the
-                // connection. Bad-CSM-Option names it only when a CSM carried it (§5.6.1).
+                // connection. Bad-CSM-Option names it only when a CSM carried it (§5.6).
                 self.abort(
                     (code == CSM).then_some(number),
                     format!("unknown critical option {number} in {}", code_name(code)),

@@ -7,7 +7,7 @@
 //! Criticality follows RFC 7252 §5.4.6 for signalling options too (RFC 8323 §5.2): an odd number
 //! is critical, an even one elective. An unknown critical option is an error
 //! ([`SignalError::UnknownCriticalOption`]): RFC 8323 §5.2 says the receiver MUST abort the
-//! connection, and in a CSM the Abort names the option in Bad-CSM-Option (§5.6.1). Unknown
+//! connection, and in a CSM the Abort names the option in Bad-CSM-Option (§5.6). Unknown
 //! elective options are ignored, so RFC 8974's Extended-Token-Length (CSM option 6) is accepted
 //! as if it were absent. Every option RFC 8323 defines is even, hence elective.
 
