@@ -434,7 +434,9 @@ impl DatagramSession {
         let error = RequestError::UnrecognisedOption {
             number: problem.number(),
         };
-        let exchanges = &mut self.requests.exchanges;
+        // Looked up through the shared empty state when none is allocated: a stray response
+        // to a session that only pings allocates nothing.
+        let exchanges = &self.requests.exchanges;
         let owner = if message_type == MessageType::Acknowledgement {
             // Piggybacked: it must match both the Message ID and the token of our request.
             exchanges.by_message_id(message_id).filter(|&index| {
@@ -456,7 +458,7 @@ impl DatagramSession {
             self.confirmable_done(now);
             true
         } else if message_type != MessageType::Acknowledgement
-            && self.requests.exchanges.observation(&token).is_some()
+            && exchanges.observations.iter().any(|o| o.token == token)
         {
             // A notification we cannot process ends the observation (the RST below tells the
             // server too, RFC 7641 §3.6).
