@@ -1145,6 +1145,40 @@ mod tests {
     }
 
     #[test]
+    fn a_notification_with_an_unrecognised_critical_option_ends_the_observation() {
+        let (mut s, t0) = session();
+        let token = s.send_request(t0, &Request::get("/t").observing(), Duration::from_secs(60));
+        let request = drain(&mut s);
+        let mut first = Response::content_text("1").to_packet();
+        first.header.set_type(MessageType::Acknowledgement);
+        first.header.message_id = mid(&request[0]);
+        first.set_token(token.clone());
+        first.add_option(coap_lite::CoapOption::Observe, vec![0x01]);
+        s.handle_datagram(t0, &first.to_bytes().unwrap());
+        events(&mut s);
+        assert_eq!(s.observations(), 1);
+        // A NON notification carrying Block2: rejected with an RST (which also tells the server
+        // to forget us), and the observation ends with the option named.
+        let mut notification = Response::content_text("2").to_packet();
+        notification.header.set_type(MessageType::NonConfirmable);
+        notification.header.message_id = 0x6001;
+        notification.set_token(token.clone());
+        notification.add_option(coap_lite::CoapOption::Observe, vec![0x02]);
+        notification.add_option(coap_lite::CoapOption::Block2, vec![0x0a]);
+        s.handle_datagram(t0, &notification.to_bytes().unwrap());
+        assert_eq!(drain(&mut s), vec![vec![0x70, 0x00, 0x60, 0x01]]);
+        let events = events(&mut s);
+        assert!(events.contains(&ProtocolEvent::RequestFailed {
+            token,
+            error: RequestError::UnrecognisedOption { number: 23 },
+        }));
+        assert!(!events
+            .iter()
+            .any(|e| matches!(e, ProtocolEvent::Response { .. })));
+        assert_eq!(s.observations(), 0);
+    }
+
+    #[test]
     fn elective_unknown_options_are_ignored_both_ways() {
         let (mut s, t0) = session();
         // CON GET /x with option 2 (elective): handed up as usual.
