@@ -38,7 +38,8 @@
 //! ## Layout
 //! - [`config`]: [`KeepaliveConfig`] and the RFC 7252 [`TransmissionParams`].
 //! - [`error`]: [`Error`] and [`NackReason`].
-//! - [`wire`]: codecs, sans-IO — UDP message classification, RFC 8323 framing, signalling.
+//! - [`wire`]: codecs, sans-IO — UDP message classification, RFC 8323 framing, signalling,
+//!   and which options the stack recognises (RFC 7252 §5.4.1).
 //! - [`keepalive`]: the sans-IO keepalive state machine of one session; time is an argument.
 //!   Programs with their own event loop can drive it directly (`handle_*`, `poll_transmit`,
 //!   `poll_event`, `poll_timeout`).
