@@ -502,6 +502,9 @@ impl Context {
                     }
                     RequestError::Reset => Error::Reset,
                     RequestError::SessionEnded => session.ended_error(),
+                    RequestError::UnrecognisedOption { number } => {
+                        Error::UnrecognisedOption { number }
+                    }
                 };
                 Reaction::Deliver(token, Err(error))
             }

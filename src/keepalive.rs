@@ -6,7 +6,7 @@
 //! driver (or an application with its own event loop) repeats: feed input, call
 //! [`Keepalive::handle_timeout`] when the deadline passed, flush transmits, deliver events.
 //!
-//! The rules (see DESIGN.md, "Keepalive semantics"):
+//! The rules (the README's keepalive paragraphs say the same for users):
 //! - a ping is due when nothing was received from the peer for the interval (less a random jitter);
 //!   anything received proves liveness, anything sent does not;
 //! - over datagrams (UDP, DTLS) a ping is an empty Confirmable message retransmitted per RFC 7252 and

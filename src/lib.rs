@@ -14,24 +14,32 @@
 //! - over TCP a ping is a 7.02 Ping answered by a 7.03 Pong, sent only after the CSM exchange;
 //!   a Pong that does not arrive within the pong timeout fails the session the same way.
 //!
-//! ```no_run
-//! use std::time::Duration;
+//! ```
 //! use coap_keepalive::Context;
 //!
-//! # async fn example() -> coap_keepalive::Result<()> {
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> coap_keepalive::Result<()> {
+//! # let server = Context::new();
+//! # let endpoint = server.listen_tcp("127.0.0.1:0".parse().unwrap()).await?;
+//! # let uri = format!("coap+tcp://{}", endpoint.local_addr);
 //! let ctx = Context::new();
 //! ctx.set_keepalive(30); // ping after 30 idle seconds; 0 turns it off
 //! ctx.register_pong_handler(|session, rtt| println!("{session}: pong in {rtt:?}"));
 //! ctx.register_nack_handler(|session, reason| eprintln!("{session}: {reason}"));
-//! let session = ctx.connect("coap+tcp://127.0.0.1:5683").await?;
+//! let session = ctx.connect(&uri).await?; // e.g. "coap+tcp://127.0.0.1:5683"
 //! session.ping(); // one now; the rest follow the idle interval
+//! # ctx.shutdown().await;
+//! # server.shutdown().await;
 //! # Ok(()) }
 //! ```
+//!
+//! The README's examples are complete programs, run as doc tests too.
 //!
 //! ## Layout
 //! - [`config`]: [`KeepaliveConfig`] and the RFC 7252 [`TransmissionParams`].
 //! - [`error`]: [`Error`] and [`NackReason`].
-//! - [`wire`]: codecs, sans-IO — UDP message classification, RFC 8323 framing, signalling.
+//! - [`wire`]: codecs, sans-IO — UDP message classification, RFC 8323 framing, signalling,
+//!   and which options the stack recognises (RFC 7252 §5.4.1).
 //! - [`keepalive`]: the sans-IO keepalive state machine of one session; time is an argument.
 //!   Programs with their own event loop can drive it directly (`handle_*`, `poll_transmit`,
 //!   `poll_event`, `poll_timeout`).
@@ -71,6 +79,11 @@ pub mod table;
 pub mod transport;
 pub mod uri;
 pub mod wire;
+
+/// The README's Rust examples, compiled and run by `cargo test --doc` so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 pub use certs::{ClientCredentials, PemIdentity, PskCredentials, ServerCredentials};
 pub use config::{IcmpPolicy, KeepaliveConfig, TransmissionParams};

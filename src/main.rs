@@ -41,13 +41,6 @@ enum Command {
     /// Run a server and clients on loopback, show pings and pongs, then silence the server and
     /// show the clients' nacks. Needs no arguments and no setup.
     Demo(cli::demo::DemoArgs),
-    /// Load-test a server on loopback: N sessions, each from its own port, ping it at a fixed
-    /// rate; prints answered %, p50 / p99 RTT and timeouts (used by scripts/bench).
-    Load(cli::load::LoadArgs),
-    /// Soak the stack: thousands of sessions over every transport connect, ping, fail and
-    /// reconnect for 10 minutes (1 with --quick) while RSS and open fds must stay flat; or
-    /// --flood N: one datagram from each of N source addresses at a UDP server, peak RSS shown.
-    Soak(cli::soak::SoakArgs),
     /// Write a CA, a server certificate (localhost, 127.0.0.1, ::1) and a client certificate
     /// with their keys, as PEM, for trying DTLS and TLS out.
     Certs(cli::certs::CertsArgs),
@@ -76,8 +69,6 @@ fn main() -> ExitCode {
             Command::Post(a) => cli::request::run(coap_keepalive::Method::Post, a).await,
             Command::Delete(a) => cli::request::run(coap_keepalive::Method::Delete, a).await,
             Command::Observe(a) => cli::request::observe(a).await,
-            Command::Load(a) => cli::load::run(a).await,
-            Command::Soak(a) => cli::soak::run(a).await,
             Command::Certs(a) => cli::certs::run(a),
         }
     });

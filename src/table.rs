@@ -879,7 +879,7 @@ mod tests {
         let mut model = std::collections::BTreeSet::new();
         let mut rng = crate::rng::Rng::seeded(3);
         for step in 0..20_000u32 {
-            if rng.next_u64() % 3 == 0 {
+            if rng.next_u64().is_multiple_of(3) {
                 assert_eq!(heap.pop(), model.pop_first());
             } else {
                 let item = Item::new(
@@ -908,7 +908,7 @@ mod tests {
         let mut rng = crate::rng::Rng::seeded(4);
         let mut now = 0u64;
         for step in 0..50_000u32 {
-            if rng.next_u64() % 2 == 0 {
+            if rng.next_u64().is_multiple_of(2) {
                 let earliest = queue.earliest();
                 assert_eq!(earliest, model.first().copied(), "step {step}");
                 if let Some(item) = earliest {
@@ -970,7 +970,7 @@ mod tests {
             assert_eq!(table.pop_due(next), Some(want_key));
             // The session ran its timers: its next deadline is later, or none.
             let ahead = rng.next_u64() % 100_000_000_000;
-            if ahead % 7 == 0 {
+            if ahead.is_multiple_of(7) {
                 table.get_mut(want_key).unwrap().0 = None;
                 model.remove(&want_key);
             } else {

@@ -444,43 +444,73 @@ async fn oversized_frames_are_aborted(transport: Transport) {
     .await
 }
 
+/// RFC 8323 §5.2 with RFC 7252 §5.4.6: an odd signalling option is critical, and one the
+/// receiver does not know aborts the connection; in a CSM, Bad-CSM-Option names it (§5.6).
 async fn unknown_critical_signal_option_is_aborted(transport: Transport) {
     bounded(TEST_LIMIT, async {
         let mut server = StreamServer::start(transport).await;
-        // A CSM carrying option 6: even, so critical, and not defined for a CSM.
+        // A CSM carrying option 9: odd, so critical, and not defined for a CSM.
         let mut raw = server.connect().await;
         assert_eq!(raw.frame().await.code, CSM);
-        raw.send(&[0x10, 0xe1, 0x60]).await;
-        let (bad_csm_option, _) = raw.assert_aborted().await;
-        assert_eq!(bad_csm_option, Some(6));
+        raw.send(&[0x10, 0xe1, 0x90]).await;
+        let (bad_csm_option, diagnostic) = raw.assert_aborted().await;
+        assert_eq!(bad_csm_option, Some(9), "{diagnostic}");
+        assert!(diagnostic.contains("option 9"), "{diagnostic}");
         server.expect_nack(NackReason::ProtocolError).await;
 
-        // A Ping carrying option 4 (critical, unknown in a Ping) after the CSM exchange.
-        let mut raw = server.established().await;
-        raw.send(&[0x10, 0xe2, 0x40]).await;
-        let (bad_csm_option, diagnostic) = raw.assert_aborted().await;
-        assert_eq!(bad_csm_option, Some(4), "{diagnostic}");
-        server.expect_nack(NackReason::ProtocolError).await;
+        // A Ping, a Pong and a Release carrying option 3 (critical, unknown in each) after the
+        // CSM exchange: Abort, without Bad-CSM-Option (no CSM was at fault).
+        for (signal, name) in [(0xe2, "7.02"), (0xe3, "7.03"), (0xe4, "7.04")] {
+            let mut raw = server.established().await;
+            raw.send(&[0x10, signal, 0x30]).await;
+            let (bad_csm_option, diagnostic) = raw.assert_aborted().await;
+            assert_eq!(bad_csm_option, None, "{diagnostic}");
+            assert!(diagnostic.contains("option 3"), "{diagnostic}");
+            assert!(diagnostic.contains(name), "{diagnostic}");
+            server.expect_nack(NackReason::ProtocolError).await;
+        }
         server.wait_for_no_sessions().await;
         server.assert_serves_another_session().await;
     })
     .await
 }
 
-/// Option 3 is odd, so elective: a CSM and a Ping carrying it are taken as if it were absent.
+/// Even signalling options are elective: a CSM carrying RFC 8974's Extended-Token-Length
+/// (option 6) and option 4 in a Ping (Block-Wise-Transfer in a CSM, nothing in a Ping) are taken
+/// as if they were absent: the session is established and its pings are answered.
 async fn unknown_elective_signal_option_is_ignored(transport: Transport) {
     bounded(TEST_LIMIT, async {
         let mut server = StreamServer::start(transport).await;
         let mut raw = server.connect().await;
         assert_eq!(raw.frame().await.code, CSM);
-        raw.send(&[0x10, 0xe1, 0x30]).await; // CSM + option 3 (empty)
-        raw.send(&[0x21, 0xe2, 0x07, 0x31, 0x01]).await; // Ping, token 07, option 3 = 1
+        raw.send(&[0x20, 0xe1, 0x61, 0x08]).await; // CSM + Extended-Token-Length 8
+        raw.send(&[0x21, 0xe2, 0x07, 0x41, 0x01]).await; // Ping, token 07, option 4 = 1
         let pong = raw.frame().await;
         assert_eq!(pong.code, PONG);
         assert_eq!(pong.token, vec![0x07]);
         assert!(pong.options.is_empty(), "{pong:?}");
+        raw.send(&[0x00, 0xe2]).await; // and again
+        assert_eq!(raw.frame().await.encode(), vec![0x00, 0xe3]);
         assert!(server.nacks.try_recv().is_err(), "no failure");
         assert_eq!(server.ctx.sessions().len(), 1);
+        let session = &server.ctx.sessions()[0];
+        assert_eq!(session.state(), coap_keepalive::SessionState::Established);
+        server.assert_serves_another_session().await;
+    })
+    .await
+}
+
+/// An Abort from the peer ends the session even with an unknown critical option in it, and is
+/// not answered with an Abort of ours: the peer is closing already.
+#[tokio::test]
+async fn tcp_abort_with_unknown_critical_option_is_not_answered() {
+    bounded(TEST_LIMIT, async {
+        let mut server = StreamServer::start(Transport::Tcp).await;
+        let mut raw = server.established().await;
+        raw.send(&[0x30, 0xe5, 0x30, 0xff, b'x']).await; // Abort, option 3, diagnostic "x"
+        raw.assert_closed_or_reset().await;
+        server.expect_nack(NackReason::NotDeliverable).await;
+        server.wait_for_no_sessions().await;
         server.assert_serves_another_session().await;
     })
     .await
@@ -526,7 +556,7 @@ async fn tls_oversized_frames_are_aborted_without_allocating_them() {
 }
 
 #[tokio::test]
-async fn tcp_unknown_critical_option_in_a_ping_is_aborted() {
+async fn tcp_unknown_critical_signal_options_are_aborted() {
     unknown_critical_signal_option_is_aborted(Transport::Tcp).await
 }
 
@@ -536,12 +566,12 @@ async fn tls_unknown_critical_signal_options_are_aborted() {
 }
 
 #[tokio::test]
-async fn tcp_unknown_elective_signal_option_is_ignored() {
+async fn tcp_unknown_elective_signal_options_are_ignored() {
     unknown_elective_signal_option_is_ignored(Transport::Tcp).await
 }
 
 #[tokio::test]
-async fn tls_unknown_elective_signal_option_is_ignored() {
+async fn tls_unknown_elective_signal_options_are_ignored() {
     unknown_elective_signal_option_is_ignored(Transport::Tls).await
 }
 
@@ -583,18 +613,18 @@ async fn tls_garbage_before_the_handshake_fails_it() {
 
 #[tokio::test]
 async fn tcp_extended_signal_option_numbers_are_judged_by_parity() {
-    // Option numbers past 12 take an extension byte; 13 is odd (elective), 14 even (critical).
+    // Option numbers past 12 take an extension byte; 14 is even (elective), 13 odd (critical).
     bounded(TEST_LIMIT, async {
         let server = StreamServer::start(Transport::Tcp).await;
         let mut raw = server.connect().await;
         assert_eq!(raw.frame().await.code, CSM);
-        raw.send(&[0x20, 0xe1, 0xd0, 0x00]).await; // option 13 + 0 = 13: odd, ignored
-        raw.send(&[0x20, 0xe1, 0xd0, 0x01]).await; // option 14: even, unknown
+        raw.send(&[0x20, 0xe1, 0xd0, 0x01]).await; // option 13 + 1 = 14: even, ignored
+        raw.send(&[0x20, 0xe1, 0xd0, 0x00]).await; // option 13: odd, unknown
         let abort = raw.frame().await;
         assert_eq!(abort.code, ABORT);
         assert_eq!(
             abort.option(OPTION_BAD_CSM_OPTION).and_then(decode_uint),
-            Some(14)
+            Some(13)
         );
         raw.assert_closed_or_reset().await;
         server.assert_serves_another_session().await;

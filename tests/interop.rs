@@ -13,7 +13,8 @@
 //!   index text; then the server is frozen (SIGSTOP) and our client reports `TooManyRetries`
 //!   within the bound its settings imply, and the session leaves the table.
 //! - Requests (`requests_*`): coap-client-openssl's GET, PUT and observe (`-s 5`) against our
-//!   resources over `coap://` and `coaps+tcp://`.
+//!   resources over `coap://` and `coaps+tcp://`; and (`block1_put_*`) coap-client-notls's
+//!   block-wise PUT, refused with 4.02 until block-wise transfer exists.
 //! - Negative controls (`control_*`): a server of ours that suppresses its ping answers fails
 //!   the same check the `coap_client_*` tests pass, and coap-client logs the failure; a frozen
 //!   coap-client makes our server's pings go unanswered and its session fail.
@@ -854,6 +855,63 @@ async fn requests_coap_client_openssl_udp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_coap_client_openssl_tls() {
     coap_client_requests(Cell::Tls).await;
+}
+
+/// coap-client-notls `-b 64 -m put -f FILE` with a 3000-byte file sends the body in 64-byte
+/// blocks, the first carrying Block1 (27). Until block-wise transfer exists that critical option
+/// is one we do not recognise (RFC 7252 §5.4.1): the client must see 4.02 Bad Option — never
+/// 2.04 Changed for a body of which only the first block was stored — and `/echo` keeps what
+/// it held.
+async fn coap_client_block1_put_is_refused(cell: Cell) {
+    bounded(TEST_LIMIT, async {
+        let build = Build::Notls;
+        let pki = Pki::generate();
+        let ctx = Context::new();
+        let notifier = add_request_resources(&ctx);
+        let base = cell.listen(&ctx, &pki).await;
+        let echo = format!("{base}/echo");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("body.txt");
+        let body: Vec<u8> = (0..3000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        std::fs::write(&file, &body).unwrap();
+        let file = file.to_str().unwrap().to_owned();
+
+        let mut before = LibcoapProcess::spawn(&build.client(), ["-m", "put", "-e", "kept", &echo]);
+        before.wait_exit(CLIENT_RUN).await;
+        let mut put = LibcoapProcess::spawn(
+            &build.client(),
+            ["-b", "64", "-m", "put", "-f", file.as_str(), echo.as_str()],
+        );
+        put.wait_exit(CLIENT_RUN).await;
+        // coap-client prints an error response's code and diagnostic payload on stderr.
+        let errors = put.stderr();
+        assert!(
+            errors.contains("4.02") && errors.contains("Block1"),
+            "coap-client did not see 4.02 naming Block1\n{}",
+            put.report()
+        );
+        assert!(!errors.contains("2.04"), "{}", put.report());
+        let mut get = LibcoapProcess::spawn(&build.client(), ["-m", "get", echo.as_str()]);
+        get.wait_exit(CLIENT_RUN).await;
+        assert_eq!(
+            get.log().trim_end(),
+            "kept",
+            "/echo changed\n{}",
+            get.report()
+        );
+        notifier.abort();
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block1_put_from_coap_client_notls_udp_gets_4_02() {
+    coap_client_block1_put_is_refused(Cell::Udp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block1_put_from_coap_client_notls_tcp_gets_4_02() {
+    coap_client_block1_put_is_refused(Cell::Tcp).await;
 }
 
 // ---- negative controls ----------------------------------------------------------------------

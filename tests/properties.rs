@@ -10,6 +10,8 @@
 //! - `StreamSession` and `FrameDecoder` fed arbitrary byte streams (random, and well-formed
 //!   frames mixed with garbage) in arbitrary chunkings: the chunking changes nothing, memory
 //!   stays bounded, every frame and signal round-trips, nothing is sent after the end.
+//! - Both sessions: no request carrying an unrecognised critical option is handed up, no
+//!   response carrying one delivered (RFC 7252 §5.4.1).
 //!
 //! Each property runs 256 cases and the whole file takes well under 5 s in a debug build.
 // The shared model derives `Arbitrary` under cargo-fuzz's `--cfg fuzzing` only.
@@ -81,7 +83,11 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Close),
         2 => (any::<bool>(), 0u16..30_000)
             .prop_map(|(confirmable, timeout_ms)| Op::SendRequest { confirmable, timeout_ms }),
-        2 => Just(Op::AnswerRequest),
+        2 => proptest::option::weighted(
+            0.3,
+            proptest::sample::select(vec![2u16, 12, 13, 23, 27, 60, 65_001]),
+        )
+        .prop_map(|option| Op::AnswerRequest { option }),
         1 => Just(Op::Cancel),
         1 => proptest::collection::vec(any::<u8>(), 0..16).prop_map(Op::Datagram),
     ]
@@ -118,20 +124,83 @@ fn stream_bytes() -> impl Strategy<Value = Vec<u8>> {
             }
             .encode(&[])
         ),
-        (0u8..=0xFF, proptest::collection::vec(any::<u8>(), 0..9)).prop_map(|(code, token)| {
-            let mut frame = Frame::new(code);
-            frame.token = token;
-            frame.options = vec![(11, b"x".to_vec())];
-            frame.payload = b"body".to_vec();
-            frame.encode()
-        }),
+        (
+            0u8..=0xFF,
+            proptest::collection::vec(any::<u8>(), 0..9),
+            // Elective, unrecognised critical (13, Block2, Block1) and proxy options.
+            proptest::sample::select(vec![
+                None,
+                Some(12u16),
+                Some(13),
+                Some(23),
+                Some(27),
+                Some(35)
+            ]),
+        )
+            .prop_map(|(code, token, extra)| {
+                let mut frame = Frame::new(code);
+                frame.token = token;
+                frame.options = vec![(11, b"x".to_vec())];
+                frame
+                    .options
+                    .extend(extra.map(|number| (number, vec![0x0a])));
+                frame.payload = b"body".to_vec();
+                frame.encode()
+            }),
         proptest::collection::vec(any::<u8>(), 0..24),
     ];
     proptest::collection::vec(piece, 0..12).prop_map(|pieces| pieces.concat())
 }
 
+/// Input for `common::udp::drive_session` that feeds well-formed CON / NON requests and
+/// responses, some with options the stack must refuse, each followed by the harness's answer.
+/// Each piece is the harness's "datagram" step (op 0, a 16-bit time step, a length, the bytes)
+/// and then op 3 (answer the last request handed up).
+fn requests_with_options() -> impl Strategy<Value = Vec<u8>> {
+    let datagram = (
+        prop_oneof![Just(0x41u8), Just(0x51), Just(0x61)], // CON / NON / ACK, TKL 1
+        prop_oneof![Just(0x01u8), Just(0x03), Just(0x45)], // GET / PUT / 2.05
+        any::<u16>(),
+        proptest::sample::select(vec![
+            None,
+            Some(2u16),
+            Some(13),
+            Some(23),
+            Some(27),
+            Some(35),
+        ]),
+    )
+        .prop_map(|(first, code, mid, extra)| {
+            let mut frame = Frame::new(code);
+            frame.options = vec![(11, b"x".to_vec())];
+            frame
+                .options
+                .extend(extra.map(|number| (number, vec![0x0a])));
+            frame.payload = b"p".to_vec();
+            // The same options and payload behind a datagram header with token 0x99 (they take
+            // at most 12 bytes, so the frame's own header is its first two).
+            let stream = frame.encode();
+            let mut bytes = vec![first, code, (mid >> 8) as u8, mid as u8, 0x99];
+            bytes.extend_from_slice(&stream[2..]);
+            let mut piece = vec![0x00, 0x00, 0x10, bytes.len() as u8];
+            piece.extend(bytes);
+            piece.push(0x03);
+            piece
+        });
+    // The harness reads its settings first: ACK_TIMEOUT 2000 ms, MAX_RETRANSMIT 4, random
+    // factor 1.5, keepalive off, seed 0, no idle timeout.
+    let settings = [0x07, 0xd0, 0x04, 0x32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    proptest::collection::vec(datagram, 0..12)
+        .prop_map(move |pieces| [settings.to_vec(), pieces.concat()].concat())
+}
+
 proptest! {
     #![proptest_config(config())]
+
+    #[test]
+    fn datagram_session_refuses_unrecognised_critical_options(data in requests_with_options()) {
+        common::udp::drive_session(&data);
+    }
 
     #[test]
     fn keepalive_machine_and_datagram_session_keep_their_invariants(input in input()) {

@@ -266,13 +266,13 @@ async fn tcp_unknown_critical_csm_option_is_aborted_with_bad_csm_option() {
         let mut nack_rx = nacks(&server);
         let mut raw = connect_raw(&server).await;
         assert_eq!(raw.frame().await.code, CSM);
-        // A CSM carrying option 6: even, so critical, and not defined for a CSM.
-        raw.send(&[0x10, 0xe1, 0x60]).await;
+        // A CSM carrying option 9: odd, so critical, and not defined for a CSM.
+        raw.send(&[0x10, 0xe1, 0x90]).await;
         let abort = raw.frame().await;
         assert_eq!(abort.code, ABORT);
         assert_eq!(
             abort.option(OPTION_BAD_CSM_OPTION).and_then(decode_uint),
-            Some(6)
+            Some(9)
         );
         raw.assert_closed().await;
         expect_nack(&mut nack_rx, ANSWER_LIMIT, NackReason::ProtocolError).await;

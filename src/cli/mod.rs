@@ -3,11 +3,9 @@
 
 pub mod certs;
 pub mod demo;
-pub mod load;
 pub mod output;
 pub mod ping;
 pub mod request;
 pub mod resources;
 pub mod secure;
 pub mod serve;
-pub mod soak;

@@ -15,8 +15,9 @@ use crate::message::{Request, Response};
 use crate::protocol::exchange::{
     Exchanges, Observation, Pending, PendingKind, RequestError, Retransmit,
 };
-use crate::protocol::ProtocolEvent;
+use crate::protocol::{option_rejection, ProtocolEvent};
 use crate::rng::Rng;
+use crate::wire::options::{self, OptionProblem};
 use crate::wire::udp::{self, Datagram};
 
 /// Message IDs of received requests remembered per session for deduplication.
@@ -406,9 +407,12 @@ impl DatagramSession {
                         Some(None) => self
                             .events
                             .push_back(ProtocolEvent::Rejected("duplicate request".into())),
-                        None => self
-                            .events
-                            .push_back(ProtocolEvent::Request(Box::new(packet))),
+                        None => match options::check_request(options::packet_options(&packet)) {
+                            Ok(()) => self
+                                .events
+                                .push_back(ProtocolEvent::Request(Box::new(packet))),
+                            Err(problem) => self.refuse_request(&packet, problem),
+                        },
                     }
                 }
                 // A request in an ACK or RST is malformed; ignore it.
@@ -427,6 +431,27 @@ impl DatagramSession {
         }
     }
 
+    /// A new request whose options stop it (RFC 7252 §5.4.1): it never reaches a handler.
+    fn refuse_request(&mut self, request: &Packet, problem: OptionProblem) {
+        let message_id = request.header.message_id;
+        let non_confirmable = request.header.get_type() == MessageType::NonConfirmable;
+        if non_confirmable && matches!(problem, OptionProblem::UnrecognisedCritical { .. }) {
+            // §5.4.1: a NON with an unrecognised critical option is rejected; §4.3 lets the
+            // rejection be an RST, which we send (as libcoap does) so the peer learns at once
+            // instead of waiting for a response that never comes. Duplicates get it again.
+            let rst = udp::reset(message_id);
+            self.requests.dedup.store(message_id, &rst);
+            self.transmits.push_back(rst.to_vec());
+        } else {
+            // 4.02 Bad Option piggybacked on the ACK of a CON; 5.05 to a proxy request of
+            // either type (§5.10.2 asks for a response, and the option was recognised).
+            self.respond(request, option_rejection(problem));
+        }
+        self.events.push_back(ProtocolEvent::Rejected(format!(
+            "request refused: {problem}"
+        )));
+    }
+
     fn handle_response(&mut self, now: Instant, packet: Packet) {
         let message_type = packet.header.get_type();
         let message_id = packet.header.message_id;
@@ -434,6 +459,10 @@ impl DatagramSession {
         let Some(response) = Response::from_packet(&packet) else {
             return;
         };
+        if let Err(problem) = options::check_response(options::packet_options(&packet)) {
+            self.reject_response(now, &packet, problem);
+            return;
+        }
         if message_type == MessageType::Acknowledgement {
             // Piggybacked: must match both the Message ID and the token of our request.
             match self.requests.exchanges.by_message_id(message_id) {
@@ -485,6 +514,63 @@ impl DatagramSession {
                 "response matches no request".into(),
             ));
         }
+    }
+
+    /// A response carrying a critical option we do not recognise: RFC 7252 §5.4.1 says reject
+    /// it, so it is not delivered; the request (or observation) it belongs to fails instead, with
+    /// the option named, rather than waiting for a response that has come.
+    fn reject_response(&mut self, now: Instant, packet: &Packet, problem: OptionProblem) {
+        let message_type = packet.header.get_type();
+        let message_id = packet.header.message_id;
+        let token = packet.get_token().to_vec();
+        let error = RequestError::UnrecognisedOption {
+            number: problem.number(),
+        };
+        // Looked up through the shared empty state when none is allocated: a stray response
+        // to a session that only pings allocates nothing.
+        let exchanges = &self.requests.exchanges;
+        let owner = if message_type == MessageType::Acknowledgement {
+            // Piggybacked: it must match both the Message ID and the token of our request.
+            exchanges.by_message_id(message_id).filter(|&index| {
+                exchanges.pending[index].token == token
+                    && exchanges.pending[index].kind == PendingKind::Request
+            })
+        } else {
+            exchanges.by_token(&token, PendingKind::Request)
+        };
+        let known = if let Some(index) = owner {
+            // The request's transmission ends here too: its retransmissions would fetch the
+            // same response again, and a peer that answers is alive (no session failure).
+            let pending = self.requests.exchanges.pending.remove(index);
+            self.requests.queued.retain(|(t, _)| *t != pending.token);
+            self.events.push_back(ProtocolEvent::RequestFailed {
+                token: pending.token,
+                error,
+            });
+            self.confirmable_done(now);
+            true
+        } else if message_type != MessageType::Acknowledgement
+            && exchanges.observations.iter().any(|o| o.token == token)
+        {
+            // A notification we cannot process ends the observation (the RST below tells the
+            // server too, RFC 7641 §3.6).
+            self.requests.exchanges.forget_observation(&token);
+            self.events
+                .push_back(ProtocolEvent::RequestFailed { token, error });
+            true
+        } else {
+            false
+        };
+        if message_type != MessageType::Acknowledgement {
+            // §4.2: a rejected CON is answered with an RST; §4.3 allows one for a NON. An ACK is
+            // rejected by ignoring it: never answered.
+            self.transmits.push_back(udp::reset(message_id).to_vec());
+        }
+        self.events.push_back(ProtocolEvent::Rejected(if known {
+            format!("response rejected: {problem}")
+        } else {
+            format!("response matches no request (and has {problem})")
+        }));
     }
 
     /// Hands the response to pending request `index` up, turning it into an observation when
@@ -1201,6 +1287,163 @@ mod tests {
         stray.set_token(vec![1, 2, 3]);
         s.handle_datagram(t0, &stray.to_bytes().unwrap());
         assert_eq!(drain(&mut s), vec![vec![0x70, 0x00, 0x09, 0x09]]);
+    }
+
+    fn events(s: &mut DatagramSession) -> Vec<ProtocolEvent> {
+        std::iter::from_fn(|| s.poll_event()).collect()
+    }
+
+    fn handed_up(events: &[ProtocolEvent]) -> bool {
+        events
+            .iter()
+            .any(|e| matches!(e, ProtocolEvent::Request(_)))
+    }
+
+    #[test]
+    fn con_request_with_an_unrecognised_critical_option_gets_a_piggybacked_4_02() {
+        let (mut s, t0) = session();
+        // CON GET, MID 0x0102, token 0xaa, Uri-Path "x", option 13 (delta 2, empty).
+        let req = [0x41, 0x01, 0x01, 0x02, 0xaa, 0xb1, b'x', 0x20];
+        s.handle_datagram(t0, &req);
+        assert!(!handed_up(&events(&mut s)), "never reaches a handler");
+        let mut expected = vec![0x61, 0x82, 0x01, 0x02, 0xaa, 0xff];
+        expected.extend_from_slice(b"unrecognised critical option 13");
+        assert_eq!(drain(&mut s), vec![expected.clone()]);
+        // A retransmission of it gets the same answer, and is not handed up either.
+        s.handle_datagram(t0 + Duration::from_secs(2), &req);
+        assert!(!handed_up(&events(&mut s)));
+        assert_eq!(drain(&mut s), vec![expected]);
+        assert!(!s.is_finished());
+    }
+
+    #[test]
+    fn non_request_with_an_unrecognised_critical_option_gets_rst() {
+        let (mut s, t0) = session();
+        s.handle_datagram(t0, &[0x51, 0x01, 0x03, 0x04, 0xaa, 0xb1, b'x', 0x20]);
+        assert!(!handed_up(&events(&mut s)));
+        assert_eq!(drain(&mut s), vec![vec![0x70, 0x00, 0x03, 0x04]]);
+    }
+
+    #[test]
+    fn block1_put_gets_4_02_not_a_partial_success() {
+        let (mut s, t0) = session();
+        // CON PUT /echo, token 0x77, Block1 NUM 0 M 1 SZX 2 (option 27: delta 16 = 13 + 3),
+        // 64 bytes of payload: the first block of a larger body.
+        let mut put = vec![0x41, 0x03, 0x0b, 0x0b, 0x77, 0xb4];
+        put.extend_from_slice(b"echo");
+        put.extend_from_slice(&[0xd1, 0x03, 0x0a, 0xff]);
+        put.extend_from_slice(&[b'a'; 64]);
+        s.handle_datagram(t0, &put);
+        assert!(!handed_up(&events(&mut s)));
+        let answer = drain(&mut s);
+        assert_eq!(answer.len(), 1);
+        assert_eq!(&answer[0][..6], &[0x61, 0x82, 0x0b, 0x0b, 0x77, 0xff]);
+        let diagnostic = String::from_utf8_lossy(&answer[0][6..]);
+        assert!(diagnostic.contains("27 (Block1)"), "{diagnostic}");
+        assert!(diagnostic.contains("block-wise"), "{diagnostic}");
+    }
+
+    #[test]
+    fn proxy_requests_get_5_05() {
+        let (mut s, t0) = session();
+        // CON GET with Proxy-Uri (35: delta 13 + 22) "coap://h/".
+        let mut get = vec![0x40, 0x01, 0x0c, 0x0c, 0xd9, 0x16];
+        get.extend_from_slice(b"coap://h/");
+        s.handle_datagram(t0, &get);
+        assert!(!handed_up(&events(&mut s)));
+        let answer = drain(&mut s);
+        assert_eq!(&answer[0][..4], &[0x60, 0xa5, 0x0c, 0x0c]);
+    }
+
+    #[test]
+    fn piggybacked_response_with_an_unrecognised_critical_option_fails_the_request() {
+        let (mut s, t0) = session();
+        let token = s.send_request(t0, &Request::get("/a"), Duration::from_secs(60));
+        let request = drain(&mut s);
+        let mut ack = Response::content_text("part").to_packet();
+        ack.header.set_type(MessageType::Acknowledgement);
+        ack.header.message_id = mid(&request[0]);
+        ack.set_token(token.clone());
+        ack.add_option(coap_lite::CoapOption::Block2, vec![0x0a]); // NUM 0, M 1, SZX 2
+        s.handle_datagram(t0, &ack.to_bytes().unwrap());
+        let events = events(&mut s);
+        assert!(events.contains(&ProtocolEvent::RequestFailed {
+            token,
+            error: RequestError::UnrecognisedOption { number: 23 },
+        }));
+        assert!(!events
+            .iter()
+            .any(|e| matches!(e, ProtocolEvent::Response { .. })));
+        assert!(drain(&mut s).is_empty(), "an ACK is never answered");
+        // Its retransmissions stop; the session lives on and pings when idle.
+        s.handle_timeout(t0 + Duration::from_secs(5));
+        assert!(drain(&mut s).is_empty());
+        assert!(!s.is_finished());
+        s.handle_timeout(t0 + Duration::from_secs(10));
+        assert_eq!(&drain(&mut s)[0][..2], &[0x40, 0x00]);
+    }
+
+    #[test]
+    fn separate_response_with_an_unrecognised_critical_option_gets_rst() {
+        let (mut s, t0) = session();
+        let token = s.send_request(t0, &Request::get("/a"), Duration::from_secs(60));
+        let request = drain(&mut s);
+        s.handle_datagram(t0, &udp::empty_ack(mid(&request[0])));
+        let mut separate = Response::content_text("x").to_packet();
+        separate.header.set_type(MessageType::Confirmable);
+        separate.header.message_id = 0x4242;
+        separate.set_token(token.clone());
+        separate.add_option(coap_lite::CoapOption::Unknown(13), vec![]);
+        s.handle_datagram(t0, &separate.to_bytes().unwrap());
+        assert_eq!(drain(&mut s), vec![vec![0x70, 0x00, 0x42, 0x42]]);
+        let events = events(&mut s);
+        assert!(events.contains(&ProtocolEvent::RequestFailed {
+            token,
+            error: RequestError::UnrecognisedOption { number: 13 },
+        }));
+        assert_eq!(s.pending_requests(), 0);
+    }
+
+    #[test]
+    fn a_notification_with_an_unrecognised_critical_option_ends_the_observation() {
+        let (mut s, t0) = session();
+        let token = s.send_request(t0, &Request::get("/t").observing(), Duration::from_secs(60));
+        let request = drain(&mut s);
+        let mut first = Response::content_text("1").to_packet();
+        first.header.set_type(MessageType::Acknowledgement);
+        first.header.message_id = mid(&request[0]);
+        first.set_token(token.clone());
+        first.add_option(coap_lite::CoapOption::Observe, vec![0x01]);
+        s.handle_datagram(t0, &first.to_bytes().unwrap());
+        events(&mut s);
+        assert_eq!(s.observations(), 1);
+        // A NON notification carrying Block2: rejected with an RST (which also tells the server
+        // to forget us), and the observation ends with the option named.
+        let mut notification = Response::content_text("2").to_packet();
+        notification.header.set_type(MessageType::NonConfirmable);
+        notification.header.message_id = 0x6001;
+        notification.set_token(token.clone());
+        notification.add_option(coap_lite::CoapOption::Observe, vec![0x02]);
+        notification.add_option(coap_lite::CoapOption::Block2, vec![0x0a]);
+        s.handle_datagram(t0, &notification.to_bytes().unwrap());
+        assert_eq!(drain(&mut s), vec![vec![0x70, 0x00, 0x60, 0x01]]);
+        let events = events(&mut s);
+        assert!(events.contains(&ProtocolEvent::RequestFailed {
+            token,
+            error: RequestError::UnrecognisedOption { number: 23 },
+        }));
+        assert!(!events
+            .iter()
+            .any(|e| matches!(e, ProtocolEvent::Response { .. })));
+        assert_eq!(s.observations(), 0);
+    }
+
+    #[test]
+    fn elective_unknown_options_are_ignored_both_ways() {
+        let (mut s, t0) = session();
+        // CON GET /x with option 2 (elective): handed up as usual.
+        s.handle_datagram(t0, &[0x41, 0x01, 0x01, 0x02, 0xaa, 0x20, 0x91, b'x']);
+        assert!(handed_up(&events(&mut s)));
     }
 
     #[test]

@@ -8,10 +8,13 @@ pub mod stream;
 
 use std::time::Duration;
 
+use coap_lite::{MessageClass, Packet, ResponseType};
+
 use crate::error::NackReason;
 use crate::handler::PeerPing;
 use crate::message::Response;
 use crate::protocol::exchange::RequestError;
+use crate::wire::options::{OptionProblem, BLOCK1, BLOCK2};
 
 /// Something a session's protocol reports to its driver.
 #[derive(Debug, Clone, PartialEq)]
@@ -162,3 +165,21 @@ macro_rules! delegate_session_protocol {
 
 delegate_session_protocol!(datagram::DatagramSession);
 delegate_session_protocol!(stream::StreamSession);
+
+/// The answer to a request whose options stop it from being processed: 4.02 Bad Option for an
+/// unrecognised critical option (RFC 7252 §5.4.1), 5.05 Proxying Not Supported for a proxy
+/// request (§5.10.2). Its diagnostic payload (§5.5.2: text, no Content-Format) names the option,
+/// so that the peer's user learns what was refused.
+pub(crate) fn option_rejection(problem: OptionProblem) -> Packet {
+    let mut packet = Packet::new();
+    packet.header.code = MessageClass::Response(match problem {
+        OptionProblem::ProxyingNotSupported { .. } => ResponseType::ProxyingNotSupported,
+        _ => ResponseType::BadOption,
+    });
+    let mut diagnostic = problem.to_string();
+    if matches!(problem.number(), BLOCK1 | BLOCK2) {
+        diagnostic.push_str("; block-wise transfer is not supported");
+    }
+    packet.payload = diagnostic.into_bytes();
+    packet
+}

@@ -12,9 +12,10 @@ use crate::handler::PeerPing;
 use crate::keepalive::{Keepalive, PingStyle};
 use crate::message::{Request, Response};
 use crate::protocol::exchange::{Exchanges, Observation, Pending, PendingKind, RequestError};
-use crate::protocol::ProtocolEvent;
+use crate::protocol::{option_rejection, ProtocolEvent};
 use crate::rng::Rng;
-use crate::wire::signal::{Signal, SignalError, BASE_MAX_MESSAGE_SIZE};
+use crate::wire::options::{self as wire_options, OptionProblem};
+use crate::wire::signal::{Signal, SignalError, ABORT, BASE_MAX_MESSAGE_SIZE, CSM};
 use crate::wire::tcp::{Frame, FrameDecoder, FrameError};
 
 /// The Max-Message-Size we announce and enforce unless told otherwise.
@@ -165,11 +166,26 @@ impl StreamSession {
                 return;
             }
             let packet = frame.to_packet();
+            let options = frame.options.iter().map(|(n, v)| (*n, v.as_slice()));
             match packet.header.code {
-                MessageClass::Request(_) => self
-                    .events
-                    .push_back(ProtocolEvent::Request(Box::new(packet))),
-                MessageClass::Response(_) => self.handle_response(now, &packet),
+                MessageClass::Request(_) => match wire_options::check_request(options) {
+                    Ok(()) => self
+                        .events
+                        .push_back(ProtocolEvent::Request(Box::new(packet))),
+                    Err(problem) => {
+                        // RFC 7252 §5.4.1 over a reliable transport (RFC 8323 has no message
+                        // types: every request is answered): 4.02 Bad Option, or 5.05 for a
+                        // proxy request, instead of reaching a handler.
+                        self.respond(&packet, option_rejection(problem));
+                        self.events.push_back(ProtocolEvent::Rejected(format!(
+                            "request refused: {problem}"
+                        )));
+                    }
+                },
+                MessageClass::Response(_) => match wire_options::check_response(options) {
+                    Ok(()) => self.handle_response(now, &packet),
+                    Err(problem) => self.reject_response(&packet, problem),
+                },
                 _ => self.events.push_back(ProtocolEvent::Rejected(format!(
                     "unexpected code {} over TCP",
                     packet.header.code
@@ -179,13 +195,24 @@ impl StreamSession {
         }
         let signal = match Signal::parse(&frame) {
             Ok(signal) => signal,
-            Err(SignalError::UnknownCriticalOption { number, .. }) => {
+            Err(SignalError::UnknownCriticalOption {
+                code: ABORT,
+                number,
+            }) => {
+                // The peer is aborting already: answering its Abort with ours would only race
+                // the close. It ends the session as any Abort does.
+                let diagnostic = String::from_utf8_lossy(&frame.payload);
+                self.peer_aborted(format!(
+                    "{diagnostic} (with unknown critical option {number})"
+                ));
+                return;
+            }
+            Err(SignalError::UnknownCriticalOption { code, number }) => {
+                // RFC 8323 §5.2: a critical signalling option we do not understand aborts the
+                // connection. Bad-CSM-Option names it only when a CSM carried it (§5.6).
                 self.abort(
-                    Some(number),
-                    format!(
-                        "unknown critical option {number} in {}",
-                        code_name(frame.code)
-                    ),
+                    (code == CSM).then_some(number),
+                    format!("unknown critical option {number} in {}", code_name(code)),
                 );
                 return;
             }
@@ -228,14 +255,17 @@ impl StreamSession {
                 // something of ours unanswered.
                 self.peer_left();
             }
-            Signal::Abort { diagnostic, .. } => {
-                self.phase = Phase::Done;
-                self.events.push_back(ProtocolEvent::Rejected(format!(
-                    "peer aborted: {diagnostic}"
-                )));
-                self.keepalive.fail(NackReason::NotDeliverable);
-            }
+            Signal::Abort { diagnostic, .. } => self.peer_aborted(diagnostic),
         }
+    }
+
+    /// The peer sent a 7.05 Abort: the connection is over.
+    fn peer_aborted(&mut self, diagnostic: String) {
+        self.phase = Phase::Done;
+        self.events.push_back(ProtocolEvent::Rejected(format!(
+            "peer aborted: {diagnostic}"
+        )));
+        self.keepalive.fail(NackReason::NotDeliverable);
     }
 
     fn handle_response(&mut self, now: Instant, packet: &Packet) {
@@ -266,6 +296,34 @@ impl StreamSession {
                 "response matches no request".into(),
             ));
         }
+    }
+
+    /// A response carrying a critical option we do not recognise (RFC 7252 §5.4.1): not
+    /// delivered; the request or observation it belongs to fails with the option named. Over a
+    /// stream there is no RST to send: the rejection is ours alone.
+    fn reject_response(&mut self, packet: &Packet, problem: OptionProblem) {
+        let token = packet.get_token().to_vec();
+        let error = RequestError::UnrecognisedOption {
+            number: problem.number(),
+        };
+        let known = if let Some(index) = self.exchanges.by_token(&token, PendingKind::Request) {
+            self.exchanges.pending.remove(index);
+            true
+        } else if self.exchanges.observation(&token).is_some() {
+            self.exchanges.forget_observation(&token);
+            true
+        } else {
+            false
+        };
+        if known {
+            self.events
+                .push_back(ProtocolEvent::RequestFailed { token, error });
+        }
+        self.events.push_back(ProtocolEvent::Rejected(if known {
+            format!("response rejected: {problem}")
+        } else {
+            format!("response matches no request (and has {problem})")
+        }));
     }
 
     /// Sends `request`; the response comes back as a [`ProtocolEvent::Response`] with the
@@ -580,18 +638,124 @@ mod tests {
     fn unknown_critical_csm_option_gets_bad_csm_option() {
         let (mut s, t0) = session(0);
         s.poll_transmit();
-        // CSM with option 6 (critical, unknown), empty: 01 e1 60 -> Len 1, option delta 6 len 0
-        s.handle_bytes(t0, &[0x10, 0xe1, 0x60]);
-        // Abort carrying Bad-CSM-Option = 6
+        // CSM with option 9 (odd: critical, unknown), empty: Len 1, option delta 9 length 0.
+        s.handle_bytes(t0, &[0x10, 0xe1, 0x90]);
+        // Abort carrying Bad-CSM-Option = 9
         let abort = decode(&s.poll_transmit().unwrap());
         assert_eq!(abort.code, 0xe5);
         assert!(matches!(
             Signal::parse(&abort),
             Ok(Signal::Abort {
-                bad_csm_option: Some(6),
+                bad_csm_option: Some(9),
                 ..
             })
         ));
+        assert!(s.is_done());
+    }
+
+    #[test]
+    fn elective_csm_option_6_is_accepted() {
+        // RFC 8974 Extended-Token-Length (CSM option 6, even: elective) = 8, as a peer that
+        // supports extended tokens announces it: ignored, the session is established.
+        let (mut s, t0) = session(2);
+        s.poll_transmit();
+        s.handle_bytes(t0, &[0x20, 0xe1, 0x61, 0x08]);
+        assert_eq!(s.poll_event(), Some(ProtocolEvent::Established));
+        assert_eq!(s.poll_transmit(), None, "no Abort");
+        assert!(s.is_established());
+        s.handle_timeout(t0 + Duration::from_secs(2));
+        assert_eq!(s.poll_transmit().map(|p| p[1]), Some(0xe2), "it pings");
+    }
+
+    #[test]
+    fn unknown_critical_options_in_other_signals_abort_without_bad_csm_option() {
+        // Ping, Pong and Release with option 3 (odd, unknown in each).
+        for signal in [0xe2, 0xe3, 0xe4] {
+            let (mut s, t0) = session(0);
+            s.poll_transmit();
+            s.handle_bytes(t0, &[0x00, 0xe1]);
+            assert_eq!(s.poll_event(), Some(ProtocolEvent::Established));
+            s.handle_bytes(t0, &[0x10, signal, 0x30]);
+            let abort = decode(&s.poll_transmit().unwrap());
+            let Ok(Signal::Abort {
+                bad_csm_option,
+                diagnostic,
+            }) = Signal::parse(&abort)
+            else {
+                panic!("not an Abort: {abort:?}")
+            };
+            assert_eq!(bad_csm_option, None, "{signal:#04x}");
+            assert!(diagnostic.contains("option 3"), "{diagnostic}");
+            assert!(s.is_done());
+            let events: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+            assert!(
+                events.contains(&ProtocolEvent::Failed(NackReason::ProtocolError)),
+                "{events:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_abort_with_an_unknown_critical_option_is_not_answered() {
+        let (mut s, t0) = session(0);
+        s.poll_transmit();
+        s.handle_bytes(t0, &[0x00, 0xe1]);
+        s.poll_event();
+        // Abort with option 3 and diagnostic "x".
+        s.handle_bytes(t0, &[0x30, 0xe5, 0x30, 0xff, b'x']);
+        assert_eq!(s.poll_transmit(), None, "an Abort is not answered");
+        assert!(s.is_done());
+        let events: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+        assert!(
+            matches!(&events[0], ProtocolEvent::Rejected(why) if why.contains("peer aborted: x"))
+        );
+        assert_eq!(events[1], ProtocolEvent::Failed(NackReason::NotDeliverable));
+    }
+
+    fn established(interval: u64) -> (StreamSession, Instant) {
+        let (mut s, t0) = session(interval);
+        s.poll_transmit();
+        s.handle_bytes(t0, &[0x00, 0xe1]);
+        assert_eq!(s.poll_event(), Some(ProtocolEvent::Established));
+        (s, t0)
+    }
+
+    #[test]
+    fn request_with_an_unrecognised_critical_option_gets_4_02() {
+        let (mut s, t0) = established(0);
+        // GET, token 0x5a, Uri-Path "x", option 13: Len 3, TKL 1.
+        s.handle_bytes(t0, &[0x31, 0x01, 0x5a, 0xb1, b'x', 0x20]);
+        let events: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+        assert!(!events
+            .iter()
+            .any(|e| matches!(e, ProtocolEvent::Request(_))));
+        let answer = decode(&s.poll_transmit().unwrap());
+        assert_eq!((answer.code, answer.token.as_slice()), (0x82, &[0x5a][..]));
+        assert_eq!(answer.payload, b"unrecognised critical option 13");
+        assert!(!s.is_done(), "the connection stays up");
+    }
+
+    #[test]
+    fn response_with_an_unrecognised_critical_option_fails_the_request() {
+        let (mut s, t0) = established(0);
+        let token = s.send_request(t0, &Request::get("/a"), Duration::from_secs(60));
+        s.poll_transmit();
+        let mut response = Frame::new(0x45);
+        response.token = token.clone();
+        response.options = vec![(23, vec![0x0a])];
+        response.payload = b"part".to_vec();
+        s.handle_bytes(t0, &response.encode());
+        let events: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+        assert!(events.contains(&ProtocolEvent::RequestFailed {
+            token,
+            error: RequestError::UnrecognisedOption { number: 23 },
+        }));
+        assert!(!events
+            .iter()
+            .any(|e| matches!(e, ProtocolEvent::Response { .. })));
+        assert_eq!(s.poll_transmit(), None);
+        assert_eq!(s.pending_requests(), 0);
+        assert!(!s.is_done());
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! - [`udp`]: RFC 7252 datagram classification (pings, resets, empty ACKs, messages).
 //! - [`tcp`]: RFC 8323 framing over a byte stream, with an incremental [`tcp::FrameDecoder`].
 //! - [`signal`]: RFC 8323 signalling messages 7.01–7.05 (CSM, Ping, Pong, Release, Abort).
+//! - [`options`]: which request / response options the stack recognises, and the RFC 7252
+//!   §5.4.1 verdict on a message carrying a critical one it does not.
 //!
 //! This module holds what the three share: the option format (RFC 7252 §3.1, reused unchanged
 //! by RFC 8323) and unsigned-integer option values (RFC 7252 §3.2).
@@ -12,6 +14,7 @@
 
 use std::fmt;
 
+pub mod options;
 pub mod signal;
 pub mod tcp;
 pub mod udp;

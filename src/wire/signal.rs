@@ -2,10 +2,17 @@
 //!
 //! Signalling option numbers mean something different for every code (number 2 is
 //! Max-Message-Size in a CSM but Custody in a Ping), so options are interpreted here by number,
-//! never through `coap_lite`'s option names. Even numbers are critical: one this module does not
-//! know is an error, and the caller answers it with an Abort naming it in Bad-CSM-Option.
-//! Unknown odd (elective) options are ignored.
+//! never through `coap_lite`'s option names.
+//!
+//! Criticality follows RFC 7252 §5.4.6 for signalling options too (RFC 8323 §5.2): an odd number
+//! is critical, an even one elective. An unknown critical option is an error
+//! ([`SignalError::UnknownCriticalOption`]): RFC 8323 §5.2 says the receiver MUST abort the
+//! connection, and in a CSM the Abort names the option in Bad-CSM-Option (§5.6). Unknown
+//! elective options are ignored, so RFC 8974's Extended-Token-Length (CSM option 6) is accepted
+//! as if it were absent. Every option RFC 8323 defines is even, hence elective.
 
+// RFC 7252 §5.4.6, which RFC 8323 §5.2 applies to signalling options: odd numbers are critical.
+use super::options::is_critical;
 use super::tcp::Frame;
 use super::{decode_uint, encode_uint};
 
@@ -91,8 +98,8 @@ pub enum SignalError {
         /// The frame's code.
         code: u8,
     },
-    /// An even (critical) option not defined for that code: answer with an Abort carrying
-    /// Bad-CSM-Option = `number`.
+    /// An odd (critical) option not defined for that code: RFC 8323 §5.2 makes it a reason to
+    /// abort the connection (with Bad-CSM-Option = `number` when `code` is a CSM).
     #[error("unknown critical option {number} in signal {code:#04x}")]
     UnknownCriticalOption {
         /// The frame's code.
@@ -237,12 +244,13 @@ struct Options<'a> {
 }
 
 impl<'a> Options<'a> {
+    /// The first unknown critical option, if any.
     fn check_critical(&self) -> Result<(), SignalError> {
         match self
             .frame
             .options
             .iter()
-            .find(|(number, _)| number % 2 == 0 && !self.known.contains(number))
+            .find(|(number, _)| is_critical(*number) && !self.known.contains(number))
         {
             Some((number, _)) => Err(SignalError::UnknownCriticalOption {
                 code: self.frame.code,
@@ -425,9 +433,10 @@ mod tests {
 
     #[test]
     fn unknown_options() {
-        // Elective (odd) options are ignored, critical (even) ones refused per code.
+        // Elective (even) options are ignored, critical (odd) ones refused per code.
         let mut frame = Frame::new(CSM);
-        frame.options = vec![(2, vec![0x04, 0x80]), (3, vec![0x01]), (7, vec![])];
+        // Max-Message-Size 1152, RFC 8974 Extended-Token-Length (6, elective), 8 (elective).
+        frame.options = vec![(2, vec![0x04, 0x80]), (6, vec![0x01]), (8, vec![])];
         assert_eq!(
             Signal::parse(&frame),
             Ok(Signal::Csm {
@@ -435,22 +444,36 @@ mod tests {
                 block_wise_transfer: false
             })
         );
-        frame.options.push((6, vec![]));
+        frame.options.push((9, vec![]));
         assert_eq!(
             Signal::parse(&frame),
             Err(SignalError::UnknownCriticalOption {
                 code: CSM,
-                number: 6
+                number: 9
             })
         );
-        // 4 is Block-Wise-Transfer in a CSM but means nothing in a Ping.
-        let mut ping = Frame::new(PING);
-        ping.options = vec![(4, vec![])];
+        // An odd option is critical in every signal; 4 (Block-Wise-Transfer in a CSM) is
+        // elective and means nothing in a Ping: ignored.
+        for code in [PING, PONG, RELEASE, ABORT] {
+            let mut signal = Frame::new(code);
+            signal.options = vec![(4, vec![]), (3, vec![0x01])];
+            assert_eq!(
+                Signal::parse(&signal),
+                Err(SignalError::UnknownCriticalOption { code, number: 3 })
+            );
+            signal.options.pop();
+            assert!(Signal::parse(&signal).is_ok(), "{code:#04x}");
+        }
+        // Option numbers that take an extension byte are judged by parity too.
+        let mut csm = Frame::new(CSM);
+        csm.options = vec![(14, vec![]), (300, vec![])];
+        assert!(Signal::parse(&csm).is_ok());
+        csm.options.push((301, vec![]));
         assert_eq!(
-            Signal::parse(&ping),
+            Signal::parse(&csm),
             Err(SignalError::UnknownCriticalOption {
-                code: PING,
-                number: 4
+                code: CSM,
+                number: 301
             })
         );
     }
@@ -552,8 +575,18 @@ mod tests {
             let mut frame = Frame::new(code);
             frame.options = options;
             frame.payload = payload;
-            if let Ok(signal) = Signal::parse(&frame) {
-                prop_assert_eq!(signal.code(), code);
+            match Signal::parse(&frame) {
+                Ok(signal) => {
+                    prop_assert_eq!(signal.code(), code);
+                    // Every signalling option RFC 8323 defines is even: a parsed signal
+                    // carried no odd (critical) option at all.
+                    prop_assert!(frame.options.iter().all(|(n, _)| !is_critical(*n)));
+                }
+                Err(SignalError::UnknownCriticalOption { number, .. }) => {
+                    prop_assert!(is_critical(number));
+                    prop_assert!(frame.options.iter().any(|(n, _)| *n == number));
+                }
+                Err(_) => {}
             }
         }
 

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod libcoap;
+pub mod pair;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -117,8 +117,12 @@ pub enum Op {
         confirmable: bool,
         timeout_ms: u16,
     },
-    /// Session mode: the peer answers our latest request, piggybacked on an ACK.
-    AnswerRequest,
+    /// Session mode: the peer answers our latest request, piggybacked on an ACK, with one more
+    /// option of that number when given (an unrecognised critical one must keep the response
+    /// from being delivered).
+    AnswerRequest {
+        option: Option<u16>,
+    },
     /// Session mode: we give up our latest request.
     Cancel,
     /// Session mode: any datagram from the peer.
@@ -491,7 +495,7 @@ fn run_machine(style: PingStyle, config: KeepaliveConfig, seed: u64, ops: &[Op])
                     m.outstanding = None;
                 }
             }
-            Op::SendRequest { .. } | Op::AnswerRequest | Op::Cancel => continue,
+            Op::SendRequest { .. } | Op::AnswerRequest { .. } | Op::Cancel => continue,
         }
         // A matched answer is activity too, recorded after the check of its Pong.
         let answer = matches!(op, Op::DatagramAnswer { .. } | Op::Pong { .. });
@@ -584,12 +588,15 @@ fn run_session(config: KeepaliveConfig, seed: u64, ops: &[Op]) {
                 requested = Some(token.clone());
                 last_request = Some((token, None));
             }
-            Op::AnswerRequest => {
+            Op::AnswerRequest { option } => {
                 if let Some((token, Some(id))) = &last_request {
                     let mut ack = Response::content_text("hi").to_packet();
                     ack.header.set_type(coap_lite::MessageType::Acknowledgement);
                     ack.header.message_id = *id;
                     ack.set_token(token.clone());
+                    if let Some(number) = option {
+                        ack.add_option(coap_lite::CoapOption::from(*number), vec![0x0a]);
+                    }
                     incoming = ack.to_bytes().ok();
                 }
             }

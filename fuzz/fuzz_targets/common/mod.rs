@@ -14,6 +14,9 @@ use coap_keepalive::error::NackReason;
 use coap_keepalive::protocol::datagram::DatagramSession;
 use coap_keepalive::protocol::exchange::RequestError;
 use coap_keepalive::protocol::ProtocolEvent;
+use coap_keepalive::wire::options;
+use coap_keepalive::wire::udp::{classify, Datagram};
+use coap_lite::MessageClass;
 
 /// Message types of RFC 7252 (the two bits after the version).
 pub const CON: u8 = 0;
@@ -103,6 +106,8 @@ pub fn give_up_lower_bound(ack_timeout: Duration, max_retransmit: u32) -> Durati
 /// - no Confirmable message (ping, request, separate response) is sent more than
 ///   1 + MAX_RETRANSMIT times;
 /// - an RST or ACK from the peer is never answered with an RST or ACK;
+/// - no request carrying a critical option the stack does not recognise is handed up, and no
+///   response carrying one is delivered (RFC 7252 §5.4.1);
 /// - a `TooManyRetries` failure follows the full retransmission schedule of a message the peer
 ///   never acknowledged, no sooner than ACK_TIMEOUT * (2^(MAX_RETRANSMIT+1) - 1) after its
 ///   first transmission.
@@ -219,6 +224,7 @@ impl DatagramChecker {
                 );
             }
         }
+        check_option_rules(incoming, &self.events);
         for event in &self.events {
             match event {
                 ProtocolEvent::Failed(reason) => {
@@ -255,6 +261,33 @@ impl DatagramChecker {
             given_up,
             "TooManyRetries without an unanswered message through its full schedule: {:?}",
             self.confirmables
+        );
+    }
+}
+
+/// RFC 7252 §5.4.1: a request handed up carries no unrecognised critical option (whatever
+/// input led to it), and a response that carries one is not delivered.
+pub fn check_option_rules(incoming: Option<&[u8]>, events: &[ProtocolEvent]) {
+    for event in events {
+        if let ProtocolEvent::Request(packet) = event {
+            assert_eq!(
+                options::check_request(options::packet_options(packet)),
+                Ok(()),
+                "handed up a request the stack must refuse: {packet:?}"
+            );
+        }
+    }
+    let Some(Ok(Datagram::Message(packet))) = incoming.map(classify) else {
+        return;
+    };
+    if matches!(packet.header.code, MessageClass::Response(_))
+        && options::check_response(options::packet_options(&packet)).is_err()
+    {
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, ProtocolEvent::Response { .. })),
+            "delivered a response the stack must reject: {packet:?}"
         );
     }
 }

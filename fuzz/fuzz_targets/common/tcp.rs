@@ -17,6 +17,7 @@ use coap_keepalive::error::NackReason;
 use coap_keepalive::protocol::stream::StreamSession;
 use coap_keepalive::protocol::ProtocolEvent;
 use coap_keepalive::rng::Rng;
+use coap_keepalive::wire::options;
 use coap_keepalive::wire::signal::{self, Signal, SignalError};
 use coap_keepalive::wire::tcp::{Frame, FrameDecoder, FrameError};
 use coap_keepalive::Response;
@@ -148,6 +149,12 @@ fn check_frame(frame: &Frame) {
     match Signal::parse(frame) {
         Ok(signal) => {
             assert!(frame.is_signal());
+            // Every signalling option RFC 8323 defines is even: a signal that parsed carried
+            // no odd (critical) option.
+            assert!(
+                frame.options.iter().all(|(n, _)| n % 2 == 0),
+                "accepted a critical option: {frame:?}"
+            );
             let again = signal.to_frame(&frame.token);
             assert_eq!(
                 Signal::parse(&again),
@@ -162,7 +169,8 @@ fn check_frame(frame: &Frame) {
             let _ = frame.to_packet();
         }
         Err(SignalError::UnknownCriticalOption { number, .. }) => {
-            assert_eq!(number % 2, 0, "only an even option is critical");
+            // RFC 7252 §5.4.6, applied to signalling options by RFC 8323 §5.2.
+            assert_eq!(number % 2, 1, "only an odd option is critical");
             assert!(frame.options.iter().any(|(n, _)| *n == number));
         }
         Err(_) => assert!(frame.is_signal()),
@@ -262,6 +270,12 @@ impl Seen {
                 }
                 ProtocolEvent::Request(packet) => {
                     assert!(self.established, "a request before the CSM is handed up");
+                    // RFC 7252 §5.4.1: one with an unrecognised critical option gets 4.02.
+                    assert_eq!(
+                        options::check_request(options::packet_options(packet)),
+                        Ok(()),
+                        "handed up a request the stack must refuse: {packet:?}"
+                    );
                     requests.push(packet.clone());
                 }
                 _ => {}

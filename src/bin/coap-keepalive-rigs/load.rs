@@ -1,4 +1,4 @@
-//! `coap-keepalive load`: a load generator for keepalive servers.
+//! `coap-keepalive-rigs load`: a load generator for keepalive servers.
 //!
 //! N sessions, each from its own source port (a UDP socket or a TCP connection), ping a server
 //! at a fixed rate. Their first pings are spread evenly over one interval, so the server sees a
@@ -31,7 +31,11 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 use tokio::time::sleep_until;
 
-use super::output::parse_secs;
+use coap_keepalive::wire::signal::{ABORT, CSM, PING, PONG, RELEASE};
+use coap_keepalive::wire::tcp::FrameDecoder;
+
+use crate::args::parse_secs;
+use crate::proc::{cpu_secs, status_kb};
 
 /// Most sessions one run may open (a UDP socket or TCP connection each).
 pub const MAX_SESSIONS: usize = 60_000;
@@ -43,8 +47,6 @@ const MAX_RATE: f64 = 100.0;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a connection being set up waits for the server's CSM before the next one starts.
 const CSM_WAIT: Duration = Duration::from_secs(2);
-/// The clock ticks per second of /proc/PID/stat (USER_HZ, 100 on every Linux platform).
-const CLOCK_TICKS: f64 = 100.0;
 
 /// Arguments of `load`.
 #[derive(Debug, Args)]
@@ -627,7 +629,9 @@ async fn tcp_session(index: usize, mut stream: TcpStream, plan: Plan, counters: 
     let mut schedule = Schedule::new(plan, index);
     let mut established = false;
     let mut buf = vec![0u8; 4096];
-    let mut filled = 0;
+    // The crate's own RFC 8323 decoder; frames above its limit end the session (not a
+    // keepalive peer).
+    let mut decoder = FrameDecoder::new(MAX_FRAME);
     let mut answers = Vec::new();
     // Our CSM went out when the connection was opened; pings follow on schedule whether or not
     // the server's arrived (a server that never sends it loses them).
@@ -641,16 +645,23 @@ async fn tcp_session(index: usize, mut stream: TcpStream, plan: Plan, counters: 
             break true;
         }
         tokio::select! {
-            read = stream.read(&mut buf[filled..]) => {
+            read = stream.read(&mut buf) => {
                 let now = Instant::now();
                 match read {
                     Ok(0) | Err(_) => break false,
-                    Ok(n) => filled += n,
+                    Ok(n) => decoder.push(&buf[..n]),
                 }
-                let mut at = 0;
                 let mut closed = false;
-                while let Some((len, code, token)) = frame_at(&buf[at..filled]) {
-                    match code {
+                loop {
+                    let frame = match decoder.next_frame() {
+                        Ok(Some(frame)) => frame,
+                        Ok(None) => break,
+                        Err(_) => {
+                            closed = true;
+                            break;
+                        }
+                    };
+                    match frame.code {
                         CSM if !established => {
                             established = true;
                             Counters::add(&counters.established, 1);
@@ -659,21 +670,13 @@ async fn tcp_session(index: usize, mut stream: TcpStream, plan: Plan, counters: 
                         PING => {
                             // The server's keepalive ping: a Pong echoing its token.
                             Counters::add(&counters.server_pings, 1);
-                            let token = &buf[at + token.start..at + token.end];
-                            answers.push(token.len() as u8);
+                            answers.push(frame.token.len() as u8);
                             answers.push(PONG);
-                            answers.extend_from_slice(token);
+                            answers.extend_from_slice(&frame.token);
                         }
                         RELEASE | ABORT => closed = true,
                         _ => {}
                     }
-                    at += len;
-                }
-                buf.copy_within(at..filled, 0);
-                filled -= at;
-                if filled == buf.len() {
-                    // A frame larger than our buffer: not a keepalive peer.
-                    closed = true;
                 }
                 if !answers.is_empty() {
                     if stream.write_all(&answers).await.is_err() {
@@ -694,41 +697,8 @@ async fn tcp_session(index: usize, mut stream: TcpStream, plan: Plan, counters: 
     }
 }
 
-/// 7.01 CSM.
-const CSM: u8 = 0xe1;
-/// 7.02 Ping.
-const PING: u8 = 0xe2;
-/// 7.03 Pong.
-const PONG: u8 = 0xe3;
-/// 7.04 Release.
-const RELEASE: u8 = 0xe4;
-/// 7.05 Abort.
-const ABORT: u8 = 0xe5;
-
-/// The first whole RFC 8323 frame in `bytes`: its length, code and where its token is.
-fn frame_at(bytes: &[u8]) -> Option<(usize, u8, std::ops::Range<usize>)> {
-    let first = *bytes.first()?;
-    let tkl = usize::from(first & 0x0f);
-    let (extended, body) = match first >> 4 {
-        13 => (1, usize::from(*bytes.get(1)?) + 13),
-        14 => {
-            let b = bytes.get(1..3)?;
-            (2, usize::from(u16::from_be_bytes([b[0], b[1]])) + 269)
-        }
-        15 => {
-            let b = bytes.get(1..5)?;
-            (
-                4,
-                u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize + 65_805,
-            )
-        }
-        n => (0, usize::from(n)),
-    };
-    let code_at = 1 + extended;
-    let len = code_at + 1 + tkl + body;
-    let code = *bytes.get(code_at)?;
-    (bytes.len() >= len).then_some((len, code, code_at + 1..code_at + 1 + tkl))
-}
+/// Largest frame a session accepts from the server (a keepalive peer sends only small ones).
+const MAX_FRAME: u32 = 4096;
 
 /// CPU seconds and peak memory of a process over the measurement window.
 #[derive(Debug, Clone, Copy)]
@@ -750,31 +720,14 @@ async fn watch_window(pid: u32, plan: Plan) -> Option<ProcWindow> {
     })
 }
 
-/// utime + stime of `pid`, in seconds.
-fn cpu_secs(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: fields count from the last ')'.
-    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
-    // Fields 14 and 15 of stat(5); the first one after the name is field 3.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) as f64 / CLOCK_TICKS)
-}
-
 /// VmHWM of `pid`, in kB.
 fn peak_rss_kb(pid: u32) -> Option<u64> {
-    status_kb(pid, "VmHWM:")
+    status_kb(&pid.to_string(), "VmHWM:")
 }
 
 /// VmRSS of `pid`, in kB.
 fn rss_kb(pid: u32) -> Option<u64> {
-    status_kb(pid, "VmRSS:")
-}
-
-fn status_kb(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    status_kb(&pid.to_string(), "VmRSS:")
 }
 
 /// Everything the run measured.
@@ -1038,20 +991,6 @@ mod tests {
             let mid = Histogram::value(i);
             assert!((mid - micros as f64).abs() <= micros as f64 / 64.0 + 0.5);
         }
-    }
-
-    #[test]
-    fn frames_are_found_whole_or_not_at_all() {
-        assert_eq!(frame_at(&[0x00, 0xe3]), Some((2, 0xe3, 2..2)));
-        assert_eq!(frame_at(&[0x10, 0xe3, 0x20]), Some((3, 0xe3, 2..2)));
-        assert_eq!(frame_at(&[0x02, 0xe3, 0x12, 0x34]), Some((4, 0xe3, 2..4)));
-        assert_eq!(
-            frame_at(&[0x50, 0xe1, 0x23, 0x80, 0x01, 0x00, 0x20]),
-            Some((7, 0xe1, 2..2))
-        );
-        assert_eq!(frame_at(&[0x50, 0xe1, 0x23]), None);
-        assert_eq!(frame_at(&[0xd0]), None);
-        assert_eq!(frame_at(&[]), None);
     }
 
     #[test]
