@@ -332,10 +332,11 @@ impl Session {
     ///
     /// The ping is counted in [`Session::stats`] (`pings_sent`) as soon as this returns, while
     /// its driver sends it: when the session is established and, as last published, no ping of
-    /// ours is out. A ping asked for while one is out is merged into that one and not counted
-    /// again; so is one that meets a ping the session sent by itself in the same instant (the
-    /// count then settles back by one when the driver handles it). A ping asked for on a session
-    /// that has ended is not counted, and the count of one that ends first is dropped.
+    /// ours is out. A ping asked for while one is out (or asked for and not yet sent) is merged
+    /// into that one and not counted again; so is one that meets a ping the session sent by
+    /// itself in the same instant (the count then settles back by one when the driver handles
+    /// it). A ping asked for on a session that has ended is not counted, and the count of one
+    /// that ends first is dropped.
     pub fn ping(&self) {
         let mut published = lock(&self.shared.stats);
         // The state is read under the statistics' lock: a session that ends records its state
@@ -349,6 +350,8 @@ impl Session {
             && counted
         {
             published.requested_pings += 1;
+            // Out as far as the next `ping()` is concerned: it merges instead of counting twice.
+            published.awaiting_pong = true;
         }
     }
 

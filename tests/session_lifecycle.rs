@@ -509,6 +509,9 @@ async fn a_ping_counts_the_moment_it_is_asked_for(transport: Transport) {
     // No waiting: the handle already counts the ping its driver is about to send.
     assert!(session.stats().pings_sent >= 1, "{:?}", session.stats());
     assert!(client.stats().pings_sent >= 1, "{:?}", client.stats());
+    // A second one asked for at once merges into it (one ping out at a time).
+    session.ping();
+    assert_eq!(session.stats().pings_sent, 1, "{:?}", session.stats());
     // ... and goes on counting it once it was sent and answered.
     eventually(ANSWER_LIMIT, "pong counted", || session.stats().pongs == 1).await;
     assert_eq!(session.stats().pings_sent, 1);
