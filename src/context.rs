@@ -17,7 +17,7 @@ use crate::handler::{
     EventHandler, Handlers, NackHandler, PeerPing, PingDecision, PingHandler, PongHandler,
     SessionEvent,
 };
-use crate::keepalive::Stats;
+use crate::keepalive::{PingTransmit, Stats};
 use crate::message::{Request, Response};
 use crate::protocol::exchange::RequestError;
 use crate::protocol::ProtocolEvent;
@@ -399,6 +399,18 @@ impl Context {
                 session.note_receipt(now);
                 session.set_stats(stats);
                 handlers.pong(session, rtt);
+                Reaction::None
+            }
+            ProtocolEvent::PingSent(ping) => {
+                session.set_stats(stats);
+                let retransmission = matches!(
+                    ping,
+                    PingTransmit::Datagram {
+                        retransmission: true,
+                        ..
+                    }
+                );
+                handlers.event(session, SessionEvent::PingSent { retransmission });
                 Reaction::None
             }
             ProtocolEvent::PingUnanswered { count } => {

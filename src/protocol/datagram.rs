@@ -763,6 +763,7 @@ impl DatagramSession {
     fn pump(&mut self) {
         while let Some(ping) = self.keepalive.poll_transmit() {
             self.transmits.push_back(ping.encode());
+            self.events.push_back(ProtocolEvent::PingSent(ping));
         }
         while let Some(event) = self.keepalive.poll_event() {
             self.events.push_back(ProtocolEvent::from_keepalive(event));
@@ -773,6 +774,7 @@ impl DatagramSession {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keepalive::PingTransmit;
     use std::time::Duration;
 
     fn session() -> (DatagramSession, Instant) {
@@ -835,6 +837,13 @@ mod tests {
         s.handle_timeout(t0 + Duration::from_secs(10));
         let ping = s.poll_transmit().unwrap();
         assert_eq!(&ping[..2], &[0x40, 0x00]);
+        assert_eq!(
+            s.poll_event(),
+            Some(ProtocolEvent::PingSent(PingTransmit::Datagram {
+                message_id: mid(&ping),
+                retransmission: false
+            }))
+        );
         let rst = [0x70, 0x00, ping[2], ping[3]];
         s.handle_datagram(t0 + Duration::from_millis(10_030), &rst);
         assert_eq!(
@@ -851,6 +860,7 @@ mod tests {
         let (mut s, t0) = session();
         s.handle_timeout(t0 + Duration::from_secs(10));
         let ping = s.poll_transmit().unwrap();
+        assert!(matches!(s.poll_event(), Some(ProtocolEvent::PingSent(_))));
         let ack = [0x60, 0x45, ping[2], ping[3], 0xff, b'h', b'i'];
         s.handle_datagram(t0 + Duration::from_millis(10_020), &ack);
         assert_eq!(
@@ -865,6 +875,7 @@ mod tests {
         // An ACK with another Message ID answers nothing.
         s.handle_timeout(t0 + Duration::from_secs(21));
         let ping = s.poll_transmit().unwrap();
+        assert!(matches!(s.poll_event(), Some(ProtocolEvent::PingSent(_))));
         let other = mid(&ping).wrapping_add(7).to_be_bytes();
         s.handle_datagram(
             t0 + Duration::from_secs(22),
