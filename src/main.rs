@@ -66,9 +66,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let verbose = args.verbose;
     let result = runtime.block_on(async {
         match args.command {
-            Command::Serve(a) => cli::serve::run(a).await,
+            Command::Serve(a) => cli::serve::run(a, verbose).await,
             Command::Ping(a) => cli::ping::run(a).await,
             Command::Demo(a) => cli::demo::run(a).await,
             Command::Get(a) => cli::request::run(coap_keepalive::Method::Get, a).await,

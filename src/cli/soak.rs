@@ -174,7 +174,7 @@ impl Env {
                 PingDecision::Answer
             }
         });
-        super::resources::install(&server, None);
+        super::resources::install(&server, None, None);
 
         let psk = PskCredentials::new("soak", "soak-secret");
         let certificates = CertificateSet::generate()?;
@@ -608,7 +608,7 @@ async fn flood(n: usize, target: Option<SocketAddr>, server_pid: Option<u32>) ->
         Some(_) => None,
         None => {
             let ctx = Context::new();
-            super::resources::install(&ctx, Some(Duration::from_secs(10)));
+            super::resources::install(&ctx, Some(Duration::from_secs(10)), None);
             let endpoint = ctx.listen_udp(([127, 0, 0, 1], 0).into()).await?;
             Some((ctx, endpoint.local_addr))
         }
