@@ -26,7 +26,8 @@ enum Command {
     /// Serve CoAP on the given addresses: answer pings and requests, ping clients every -K idle
     /// seconds, print ping / pong / nack events.
     Serve(cli::serve::ServeArgs),
-    /// Ping a CoAP peer like ping(8): one line per pong, a summary at the end.
+    /// Ping a CoAP peer like ping(8): one line per ping's fate (numbered by seq), a summary at
+    /// the end; exits 1 when no pong came back.
     Ping(cli::ping::PingArgs),
     /// GET a resource and print the response.
     Get(cli::request::RequestArgs),
@@ -38,8 +39,9 @@ enum Command {
     Delete(cli::request::RequestArgs),
     /// Observe a resource (RFC 7641) and print each notification.
     Observe(cli::request::ObserveArgs),
-    /// Run a server and clients on loopback, show pings and pongs, then silence the server and
-    /// show the clients' nacks. Needs no arguments and no setup.
+    /// Run a server and clients on loopback over every transport, show pings and pongs both
+    /// ways (the server pings the quiet clients), then silence the server: the pinging clients
+    /// nack, the quiet ones notice nothing. Needs no arguments and no setup.
     Demo(cli::demo::DemoArgs),
     /// Load-test a server on loopback: N sessions, each from its own port, ping it at a fixed
     /// rate; prints answered %, p50 / p99 RTT and timeouts (used by scripts/bench).

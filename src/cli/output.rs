@@ -50,6 +50,21 @@ impl Printer {
         ));
     }
 
+    /// Prints an event line naming both ends of the session: `udp  client 127.0.0.1:40001
+    /// -> server 127.0.0.1:5683  text` (this end first).
+    pub fn session_ends(&self, session: &Session, text: &str) {
+        let (us, them) = match session.role() {
+            coap_keepalive::Role::Client => ("client", "server"),
+            _ => ("server", "client"),
+        };
+        self.line(&format!(
+            "{:<4} {us} {:<15} -> {them} {:<15}  {text}",
+            session.transport().name(),
+            session.local_addr().to_string(),
+            session.peer().to_string(),
+        ));
+    }
+
     /// Time since the printer was created.
     pub fn elapsed(&self) -> Duration {
         self.start.elapsed()
