@@ -273,7 +273,7 @@ async fn ping_loop(
                     }
                     Some(Outcome::Unanswered(_)) => {}
                     Some(Outcome::Nack(reason)) => {
-                        nack(tally, peer, seq, reason);
+                        nack(args, tally, peer, seq, reason);
                         return;
                     }
                     None => return,
@@ -299,7 +299,7 @@ async fn ping_loop(
                 _ = &mut pause => break,
                 outcome = rx.recv() => match outcome {
                     Some(Outcome::Nack(reason)) => {
-                        nack(tally, peer, seq, reason);
+                        nack(args, tally, peer, seq, reason);
                         return;
                     }
                     Some(_) => {}
@@ -312,9 +312,20 @@ async fn ping_loop(
     }
 }
 
-/// Records and prints the session's failure (always, also with `-q`: it ends the run).
-fn nack(tally: &mut Tally, peer: std::net::SocketAddr, seq: u64, reason: NackReason) {
-    println!("{peer}: seq={seq}: {reason}, the session failed");
+/// Records and prints the session's failure: it ends the run, so with `-q` too, on stderr.
+fn nack(
+    args: &PingArgs,
+    tally: &mut Tally,
+    peer: std::net::SocketAddr,
+    seq: u64,
+    reason: NackReason,
+) {
+    let line = format!("{peer}: seq={seq}: {reason}, the session failed");
+    if args.quiet {
+        eprintln!("coap-keepalive: {line}");
+    } else {
+        println!("{line}");
+    }
     tally.failure = Some(reason);
 }
 

@@ -257,6 +257,9 @@ fn install_handlers(ctx: &Context, printer: Printer, quiet: bool, tally: Arc<Mut
         }
     };
     ctx.register_ping_handler(move |session, ping| {
+        if quiet {
+            return PingDecision::Answer;
+        }
         let what = match ping {
             PeerPing::Datagram { message_id } => {
                 format!("ping received (MID {message_id:#06x}), answered")
@@ -297,6 +300,9 @@ fn install_handlers(ctx: &Context, printer: Printer, quiet: bool, tally: Arc<Mut
                 }
             }
             _ => {}
+        }
+        if quiet {
+            return;
         }
         let line = match event {
             SessionEvent::Established | SessionEvent::Closed => format!("session {event}"),
