@@ -90,7 +90,8 @@ pub enum KeepaliveEvent {
         rtt: Duration,
     },
     /// A ping went unanswered: a stream ping got no Pong within the pong timeout, or a datagram
-    /// ping exhausted its retransmissions. Below `max_unanswered` the next ping goes out at once.
+    /// ping exhausted its retransmissions. Below `max_unanswered` the next ping goes out at once
+    /// (with keepalive on; with it off the application sends the next one).
     /// The one that reaches `max_unanswered` fails the session: a stream session reports it too,
     /// just before [`KeepaliveEvent::Failed`]; a datagram session reports only the failure.
     Unanswered {
