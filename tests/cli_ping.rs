@@ -147,11 +147,31 @@ fn interrupted_ping_to_a_silent_peer_exits_1_and_counts_the_ping_out() {
     let output = ping.wait(LIMIT);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
     assert!(
-        summary(&output).starts_with("1 pings sent, 0 pongs received, "),
+        summary(&output)
+            .starts_with("1 pings sent, 0 pongs received, 0 retransmissions, 100% loss"),
         "{}",
         text(&output)
     );
-    assert!(summary(&output).contains(" 100% loss"), "{}", text(&output));
+
+    // Interrupted after retransmissions: they are counted as they happen.
+    let peer = RawPeer::silent();
+    let mut ping = Running::spawn(&["ping", &peer.uri(), "--ack-timeout", "0.05"]);
+    ping.wait_line(LIMIT, |l| l.starts_with("PING "));
+    for _ in 0..3 {
+        peer.first.recv_timeout(LIMIT).expect("a transmission");
+    }
+    ping.interrupt();
+    let output = ping.wait(LIMIT);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let retransmissions = peer.received.lock().unwrap().len() - 1;
+    assert_eq!(peer.ping_ids().len(), 1);
+    assert!(
+        summary(&output).starts_with(&format!(
+            "1 pings sent, 0 pongs received, {retransmissions} retransmissions, 100% loss"
+        )),
+        "the peer got {retransmissions} retransmissions\n{}",
+        text(&output)
+    );
 }
 
 #[test]
