@@ -148,10 +148,12 @@ pub struct KeepaliveConfig {
     /// Consecutive unanswered pings that fail the session, at least 1. Default 1.
     ///
     /// A TCP / TLS ping is unanswered when its pong timeout passes; a UDP / DTLS ping when its
-    /// RFC 7252 retransmissions are exhausted (MAX_TRANSMIT_WAIT at most). Below the limit the
-    /// next ping goes out at once (over UDP / DTLS with a new Message ID and a new retransmission
-    /// schedule) and [`KeepaliveEvent::Unanswered`](crate::keepalive::KeepaliveEvent::Unanswered)
-    /// is reported; anything received from the peer resets the count. Raise it on lossy links:
+    /// RFC 7252 retransmissions are exhausted (MAX_TRANSMIT_WAIT at most). Below the limit
+    /// [`KeepaliveEvent::Unanswered`](crate::keepalive::KeepaliveEvent::Unanswered) is reported
+    /// and, with keepalive on, the next ping goes out at once (over UDP / DTLS with a new
+    /// Message ID and a new retransmission schedule); with keepalive off (`interval` `None`)
+    /// the application sends the next one itself, if it wants one. Anything received from the
+    /// peer resets the count. Raise it on lossy links:
     /// with loss `l` each way a UDP ping of a live peer goes unanswered with probability
     /// `q = (1 - (1 - l)^2)^(1 + MAX_RETRANSMIT)` (0.36^5 = 0.6 % at 20 % and the defaults), and a
     /// ping cycle of a live peer fails with `q^max_unanswered` (0.36^15 = 2e-7 with 3), at the

@@ -17,7 +17,7 @@ use crate::handler::{
     EventHandler, Handlers, NackHandler, PeerPing, PingDecision, PingHandler, PongHandler,
     SessionEvent,
 };
-use crate::keepalive::Stats;
+use crate::keepalive::{PingTransmit, Stats};
 use crate::message::{Request, Response};
 use crate::protocol::exchange::RequestError;
 use crate::protocol::ProtocolEvent;
@@ -467,6 +467,18 @@ impl Context {
                 let nanos = rtt.as_nanos().clamp(1, u128::from(u64::MAX)) as u64;
                 self.inner.last_rtt_nanos.store(nanos, Ordering::Relaxed);
                 handlers.pong(session, rtt);
+                Reaction::None
+            }
+            ProtocolEvent::PingSent(ping) => {
+                // The driver published the session's statistics before this event's handlers.
+                let retransmission = matches!(
+                    ping,
+                    PingTransmit::Datagram {
+                        retransmission: true,
+                        ..
+                    }
+                );
+                handlers.event(session, SessionEvent::PingSent { retransmission });
                 Reaction::None
             }
             ProtocolEvent::PingUnanswered { count } => {

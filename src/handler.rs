@@ -3,6 +3,7 @@
 //! Handlers run on the session's driver task, so they should return quickly; hand long work to
 //! another task.
 
+use std::fmt;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -60,12 +61,38 @@ pub enum SessionEvent {
     /// (its 7.04 Release or the end of its connection), or forgotten after its idle timeout. Not
     /// a failure: no nack, counted in [`SessionCounts::closed`](crate::SessionCounts::closed).
     Closed,
+    /// We sent a ping to the peer (keepalive, or `Session::ping`), or retransmitted one.
+    PingSent {
+        /// True for a retransmission (UDP / DTLS) of a ping already sent.
+        retransmission: bool,
+    },
     /// A ping went unanswered (over UDP / DTLS after all its retransmissions); the session fails
     /// when `count` reaches `max_unanswered`.
     PingUnanswered {
         /// Consecutive unanswered pings so far.
         count: u32,
     },
+}
+
+impl fmt::Display for SessionEvent {
+    /// A line for people: `established`, `closed`, `ping sent`, `ping retransmitted`,
+    /// `ping unanswered (2 in a row)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SessionEvent::Established => f.write_str("established"),
+            SessionEvent::Closed => f.write_str("closed"),
+            SessionEvent::PingSent {
+                retransmission: false,
+            } => f.write_str("ping sent"),
+            SessionEvent::PingSent {
+                retransmission: true,
+            } => f.write_str("ping retransmitted"),
+            SessionEvent::PingUnanswered { count: 1 } => f.write_str("ping unanswered"),
+            SessionEvent::PingUnanswered { count } => {
+                write!(f, "ping unanswered ({count} in a row)")
+            }
+        }
+    }
 }
 
 /// Called for each ping from the peer, before the automatic answer.

@@ -90,7 +90,8 @@ pub enum KeepaliveEvent {
         rtt: Duration,
     },
     /// A ping went unanswered: a stream ping got no Pong within the pong timeout, or a datagram
-    /// ping exhausted its retransmissions. Below `max_unanswered` the next ping goes out at once.
+    /// ping exhausted its retransmissions. Below `max_unanswered` the next ping goes out at once
+    /// (with keepalive on; with it off the application sends the next one).
     /// The one that reaches `max_unanswered` fails the session: a stream session reports it too,
     /// just before [`KeepaliveEvent::Failed`]; a datagram session reports only the failure.
     Unanswered {
@@ -588,6 +589,9 @@ impl Keepalive {
                     });
                     if self.unanswered >= self.config.max_unanswered {
                         self.fail(NackReason::TooManyRetries);
+                    } else if self.config.interval.is_none() {
+                        // Keepalive off: the application sends the next ping, if any.
+                        self.schedule();
                     } else {
                         self.send_ping(now);
                     }
@@ -672,9 +676,10 @@ impl Keepalive {
         self.events.push_back(KeepaliveEvent::Unanswered {
             count: self.unanswered,
         });
-        if self.request_in_flight {
+        if self.request_in_flight || self.config.interval.is_none() {
             // NSTART = 1: a Confirmable request is out, and it is the probe now; its failure
-            // fails the session, its answer resets the count.
+            // fails the session, its answer resets the count. With keepalive off the
+            // application sends its pings itself (`ping` counts every one it sends).
             self.schedule();
         } else {
             self.send_ping(now);
@@ -1155,6 +1160,40 @@ mod tests {
                 (624.0, KeepaliveEvent::Failed(NackReason::TooManyRetries)),
             ]
         );
+    }
+
+    #[test]
+    fn with_keepalive_off_the_application_sends_every_ping() {
+        // `ping` numbers every ping it sends: the machine sends no follow-up of its own.
+        let config = KeepaliveConfig::default()
+            .with_transmission(deterministic())
+            .with_max_unanswered(3);
+        let t0 = Instant::now();
+        let mut k = Keepalive::new(PingStyle::Datagram, config, Rng::seeded(1), t0);
+        k.ping_now(t0 + secs(1.0));
+        assert!(k.poll_transmit().is_some());
+        let (tx, ev) = run_until(&mut k, t0, 1000.0);
+        assert_eq!(
+            times(&tx),
+            vec![3.0, 7.0, 15.0, 31.0],
+            "retransmissions only"
+        );
+        assert_eq!(ev, vec![(63.0, KeepaliveEvent::Unanswered { count: 1 })]);
+        assert_eq!(k.poll_timeout(), None);
+        assert_eq!(k.stats().pings_sent, 1);
+        // The next one is the application's, and the count goes on.
+        k.ping_now(t0 + secs(100.0));
+        assert!(k.poll_transmit().is_some());
+        let (_, ev) = run_until(&mut k, t0, 1000.0);
+        assert_eq!(ev, vec![(162.0, KeepaliveEvent::Unanswered { count: 2 })]);
+
+        let (mut k, t0) = stream(0, Some(3.0), 2);
+        k.handle_established(t0);
+        k.ping_now(t0 + secs(1.0));
+        assert!(k.poll_transmit().is_some());
+        let (tx, ev) = run_until(&mut k, t0, 100.0);
+        assert!(tx.is_empty(), "no follow-up Ping: {tx:?}");
+        assert_eq!(ev, vec![(4.0, KeepaliveEvent::Unanswered { count: 1 })]);
     }
 
     #[test]

@@ -26,7 +26,8 @@ enum Command {
     /// Serve CoAP on the given addresses: answer pings and requests, ping clients every -K idle
     /// seconds, print ping / pong / nack events.
     Serve(cli::serve::ServeArgs),
-    /// Ping a CoAP peer like ping(8): one line per pong, a summary at the end.
+    /// Ping a CoAP peer like ping(8): one line per ping's fate (numbered by seq), a summary at
+    /// the end; exits 1 when no pong came back.
     Ping(cli::ping::PingArgs),
     /// GET a resource and print the response.
     Get(cli::request::RequestArgs),
@@ -38,8 +39,9 @@ enum Command {
     Delete(cli::request::RequestArgs),
     /// Observe a resource (RFC 7641) and print each notification.
     Observe(cli::request::ObserveArgs),
-    /// Run a server and clients on loopback, show pings and pongs, then silence the server and
-    /// show the clients' nacks. Needs no arguments and no setup.
+    /// Run a server and clients on loopback over every transport, show pings and pongs both
+    /// ways (the server pings the quiet clients), then silence the server: the pinging clients
+    /// nack, the quiet ones notice nothing. Needs no arguments and no setup.
     Demo(cli::demo::DemoArgs),
     /// Write a CA, a server certificate (localhost, 127.0.0.1, ::1) and a client certificate
     /// with their keys, as PEM, for trying DTLS and TLS out.
@@ -59,9 +61,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let verbose = args.verbose;
     let result = runtime.block_on(async {
         match args.command {
-            Command::Serve(a) => cli::serve::run(a).await,
+            Command::Serve(a) => cli::serve::run(a, verbose).await,
             Command::Ping(a) => cli::ping::run(a).await,
             Command::Demo(a) => cli::demo::run(a).await,
             Command::Get(a) => cli::request::run(coap_keepalive::Method::Get, a).await,

@@ -1,7 +1,9 @@
 //! `coap-keepalive demo`: the embedded default. A server and clients on loopback over every
-//! transport (UDP, DTLS with a PSK, TCP, TLS with certificates generated at start); pings and
-//! pongs both ways; then the server goes silent and the clients' nacks ("too many retries")
-//! appear.
+//! transport (UDP, DTLS with a PSK, TCP, TLS with certificates generated at start): busy
+//! clients that ping every idle second, and quiet ones that never ping, which the server
+//! pings instead. Every line names both ends (`client ADDR -> server ADDR`). Then the server
+//! goes silent and the busy clients' nacks ("too many retries") appear, while the quiet
+//! clients, with nothing of theirs unanswered, notice nothing.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -14,8 +16,8 @@ use coap_keepalive::certs::{CertificateSet, ClientCredentials, PskCredentials, S
 use coap_keepalive::config::{KeepaliveConfig, TransmissionParams};
 use coap_keepalive::context::Context;
 use coap_keepalive::error::{NackReason, Result};
-use coap_keepalive::handler::PingDecision;
-use coap_keepalive::session::{Session, Transport};
+use coap_keepalive::handler::{PingDecision, SessionEvent};
+use coap_keepalive::session::{Session, SessionState, Transport};
 use tokio::sync::mpsc;
 
 use super::output::{ms, Printer};
@@ -41,16 +43,24 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         let silent = silent.clone();
         server.register_ping_handler(move |session, _| {
             if silent.load(Ordering::Relaxed) {
-                printer.session(session, "server: ping ignored (silent)");
+                printer.session_ends(session, "ping received, ignored (silent)");
                 PingDecision::Suppress
             } else {
-                printer.session(session, "server: ping answered");
+                printer.session_ends(session, "ping received, answered");
                 PingDecision::Answer
             }
         });
     }
     server.register_pong_handler(move |session, rtt| {
-        printer.session(session, &format!("server: pong in {}", ms(rtt)));
+        printer.session_ends(session, &format!("pong in {}", ms(rtt)));
+    });
+    server.register_event_handler(move |session, event| {
+        if let SessionEvent::PingSent { .. } = event {
+            printer.session_ends(session, &event.to_string());
+        }
+    });
+    server.register_nack_handler(move |session, reason| {
+        printer.session_ends(session, &format!("session failed: {reason}"));
     });
     // DTLS with a pre-shared key; TLS with a CA and a server certificate made just now.
     let psk = PskCredentials::new("demo-client", "demo-secret");
@@ -74,6 +84,12 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
          pinging clients after 2 idle seconds",
         udp.local_addr, dtls.local_addr, tcp.local_addr, tls.local_addr
     ));
+    let addresses = Addresses {
+        udp: udp.local_addr,
+        dtls: dtls.local_addr,
+        tcp: tcp.local_addr,
+        tls: tls.local_addr,
+    };
 
     // The clients ping every idle second; UDP and DTLS give up after 2 retransmissions 250 ms
     // apart and doubling, TCP and TLS when a Pong is 1 s late.
@@ -89,45 +105,60 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
             .with_pong_timeout(Duration::from_secs(1)),
     )?;
     client.register_pong_handler(move |session, rtt| {
-        printer.session(session, &format!("client: pong in {}", ms(rtt)));
+        printer.session_ends(session, &format!("pong in {}", ms(rtt)));
+    });
+    client.register_event_handler(move |session, event| {
+        if let SessionEvent::PingSent {
+            retransmission: true,
+        }
+        | SessionEvent::PingUnanswered { .. } = event
+        {
+            printer.session_ends(session, &event.to_string());
+        }
     });
     let (nack_tx, mut nacks) = mpsc::unbounded_channel::<(Session, NackReason)>();
     client.register_nack_handler(move |session, reason| {
-        printer.session(session, &format!("client: NACK {reason}"));
+        printer.session_ends(session, &format!("session failed: {reason}"));
         let _ = nack_tx.send((session.clone(), reason));
+    });
+    // The quiet clients never ping (keepalive off): the server's keepalive pings them.
+    let quiet_client = Context::new();
+    quiet_client.register_ping_handler(move |session, _| {
+        printer.session_ends(session, "ping received, answered (quiet client)");
+        PingDecision::Answer
+    });
+    quiet_client.register_nack_handler(move |session, reason| {
+        printer.session_ends(session, &format!("session failed: {reason}"));
     });
     let verify_with_ca = ClientCredentials::Certificate {
         ca_pem: Some(certificates.ca_cert_pem.clone()),
         identity: None,
         insecure: false,
     };
-    let clients = [
-        client.connect_udp(udp.local_addr).await?,
-        client
-            .connect_dtls(dtls.local_addr, &ClientCredentials::Psk(psk))
-            .await?,
-        client.connect_tcp(tcp.local_addr).await?,
-        client
-            .connect_tls(tls.local_addr, "localhost", &verify_with_ca)
-            .await?,
-    ];
+    let clients = connect_all(&client, &addresses, &psk, &verify_with_ca).await?;
     for session in &clients {
         let how = match session.transport() {
             Transport::Dtls => ", PSK handshake done",
             Transport::Tls => ", server certificate verified",
             _ => "",
         };
-        printer.session(session, &format!("client: connected{how}, keepalive 1 s"));
+        printer.session_ends(
+            session,
+            &format!("connected{how}, pinging every idle second"),
+        );
     }
-    // A quiet client that never pings: the server's own keepalive pings it, and it answers.
-    // Over UDP the server learns of a client from its first message: one ping introduces it.
-    let quiet = client.connect_udp(udp.local_addr).await?;
-    quiet.ping();
-    quiet.set_keepalive(0);
-    printer.session(
-        &quiet,
-        "client: connected, keepalive off (the server pings this one)",
-    );
+    let quiet = connect_all(&quiet_client, &addresses, &psk, &verify_with_ca).await?;
+    for session in &quiet {
+        // Over UDP the server learns of a client from its first message: one ping introduces
+        // it. Every other transport's handshake or CSM does.
+        if session.transport() == Transport::Udp {
+            session.ping();
+        }
+        printer.session_ends(
+            session,
+            "connected, keepalive off (quiet: the server pings this one)",
+        );
+    }
 
     tokio::time::sleep(Duration::from_secs(args.alive_secs)).await;
     printer.line("--- the server goes silent: it stops answering and stops pinging ---");
@@ -145,28 +176,49 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
             _ = &mut deadline => break,
         }
     }
-    quiet.close();
+    let quiet_stats = quiet_client.stats();
+    let quiet_states: Vec<String> = quiet
+        .iter()
+        .map(|session| {
+            format!(
+                "{} {}",
+                session.transport().name(),
+                state_name(session.state())
+            )
+        })
+        .collect();
     let client_stats = client.stats();
     let server_stats = server.stats();
+    quiet_client.shutdown().await;
     client.shutdown().await;
     server.shutdown().await;
 
     println!("--- summary ---");
     println!(
-        "clients: {} pings, {} pongs, {} retransmissions, {} failed",
+        "pinging clients: {} pings, {} pongs, {} retransmissions, {} failed",
         client_stats.pings_sent,
         client_stats.pongs,
         client_stats.retransmissions,
         client_stats.failures
     );
     println!(
-        "server:  {} pings answered or ignored, {} pings sent, {} pongs",
+        "server: {} pings answered or ignored, {} pings sent, {} pongs",
         server_stats.pings_received, server_stats.pings_sent, server_stats.pongs
+    );
+    println!(
+        "quiet clients: {} pings from the server answered, none sent; at the end: {}",
+        quiet_stats.pings_received,
+        quiet_states.join(", ")
+    );
+    println!(
+        "  (they send nothing, so nothing of theirs goes unanswered: a client with keepalive \
+         off does not notice a silent server)"
     );
     for (session, reason) in &failed {
         println!(
-            "nack:    {} client of {}: {reason}",
+            "nack: {} client {} of server {}: {reason}",
             session.transport().name(),
+            session.local_addr(),
             session.peer()
         );
     }
@@ -176,16 +228,52 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
             .all(|(_, reason)| *reason == NackReason::TooManyRetries);
     if all_noticed {
         println!(
-            "every client noticed the silent server ({:.1}s in all)",
+            "every pinging client noticed the silent server ({:.1}s in all)",
             printer.elapsed().as_secs_f64()
         );
         Ok(ExitCode::SUCCESS)
     } else {
         println!(
-            "only {} of {} clients noticed the silent server",
+            "only {} of {} pinging clients noticed the silent server",
             failed.len(),
             clients.len()
         );
         Ok(ExitCode::FAILURE)
+    }
+}
+
+/// The server's four endpoints.
+struct Addresses {
+    udp: SocketAddr,
+    dtls: SocketAddr,
+    tcp: SocketAddr,
+    tls: SocketAddr,
+}
+
+/// One session of `ctx` to each endpoint: UDP, DTLS (PSK), TCP, TLS (verified with the CA).
+async fn connect_all(
+    ctx: &Context,
+    addresses: &Addresses,
+    psk: &PskCredentials,
+    verify_with_ca: &ClientCredentials,
+) -> Result<Vec<Session>> {
+    Ok(vec![
+        ctx.connect_udp(addresses.udp).await?,
+        ctx.connect_dtls(addresses.dtls, &ClientCredentials::Psk(psk.clone()))
+            .await?,
+        ctx.connect_tcp(addresses.tcp).await?,
+        ctx.connect_tls(addresses.tls, "localhost", verify_with_ca)
+            .await?,
+    ])
+}
+
+/// A session state in words.
+fn state_name(state: SessionState) -> String {
+    match state {
+        SessionState::Connecting => "connecting".into(),
+        SessionState::Established => "established".into(),
+        SessionState::Closed => "closed".into(),
+        SessionState::Failed(reason) => format!("failed ({reason})"),
+        _ => "ended".into(),
     }
 }

@@ -50,6 +50,21 @@ impl Printer {
         ));
     }
 
+    /// Prints an event line naming both ends of the session: `udp  client 127.0.0.1:40001
+    /// -> server 127.0.0.1:5683  text` (this end first).
+    pub fn session_ends(&self, session: &Session, text: &str) {
+        let (us, them) = match session.role() {
+            coap_keepalive::Role::Client => ("client", "server"),
+            _ => ("server", "client"),
+        };
+        self.line(&format!(
+            "{:<4} {us} {:<15} -> {them} {:<15}  {text}",
+            session.transport().name(),
+            session.local_addr().to_string(),
+            session.peer().to_string(),
+        ));
+    }
+
     /// Time since the printer was created.
     pub fn elapsed(&self) -> Duration {
         self.start.elapsed()
@@ -70,4 +85,81 @@ pub fn parse_secs(s: &str) -> Result<Duration, String> {
         return Err(format!("{s:?} is not a non-negative number of seconds"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// SIGINT (Ctrl-C) and, on Unix, SIGTERM, listened for from the moment it is made: a signal
+/// that arrives before the first `recv` is not lost, and does not kill the process.
+pub struct Signals {
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// Starts listening (inside the tokio runtime).
+    pub fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Signals {
+                interrupt: signal(SignalKind::interrupt()).ok(),
+                terminate: signal(SignalKind::terminate()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    /// Waits for the next signal.
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn next(signal: &mut Option<tokio::signal::unix::Signal>) {
+                match signal {
+                    Some(signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            if self.interrupt.is_some() || self.terminate.is_some() {
+                tokio::select! {
+                    _ = next(&mut self.interrupt) => {}
+                    _ = next(&mut self.terminate) => {}
+                }
+                return;
+            }
+        }
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+impl Default for Signals {
+    fn default() -> Self {
+        Signals::new()
+    }
+}
+
+/// A usage error found after parsing (a flag that does not apply, a multicast address): says
+/// so on stderr as clap does, and yields clap's exit status for usage errors, 2.
+pub fn usage_error(message: &str) -> std::process::ExitCode {
+    eprintln!("error: {message}\n\nFor more information, try '--help'.");
+    std::process::ExitCode::from(2)
+}
+
+/// Why `ip` cannot be used yet, when it is a multicast address (224.0.0.0/4, ff00::/8).
+pub fn refuse_multicast(ip: std::net::IpAddr) -> Option<String> {
+    let multicast = match ip {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(v6.is_multicast(), |v4| v4.is_multicast()),
+        std::net::IpAddr::V4(v4) => v4.is_multicast(),
+    };
+    multicast.then(|| {
+        format!(
+            "{ip} is a multicast address: multicast CoAP (RFC 7252 §8) is not supported yet; \
+             give a unicast address"
+        )
+    })
 }

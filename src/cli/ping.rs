@@ -1,4 +1,10 @@
-//! `coap-keepalive ping`: keepalive pings to one peer, printed like ping(8).
+//! `coap-keepalive ping`: pings to one peer, printed like ping(8).
+//!
+//! The command sends every ping itself (the session's own keepalive is off), one at a time
+//! (NSTART = 1), so it numbers each: `seq` counts pings, not pongs, and a lost one leaves a
+//! gap. A ping ends answered (a pong), given up (its RFC 7252 retransmissions exhausted over
+//! UDP / DTLS, its pong timeout over TCP / TLS) or, when neither came in time, unanswered;
+//! the next one follows `-i` seconds later.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -8,10 +14,13 @@ use coap_keepalive::config::{KeepaliveConfig, TransmissionParams};
 use coap_keepalive::context::{Context, ContextSettings};
 use coap_keepalive::error::{NackReason, Result};
 use coap_keepalive::handler::SessionEvent;
+use coap_keepalive::session::Session;
 use coap_keepalive::uri::CoapUri;
+use coap_keepalive::PingStyle;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
-use super::output::{ms, parse_secs};
+use super::output::{ms, parse_secs, refuse_multicast, usage_error, Signals};
 use super::secure;
 
 /// Arguments of `ping`.
@@ -19,39 +28,73 @@ use super::secure;
 pub struct PingArgs {
     /// The peer: coap://, coaps:// (DTLS), coap+tcp:// or coaps+tcp:// (TLS) HOST[:PORT].
     uri: String,
-    /// Stop after this many pongs (0: until interrupted).
+    /// Stop after sending this many pings, whatever became of them (0: until interrupted).
     #[arg(short = 'c', long, default_value_t = 0)]
     count: u64,
-    /// Idle seconds between a pong and the next ping.
+    /// Seconds from the end of one ping (its pong, or giving up on it) to the next.
     #[arg(short = 'i', long, value_name = "SECS", default_value = "1", value_parser = parse_secs)]
     interval: Duration,
-    /// UDP: ACK_TIMEOUT, seconds before the first retransmission (RFC 7252 default 2).
+    /// Stop after this many seconds in all, whatever was sent or received (as ping(8) -w).
+    #[arg(short = 'w', long, value_name = "DEADLINE", value_parser = parse_secs)]
+    deadline: Option<Duration>,
+    /// Quiet: print the PING line and the summary only, no line per ping.
+    #[arg(short, long)]
+    quiet: bool,
+    /// UDP / DTLS: ACK_TIMEOUT, seconds before the first retransmission (RFC 7252 default 2).
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     ack_timeout: Option<Duration>,
-    /// UDP: MAX_RETRANSMIT, retransmissions before giving up (RFC 7252 default 4).
+    /// UDP / DTLS: MAX_RETRANSMIT, retransmissions before giving up (RFC 7252 default 4).
     #[arg(long, value_name = "N")]
     max_retransmit: Option<u32>,
-    /// TCP: seconds to wait for a Pong (default: the interval).
+    /// TCP / TLS: seconds to wait for a Pong (default: the interval, at least 1).
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pong_timeout: Option<Duration>,
-    /// Consecutive unanswered pings before giving up (default 1): a UDP / DTLS ping is
-    /// unanswered when its retransmissions are exhausted, a TCP / TLS one at its pong timeout;
-    /// below N the next ping goes out at once. Raise it on lossy links.
+    /// Consecutive unanswered pings before the session is declared dead (default 1): a UDP /
+    /// DTLS ping is unanswered when its retransmissions are exhausted, a TCP / TLS one at its
+    /// pong timeout. Raise it to keep pinging through loss.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     max_unanswered: Option<u32>,
     #[command(flatten)]
     security: secure::ClientSecurityArgs,
 }
 
+/// What the library reported about the session.
 enum Outcome {
     Pong(Duration),
     Unanswered(u32),
     Nack(NackReason),
 }
 
-/// Pings until `count` pongs arrived (exit 0), the session fails (exit 1), or Ctrl-C.
+/// What the command saw, for the summary and the exit status.
+#[derive(Default)]
+struct Tally {
+    sent: u64,
+    rtts: Vec<Duration>,
+    failure: Option<NackReason>,
+}
+
+impl Tally {
+    fn received(&self) -> u64 {
+        self.rtts.len() as u64
+    }
+}
+
+/// Pings until `-c` pings were sent, the `-w` deadline, the session fails, or Ctrl-C; then
+/// prints the summary. Exits 0 when at least one pong came back (and, with both `-c` and
+/// `-w`, all `-c` did; as ping(8)), and the session did not fail; 1 otherwise; 2 on a usage
+/// error.
 pub async fn run(args: PingArgs) -> Result<ExitCode> {
+    let mut signals = Signals::new();
+    let started = Instant::now();
+    let deadline = args.deadline.map(|d| started + d);
     let uri = CoapUri::parse(&args.uri)?;
+    if let Some(problem) = ignored_flag(&args, &uri) {
+        return Ok(usage_error(&problem));
+    }
+    let peer = uri.resolve().await?;
+    if let Some(problem) = refuse_multicast(peer.ip()) {
+        return Ok(usage_error(&format!("{uri}: {problem}")));
+    }
     let mut transmission = TransmissionParams::default();
     if let Some(t) = args.ack_timeout {
         transmission = transmission.with_ack_timeout(t);
@@ -59,12 +102,14 @@ pub async fn run(args: PingArgs) -> Result<ExitCode> {
     if let Some(n) = args.max_retransmit {
         transmission = transmission.with_max_retransmit(n);
     }
+    // Keepalive off: this command sends every ping itself, so that it can number them.
     let mut config = KeepaliveConfig::default()
-        .with_interval(Some(args.interval.max(Duration::from_millis(1))))
-        .with_transmission(transmission);
-    if let Some(t) = args.pong_timeout {
-        config = config.with_pong_timeout(t);
-    }
+        .with_interval(None)
+        .with_transmission(transmission)
+        .with_pong_timeout(
+            args.pong_timeout
+                .unwrap_or(args.interval.max(Duration::from_secs(1))),
+        );
     if let Some(n) = args.max_unanswered {
         config = config.with_max_unanswered(n);
     }
@@ -91,14 +136,21 @@ pub async fn run(args: PingArgs) -> Result<ExitCode> {
         let _ = tx.send(Outcome::Nack(reason));
     });
 
-    let started = tokio::time::Instant::now();
-    let session = match ctx.connect_with(&args.uri, &credentials).await {
-        Ok(session) => session,
-        Err(error) => {
-            let why = secure::explain(&error, uri.transport, &credentials);
-            eprintln!("coap-keepalive: {uri}: {why}");
+    let connecting = ctx.connect_with(&args.uri, &credentials);
+    let session = tokio::select! {
+        connected = connecting => match connected {
+            Ok(session) => session,
+            Err(error) => {
+                let why = secure::explain(&error, uri.transport, &credentials);
+                eprintln!("coap-keepalive: {uri}: {why}");
+                return Ok(ExitCode::FAILURE);
+            }
+        },
+        _ = until(deadline) => {
+            eprintln!("coap-keepalive: {uri}: not connected within the -w deadline");
             return Ok(ExitCode::FAILURE);
         }
+        _ = signals.recv() => return Ok(ExitCode::FAILURE),
     };
     println!(
         "PING {uri} ({} {}) every {}s",
@@ -106,73 +158,241 @@ pub async fn run(args: PingArgs) -> Result<ExitCode> {
         session.peer(),
         args.interval.as_secs_f64()
     );
-    session.ping();
-    let mut rtts: Vec<Duration> = Vec::new();
-    let mut failure = None;
-    loop {
-        tokio::select! {
-            outcome = rx.recv() => match outcome {
-                Some(Outcome::Pong(rtt)) => {
-                    rtts.push(rtt);
-                    println!("pong from {}: seq={} time={}", session.peer(), rtts.len(), ms(rtt));
-                    if args.count > 0 && rtts.len() as u64 >= args.count {
-                        break;
-                    }
-                }
-                // Over TCP / TLS the last unanswered ping is reported just before the nack:
-                // the nack line says it.
-                Some(Outcome::Unanswered(count)) if count < config.max_unanswered => {
-                    println!(
-                        "no answer from {}: {count} of {} unanswered, pinging again",
-                        session.peer(),
-                        config.max_unanswered
-                    );
-                }
-                Some(Outcome::Unanswered(_)) => {}
-                Some(Outcome::Nack(reason)) => {
-                    println!(
-                        "{}: {reason} (after {:.3}s)",
-                        session.peer(),
-                        started.elapsed().as_secs_f64()
-                    );
-                    failure = Some(reason);
-                    break;
-                }
-                None => break,
-            },
-            _ = super::serve::wait_for_signal() => break,
-        }
-    }
+    let mut tally = Tally::default();
+    ping_loop(
+        &args,
+        &config,
+        &session,
+        &mut rx,
+        &mut signals,
+        deadline,
+        &mut tally,
+    )
+    .await;
     let stats = session.stats();
     ctx.shutdown().await;
-    let sent = stats.pings_sent.max(rtts.len() as u64);
-    let lost = sent.saturating_sub(rtts.len() as u64);
+    let received = tally.received();
+    let lost = tally.sent.saturating_sub(received);
     println!("--- {uri} ping statistics ---");
     println!(
-        "{sent} pings sent, {} pongs received, {} retransmissions, {:.0}% loss, time {:.0}ms",
-        rtts.len(),
+        "{} pings sent, {received} pongs received, {} retransmissions, {:.0}% loss, time {:.0}ms",
+        tally.sent,
         stats.retransmissions,
-        if sent == 0 {
+        if tally.sent == 0 {
             0.0
         } else {
-            100.0 * lost as f64 / sent as f64
+            100.0 * lost as f64 / tally.sent as f64
         },
         started.elapsed().as_secs_f64() * 1e3
     );
-    if !rtts.is_empty() {
-        let min = rtts.iter().min().copied().unwrap_or_default();
-        let max = rtts.iter().max().copied().unwrap_or_default();
-        let avg = rtts.iter().sum::<Duration>() / rtts.len() as u32;
-        println!(
-            "rtt min/avg/max = {:.3}/{:.3}/{:.3} ms",
-            min.as_secs_f64() * 1e3,
-            avg.as_secs_f64() * 1e3,
-            max.as_secs_f64() * 1e3
-        );
+    if let Some(rtt) = RttSummary::of(&tally.rtts) {
+        println!("{rtt}");
     }
-    Ok(match failure {
-        Some(_) => ExitCode::FAILURE,
-        None if args.count > 0 && (rtts.len() as u64) < args.count => ExitCode::FAILURE,
-        None => ExitCode::SUCCESS,
+    let incomplete = args.count > 0 && deadline.is_some() && received < args.count;
+    Ok(if tally.failure.is_some() || received == 0 || incomplete {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     })
+}
+
+/// The first option given that this URI's transport would ignore.
+fn ignored_flag(args: &PingArgs, uri: &CoapUri) -> Option<String> {
+    if let Some(problem) = args.security.ignored_by(uri.transport) {
+        return Some(problem);
+    }
+    let scheme = uri.transport.scheme();
+    match uri.transport.ping_style() {
+        PingStyle::Datagram if args.pong_timeout.is_some() => Some(format!(
+            "--pong-timeout applies to coap+tcp:// and coaps+tcp:// only: over {scheme}:// a \
+             ping is retransmitted (--ack-timeout, --max-retransmit)"
+        )),
+        PingStyle::Stream if args.ack_timeout.is_some() || args.max_retransmit.is_some() => {
+            let flag = if args.ack_timeout.is_some() {
+                "--ack-timeout"
+            } else {
+                "--max-retransmit"
+            };
+            Some(format!(
+                "{flag} applies to coap:// and coaps:// only: over {scheme}:// a Ping is not \
+                 retransmitted (--pong-timeout)"
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// Sends the pings and prints a line for each, until the count, the deadline, a signal or the
+/// session's failure.
+async fn ping_loop(
+    args: &PingArgs,
+    config: &KeepaliveConfig,
+    session: &Session,
+    rx: &mut mpsc::UnboundedReceiver<Outcome>,
+    signals: &mut Signals,
+    deadline: Option<Instant>,
+    tally: &mut Tally,
+) {
+    let peer = session.peer();
+    // Past this the library has given the ping up without a word: it drops a probe quietly
+    // when the peer sent other traffic meanwhile (that proves it alive, not this ping answered).
+    let give_up = match session.transport().ping_style() {
+        PingStyle::Datagram => config.transmission.max_transmit_wait(),
+        _ => config.effective_pong_timeout().unwrap_or_default(),
+    } + Duration::from_secs(1);
+    loop {
+        if args.count > 0 && tally.sent >= args.count {
+            return;
+        }
+        tally.sent += 1;
+        let seq = tally.sent;
+        session.ping();
+        let no_answer = tokio::time::sleep(give_up);
+        tokio::pin!(no_answer);
+        // The ping's outcome.
+        loop {
+            tokio::select! {
+                outcome = rx.recv() => match outcome {
+                    Some(Outcome::Pong(rtt)) => {
+                        tally.rtts.push(rtt);
+                        if !args.quiet {
+                            println!("pong from {peer}: seq={seq} time={}", ms(rtt));
+                        }
+                        break;
+                    }
+                    // Over TCP / TLS the last unanswered ping is reported just before the
+                    // nack: the nack line says it.
+                    Some(Outcome::Unanswered(count)) if count < config.max_unanswered => {
+                        if !args.quiet {
+                            println!(
+                                "no answer from {peer}: seq={seq} ({count} of {} unanswered)",
+                                config.max_unanswered
+                            );
+                        }
+                        break;
+                    }
+                    Some(Outcome::Unanswered(_)) => {}
+                    Some(Outcome::Nack(reason)) => {
+                        nack(args, tally, peer, seq, reason);
+                        return;
+                    }
+                    None => return,
+                },
+                _ = &mut no_answer => {
+                    if !args.quiet {
+                        println!("no answer from {peer}: seq={seq} (none within {}s)", give_up.as_secs_f64());
+                    }
+                    break;
+                }
+                _ = until(deadline) => return,
+                _ = signals.recv() => return,
+            }
+        }
+        if args.count > 0 && tally.sent >= args.count {
+            return;
+        }
+        // The pause before the next ping; the session may still fail in it (a TCP reset).
+        let pause = tokio::time::sleep(args.interval);
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                _ = &mut pause => break,
+                outcome = rx.recv() => match outcome {
+                    Some(Outcome::Nack(reason)) => {
+                        nack(args, tally, peer, seq, reason);
+                        return;
+                    }
+                    Some(_) => {}
+                    None => return,
+                },
+                _ = until(deadline) => return,
+                _ = signals.recv() => return,
+            }
+        }
+    }
+}
+
+/// Records and prints the session's failure: it ends the run, so with `-q` too, on stderr.
+fn nack(
+    args: &PingArgs,
+    tally: &mut Tally,
+    peer: std::net::SocketAddr,
+    seq: u64,
+    reason: NackReason,
+) {
+    let line = format!("{peer}: seq={seq}: {reason}, the session failed");
+    if args.quiet {
+        eprintln!("coap-keepalive: {line}");
+    } else {
+        println!("{line}");
+    }
+    tally.failure = Some(reason);
+}
+
+/// Sleeps until `deadline`, forever without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// ping(8)'s last line: minimum, mean, maximum and mean deviation of the round-trip times.
+struct RttSummary {
+    min: Duration,
+    avg: Duration,
+    max: Duration,
+    mdev: Duration,
+}
+
+impl RttSummary {
+    /// The summary of `rtts`; `None` when there are none.
+    fn of(rtts: &[Duration]) -> Option<RttSummary> {
+        let min = *rtts.iter().min()?;
+        let max = *rtts.iter().max()?;
+        let n = rtts.len() as f64;
+        let secs: Vec<f64> = rtts.iter().map(Duration::as_secs_f64).collect();
+        let mean = secs.iter().sum::<f64>() / n;
+        let mean_square = secs.iter().map(|s| s * s).sum::<f64>() / n;
+        // As ping(8): sqrt(mean(rtt^2) - mean(rtt)^2).
+        let mdev = (mean_square - mean * mean).max(0.0).sqrt();
+        Some(RttSummary {
+            min,
+            avg: Duration::from_secs_f64(mean),
+            max,
+            mdev: Duration::from_secs_f64(mdev),
+        })
+    }
+}
+
+impl std::fmt::Display for RttSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        write!(
+            f,
+            "rtt min/avg/max/mdev = {:.3}/{:.3}/{:.3}/{:.3} ms",
+            ms(self.min),
+            ms(self.avg),
+            ms(self.max),
+            ms(self.mdev)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RttSummary;
+    use std::time::Duration;
+
+    #[test]
+    fn rtt_summary_as_ping8() {
+        let ms = Duration::from_millis;
+        let summary = RttSummary::of(&[ms(1), ms(2), ms(3), ms(6)]).unwrap();
+        // mean 3 ms; mean square 12.5 ms^2; mdev sqrt(3.5) = 1.871 ms
+        assert_eq!(
+            summary.to_string(),
+            "rtt min/avg/max/mdev = 1.000/3.000/6.000/1.871 ms"
+        );
+        assert!(RttSummary::of(&[]).is_none());
+    }
 }

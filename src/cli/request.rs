@@ -8,7 +8,7 @@ use clap::Args;
 use coap_keepalive::error::Result;
 use coap_keepalive::{CoapUri, Context, ContextSettings, Method, Request, Response, Session};
 
-use super::output::parse_secs;
+use super::output::{parse_secs, refuse_multicast, usage_error, Signals};
 
 /// Arguments shared by the request subcommands.
 #[derive(Debug, Args)]
@@ -36,7 +36,7 @@ pub struct ObserveArgs {
     /// Stop after this many seconds (0: until interrupted or the observation ends).
     #[arg(short = 's', long = "duration", value_name = "SECS", default_value = "0", value_parser = parse_secs)]
     duration: Duration,
-    /// Stop after this many notifications (0: no limit).
+    /// Stop after this many notifications, the first response not counted (0: no limit).
     #[arg(short = 'c', long, default_value_t = 0)]
     count: u64,
 }
@@ -82,9 +82,38 @@ fn print_response(response: &Response) {
     }
 }
 
-/// Sends one request and prints the response; exits 1 unless it is a 2.xx.
+/// What makes this command line wrong although clap accepted it: a payload for a method
+/// without one, a flag the URI's transport would ignore, a multicast address.
+async fn usage_problem(
+    method: Method,
+    args: &RequestArgs,
+    uri: &CoapUri,
+) -> Result<Option<String>> {
+    if args.payload.is_some() && !matches!(method, Method::Put | Method::Post) {
+        let name = format!("{method:?}").to_uppercase();
+        return Ok(Some(format!(
+            "-e (--payload) applies to PUT and POST only: a {name} carries no payload"
+        )));
+    }
+    if args.non && uri.transport.ping_style() != coap_keepalive::PingStyle::Datagram {
+        return Ok(Some(format!(
+            "--non applies to coap:// and coaps:// only: {}:// has no message types",
+            uri.transport.scheme()
+        )));
+    }
+    if let Some(problem) = args.security.ignored_by(uri.transport) {
+        return Ok(Some(problem));
+    }
+    let peer = uri.resolve().await?;
+    Ok(refuse_multicast(peer.ip()).map(|problem| format!("{uri}: {problem}")))
+}
+
+/// Sends one request and prints the response; exits 1 unless it is a 2.xx, 2 on a usage error.
 pub async fn run(method: Method, args: RequestArgs) -> Result<ExitCode> {
     let (uri, request) = build(method, &args)?;
+    if let Some(problem) = usage_problem(method, &args, &uri).await? {
+        return Ok(usage_error(&problem));
+    }
     let Some((ctx, session)) = connect(&uri, &args).await? else {
         return Ok(ExitCode::FAILURE);
     };
@@ -99,16 +128,32 @@ pub async fn run(method: Method, args: RequestArgs) -> Result<ExitCode> {
     })
 }
 
-/// Observes a resource and prints each notification.
+/// Observes a resource and prints the first response, then each notification, numbered;
+/// the last line counts both alike.
 pub async fn observe(args: ObserveArgs) -> Result<ExitCode> {
+    let mut signals = Signals::new();
     let (uri, request) = build(Method::Get, &args.request)?;
+    if let Some(problem) = usage_problem(Method::Get, &args.request, &uri).await? {
+        return Ok(usage_error(&problem));
+    }
     let Some((ctx, session)) = connect(&uri, &args.request).await? else {
         return Ok(ExitCode::FAILURE);
     };
     session.set_request_timeout(args.request.timeout);
     let mut observation = session.observe(&request.path_str()).await?;
-    print_response(observation.first());
-    if observation.first().observe.is_none() {
+    let first = observation.first();
+    match first.observe {
+        Some(sequence) => println!(
+            "{} {:?} (registered, observe {sequence})",
+            first.code(),
+            first.status
+        ),
+        None => println!("{} {:?}", first.code(), first.status),
+    }
+    if !first.payload.is_empty() {
+        println!("{}", first.payload_str());
+    }
+    if first.observe.is_none() {
         println!("(the server did not register the observation)");
         ctx.shutdown().await;
         return Ok(ExitCode::FAILURE);
@@ -127,7 +172,14 @@ pub async fn observe(args: ObserveArgs) -> Result<ExitCode> {
             notification = observation.next() => match notification {
                 Some(response) => {
                     seen += 1;
-                    print_response(&response);
+                    let sequence = response
+                        .observe
+                        .map(|n| format!(" (observe {n})"))
+                        .unwrap_or_default();
+                    println!("notification {seen}: {} {:?}{sequence}", response.code(), response.status);
+                    if !response.payload.is_empty() {
+                        println!("{}", response.payload_str());
+                    }
                     if args.count > 0 && seen >= args.count {
                         break;
                     }
@@ -138,11 +190,14 @@ pub async fn observe(args: ObserveArgs) -> Result<ExitCode> {
                 }
             },
             _ = &mut deadline => break,
-            _ = super::serve::wait_for_signal() => break,
+            _ = signals.recv() => break,
         }
     }
     let _ = observation.cancel().await;
     ctx.shutdown().await;
-    println!("{seen} notifications");
+    println!(
+        "the first response and {seen} notification{}",
+        if seen == 1 { "" } else { "s" }
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -1,20 +1,40 @@
 //! The example resources `serve` offers: `/` (what this is), `/time` (observable, notified
-//! every few seconds), `/echo` (answers what was PUT or POSTed).
+//! every second by default, as libcoap's example server does), `/echo` (answers what was PUT
+//! or POSTed).
 
+use std::cell::Cell;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use coap_keepalive::message::TEXT_PLAIN;
-use coap_keepalive::{Context, Resource, Response, Status};
+use coap_keepalive::message::{OBSERVE_DEREGISTER, OBSERVE_REGISTER, TEXT_PLAIN};
+use coap_keepalive::{Context, Request, Resource, Response, Session, Status};
+
+use super::output::Printer;
 
 /// Adds the example resources to `ctx` and, when `notify_every` is set, a task that notifies
-/// the observers of `/time` at that period.
-pub fn install(ctx: &Context, notify_every: Option<Duration>) {
+/// the observers of `/time` at that period. With `log`, every request to them is printed
+/// with the response's code.
+pub fn install(ctx: &Context, notify_every: Option<Duration>, log: Option<Printer>) {
+    let logged = move |request: &Request, session: &Session, response: Response| {
+        if let Some(printer) = log {
+            let line = if NOTIFYING.get() {
+                notification_line(request, &response)
+            } else {
+                request_line(request, &response)
+            };
+            printer.session(session, &line);
+        }
+        response
+    };
     ctx.add_resource(
         Resource::new("/")
-            .get(|_, _| {
-                Response::content_text(
-                    "coap-keepalive server: GET /time (observable), GET/PUT/POST /echo",
+            .get(move |request, session| {
+                logged(
+                    request,
+                    session,
+                    Response::content_text(
+                        "coap-keepalive server: GET /time (observable), GET/PUT/POST /echo",
+                    ),
                 )
             })
             .attribute("title=\"coap-keepalive\""),
@@ -23,28 +43,37 @@ pub fn install(ctx: &Context, notify_every: Option<Duration>) {
         Resource::new("/time")
             .observable()
             .attribute("rt=\"time\"")
-            .get(|_, _| Response::content_text(utc_now()).with_max_age(60)),
+            .get(move |request, session| {
+                logged(
+                    request,
+                    session,
+                    Response::content_text(utc_now()).with_max_age(60),
+                )
+            }),
     );
     let echo = Arc::new(Mutex::new(Vec::<u8>::new()));
     let (get, put, post) = (echo.clone(), echo.clone(), echo);
     ctx.add_resource(
         Resource::new("/echo")
-            .get(move |_, _| {
-                Response::new(Status::Content)
+            .get(move |request, session| {
+                let response = Response::new(Status::Content)
                     .with_payload(get.lock().map(|v| v.clone()).unwrap_or_default())
-                    .with_content_format(TEXT_PLAIN)
+                    .with_content_format(TEXT_PLAIN);
+                logged(request, session, response)
             })
-            .put(move |request, _| {
+            .put(move |request, session| {
                 if let Ok(mut stored) = put.lock() {
                     *stored = request.payload.clone();
                 }
-                Response::new(Status::Changed).with_payload(request.payload.clone())
+                let response = Response::new(Status::Changed).with_payload(request.payload.clone());
+                logged(request, session, response)
             })
-            .post(move |request, _| {
+            .post(move |request, session| {
                 if let Ok(mut stored) = post.lock() {
                     *stored = request.payload.clone();
                 }
-                Response::new(Status::Changed).with_payload(request.payload.clone())
+                let response = Response::new(Status::Changed).with_payload(request.payload.clone());
+                logged(request, session, response)
             }),
     );
     if let Some(period) = notify_every.filter(|p| !p.is_zero()) {
@@ -54,10 +83,52 @@ pub fn install(ctx: &Context, notify_every: Option<Duration>) {
             ticker.tick().await;
             loop {
                 ticker.tick().await;
+                // The handler runs once per observer inside notify: it is not a request.
+                NOTIFYING.set(true);
                 ctx.notify("/time");
+                NOTIFYING.set(false);
             }
         });
     }
+}
+
+thread_local! {
+    /// True while `ctx.notify` runs the handlers for the observers (on this thread).
+    static NOTIFYING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// `notification /time: 2.05, 20 bytes`.
+fn notification_line(request: &Request, response: &Response) -> String {
+    format!(
+        "notification /{}: {}, {} bytes",
+        request.path.join("/"),
+        response.code(),
+        response.payload.len()
+    )
+}
+
+/// `GET /time (observe) -> 2.05, 20 bytes`: a request and its answer, for people.
+fn request_line(request: &Request, response: &Response) -> String {
+    let method = format!("{:?}", request.method).to_uppercase();
+    let mut path = format!("/{}", request.path.join("/"));
+    if !request.query.is_empty() {
+        path = format!("{path}?{}", request.query.join("&"));
+    }
+    let observe = match request.observe {
+        Some(OBSERVE_REGISTER) => " (observe)",
+        Some(OBSERVE_DEREGISTER) => " (cancel observe)",
+        _ => "",
+    };
+    let body = if request.payload.is_empty() {
+        String::new()
+    } else {
+        format!(" with {} bytes", request.payload.len())
+    };
+    format!(
+        "{method} {path}{observe}{body} -> {}, {} bytes",
+        response.code(),
+        response.payload.len()
+    )
 }
 
 /// The current UTC time as `YYYY-MM-DDTHH:MM:SSZ`.

@@ -36,6 +36,41 @@ pub struct ClientSecurityArgs {
 }
 
 impl ClientSecurityArgs {
+    /// The first option given that a session over `transport` would ignore, and why: a usage
+    /// error (a PSK on `coap://`, a CA on `coap+tcp://`, a PSK and a certificate at once).
+    pub fn ignored_by(&self, transport: Transport) -> Option<String> {
+        let psk = if self.psk_key.is_some() {
+            Some("--psk-key")
+        } else {
+            self.psk_identity.as_ref().map(|_| "--psk-identity")
+        };
+        let certificate = [
+            (self.ca.is_some(), "--ca"),
+            (self.cert.is_some(), "--cert"),
+            (self.key.is_some(), "--key"),
+            (self.insecure, "--insecure"),
+        ]
+        .into_iter()
+        .find_map(|(given, flag)| given.then_some(flag));
+        let scheme = transport.scheme();
+        match transport {
+            Transport::Udp | Transport::Tcp => psk.or(certificate).map(|flag| {
+                format!(
+                    "{flag} does not apply to {scheme}:// (no security): use coaps:// (DTLS)                      or coaps+tcp:// (TLS)"
+                )
+            }),
+            Transport::Tls => psk.map(|flag| {
+                format!("{flag} does not apply to {scheme}://: TLS has no PSK mode here (DTLS, coaps://, has)")
+            }),
+            _ => match (psk, certificate) {
+                (Some(psk), Some(certificate)) => Some(format!(
+                    "{psk} and {certificate} exclude each other: DTLS uses a PSK or certificates"
+                )),
+                _ => None,
+            },
+        }
+    }
+
     /// The credentials these options describe; warns on stderr when `--insecure` applies.
     pub fn credentials(&self, transport: Transport) -> Result<ClientCredentials> {
         let credentials = client_credentials(

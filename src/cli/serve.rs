@@ -1,18 +1,20 @@
 //! `coap-keepalive serve`: a server on each address given.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use clap::Args;
 use coap_keepalive::certs::ServerCredentials;
 use coap_keepalive::context::Context;
 use coap_keepalive::error::{Error, Result};
 use coap_keepalive::handler::{PeerPing, PingDecision, SessionEvent};
+use coap_keepalive::{Session, SessionId, Stats, Transport};
 
-use super::output::{ms, Printer};
+use super::output::{ms, refuse_multicast, Printer, Signals};
 use super::secure;
 
 /// Arguments of `serve`.
@@ -53,16 +55,21 @@ pub struct ServeArgs {
         default_value_t = 0
     )]
     keepalive: u64,
-    /// Seconds between notifications to the observers of /time (0: never).
-    #[arg(long, value_name = "SECS", default_value_t = 10)]
-    notify_every: u64,
+    /// Seconds between notifications to the observers of /time (0: never; libcoap's example
+    /// server notifies every second too).
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = super::output::parse_secs)]
+    notify_every: Duration,
     /// Print only the summary, not a line per event (for load tests).
     #[arg(short, long)]
     quiet: bool,
 }
 
-/// Runs the server until Ctrl-C or SIGTERM, then prints a summary.
-pub async fn run(args: ServeArgs) -> Result<ExitCode> {
+/// Runs the server until Ctrl-C or SIGTERM, then prints a summary. `verbose` (`-v`) adds a
+/// line per request.
+pub async fn run(args: ServeArgs, verbose: u8) -> Result<ExitCode> {
+    if let Some(problem) = usage_problem(&args) {
+        return Ok(super::output::usage_error(&problem));
+    }
     let (dtls_credentials, tls_credentials) = credentials(&args)?;
     let ServeArgs {
         mut udp,
@@ -79,72 +86,139 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         udp.push(default);
         tcp.push(default);
     }
+    let mut signals = Signals::new();
     let ctx = Context::new();
     ctx.set_keepalive(keepalive);
-    super::resources::install(&ctx, Some(std::time::Duration::from_secs(notify_every)));
     let printer = Printer::new();
-    let sessions_seen = Arc::new(AtomicU64::new(0));
-    if !quiet {
-        install_printing_handlers(&ctx, printer);
-    }
-    {
-        let seen = sessions_seen.clone();
-        ctx.register_event_handler(move |session, event| {
-            if event == SessionEvent::Established {
-                seen.fetch_add(1, Ordering::Relaxed);
+    let log_requests = (verbose > 0 && !quiet).then_some(printer);
+    super::resources::install(&ctx, Some(notify_every), log_requests);
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    install_handlers(&ctx, printer, quiet, tally.clone());
+    let listeners = udp
+        .into_iter()
+        .map(|a| (Transport::Udp, a))
+        .chain(tcp.into_iter().map(|a| (Transport::Tcp, a)))
+        .chain(dtls.into_iter().map(|a| (Transport::Dtls, a)))
+        .chain(tls.into_iter().map(|a| (Transport::Tls, a)));
+    for (transport, addr) in listeners {
+        let bound = match transport {
+            Transport::Udp => ctx.listen_udp(addr).await,
+            Transport::Tcp => ctx.listen_tcp(addr).await,
+            // usage_problem made sure the credentials are there.
+            Transport::Dtls => match dtls_credentials.clone() {
+                Some(credentials) => ctx.listen_dtls(addr, credentials).await,
+                None => Err(Error::Config("no DTLS credentials".into())),
+            },
+            _ => match tls_credentials.clone() {
+                Some(credentials) => ctx.listen_tls(addr, credentials).await,
+                None => Err(Error::Config("no TLS credentials".into())),
+            },
+        };
+        let scheme = transport.scheme();
+        let name = transport.name();
+        match bound {
+            Ok(endpoint) => {
+                let mode = match transport {
+                    Transport::Dtls => dtls_credentials.as_ref().map(mode),
+                    Transport::Tls => tls_credentials.as_ref().map(mode),
+                    _ => None,
+                };
+                let mode = mode.map(|m| format!(", {m}")).unwrap_or_default();
+                println!("serving {scheme}://{} ({name}{mode})", endpoint.local_addr);
             }
-            if !quiet {
-                printer.session(session, &format!("{event:?}").to_lowercase());
+            Err(error) => {
+                eprintln!("coap-keepalive: cannot serve {scheme}://{addr} ({name}): {error}");
+                ctx.shutdown().await;
+                return Ok(ExitCode::FAILURE);
             }
-        });
-    }
-    for addr in udp {
-        let endpoint = ctx.listen_udp(addr).await?;
-        println!("serving coap://{} (udp)", endpoint.local_addr);
-    }
-    for addr in tcp {
-        let endpoint = ctx.listen_tcp(addr).await?;
-        println!("serving coap+tcp://{} (tcp)", endpoint.local_addr);
-    }
-    for addr in dtls {
-        let credentials = dtls_credentials
-            .clone()
-            .ok_or_else(|| Error::Config("--dtls needs --psk-key, or --cert and --key".into()))?;
-        let mode = mode(&credentials);
-        let endpoint = ctx.listen_dtls(addr, credentials).await?;
-        println!("serving coaps://{} (dtls, {mode})", endpoint.local_addr);
-    }
-    for addr in tls {
-        let credentials = tls_credentials.clone().ok_or_else(|| {
-            Error::Config(
-                "--tls needs --cert and --key (TLS with a PSK is not supported: rustls has no PSK \
-                 cipher suites)"
-                    .into(),
-            )
-        })?;
-        let mode = mode(&credentials);
-        let endpoint = ctx.listen_tls(addr, credentials).await?;
-        println!("serving coaps+tcp://{} (tls, {mode})", endpoint.local_addr);
+        }
     }
     if keepalive > 0 {
         println!("pinging clients after {keepalive} idle seconds");
     }
-    wait_for_signal().await;
+    signals.recv().await;
+    // What the sessions were when the signal came: shutting down closes the open ones.
+    let ended = lock(&tally).clone();
     ctx.shutdown().await;
-    let stats = ctx.stats();
-    // One source for every figure: opened = closed + failed once all sessions ended.
-    let sessions = ctx.session_counts();
-    println!(
-        "served {} sessions in {:.1}s ({} closed, {} failed): {} pings received, {} pings sent, {} pongs",
-        sessions.opened,
-        printer.elapsed().as_secs_f64(),
-        sessions.closed,
-        sessions.failed,
+    println!("{}", summary(&ended, printer.elapsed(), &ctx.stats()));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// How the sessions of a run ended, from the handlers' reports (each session counts once).
+#[derive(Debug, Clone, Default)]
+struct Tally {
+    /// Sessions established so far.
+    served: u64,
+    /// Established sessions that ended normally (closed by the peer, Release, idle expiry).
+    closed: u64,
+    /// Established sessions that failed (a nack).
+    failed: u64,
+    /// Connections that failed before they became a session (handshake, CSM).
+    failed_early: u64,
+    /// The sessions established and not ended yet.
+    open: HashSet<SessionId>,
+}
+
+/// The exit summary: `served N sessions in Ts (C closed, O open at exit): P pings received,
+/// S pings sent, Q pongs, F failed`, where N = C + O + F; then, if any, the connections that
+/// failed before they became sessions.
+fn summary(tally: &Tally, elapsed: std::time::Duration, stats: &Stats) -> String {
+    let mut line = format!(
+        "served {} sessions in {:.1}s ({} closed, {} open at exit): {} pings received, {} \
+         pings sent, {} pongs, {} failed",
+        tally.served,
+        elapsed.as_secs_f64(),
+        tally.closed,
+        tally.open.len(),
         stats.pings_received,
         stats.pings_sent,
-        stats.pongs
+        stats.pongs,
+        tally.failed
     );
-    Ok(ExitCode::SUCCESS)
+    if tally.failed_early > 0 {
+        line.push_str(&format!(
+            "\n{} connections failed before becoming a session (handshake or CSM)",
+            tally.failed_early
+        ));
+    }
+    line
+}
+
+/// Options that do not fit together or would be ignored, and multicast addresses.
+fn usage_problem(args: &ServeArgs) -> Option<String> {
+    let all = args
+        .udp
+        .iter()
+        .chain(&args.tcp)
+        .chain(&args.dtls)
+        .chain(&args.tls);
+    for addr in all {
+        if let Some(problem) = refuse_multicast(addr.ip()) {
+            return Some(problem);
+        }
+    }
+    let certificate = args.cert.is_some();
+    let psk = args.psk_key.is_some();
+    if !args.dtls.is_empty() && !psk && !certificate {
+        return Some("--dtls needs --psk-key, or --cert and --key".into());
+    }
+    if !args.tls.is_empty() && !certificate {
+        return Some(
+            "--tls needs --cert and --key (TLS with a PSK is not supported: rustls has no PSK \
+             cipher suites)"
+                .into(),
+        );
+    }
+    if psk && args.dtls.is_empty() {
+        return Some("--psk-key applies to --dtls only (TLS has no PSK mode here)".into());
+    }
+    if certificate && args.tls.is_empty() && (args.dtls.is_empty() || psk) {
+        return Some(
+            "--cert applies to --tls, and to --dtls without --psk-key: here nothing would use it"
+                .into(),
+        );
+    }
+    None
 }
 
 /// The credentials of the DTLS and the TLS endpoints, from the options given: DTLS prefers the
@@ -175,36 +249,71 @@ fn mode(credentials: &ServerCredentials) -> &'static str {
     }
 }
 
-fn install_printing_handlers(ctx: &Context, printer: Printer) {
+/// Prints a line per event (unless `quiet`) and keeps the tally.
+fn install_handlers(ctx: &Context, printer: Printer, quiet: bool, tally: Arc<Mutex<Tally>>) {
+    let say = move |session: &Session, text: &str| {
+        if !quiet {
+            printer.session(session, text);
+        }
+    };
     ctx.register_ping_handler(move |session, ping| {
+        if quiet {
+            return PingDecision::Answer;
+        }
         let what = match ping {
-            PeerPing::Datagram { message_id } => format!("ping (MID {message_id:#06x}) answered"),
-            PeerPing::Stream { custody, .. } if *custody => "ping (custody) answered".into(),
-            _ => "ping answered".into(),
+            PeerPing::Datagram { message_id } => {
+                format!("ping received (MID {message_id:#06x}), answered")
+            }
+            PeerPing::Stream { custody, .. } if *custody => {
+                "ping received (custody), answered".into()
+            }
+            _ => "ping received, answered".into(),
         };
-        printer.session(session, &what);
+        say(session, &what);
         PingDecision::Answer
     });
     ctx.register_pong_handler(move |session, rtt| {
-        printer.session(session, &format!("pong in {}", ms(rtt)));
+        say(session, &format!("pong in {}", ms(rtt)));
     });
+    let failures = tally.clone();
     ctx.register_nack_handler(move |session, reason| {
-        printer.session(session, &format!("NACK {reason}"));
+        let mut tally = lock(&failures);
+        if tally.open.remove(&session.id()) {
+            tally.failed += 1;
+        } else {
+            tally.failed_early += 1;
+        }
+        drop(tally);
+        say(session, &format!("session failed: {reason}"));
+    });
+    ctx.register_event_handler(move |session, event| {
+        match event {
+            SessionEvent::Established => {
+                let mut tally = lock(&tally);
+                tally.served += 1;
+                tally.open.insert(session.id());
+            }
+            SessionEvent::Closed => {
+                let mut tally = lock(&tally);
+                if tally.open.remove(&session.id()) {
+                    tally.closed += 1;
+                }
+            }
+            _ => {}
+        }
+        if quiet {
+            return;
+        }
+        let line = match event {
+            SessionEvent::Established | SessionEvent::Closed => format!("session {event}"),
+            _ => event.to_string(),
+        };
+        say(session, &line);
     });
 }
 
-/// Waits for Ctrl-C or, on Unix, SIGTERM.
-pub async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

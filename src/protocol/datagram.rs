@@ -336,10 +336,22 @@ impl DatagramSession {
             }
             Ok(Datagram::Message(packet)) => {
                 self.keepalive.handle_activity(now);
-                self.handle_message(now, packet);
+                if !self.answers_our_ping(now, &packet) {
+                    self.handle_message(now, packet);
+                }
             }
         }
         self.pump();
+    }
+
+    /// An ACK with our outstanding ping's Message ID answers the ping whatever it carries: it
+    /// acknowledges that CON (RFC 7252 §4.2), and node-coap answers an empty CON with a
+    /// piggybacked 2.05 (`60 45 MM MM ...`). A request of ours with that ID takes precedence.
+    fn answers_our_ping(&mut self, now: Instant, packet: &Packet) -> bool {
+        let message_id = packet.header.message_id;
+        packet.header.get_type() == MessageType::Acknowledgement
+            && self.requests.exchanges.by_message_id(message_id).is_none()
+            && self.keepalive.handle_datagram_answer(now, message_id)
     }
 
     /// An empty ACK: acknowledges one of our Confirmable messages, or our ping.
@@ -963,6 +975,7 @@ impl DatagramSession {
     fn pump(&mut self) {
         while let Some(ping) = self.keepalive.poll_transmit() {
             self.transmits.push_back(ping.encode());
+            self.events.push_back(ProtocolEvent::PingSent(ping));
         }
         while let Some(event) = self.keepalive.poll_event() {
             self.events.push_back(ProtocolEvent::from_keepalive(event));
@@ -973,6 +986,7 @@ impl DatagramSession {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keepalive::PingTransmit;
     use std::time::Duration;
 
     fn session() -> (DatagramSession, Instant) {
@@ -1169,6 +1183,13 @@ mod tests {
         s.handle_timeout(t0 + Duration::from_secs(10));
         let ping = s.poll_transmit().unwrap();
         assert_eq!(&ping[..2], &[0x40, 0x00]);
+        assert_eq!(
+            s.poll_event(),
+            Some(ProtocolEvent::PingSent(PingTransmit::Datagram {
+                message_id: mid(&ping),
+                retransmission: false
+            }))
+        );
         let rst = [0x70, 0x00, ping[2], ping[3]];
         s.handle_datagram(t0 + Duration::from_millis(10_030), &rst);
         assert_eq!(
@@ -1177,6 +1198,36 @@ mod tests {
                 rtt: Duration::from_millis(30)
             })
         );
+    }
+
+    #[test]
+    fn our_ping_answered_by_an_ack_with_a_response_yields_pong() {
+        // node-coap: ACK 2.05, the ping's Message ID, a payload, no token.
+        let (mut s, t0) = session();
+        s.handle_timeout(t0 + Duration::from_secs(10));
+        let ping = s.poll_transmit().unwrap();
+        assert!(matches!(s.poll_event(), Some(ProtocolEvent::PingSent(_))));
+        let ack = [0x60, 0x45, ping[2], ping[3], 0xff, b'h', b'i'];
+        s.handle_datagram(t0 + Duration::from_millis(10_020), &ack);
+        assert_eq!(
+            s.poll_event(),
+            Some(ProtocolEvent::Pong {
+                rtt: Duration::from_millis(20)
+            })
+        );
+        assert_eq!(s.poll_event(), None, "not rejected as an unknown ACK");
+        assert_eq!(s.poll_transmit(), None, "an ACK is never answered");
+        assert_eq!(s.keepalive().stats().pongs, 1);
+        // An ACK with another Message ID answers nothing.
+        s.handle_timeout(t0 + Duration::from_secs(21));
+        let ping = s.poll_transmit().unwrap();
+        assert!(matches!(s.poll_event(), Some(ProtocolEvent::PingSent(_))));
+        let other = mid(&ping).wrapping_add(7).to_be_bytes();
+        s.handle_datagram(
+            t0 + Duration::from_secs(22),
+            &[0x60, 0x45, other[0], other[1]],
+        );
+        assert!(!matches!(s.poll_event(), Some(ProtocolEvent::Pong { .. })));
     }
 
     fn drain(s: &mut DatagramSession) -> Vec<Vec<u8>> {

@@ -28,6 +28,8 @@ pub enum ProtocolEvent {
         /// Round-trip time.
         rtt: Duration,
     },
+    /// We sent this ping (or retransmitted it): for the event handler and the live statistics.
+    PingSent(crate::keepalive::PingTransmit),
     /// A ping went unanswered (stream: its pong timeout; datagram: every retransmission)
     /// without failing the session yet (`max_unanswered` above 1).
     PingUnanswered {

@@ -561,6 +561,7 @@ impl StreamSession {
     fn pump(&mut self) {
         while let Some(ping) = self.keepalive.poll_transmit() {
             self.transmits.push_back(ping.encode());
+            self.events.push_back(ProtocolEvent::PingSent(ping));
         }
         while let Some(event) = self.keepalive.poll_event() {
             self.events.push_back(ProtocolEvent::from_keepalive(event));
@@ -579,6 +580,7 @@ fn code_name(code: u8) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keepalive::PingTransmit;
     use std::time::Duration;
 
     fn session(interval: u64) -> (StreamSession, Instant) {
@@ -779,7 +781,11 @@ mod tests {
         s.handle_bytes(t0, &[0x00, 0xe1]);
         s.handle_timeout(t0 + Duration::from_secs(2));
         while s.poll_transmit().is_some() {}
-        s.poll_event();
+        assert_eq!(s.poll_event(), Some(ProtocolEvent::Established));
+        assert!(matches!(
+            s.poll_event(),
+            Some(ProtocolEvent::PingSent(PingTransmit::Stream { .. }))
+        ));
         s.handle_bytes(t0 + Duration::from_millis(2_005), &[0x10, 0xe3, 0x20]);
         assert_eq!(
             s.poll_event(),

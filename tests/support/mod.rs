@@ -7,6 +7,7 @@
 //! Each test target includes this with `mod support;` and uses what it needs.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod libcoap;
 pub mod pair;
 
