@@ -1011,6 +1011,7 @@ mod tests {
         let (mut s, t0) = icmp_session(IcmpPolicy::default());
         s.ping_now(t0);
         assert!(s.poll_transmit().is_some());
+        assert!(matches!(s.poll_event(), Some(ProtocolEvent::PingSent(_))));
         s.handle_unreachable(t0 + Duration::from_millis(1), "connection refused");
         assert_eq!(
             s.poll_event(),
@@ -1031,6 +1032,7 @@ mod tests {
         let sent = t0 + Duration::from_secs(1);
         s.ping_now(sent);
         assert!(s.poll_transmit().is_some());
+        assert!(matches!(s.poll_event(), Some(ProtocolEvent::PingSent(_))));
         s.handle_unreachable(sent + Duration::from_millis(1), "connection refused");
         assert!(matches!(s.poll_event(), Some(ProtocolEvent::Rejected(_))));
         assert!(!s.is_finished());
@@ -1054,6 +1056,7 @@ mod tests {
         let (mut s, t0) = session();
         s.handle_timeout(t0 + Duration::from_secs(10));
         assert!(s.poll_transmit().is_some(), "the ping");
+        assert!(matches!(s.poll_event(), Some(ProtocolEvent::PingSent(_))));
         s.handle_peer_closed(t0 + Duration::from_secs(11));
         assert_eq!(
             s.poll_event(),

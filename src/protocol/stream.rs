@@ -850,14 +850,17 @@ mod tests {
             } else {
                 s.handle_eof(later);
             }
+            let events = events_of(&mut s);
+            assert!(matches!(events[1], ProtocolEvent::PingSent(_)), "{events:?}");
             assert_eq!(
-                events_of(&mut s),
-                vec![
-                    ProtocolEvent::Established,
-                    ProtocolEvent::Failed(NackReason::NotDeliverable)
+                [&events[0], &events[2]],
+                [
+                    &ProtocolEvent::Established,
+                    &ProtocolEvent::Failed(NackReason::NotDeliverable)
                 ],
                 "release: {release}"
             );
+            assert_eq!(events.len(), 3);
         }
     }
 
