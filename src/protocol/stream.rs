@@ -851,7 +851,10 @@ mod tests {
                 s.handle_eof(later);
             }
             let events = events_of(&mut s);
-            assert!(matches!(events[1], ProtocolEvent::PingSent(_)), "{events:?}");
+            assert!(
+                matches!(events[1], ProtocolEvent::PingSent(_)),
+                "{events:?}"
+            );
             assert_eq!(
                 [&events[0], &events[2]],
                 [
