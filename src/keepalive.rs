@@ -549,9 +549,10 @@ impl Keepalive {
                 }
                 self.send_ping(now);
             }
-            Probe::Outstanding { first_sent, .. } if expired && self.last_rx >= first_sent => {
+            Probe::Outstanding { first_sent, .. } if expired && self.last_rx > first_sent => {
                 // No answer to the ping itself, but the peer was heard from since it went out:
-                // it is alive. Drop the probe quietly.
+                // it is alive. Drop the probe quietly. Strictly after: a ping sent at the very
+                // instant of the last receipt (at the session's start, say) heard nothing since.
                 self.stats_changed = true;
                 self.schedule();
             }
@@ -850,6 +851,23 @@ mod tests {
         tx.iter()
             .map(|(t, _)| (t * 1000.0).round() / 1000.0)
             .collect()
+    }
+
+    #[test]
+    fn a_ping_sent_at_the_instant_of_the_last_receipt_is_still_retransmitted() {
+        // Keepalive off, one ping at the session's first instant (`session.ping()` right after
+        // connect, in virtual time): nothing was heard since it went out, so it is retransmitted
+        // on schedule and, never answered, fails the session.
+        let (mut k, t0) = datagram(0, deterministic());
+        k.ping_now(t0);
+        assert!(k.poll_transmit().is_some());
+        let (tx, ev) = run_until(&mut k, t0, 200.0);
+        assert_eq!(times(&tx), vec![2.0, 6.0, 14.0, 30.0]);
+        assert!(
+            ev.iter()
+                .any(|(at, e)| *at == 62.0
+                    && *e == KeepaliveEvent::Failed(NackReason::TooManyRetries))
+        );
     }
 
     #[test]
