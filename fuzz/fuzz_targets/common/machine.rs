@@ -203,7 +203,13 @@ impl Model {
     fn activity(&mut self) {
         if !self.finished {
             self.last_activity = self.now;
-            if self.outstanding.is_some() {
+            // Heard from since the ping went out: strictly after it (a receipt at the very
+            // instant it was sent does not count).
+            if self
+                .outstanding
+                .as_ref()
+                .is_some_and(|out| self.now > out.first)
+            {
                 self.heard_since_ping = true;
             }
             self.unanswered = 0;
