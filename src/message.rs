@@ -231,6 +231,11 @@ impl Response {
         format!("{}.{:02}", code >> 5, code & 0x1f)
     }
 
+    /// The code and its name for people, as RFC 7252 §12.1.2 registers it: "4.04 Not Found".
+    pub fn status_line(&self) -> String {
+        format!("{} {}", self.code(), status_name(self.status))
+    }
+
     /// The body as text (invalid UTF-8 replaced).
     pub fn payload_str(&self) -> Cow<'_, str> {
         String::from_utf8_lossy(&self.payload)
@@ -265,6 +270,41 @@ impl Response {
         }
         packet.payload = self.payload.clone();
         packet
+    }
+}
+
+/// The name of a status as registered (RFC 7252 §12.1.2, RFC 7959, RFC 8132, RFC 8516,
+/// RFC 8768): "Not Found" for 4.04.
+pub fn status_name(status: Status) -> &'static str {
+    match status {
+        Status::Created => "Created",
+        Status::Deleted => "Deleted",
+        Status::Valid => "Valid",
+        Status::Changed => "Changed",
+        Status::Content => "Content",
+        Status::Continue => "Continue",
+        Status::BadRequest => "Bad Request",
+        Status::Unauthorized => "Unauthorized",
+        Status::BadOption => "Bad Option",
+        Status::Forbidden => "Forbidden",
+        Status::NotFound => "Not Found",
+        Status::MethodNotAllowed => "Method Not Allowed",
+        Status::NotAcceptable => "Not Acceptable",
+        Status::Conflict => "Conflict",
+        Status::PreconditionFailed => "Precondition Failed",
+        Status::RequestEntityTooLarge => "Request Entity Too Large",
+        Status::UnsupportedContentFormat => "Unsupported Content-Format",
+        Status::RequestEntityIncomplete => "Request Entity Incomplete",
+        Status::UnprocessableEntity => "Unprocessable Entity",
+        Status::TooManyRequests => "Too Many Requests",
+        Status::InternalServerError => "Internal Server Error",
+        Status::NotImplemented => "Not Implemented",
+        Status::BadGateway => "Bad Gateway",
+        Status::ServiceUnavailable => "Service Unavailable",
+        Status::GatewayTimeout => "Gateway Timeout",
+        Status::ProxyingNotSupported => "Proxying Not Supported",
+        Status::HopLimitReached => "Hop Limit Reached",
+        Status::UnKnown => "(a code this stack does not know)",
     }
 }
 
@@ -324,5 +364,13 @@ mod tests {
         assert_eq!(back.code(), "2.05");
         assert!(back.is_success());
         assert_eq!(Response::new(Status::NotFound).code(), "4.04");
+        assert_eq!(
+            Response::new(Status::NotFound).status_line(),
+            "4.04 Not Found"
+        );
+        assert_eq!(
+            Response::new(Status::BadOption).status_line(),
+            "4.02 Bad Option"
+        );
     }
 }

@@ -76,7 +76,7 @@ async fn connect(uri: &CoapUri, args: &RequestArgs) -> Result<Option<(Context, S
 }
 
 fn print_response(response: &Response) {
-    println!("{} {:?}", response.code(), response.status);
+    println!("{}", response.status_line());
     if !response.payload.is_empty() {
         println!("{}", response.payload_str());
     }
@@ -143,12 +143,8 @@ pub async fn observe(args: ObserveArgs) -> Result<ExitCode> {
     let mut observation = session.observe(&request.path_str()).await?;
     let first = observation.first();
     match first.observe {
-        Some(sequence) => println!(
-            "{} {:?} (registered, observe {sequence})",
-            first.code(),
-            first.status
-        ),
-        None => println!("{} {:?}", first.code(), first.status),
+        Some(sequence) => println!("{} (registered, observe {sequence})", first.status_line()),
+        None => println!("{}", first.status_line()),
     }
     if !first.payload.is_empty() {
         println!("{}", first.payload_str());
@@ -176,7 +172,7 @@ pub async fn observe(args: ObserveArgs) -> Result<ExitCode> {
                         .observe
                         .map(|n| format!(" (observe {n})"))
                         .unwrap_or_default();
-                    println!("notification {seen}: {} {:?}{sequence}", response.code(), response.status);
+                    println!("notification {seen}: {}{sequence}", response.status_line());
                     if !response.payload.is_empty() {
                         println!("{}", response.payload_str());
                     }
