@@ -453,6 +453,38 @@ async fn tls_peer_closing_with_a_ping_outstanding_is_not_deliverable() {
     .await
 }
 
+/// RFC 8323 §5.5: after the peer's Release we may wait for the answers to what of ours is out.
+/// A Pong that follows the Release ends the session normally, no nack; the ping was answered.
+async fn release_then_answer_ends_normally(transport: Transport) {
+    let mut server = StreamServer::start(transport, Some(ms(50))).await;
+    let (mut raw, session) = server.established().await;
+    let ping = raw.frame().await;
+    assert_eq!(ping.code, PING);
+    raw.send(&[0x00, 0xe4]).await;
+    let mut pong = vec![ping.token.len() as u8, 0xe3];
+    pong.extend_from_slice(&ping.token);
+    raw.send(&pong).await;
+    let ended = tokio::time::timeout(ANSWER_LIMIT, session.closed())
+        .await
+        .expect("session ended");
+    assert_eq!(ended, SessionState::Closed, "{transport}");
+    assert!(drain(&mut server.nacks).is_empty(), "{transport}: no nack");
+    assert_eq!(session.stats().pongs, 1);
+    let counts = server.ctx.session_counts();
+    assert_eq!((counts.closed, counts.failed), (1, 0), "{transport}");
+    drop(raw);
+}
+
+#[tokio::test]
+async fn tcp_and_tls_release_then_the_pong_is_a_normal_end() {
+    bounded(TEST_LIMIT, async {
+        for transport in [Transport::Tcp, Transport::Tls] {
+            release_then_answer_ends_normally(transport).await;
+        }
+    })
+    .await
+}
+
 /// Over DTLS the peer's close_notify is judged the same way: with a ping of ours outstanding
 /// it is a nack, with nothing outstanding a normal end.
 #[tokio::test]

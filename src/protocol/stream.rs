@@ -29,6 +29,10 @@ enum Phase {
     AwaitingCsm,
     /// CSM exchanged.
     Established,
+    /// The peer sent 7.04 Release (RFC 8323 §5.5): what it sent before is still processed and
+    /// answered, nothing new of ours goes out, and the session ends once nothing of ours is
+    /// outstanding, or when the peer closes or the input timeout passes first.
+    Draining,
     /// Release or Abort sent or received: the driver flushes and closes.
     Done,
 }
@@ -46,6 +50,8 @@ pub struct StreamSession {
     /// Since when an incomplete message has been held (a slow-loris peer never finishes it).
     partial_since: Option<Instant>,
     peer_max_message_size: u32,
+    /// When the peer's Release arrived (set while draining).
+    released_at: Option<Instant>,
     transmits: VecDeque<Vec<u8>>,
     events: VecDeque<ProtocolEvent>,
 }
@@ -68,6 +74,7 @@ impl StreamSession {
             csm_deadline: Some(now + DEFAULT_INPUT_TIMEOUT),
             partial_since: None,
             peer_max_message_size: BASE_MAX_MESSAGE_SIZE,
+            released_at: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         };
@@ -251,9 +258,12 @@ impl StreamSession {
                 self.keepalive.handle_pong(now, &frame.token);
             }
             Signal::Release { .. } => {
-                // The peer goes away gracefully: an end, not a failure, unless it leaves
-                // something of ours unanswered.
-                self.peer_left();
+                // The peer goes away gracefully. RFC 8323 §5.5: the requests it sent before
+                // its Release should still be answered (their handlers run after this frame),
+                // and we may wait for the answers to ours. So the session drains, and is judged
+                // when it ends: normally if nothing of ours was left unanswered.
+                self.phase = Phase::Draining;
+                self.released_at = Some(now);
             }
             Signal::Abort { diagnostic, .. } => self.peer_aborted(diagnostic),
         }
@@ -344,8 +354,9 @@ impl StreamSession {
             deadline: now + timeout,
             retransmit: None,
         });
-        if self.phase == Phase::Done {
-            // Nothing goes out once the session ended; the request ends at once, typed.
+        if matches!(self.phase, Phase::Done | Phase::Draining) {
+            // Nothing new goes out once the session ended or the peer released it; the
+            // request ends at once, typed.
             self.exchanges.pending.retain(|p| p.token != token);
             self.events.push_back(ProtocolEvent::RequestFailed {
                 token: token.clone(),
@@ -416,8 +427,9 @@ impl StreamSession {
     /// A peer that leaves while nothing of ours is outstanding ended the session normally:
     /// [`ProtocolEvent::Closed`], no nack. One that leaves with a ping or a request of ours
     /// unanswered — or before its CSM, which our CSM waits for — fails the session with
-    /// [`NackReason::NotDeliverable`] (the requests learn it too). A 7.04 Release is judged the
-    /// same way.
+    /// [`NackReason::NotDeliverable`] (the requests learn it too). After a 7.04 Release the
+    /// session drains first: it waits (up to the input timeout) for what of ours is outstanding
+    /// and ends normally once nothing is; the peer's close or that timeout judges what is left.
     pub fn handle_eof(&mut self, _now: Instant) {
         if self.phase != Phase::Done {
             self.peer_left();
@@ -464,7 +476,17 @@ impl StreamSession {
             self.pump();
             return;
         }
-        self.keepalive.handle_timeout(now);
+        if let Some(released_at) = self.released_at.filter(|_| self.phase == Phase::Draining) {
+            // Draining: no keepalive timers (no new pings). It ends once nothing of ours is
+            // outstanding, or at the input timeout with what is left undelivered.
+            if !self.is_awaiting_peer() || released_at + self.input_timeout <= now {
+                self.peer_left();
+                self.pump();
+                return;
+            }
+        } else {
+            self.keepalive.handle_timeout(now);
+        }
         let mut index = 0;
         while index < self.exchanges.pending.len() {
             if self.exchanges.pending[index].deadline <= now {
@@ -482,6 +504,10 @@ impl StreamSession {
 
     /// Sends a ping now if established and none is outstanding.
     pub fn ping_now(&mut self, now: Instant) {
+        if self.phase == Phase::Draining {
+            // The peer asked to close: no new ping.
+            return;
+        }
         self.keepalive.ping_now(now);
         self.pump();
     }
@@ -546,6 +572,20 @@ impl StreamSession {
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.keepalive.is_finished() || self.phase == Phase::Done {
             return None;
+        }
+        if let Some(released_at) = self.released_at.filter(|_| self.phase == Phase::Draining) {
+            if !self.is_awaiting_peer() {
+                // Due at once: the driver first sends the answers its handlers queued.
+                return Some(released_at);
+            }
+            return [
+                Some(released_at + self.input_timeout),
+                self.exchanges.next_deadline(),
+                self.partial_since.map(|since| since + self.input_timeout),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
         }
         [
             self.keepalive.poll_timeout(),
@@ -810,12 +850,86 @@ mod tests {
     fn release_from_peer_closes_without_nack() {
         let (mut s, t0) = session(0);
         s.handle_bytes(t0, &[0x00, 0xe1, 0x00, 0xe4]);
-        let events: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+        assert_eq!(events_of(&mut s), vec![ProtocolEvent::Established]);
+        // Draining with nothing of ours out: due at once, so that the driver first sends what
+        // its handlers answered to the peer's earlier requests, then the session ends.
+        assert_eq!(s.poll_timeout(), Some(t0));
+        s.handle_timeout(t0);
+        assert_eq!(events_of(&mut s), vec![ProtocolEvent::Closed]);
+        assert!(s.is_done());
+    }
+
+    #[test]
+    fn a_request_sent_before_the_peers_release_is_still_answered() {
+        let (mut s, t0) = session(0);
+        // CSM, then a GET /x (token 0x01), then Release, in one read.
+        s.handle_bytes(t0, &[0x00, 0xe1, 0x21, 0x01, 0x01, 0xb1, b'x', 0x00, 0xe4]);
+        let events = events_of(&mut s);
+        let Some(ProtocolEvent::Request(request)) = events.get(1) else {
+            panic!("the request is handed up: {events:?}");
+        };
+        while s.poll_transmit().is_some() {}
+        s.respond(request, Response::content_text("x").to_packet());
+        assert_eq!(decode(&s.poll_transmit().expect("the answer")).code, 0x45);
+        s.handle_timeout(t0);
+        assert_eq!(events_of(&mut s), vec![ProtocolEvent::Closed]);
+    }
+
+    #[test]
+    fn after_a_release_an_outstanding_ping_is_waited_for_and_no_new_one_goes_out() {
+        let (mut s, t0) = session(2);
+        s.handle_bytes(t0, &[0x00, 0xe1]);
+        s.handle_timeout(t0 + Duration::from_secs(2));
+        let ping = decode(&s.poll_transmit().expect("the ping"));
+        while s.poll_transmit().is_some() {}
+        let released = t0 + Duration::from_millis(2_100);
+        s.handle_bytes(released, &[0x00, 0xe4]);
+        assert!(!s.is_done(), "draining: our ping may still be answered");
+        s.ping_now(released);
+        assert!(s.poll_transmit().is_none(), "no new ping after a Release");
+        // Its Pong comes: the session ends normally, no nack.
+        let mut pong = vec![ping.token.len() as u8, 0xe3];
+        pong.extend_from_slice(&ping.token);
+        s.handle_bytes(released + Duration::from_millis(10), &pong);
+        let due = s.poll_timeout().expect("due at once");
+        s.handle_timeout(due);
+        let events = events_of(&mut s);
+        assert!(events.contains(&ProtocolEvent::Closed), "{events:?}");
+        assert!(!events.iter().any(|e| matches!(e, ProtocolEvent::Failed(_))));
+        assert_eq!(s.keepalive().stats().pongs, 1);
+    }
+
+    #[test]
+    fn after_a_release_what_stays_unanswered_until_the_input_timeout_is_not_deliverable() {
+        let (mut s, t0) = session(0);
+        s.handle_bytes(t0, &[0x00, 0xe1]);
+        s.send_request(t0, &Request::get("/x"), Duration::from_secs(60));
+        s.handle_bytes(t0, &[0x00, 0xe4]);
+        assert_eq!(s.poll_timeout(), Some(t0 + DEFAULT_INPUT_TIMEOUT));
+        s.handle_timeout(t0 + DEFAULT_INPUT_TIMEOUT);
+        let events = events_of(&mut s);
         assert_eq!(
-            events,
-            vec![ProtocolEvent::Established, ProtocolEvent::Closed]
+            events.last(),
+            Some(&ProtocolEvent::Failed(NackReason::NotDeliverable))
         );
         assert!(s.is_done());
+    }
+
+    #[test]
+    fn after_a_release_a_request_of_ours_fails_at_once() {
+        let (mut s, t0) = session(0);
+        s.handle_bytes(t0, &[0x00, 0xe1, 0x00, 0xe4]);
+        events_of(&mut s);
+        while s.poll_transmit().is_some() {}
+        let token = s.send_request(t0, &Request::get("/x"), Duration::from_secs(5));
+        assert!(s.poll_transmit().is_none());
+        assert_eq!(
+            events_of(&mut s),
+            vec![ProtocolEvent::RequestFailed {
+                token,
+                error: RequestError::SessionEnded
+            }]
+        );
     }
 
     fn events_of(s: &mut StreamSession) -> Vec<ProtocolEvent> {
@@ -846,7 +960,9 @@ mod tests {
             assert!(s.is_awaiting_peer());
             let later = t0 + Duration::from_millis(2_500);
             if release {
+                // Released, then closed with our ping still unanswered.
                 s.handle_bytes(later, &[0x00, 0xe4]);
+                s.handle_eof(later + Duration::from_millis(1));
             } else {
                 s.handle_eof(later);
             }
