@@ -585,6 +585,8 @@ impl Keepalive {
                 }
                 _ => {
                     self.unanswered += 1;
+                    // The probe ends here, whatever follows: the handle's view must follow.
+                    self.stats_changed = true;
                     self.events.push_back(KeepaliveEvent::Unanswered {
                         count: self.unanswered,
                     });
@@ -1484,7 +1486,7 @@ mod tests {
     fn what_poll_stats_offers_is_never_behind_the_counters() {
         // Random inputs at random instants; after each, a driver that publishes what
         // poll_stats offers holds exactly the machine's counters and outstanding state.
-        for seed in 0..40 {
+        for seed in 0..80 {
             let mut ops = Rng::seeded(seed);
             let style = if seed % 2 == 0 {
                 PingStyle::Datagram
@@ -1492,8 +1494,10 @@ mod tests {
                 PingStyle::Stream
             };
             let t0 = Instant::now();
+            // Half the runs with keepalive off: only the application's pings (ping_now).
+            let interval = if seed % 4 < 2 { 3 } else { 0 };
             let config = KeepaliveConfig::default()
-                .with_interval_secs(3)
+                .with_interval_secs(interval)
                 .with_max_unanswered(2)
                 .with_transmission(deterministic());
             let mut k = Keepalive::new(style, config, Rng::seeded(seed), t0);
