@@ -298,10 +298,14 @@ impl Context {
     /// RTT weighted by its pongs, `rtt.last` the latest sample of any session, `rtt.min` and
     /// `rtt.max` the extremes over all.
     pub fn stats(&self) -> Stats {
+        // The table's lock is held while `ended` is read: `unregister` moves a session's
+        // counters from the one to the other under it, so none is missed or counted twice.
+        let sessions = lock(&self.inner.sessions);
         let mut total = *lock(&self.inner.ended);
-        for session in lock(&self.inner.sessions).values() {
+        for session in sessions.values() {
             total.accumulate(&session.stats());
         }
+        drop(sessions);
         let last = self.inner.last_rtt_nanos.load(Ordering::Relaxed);
         if last != 0 {
             total.rtt.last = Some(Duration::from_nanos(last));
@@ -424,7 +428,8 @@ impl Context {
     /// The terminal state is published (waking [`Session::closed`]) only after the session left
     /// the table, so whoever awaits it never sees a zombie in [`Context::sessions`].
     pub(crate) fn unregister(&self, session: &Session, state: SessionState) {
-        if lock(&self.inner.sessions).remove(&session.id()).is_some() {
+        let mut sessions = lock(&self.inner.sessions);
+        if sessions.remove(&session.id()).is_some() {
             // Recorded before the pings asked for are dropped, so that `Session::ping` counts
             // none after that.
             session.record_state(state);
@@ -432,6 +437,7 @@ impl Context {
             let mut stats = session.stats();
             // A session fails once or not at all, whichever path ended it.
             stats.failures = u64::from(matches!(state, SessionState::Failed(_)));
+            // Still under the table's lock (see `stats`).
             lock(&self.inner.ended).accumulate(&stats);
             let ended = match state {
                 SessionState::Failed(_) => &self.inner.failed,
@@ -439,6 +445,7 @@ impl Context {
             };
             ended.fetch_add(1, Ordering::AcqRel);
         }
+        drop(sessions);
         self.inner.router.forget_session(session.id());
         session.set_state(state);
     }

@@ -494,10 +494,13 @@ impl Session {
     pub(crate) fn publish_stats(&self, stats: Stats, awaiting_pong: bool, fulfilled: bool) {
         let mut published = lock(&self.shared.stats);
         published.stats = stats;
-        published.awaiting_pong = awaiting_pong;
         if fulfilled {
             published.requested_pings = published.requested_pings.saturating_sub(1);
         }
+        // A ping asked for and not yet handled by the driver is out as far as `ping()` is
+        // concerned, whatever the machine says: a publish in between must not let a second
+        // `ping()` count itself too.
+        published.awaiting_pong = awaiting_pong || published.requested_pings > 0;
     }
 
     /// The session ended: pings asked for and never handled were never sent.
