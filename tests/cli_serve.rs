@@ -230,6 +230,23 @@ fn time_notifies_every_second_and_observe_counts_alike() {
     );
 }
 
+#[test]
+fn observe_that_ends_before_the_run_does_exits_1_and_says_why() {
+    let (server, serving) = serve(&["--tcp", "127.0.0.1:0"], 1);
+    let uri = format!("coap+tcp://{}/time", serving[0].1);
+    let mut observer = Running::spawn(&["observe", &uri, "-s", "30"]);
+    observer.wait_line(LIMIT, |l| l.starts_with("notification 1:"));
+    // The server goes away (its shutdown releases the connection): the observation ends early.
+    stop(server);
+    let output = observer.wait(LIMIT);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let text = text(&output);
+    assert!(
+        text.contains("(observation ended early: the session closed)"),
+        "{text}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coap_client_observing_time_for_5_seconds_gets_at_least_4_notifications() {
     let (server, serving) = serve(&["--udp", "127.0.0.1:0"], 1);

@@ -101,11 +101,13 @@ async fn udp_con_with_a_format_error_gets_rst_and_no_session() {
         let (ctx, addr, mut events) = pinging_udp_server().await;
         let peer = RawDatagram::udp(addr, ANSWER_LIMIT).await;
         // A CON GET whose option byte has the reserved delta 15; a CON whose option value runs
-        // past the end; a CON 2.05 response that answers nothing of the server's.
+        // past the end; a CON 2.05 response that answers nothing of the server's; an empty
+        // NON, which RFC 7252 §4.1 forbids (answered as libcoap's pings are, but no message).
         for datagram in [
             &[0x40, 0x01, 0x12, 0x34, 0xf0][..],
             &[0x40, 0x01, 0x12, 0x35, 0xb5, 0x61][..],
             &[0x40, 0x45, 0x12, 0x36][..],
+            &[0x50, 0x00, 0x12, 0x37][..],
         ] {
             peer.send(datagram).await;
             assert_eq!(

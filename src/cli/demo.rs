@@ -206,13 +206,15 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         server_stats.pings_received, server_stats.pings_sent, server_stats.pongs
     );
     println!(
-        "quiet clients: {} pings from the server answered, none sent; at the end: {}",
+        "quiet clients: {} pings from the server answered, {} sent (the UDP one's introduction); \
+         at the end: {}",
         quiet_stats.pings_received,
+        quiet_stats.pings_sent,
         quiet_states.join(", ")
     );
     println!(
-        "  (they send nothing, so nothing of theirs goes unanswered: a client with keepalive \
-         off does not notice a silent server)"
+        "  (with keepalive off they send nothing more, so nothing of theirs goes unanswered: a \
+         client with keepalive off does not notice a silent server)"
     );
     for (session, reason) in &failed {
         println!(

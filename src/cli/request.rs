@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use clap::Args;
 use coap_keepalive::error::Result;
-use coap_keepalive::{CoapUri, Context, ContextSettings, Method, Request, Response, Session};
+use coap_keepalive::{
+    CoapUri, Context, ContextSettings, Method, Request, Response, Session, SessionState,
+};
 
 use super::output::{parse_secs, refuse_multicast, usage_error, Signals};
 
@@ -163,6 +165,8 @@ pub async fn observe(args: ObserveArgs) -> Result<ExitCode> {
     };
     tokio::pin!(deadline);
     let mut seen = 0u64;
+    // Whether the observation ended before the run did (the user's count, deadline or signal).
+    let mut ended_early = false;
     loop {
         tokio::select! {
             notification = observation.next() => match notification {
@@ -181,7 +185,15 @@ pub async fn observe(args: ObserveArgs) -> Result<ExitCode> {
                     }
                 }
                 None => {
-                    println!("(observation ended)");
+                    let why = match session.state() {
+                        SessionState::Failed(reason) => {
+                            format!("the session failed: {}", reason.as_str())
+                        }
+                        SessionState::Closed => "the session closed".to_owned(),
+                        _ => "by the server, or a notification was rejected".to_owned(),
+                    };
+                    println!("(observation ended early: {why})");
+                    ended_early = true;
                     break;
                 }
             },
@@ -195,5 +207,9 @@ pub async fn observe(args: ObserveArgs) -> Result<ExitCode> {
         "the first response and {seen} notification{}",
         if seen == 1 { "" } else { "s" }
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(if ended_early {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

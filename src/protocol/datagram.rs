@@ -148,23 +148,50 @@ impl Dedup {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Stranger {
-    /// A well-formed Confirmable or Non-confirmable request, or an empty CON / NON (a ping): open
-    /// a session for the peer and give it the datagram with [`DatagramSession::handle_first`].
+    /// A well-formed Confirmable or Non-confirmable request, or an empty CON (a ping): open a
+    /// session for the peer and give it the datagram with [`DatagramSession::handle_first`].
     Open(FirstDatagram),
     /// Send this RST and open no session: a CON whose header parsed but that has a format error
-    /// (RFC 7252 §4.2), or a CON / NON response, which answers nothing of ours.
+    /// (RFC 7252 §4.2), a CON / NON response, which answers nothing of ours, or an empty NON.
     Reject {
         /// The RST, echoing the datagram's Message ID.
         rst: [u8; 4],
         /// Why, for logs.
-        why: String,
+        why: StrangerReason,
     },
     /// Drop it silently and open no session: not CoAP at all (too short, unknown version), a NON
     /// with a format error (RFC 7252 §4.3 lets it be ignored), or an ACK or RST, which are never
     /// answered and answer nothing of ours.
     Ignore {
         /// Why, for logs.
-        why: String,
+        why: StrangerReason,
+    },
+}
+
+/// Why a stranger's datagram opens no session. It is formatted only when it is logged: a flood
+/// of junk costs no allocation per datagram.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StrangerReason {
+    /// Not a well-formed CoAP message.
+    #[error("datagram from a stranger: {0}")]
+    Malformed(udp::DatagramError),
+    /// An ACK or RST: never answered, and it answers nothing of ours.
+    #[error("ACK or RST from a stranger answers nothing")]
+    AckOrReset,
+    /// An empty NON, which RFC 7252 §4.1 forbids: answered with an RST as a ping is (libcoap
+    /// pings that way), but it is no message and opens no session.
+    #[error("empty NON from a stranger")]
+    EmptyNon,
+    /// A CON or NON response: it matches no request of ours.
+    #[error("response from a stranger matches no request")]
+    UnmatchedResponse,
+    /// A code with no meaning in a UDP message of its type (a signalling code, a request in
+    /// an ACK, ...).
+    #[error("unexpected code {}.{:02} from a stranger", code >> 5, code & 0x1f)]
+    UnexpectedCode {
+        /// The code byte.
+        code: u8,
     },
 }
 
@@ -175,27 +202,35 @@ pub struct FirstDatagram(Datagram);
 
 impl DatagramSession {
     /// Decides what a datagram from a peer without a session gets (RFC 7252 §4.2, §4.3): a
-    /// session only for a well-formed CON or NON request or ping; an RST for a rejected CON and
-    /// for a response that answers nothing; nothing for everything else. The sessions' hot
-    /// path (a known peer's datagram) never comes here.
+    /// session only for a well-formed CON or NON request or an empty CON (a ping); an RST for a
+    /// rejected CON, an empty NON and a response that answers nothing; nothing for everything
+    /// else. The sessions' hot path (a known peer's datagram) never comes here.
     pub fn screen(bytes: &[u8]) -> Stranger {
         let datagram = match udp::classify(bytes) {
             Ok(datagram) => datagram,
             Err(error) => {
-                let why = format!("datagram from a stranger: {error}");
                 return match error.rejection() {
-                    Some(rst) => Stranger::Reject { rst, why },
-                    None => Stranger::Ignore { why },
+                    Some(rst) => Stranger::Reject {
+                        rst,
+                        why: StrangerReason::Malformed(error),
+                    },
+                    None => Stranger::Ignore {
+                        why: StrangerReason::Malformed(error),
+                    },
                 };
             }
         };
         let packet = match &datagram {
-            Datagram::Ping { .. } | Datagram::EmptyNon { .. } => {
-                return Stranger::Open(FirstDatagram(datagram))
+            Datagram::Ping { .. } => return Stranger::Open(FirstDatagram(datagram)),
+            Datagram::EmptyNon { message_id } => {
+                return Stranger::Reject {
+                    rst: udp::reset(*message_id),
+                    why: StrangerReason::EmptyNon,
+                }
             }
             Datagram::EmptyAck { .. } | Datagram::Reset { .. } => {
                 return Stranger::Ignore {
-                    why: "ACK or RST from a stranger answers nothing".into(),
+                    why: StrangerReason::AckOrReset,
                 }
             }
             Datagram::Message(packet) => packet,
@@ -205,19 +240,20 @@ impl DatagramSession {
             message_type,
             MessageType::Confirmable | MessageType::NonConfirmable
         );
+        let unexpected = StrangerReason::UnexpectedCode {
+            code: u8::from(packet.header.code),
+        };
         match packet.header.code {
             MessageClass::Request(_) if incoming => Stranger::Open(FirstDatagram(datagram)),
             MessageClass::Response(_) if incoming => Stranger::Reject {
                 rst: udp::reset(packet.header.message_id),
-                why: "response from a stranger matches no request".into(),
+                why: StrangerReason::UnmatchedResponse,
             },
             _ if message_type == MessageType::Confirmable => Stranger::Reject {
                 rst: udp::reset(packet.header.message_id),
-                why: format!("unexpected code {} over UDP", packet.header.code),
+                why: unexpected,
             },
-            _ => Stranger::Ignore {
-                why: format!("{:?} {} from a stranger", message_type, packet.header.code),
-            },
+            _ => Stranger::Ignore { why: unexpected },
         }
     }
 
@@ -1084,7 +1120,11 @@ mod tests {
             |bytes: &[u8]| matches!(DatagramSession::screen(bytes), Stranger::Ignore { .. });
         // Pings and requests, CON or NON.
         assert!(opens(&[0x40, 0x00, 0x12, 0x34]));
-        assert!(opens(&[0x50, 0x00, 0x12, 0x34]));
+        // An empty NON is no message (RFC 7252 §4.1): answered as a ping, but no session.
+        assert_eq!(
+            rst(&[0x50, 0x00, 0x12, 0x34]),
+            Some([0x70, 0x00, 0x12, 0x34])
+        );
         assert!(opens(&[
             0x40, 0x01, 0x12, 0x34, 0xb4, b't', b'i', b'm', b'e'
         ]));

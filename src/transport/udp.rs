@@ -494,9 +494,13 @@ fn is_transient(error: &io::Error) -> bool {
 /// An ICMP error for an earlier datagram: port unreachable (`ECONNREFUSED`; `ECONNRESET` on
 /// Windows), host or network unreachable.
 fn is_unreachable(error: &io::Error) -> bool {
+    // By kind, not errno: the numbers differ between platforms (EHOSTUNREACH is 113 on Linux,
+    // 65 on the BSDs).
     matches!(
         error.kind(),
-        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset
-    ) || error.raw_os_error() == Some(113) // EHOSTUNREACH
-        || error.raw_os_error() == Some(101) // ENETUNREACH
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+    )
 }
