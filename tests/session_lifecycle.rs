@@ -168,9 +168,12 @@ async fn udp_rst_answering_junk_opens_no_session_on_either_side() {
 
 // ---- ICMP errors ----
 
-/// A UDP port on loopback that nobody listens on (bound, then closed).
+/// A UDP port on loopback that nobody listens on (bound, then closed). On 127.0.0.99, which
+/// no other test binds, so that no parallel test can take the port over meanwhile.
 async fn closed_udp_port() -> SocketAddr {
-    let socket = UdpSocket::bind(loopback()).await.unwrap();
+    let socket = UdpSocket::bind(SocketAddr::from(([127, 0, 0, 99], 0)))
+        .await
+        .unwrap();
     socket.local_addr().unwrap()
 }
 
