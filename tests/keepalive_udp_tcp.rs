@@ -314,6 +314,85 @@ async fn tcp_session_override_stops_pings() {
     bounded(TEST_LIMIT, session_override_stops_pings(Transport::Tcp)).await
 }
 
+/// A context-wide change reaches a live session that has no override, and leaves the
+/// override of another session alone, also when the context later replaces its whole
+/// configuration.
+async fn context_changes_reach_live_sessions_but_not_their_overrides(transport: Transport) {
+    const OWN: Duration = Duration::from_millis(250);
+    const CONTEXT: Duration = Duration::from_millis(40);
+    let server = Context::new();
+    let mut server_pings = pings(&server, PingDecision::Answer);
+    let addr = listen(&server, transport, None).await;
+
+    let client = Context::new(); // keepalive off
+    let follows = connect(&client, transport, addr).await;
+    let own = connect(&client, transport, addr).await;
+    own.set_keepalive_interval(Some(OWN));
+    tokio::time::sleep(ms(100)).await;
+    let port = |session: &Session| session.local_addr().port();
+    let before = drain(&mut server_pings);
+    assert!(
+        before.iter().all(|(p, _)| *p != port(&follows)),
+        "{transport}: keepalive is off, yet the session pinged"
+    );
+
+    // The live session without an override takes the new interval at once, whether the
+    // interval alone or the whole configuration changes; the other keeps its own through both.
+    client.set_keepalive_interval(Some(ms(80)));
+    let config = client
+        .keepalive_config()
+        .with_interval(Some(CONTEXT))
+        .with_max_unanswered(2);
+    client.set_keepalive_config(config).unwrap();
+    assert_eq!(client.keepalive_config().interval, Some(CONTEXT));
+    tokio::time::sleep(ms(450)).await;
+    let after = drain(&mut server_pings);
+    let from = |session: &Session| {
+        after
+            .iter()
+            .filter(|(p, _)| *p == port(session))
+            .map(|(_, at)| *at)
+            .collect::<Vec<_>>()
+    };
+    let (followed, kept) = (from(&follows), from(&own));
+    assert!(
+        followed.len() >= 4,
+        "{transport}: the context's 40 ms interval did not reach the live session: {} pings",
+        followed.len()
+    );
+    assert!(
+        (1..=2).contains(&kept.len()),
+        "{transport}: the session's own 250 ms interval did not survive: {} pings",
+        kept.len()
+    );
+    for gap in kept.windows(2).map(|w| w[1] - w[0]) {
+        assert!(
+            gap >= ms(200),
+            "{transport}: pings {gap:?} apart, not {OWN:?}"
+        );
+    }
+    assert_eq!(follows.state(), SessionState::Established);
+    assert_eq!(own.state(), SessionState::Established);
+}
+
+#[tokio::test]
+async fn udp_context_changes_reach_live_sessions_but_not_their_overrides() {
+    bounded(
+        TEST_LIMIT,
+        context_changes_reach_live_sessions_but_not_their_overrides(Transport::Udp),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn tcp_context_changes_reach_live_sessions_but_not_their_overrides() {
+    bounded(
+        TEST_LIMIT,
+        context_changes_reach_live_sessions_but_not_their_overrides(Transport::Tcp),
+    )
+    .await
+}
+
 async fn mark_active_postpones_the_ping(transport: Transport) {
     const INTERVAL: Duration = Duration::from_millis(200);
     let server = Context::new();
