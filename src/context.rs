@@ -135,6 +135,16 @@ impl Default for Context {
     }
 }
 
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("keepalive", &*lock(&self.inner.keepalive))
+            .field("settings", &self.inner.settings)
+            .field("sessions", &lock(&self.inner.sessions).len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Context {
     /// A context with default settings and keepalive off: `Context::builder().build()`.
     pub fn new() -> Context {

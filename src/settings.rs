@@ -110,7 +110,7 @@ impl ContextSettings {
 /// let error = Context::builder().ack_random_factor(0.5).build().unwrap_err();
 /// assert_eq!(
 ///     error.to_string(),
-///     "configuration: ack_random_factor must be at least 1.0, got 0.5"
+///     "invalid configuration: ack_random_factor must be at least 1.0, got 0.5"
 /// );
 /// # Ok(()) }
 /// ```
