@@ -393,6 +393,76 @@ async fn tcp_context_changes_reach_live_sessions_but_not_their_overrides() {
     .await
 }
 
+/// A session's own pong timeout and `max_unanswered` fail it early against a silent peer,
+/// while its sibling on the same context fails on the context's (more patient) settings; a
+/// context-wide change made in between leaves the overrides alone.
+async fn failure_overrides_apply_to_their_session_only(transport: Transport) {
+    let server = Context::new();
+    let _server_pings = pings(&server, PingDecision::Suppress); // looks dead
+    let addr = listen(&server, transport, None).await;
+
+    // A ping is unanswered after 20 ms (UDP: no retransmission) or 50 ms (TCP); 8 in a row
+    // fail a session: about 210 ms (UDP) or 450 ms (TCP) after connecting.
+    let client = Context::builder()
+        .keepalive(ms(50))
+        .ack_timeout(ms(20))
+        .ack_random_factor(1.0)
+        .max_retransmit(0)
+        .pong_timeout(ms(50))
+        .max_unanswered(8)
+        .build()
+        .unwrap();
+    let mut nack_rx = nacks(&client);
+    let patient = connect(&client, transport, addr).await;
+    let quick = connect(&client, transport, addr).await;
+    quick.set_pong_timeout(ms(20)).unwrap();
+    quick.set_max_unanswered(1).unwrap();
+    assert!(quick.set_max_unanswered(0).is_err());
+    assert!(quick.set_pong_timeout(Duration::ZERO).is_err());
+    let started = Instant::now();
+    client.set_keepalive_interval(Some(ms(40)));
+
+    let first = next(&mut nack_rx, Duration::from_secs(1), "nack").await;
+    assert_eq!(
+        first.session.id(),
+        quick.id(),
+        "{transport}: the quick session fails first"
+    );
+    assert_eq!(first.reason, NackReason::TooManyRetries);
+    assert!(
+        first.at - started < ms(150),
+        "{transport}: the overrides did not apply: failed after {:?}",
+        first.at - started
+    );
+    assert_eq!(patient.state(), SessionState::Established);
+    let second = next(&mut nack_rx, Duration::from_secs(2), "nack").await;
+    assert_eq!(second.session.id(), patient.id());
+    assert_eq!(second.reason, NackReason::TooManyRetries);
+    assert!(
+        second.at - first.at >= ms(60),
+        "{transport}: the patient session failed {:?} after the quick one",
+        second.at - first.at
+    );
+}
+
+#[tokio::test]
+async fn udp_failure_overrides_apply_to_their_session_only() {
+    bounded(
+        TEST_LIMIT,
+        failure_overrides_apply_to_their_session_only(Transport::Udp),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn tcp_failure_overrides_apply_to_their_session_only() {
+    bounded(
+        TEST_LIMIT,
+        failure_overrides_apply_to_their_session_only(Transport::Tcp),
+    )
+    .await
+}
+
 async fn mark_active_postpones_the_ping(transport: Transport) {
     const INTERVAL: Duration = Duration::from_millis(200);
     let server = Context::new();
