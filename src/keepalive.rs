@@ -18,6 +18,12 @@
 //!   out at once); anything received resets the count;
 //! - while a Confirmable request is outstanding no ping is sent: the request is the probe;
 //! - a failure is reported once, and the machine then stays failed.
+//!
+//! Settings: sessions of one context share one `Arc<KeepaliveConfig>`. A session's own interval,
+//! pong timeout or `max_unanswered` (`set_interval`, `set_pong_timeout`, `set_max_unanswered`)
+//! copies it on write and is remembered as an override; a context-wide change
+//! ([`Keepalive::inherit_config`]) moves sessions without overrides to the new `Arc` together,
+//! and gives the others the new configuration with their overrides kept.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -534,7 +540,9 @@ impl Keepalive {
             if self.overrides.contains(Overrides::MAX_UNANSWERED) {
                 merged.max_unanswered = own.max_unanswered;
             }
-            self.config = Arc::new(merged);
+            if merged != own {
+                self.config = Arc::new(merged);
+            }
         }
         if let Probe::Idle { .. } = self.probe {
             self.schedule();
