@@ -4,8 +4,13 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
+/// NSTART (RFC 7252 §4.8): Confirmable messages outstanding to one peer. Always 1 here — a
+/// request in flight stands in for the keepalive ping, and a second Confirmable request waits
+/// until the first is acknowledged — so it is a constant, not a setting.
+pub const NSTART: u32 = 1;
+
 /// RFC 7252 §4.8 transmission parameters: how a Confirmable message (a UDP / DTLS ping or request)
-/// is retransmitted before it is given up.
+/// is retransmitted before it is given up. NSTART is the constant [`NSTART`].
 ///
 /// The first timeout is drawn uniformly from `[ack_timeout, ack_timeout * ack_random_factor]` and
 /// doubles on each of the `max_retransmit` retransmissions; after the last one the message is given
@@ -17,11 +22,8 @@ pub struct TransmissionParams {
     pub ack_timeout: Duration,
     /// ACK_RANDOM_FACTOR, at least 1.0. Default 1.5.
     pub ack_random_factor: f64,
-    /// MAX_RETRANSMIT. Default 4.
+    /// MAX_RETRANSMIT, at most 20. Default 4.
     pub max_retransmit: u32,
-    /// NSTART: Confirmable messages outstanding to one peer. Default 1 (the only value supported:
-    /// a request in flight stands in for the keepalive ping).
-    pub nstart: u32,
 }
 
 impl Default for TransmissionParams {
@@ -30,7 +32,6 @@ impl Default for TransmissionParams {
             ack_timeout: Duration::from_secs(2),
             ack_random_factor: 1.5,
             max_retransmit: 4,
-            nstart: 1,
         }
     }
 }
@@ -76,26 +77,48 @@ impl TransmissionParams {
         self.max_transmit_span() + Duration::from_secs(200) + self.ack_timeout
     }
 
-    /// Checks the parameters: a non-zero ACK_TIMEOUT, a random factor of at least 1, NSTART 1, and
-    /// at most 20 retransmissions (beyond that the doubling timeout is meaningless).
+    /// Checks the parameters; the error names the field that is wrong: a positive
+    /// `ack_timeout`, an `ack_random_factor` of at least 1.0 (RFC 7252 §4.8: it MUST NOT be
+    /// below 1.0), at most 20 `max_retransmit` (beyond that the doubling timeout is
+    /// meaningless), and a MAX_TRANSMIT_WAIT that fits in a century (so that no deadline
+    /// computed from them overflows).
     pub fn validate(&self) -> Result<()> {
         if self.ack_timeout.is_zero() {
-            return Err(Error::Config("ACK_TIMEOUT must be positive".into()));
-        }
-        if !(self.ack_random_factor >= 1.0 && self.ack_random_factor.is_finite()) {
             return Err(Error::Config(
-                "ACK_RANDOM_FACTOR must be at least 1.0".into(),
+                "ack_timeout must be positive, got 0 s".into(),
             ));
         }
-        if self.max_retransmit > 20 {
-            return Err(Error::Config("MAX_RETRANSMIT must be at most 20".into()));
+        if !(self.ack_random_factor >= 1.0 && self.ack_random_factor.is_finite()) {
+            return Err(Error::Config(format!(
+                "ack_random_factor must be at least 1.0, got {}",
+                self.ack_random_factor
+            )));
         }
-        if self.nstart != 1 {
-            return Err(Error::Config("only NSTART = 1 is supported".into()));
+        if self.max_retransmit > MAX_RETRANSMIT_LIMIT {
+            return Err(Error::Config(format!(
+                "max_retransmit must be at most {MAX_RETRANSMIT_LIMIT}, got {}",
+                self.max_retransmit
+            )));
+        }
+        let wait = self.ack_timeout.as_secs_f64()
+            * ((1u64 << (self.max_retransmit + 1)) - 1) as f64
+            * self.ack_random_factor;
+        if wait > CENTURY.as_secs_f64() {
+            return Err(Error::Config(format!(
+                "ack_timeout {:?} with ack_random_factor {} and max_retransmit {} make \
+                 MAX_TRANSMIT_WAIT {wait:.0} s, more than a century",
+                self.ack_timeout, self.ack_random_factor, self.max_retransmit
+            )));
         }
         Ok(())
     }
 }
+
+/// The largest MAX_RETRANSMIT accepted.
+const MAX_RETRANSMIT_LIMIT: u32 = 20;
+
+/// Longer than any timeout a setting may lead to.
+const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// What an ICMP error (destination or port unreachable) reported for a UDP session's peer does.
 ///
@@ -128,8 +151,13 @@ pub enum IcmpPolicy {
 
 /// How a session keeps its peer alive.
 ///
-/// A `Context` holds one of these; every session it creates starts from a copy, and
-/// `Session::set_keepalive` changes the interval of one session.
+/// A `Context` holds one of these (set with `ContextBuilder` or `Context::set_keepalive_config`),
+/// shared by every session that has no setting of its own; `Session::set_keepalive_interval`,
+/// `Session::set_pong_timeout` and `Session::set_max_unanswered` override one setting of one
+/// session, and a later context-wide change leaves that setting of that session alone.
+///
+/// A program that drives [`Keepalive`](crate::keepalive::Keepalive) itself should
+/// [`validate`](KeepaliveConfig::validate) the configuration first.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
 pub struct KeepaliveConfig {
@@ -225,17 +253,26 @@ impl KeepaliveConfig {
         self.pong_timeout.or(self.interval)
     }
 
-    /// Checks every field; the error names the one that is wrong.
+    /// Checks every field; the error names the one that is wrong (see
+    /// [`TransmissionParams::validate`] for the transmission parameters): a `jitter` between 0.0
+    /// and 1.0, a positive `pong_timeout`, and at least 1 `max_unanswered`.
     pub fn validate(&self) -> Result<()> {
         self.transmission.validate()?;
         if !(0.0..=1.0).contains(&self.jitter) {
-            return Err(Error::Config("jitter must be between 0.0 and 1.0".into()));
+            return Err(Error::Config(format!(
+                "jitter must be between 0.0 and 1.0, got {}",
+                self.jitter
+            )));
         }
         if self.max_unanswered == 0 {
-            return Err(Error::Config("max_unanswered must be at least 1".into()));
+            return Err(Error::Config(
+                "max_unanswered must be at least 1, got 0".into(),
+            ));
         }
         if self.pong_timeout.is_some_and(|t| t.is_zero()) {
-            return Err(Error::Config("pong timeout must be positive".into()));
+            return Err(Error::Config(
+                "pong_timeout must be positive, got 0 s".into(),
+            ));
         }
         Ok(())
     }
@@ -266,25 +303,66 @@ mod tests {
     }
 
     #[test]
-    fn validation_names_the_field() {
-        let bad = KeepaliveConfig::default().with_jitter(1.5);
-        assert!(bad.validate().unwrap_err().to_string().contains("jitter"));
-        let bad = KeepaliveConfig::default()
-            .with_transmission(TransmissionParams::default().with_ack_random_factor(0.5));
-        assert!(bad
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("ACK_RANDOM_FACTOR"));
-        let bad = KeepaliveConfig::default().with_max_unanswered(0);
-        assert!(bad
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("max_unanswered"));
+    fn validation_names_the_field_and_the_value() {
+        let transmission = TransmissionParams::default;
+        let cases = [
+            (
+                KeepaliveConfig::default().with_jitter(1.5),
+                "jitter must be between 0.0 and 1.0, got 1.5",
+            ),
+            (
+                KeepaliveConfig::default().with_jitter(f64::NAN),
+                "jitter must be between 0.0 and 1.0, got NaN",
+            ),
+            (
+                KeepaliveConfig::default()
+                    .with_transmission(transmission().with_ack_random_factor(0.5)),
+                "ack_random_factor must be at least 1.0, got 0.5",
+            ),
+            (
+                KeepaliveConfig::default()
+                    .with_transmission(transmission().with_ack_random_factor(f64::INFINITY)),
+                "ack_random_factor must be at least 1.0, got inf",
+            ),
+            (
+                KeepaliveConfig::default()
+                    .with_transmission(transmission().with_ack_timeout(Duration::ZERO)),
+                "ack_timeout must be positive",
+            ),
+            (
+                KeepaliveConfig::default()
+                    .with_transmission(transmission().with_max_retransmit(21)),
+                "max_retransmit must be at most 20, got 21",
+            ),
+            (
+                KeepaliveConfig::default().with_transmission(
+                    transmission()
+                        .with_ack_timeout(Duration::from_secs(1 << 20))
+                        .with_max_retransmit(20),
+                ),
+                "MAX_TRANSMIT_WAIT",
+            ),
+            (
+                KeepaliveConfig::default().with_max_unanswered(0),
+                "max_unanswered must be at least 1, got 0",
+            ),
+            (
+                KeepaliveConfig::default().with_pong_timeout(Duration::ZERO),
+                "pong_timeout must be positive",
+            ),
+        ];
+        for (config, expected) in cases {
+            let error = config.validate().unwrap_err().to_string();
+            assert!(
+                error.contains(expected),
+                "{error:?} should say {expected:?}"
+            );
+        }
         assert!(KeepaliveConfig::default()
             .with_max_unanswered(3)
+            .with_transmission(transmission().with_max_retransmit(20))
             .validate()
             .is_ok());
+        assert!(KeepaliveConfig::default().validate().is_ok());
     }
 }

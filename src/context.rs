@@ -26,51 +26,39 @@ use crate::rng::Rng;
 use crate::session::{lock, Command, Session, SessionState, Transport};
 use crate::uri::CoapUri;
 
-/// Settings of a context other than keepalive.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub struct ContextSettings {
-    /// Max-Message-Size announced in our CSM and enforced on received TCP / TLS frames.
-    /// Default 65,536 bytes.
-    pub max_message_size: u32,
-    /// How long a TCP connect, a (D)TLS handshake or a CSM exchange may take. Default 10 s.
-    pub connect_timeout: Duration,
-    /// Seed of the context's random source; `None` seeds from the clock. Default `None`.
-    pub seed: Option<u64>,
-    /// How long a TCP / TLS peer may take to send its CSM, or to complete a message it started
-    /// (a slow-loris peer is aborted after this). Default 10 s.
-    pub input_timeout: Duration,
-    /// Most sessions one endpoint holds. When a UDP endpoint is full, sessions that never
-    /// completed an exchange are evicted first, and new peers are refused while every session is
-    /// established; a full DTLS, TCP or TLS endpoint closes a newcomer's connection (a TLS
-    /// handshake in progress holds a place). Default 65,536.
-    pub max_sessions: usize,
-    /// A server-side UDP / DTLS session with keepalive off that hears nothing from its peer for
-    /// this long (and is not observing anything) is forgotten, as libcoap does. Default 300 s.
-    pub idle_timeout: Duration,
-    /// OS-level TCP keepalive (SO_KEEPALIVE) idle time for TCP / TLS sockets; `None` leaves it
-    /// off. Default `None`.
-    pub tcp_keepalive: Option<Duration>,
-}
-
-impl Default for ContextSettings {
-    fn default() -> Self {
-        ContextSettings {
-            max_message_size: crate::protocol::stream::DEFAULT_MAX_MESSAGE_SIZE,
-            connect_timeout: Duration::from_secs(10),
-            seed: None,
-            input_timeout: crate::protocol::stream::DEFAULT_INPUT_TIMEOUT,
-            max_sessions: 65_536,
-            idle_timeout: Duration::from_secs(300),
-            tcp_keepalive: None,
-        }
-    }
-}
+pub use crate::settings::{ContextBuilder, ContextSettings};
 
 /// A CoAP context: holds the keepalive setting, the handlers and the table of sessions, and
 /// runs the endpoints (`listen_*`) and connections (`connect*`) created from it.
 ///
 /// Cloning is cheap; every clone is the same context.
+///
+/// # Keepalive settings
+///
+/// The context holds one [`KeepaliveConfig`], set with [`Context::builder`] and changed with
+/// [`Context::set_keepalive`], [`Context::set_keepalive_interval`] or
+/// [`Context::set_keepalive_config`]. A change reaches every live session and every new one
+/// alike, setting by setting: a session that has its own interval
+/// ([`Session::set_keepalive_interval`]), pong timeout ([`Session::set_pong_timeout`]) or
+/// `max_unanswered` ([`Session::set_max_unanswered`]) keeps that one, and takes every other
+/// setting from the context. A ping already out finishes under the settings it was sent with.
+///
+/// ```
+/// use std::time::Duration;
+/// use coap_keepalive::Context;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> coap_keepalive::Result<()> {
+/// # let server = Context::new();
+/// # let endpoint = server.listen_tcp("127.0.0.1:0".parse().unwrap()).await?;
+/// let ctx = Context::builder().keepalive(Duration::from_secs(30)).build()?;
+/// let session = ctx.connect_tcp(endpoint.local_addr).await?;
+/// session.set_pong_timeout(Duration::from_secs(5))?; // this session only
+/// ctx.set_keepalive(10); // every session, this one too: it pings after 10 idle seconds
+/// # ctx.shutdown().await;
+/// # server.shutdown().await;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Context {
     pub(crate) inner: Arc<Inner>,
@@ -147,19 +135,34 @@ impl Default for Context {
     }
 }
 
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("keepalive", &*lock(&self.inner.keepalive))
+            .field("settings", &self.inner.settings)
+            .field("sessions", &lock(&self.inner.sessions).len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Context {
-    /// A context with default settings and keepalive off.
+    /// A context with default settings and keepalive off: `Context::builder().build()`.
     pub fn new() -> Context {
-        Context::with_settings(ContextSettings::default())
+        Context::from_settings(ContextSettings::default(), KeepaliveConfig::default())
     }
 
-    /// A context with the given settings and keepalive off.
-    pub fn with_settings(settings: ContextSettings) -> Context {
+    /// A builder for a context with settings of its own, each checked once when it builds.
+    pub fn builder() -> ContextBuilder {
+        ContextBuilder::new()
+    }
+
+    /// A context with settings [`ContextBuilder::build`] has checked.
+    pub(crate) fn from_settings(settings: ContextSettings, keepalive: KeepaliveConfig) -> Context {
         let rng = settings.seed.map_or_else(Rng::from_entropy, Rng::seeded);
         let (shutdown, _) = watch::channel(false);
         Context {
             inner: Arc::new(Inner {
-                keepalive: Mutex::new(Arc::new(KeepaliveConfig::default())),
+                keepalive: Mutex::new(Arc::new(keepalive)),
                 settings,
                 handlers: Handlers::default(),
                 router: Router::default(),
@@ -183,42 +186,48 @@ impl Context {
         &self.inner.settings
     }
 
-    /// Sets the keepalive interval in seconds for every session of this context; 0 disables
-    /// (the default). Sessions that have their own `Session::set_keepalive` keep it.
+    /// Sets the keepalive interval in seconds for every session of this context, live or new,
+    /// that has no interval of its own; 0 disables (libcoap's `-K`). Default: off.
     pub fn set_keepalive(&self, secs: u64) {
         let interval = (secs > 0).then(|| Duration::from_secs(secs));
         self.set_keepalive_interval(interval);
     }
 
-    /// Like [`Context::set_keepalive`] with any duration (`None` disables).
+    /// Like [`Context::set_keepalive`] with any duration (`None` or zero disables).
     pub fn set_keepalive_interval(&self, interval: Option<Duration>) {
-        let interval = interval.filter(|d| !d.is_zero());
-        let (old, new) = {
-            let mut config = lock(&self.inner.keepalive);
-            let old = Arc::clone(&config);
-            // A new `Arc` (the old one is shared, at least with `old`): sessions that share the
-            // old one move to it together instead of copying it each.
-            Arc::make_mut(&mut config).interval = interval;
-            (old, Arc::clone(&config))
-        };
-        for session in self.sessions() {
-            if !session.keepalive_overridden() {
-                session.command(Command::InheritKeepalive {
-                    old: Arc::clone(&old),
-                    new: Arc::clone(&new),
-                });
-            }
-        }
+        self.change_keepalive(|config| *config = config.with_interval(interval));
     }
 
-    /// Replaces the whole keepalive configuration used for sessions created from now on.
+    /// Replaces the whole keepalive configuration, for every session of this context, live or
+    /// new: each takes every setting it has not overridden (see [`Context`]). An invalid
+    /// configuration is an error naming the field, and changes nothing.
     pub fn set_keepalive_config(&self, config: KeepaliveConfig) -> Result<()> {
         config.validate()?;
-        *lock(&self.inner.keepalive) = Arc::new(config);
+        self.change_keepalive(|current| *current = config);
         Ok(())
     }
 
-    /// The keepalive configuration new sessions start from.
+    /// Changes the context's keepalive configuration and tells every live session.
+    ///
+    /// The new configuration is a new `Arc`, which every session without an override then
+    /// shares: at a million sessions a change costs a command each, never a copy each.
+    fn change_keepalive(&self, change: impl FnOnce(&mut KeepaliveConfig)) {
+        let new = {
+            let mut shared = lock(&self.inner.keepalive);
+            let mut config = **shared;
+            change(&mut config);
+            *shared = Arc::new(config);
+            Arc::clone(&shared)
+        };
+        // Sessions register before they read the configuration (see the drivers), so one that
+        // starts meanwhile either has the new configuration already or is told here.
+        for session in lock(&self.inner.sessions).values() {
+            session.command(Command::InheritKeepalive(Arc::clone(&new)));
+        }
+    }
+
+    /// The context's keepalive configuration: what every session follows except the settings
+    /// it overrides.
     pub fn keepalive_config(&self) -> KeepaliveConfig {
         **lock(&self.inner.keepalive)
     }

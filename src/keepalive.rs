@@ -18,6 +18,12 @@
 //!   out at once); anything received resets the count;
 //! - while a Confirmable request is outstanding no ping is sent: the request is the probe;
 //! - a failure is reported once, and the machine then stays failed.
+//!
+//! Settings: sessions of one context share one `Arc<KeepaliveConfig>`. A session's own interval,
+//! pong timeout or `max_unanswered` (`set_interval`, `set_pong_timeout`, `set_max_unanswered`)
+//! copies it on write and is remembered as an override; a context-wide change
+//! ([`Keepalive::inherit_config`]) moves sessions without overrides to the new `Arc` together,
+//! and gives the others the new configuration with their overrides kept.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -284,8 +290,12 @@ impl Probe {
 #[derive(Debug, Clone)]
 pub struct Keepalive {
     style: PingStyle,
-    /// Shared by every session created with the same configuration (one word per session).
+    /// Shared by every session created with the same configuration (one word per session);
+    /// copied on write when this session's own settings ([`Overrides`]) change it.
     config: Arc<KeepaliveConfig>,
+    /// The settings of `config` that are this session's own, kept when a new configuration is
+    /// inherited ([`Keepalive::inherit_config`]).
+    overrides: Overrides,
     rng: Rng,
     last_rx: Instant,
     established: bool,
@@ -316,6 +326,7 @@ impl Keepalive {
         let mut keepalive = Keepalive {
             style,
             config,
+            overrides: Overrides::NONE,
             rng,
             last_rx: now,
             established: style == PingStyle::Datagram,
@@ -473,10 +484,12 @@ impl Keepalive {
         }
     }
 
-    /// Changes the idle interval of this session (`None` or zero turns its pings off). A ping
-    /// already out is left to finish; the next one follows the new interval.
+    /// Sets this session's own idle interval (`None` or zero turns its pings off): an override
+    /// that [`Keepalive::inherit_config`] keeps. A ping already out is left to finish; the next
+    /// one follows the new interval.
     pub fn set_interval(&mut self, interval: Option<Duration>) {
         let interval = interval.filter(|d| !d.is_zero());
+        self.overrides.insert(Overrides::INTERVAL);
         if self.config.interval != interval {
             // Copied on write: the other sessions keep sharing the original.
             Arc::make_mut(&mut self.config).interval = interval;
@@ -486,20 +499,61 @@ impl Keepalive {
         }
     }
 
-    /// Follows a change of the configuration this session was created from (`old`, now `new`):
-    /// a session still sharing `old` shares `new`; one whose interval was changed on its own
-    /// takes the new interval only.
-    pub fn inherit_config(&mut self, old: &Arc<KeepaliveConfig>, new: Arc<KeepaliveConfig>) {
-        if Arc::ptr_eq(&self.config, old) {
-            self.set_config(new);
-        } else {
-            self.set_interval(new.interval);
+    /// Sets this session's own pong timeout (`None`: the interval, as
+    /// [`KeepaliveConfig::pong_timeout`] says): an override that [`Keepalive::inherit_config`]
+    /// keeps. A ping already out keeps the timeout it was sent with.
+    pub fn set_pong_timeout(&mut self, timeout: Option<Duration>) {
+        let timeout = timeout.filter(|d| !d.is_zero());
+        self.overrides.insert(Overrides::PONG_TIMEOUT);
+        if self.config.pong_timeout != timeout {
+            Arc::make_mut(&mut self.config).pong_timeout = timeout;
         }
     }
 
-    /// Replaces the whole configuration (same rule as [`Keepalive::set_interval`]).
+    /// Sets this session's own number of consecutive unanswered pings that fail it (0 counts as
+    /// 1): an override that [`Keepalive::inherit_config`] keeps. It applies from the next
+    /// unanswered ping on.
+    pub fn set_max_unanswered(&mut self, max_unanswered: u32) {
+        let max_unanswered = max_unanswered.max(1);
+        self.overrides.insert(Overrides::MAX_UNANSWERED);
+        if self.config.max_unanswered != max_unanswered {
+            Arc::make_mut(&mut self.config).max_unanswered = max_unanswered;
+        }
+    }
+
+    /// Follows a context-wide change to `config`: a session with no setting of its own shares
+    /// `config` (no copy, whatever the number of sessions); one with overrides
+    /// ([`Keepalive::set_interval`], [`Keepalive::set_pong_timeout`],
+    /// [`Keepalive::set_max_unanswered`]) takes every other setting from it and keeps its own.
+    pub fn inherit_config(&mut self, config: Arc<KeepaliveConfig>) {
+        if self.overrides == Overrides::NONE {
+            self.config = config;
+        } else if !Arc::ptr_eq(&self.config, &config) {
+            let own = *self.config;
+            let mut merged = *config;
+            if self.overrides.contains(Overrides::INTERVAL) {
+                merged.interval = own.interval;
+            }
+            if self.overrides.contains(Overrides::PONG_TIMEOUT) {
+                merged.pong_timeout = own.pong_timeout;
+            }
+            if self.overrides.contains(Overrides::MAX_UNANSWERED) {
+                merged.max_unanswered = own.max_unanswered;
+            }
+            if merged != own {
+                self.config = Arc::new(merged);
+            }
+        }
+        if let Probe::Idle { .. } = self.probe {
+            self.schedule();
+        }
+    }
+
+    /// Replaces the whole configuration and forgets this session's overrides (same rule as
+    /// [`Keepalive::set_interval`] for a ping already out).
     pub fn set_config(&mut self, config: impl Into<Arc<KeepaliveConfig>>) {
         self.config = config.into();
+        self.overrides = Overrides::NONE;
         if let Probe::Idle { .. } = self.probe {
             self.schedule();
         }
@@ -730,6 +784,26 @@ impl Keepalive {
     }
 }
 
+/// Which settings of a session's [`KeepaliveConfig`] are its own (a bit set, one byte per
+/// session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Overrides(u8);
+
+impl Overrides {
+    const NONE: Overrides = Overrides(0);
+    const INTERVAL: Overrides = Overrides(1);
+    const PONG_TIMEOUT: Overrides = Overrides(1 << 1);
+    const MAX_UNANSWERED: Overrides = Overrides(1 << 2);
+
+    fn insert(&mut self, other: Overrides) {
+        self.0 |= other.0;
+    }
+
+    fn contains(self, other: Overrides) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
 /// A FIFO queue whose oldest item is held inline.
 ///
 /// A session's transmit and event queues are empty or hold one item nearly always; with a
@@ -796,12 +870,130 @@ mod tests {
         let mut shared = Keepalive::new(PingStyle::Datagram, Arc::clone(&old), Rng::seeded(1), t0);
         let mut own = Keepalive::new(PingStyle::Datagram, Arc::clone(&old), Rng::seeded(2), t0);
         own.set_interval(Some(secs(5.0)));
-        shared.inherit_config(&old, Arc::clone(&new));
-        own.inherit_config(&old, Arc::clone(&new));
+        shared.inherit_config(Arc::clone(&new));
+        own.inherit_config(Arc::clone(&new));
         assert!(Arc::ptr_eq(&shared.config, &new), "no copy per session");
-        assert_eq!(own.config().interval, Some(secs(20.0)));
-        assert!(!Arc::ptr_eq(&own.config, &new));
         assert_eq!(shared.poll_timeout(), Some(t0 + secs(20.0)));
+        assert_eq!(
+            own.config().interval,
+            Some(secs(5.0)),
+            "its own interval stays"
+        );
+        assert_eq!(own.poll_timeout(), Some(t0 + secs(5.0)));
+        assert_eq!(
+            Arc::strong_count(&old),
+            1,
+            "nobody holds the old one any more"
+        );
+    }
+
+    #[test]
+    fn a_context_wide_interval_change_reaches_live_sessions_without_an_override_only() {
+        // Two sessions of one context at 10 s; one overrides its interval to 4 s; the context
+        // moves to 3 s at 1 s. The one without an override pings at 4 s (3 s after its last
+        // receipt at 1 s), the other keeps pinging every 4 s.
+        let t0 = Instant::now();
+        let context = Arc::new(
+            KeepaliveConfig::default()
+                .with_interval_secs(10)
+                .with_transmission(deterministic()),
+        );
+        let mut follows = Keepalive::new(
+            PingStyle::Datagram,
+            Arc::clone(&context),
+            Rng::seeded(1),
+            t0,
+        );
+        let mut own = Keepalive::new(
+            PingStyle::Datagram,
+            Arc::clone(&context),
+            Rng::seeded(2),
+            t0,
+        );
+        own.set_interval(Some(secs(4.0)));
+        for k in [&mut follows, &mut own] {
+            k.handle_activity(t0 + secs(1.0));
+        }
+        let changed = Arc::new(context.with_interval(Some(secs(3.0))));
+        follows.inherit_config(Arc::clone(&changed));
+        own.inherit_config(Arc::clone(&changed));
+        let answer = |k: &mut Keepalive, t0: Instant, end: f64| {
+            let mut sent = Vec::new();
+            while let Some(at) = k.poll_timeout().filter(|&at| at <= t0 + secs(end)) {
+                k.handle_timeout(at);
+                while let Some(PingTransmit::Datagram { message_id, .. }) = k.poll_transmit() {
+                    sent.push((at - t0).as_secs_f64());
+                    k.handle_datagram_answer(at, message_id);
+                }
+            }
+            sent
+        };
+        assert_eq!(answer(&mut follows, t0, 10.5), vec![4.0, 7.0, 10.0]);
+        assert_eq!(answer(&mut own, t0, 10.5), vec![5.0, 9.0]);
+        assert!(Arc::ptr_eq(&follows.config, &changed));
+    }
+
+    #[test]
+    fn a_pong_timeout_override_applies_to_its_session_only_and_survives_context_changes() {
+        // Two stream sessions pinging every 10 s with the interval as pong timeout; one takes a
+        // 2 s pong timeout of its own. The context then raises max_unanswered to 2 for all:
+        // both take that, the override stays.
+        let t0 = Instant::now();
+        let context = Arc::new(KeepaliveConfig::default().with_interval_secs(10));
+        let mut other = Keepalive::new(PingStyle::Stream, Arc::clone(&context), Rng::seeded(1), t0);
+        let mut own = Keepalive::new(PingStyle::Stream, Arc::clone(&context), Rng::seeded(2), t0);
+        own.set_pong_timeout(Some(secs(2.0)));
+        let changed = Arc::new(context.with_max_unanswered(2));
+        other.inherit_config(Arc::clone(&changed));
+        own.inherit_config(Arc::clone(&changed));
+        assert_eq!(own.config().pong_timeout, Some(secs(2.0)));
+        assert_eq!(own.config().max_unanswered, 2);
+        assert_eq!(other.config().pong_timeout, None);
+        for k in [&mut other, &mut own] {
+            k.handle_established(t0);
+        }
+        let (tx, ev) = run_until(&mut own, t0, 100.0);
+        assert_eq!(times(&tx), vec![10.0, 12.0]);
+        assert_eq!(
+            ev,
+            vec![
+                (12.0, KeepaliveEvent::Unanswered { count: 1 }),
+                (14.0, KeepaliveEvent::Unanswered { count: 2 }),
+                (14.0, KeepaliveEvent::Failed(NackReason::TooManyRetries)),
+            ]
+        );
+        let (tx, ev) = run_until(&mut other, t0, 100.0);
+        assert_eq!(times(&tx), vec![10.0, 20.0]);
+        assert_eq!(
+            ev.last(),
+            Some(&(30.0, KeepaliveEvent::Failed(NackReason::TooManyRetries)))
+        );
+    }
+
+    #[test]
+    fn overrides_of_one_setting_leave_the_others_to_the_context() {
+        let t0 = Instant::now();
+        let context = Arc::new(KeepaliveConfig::default().with_interval_secs(10));
+        let mut k = Keepalive::new(PingStyle::Stream, Arc::clone(&context), Rng::seeded(1), t0);
+        k.set_max_unanswered(0);
+        assert_eq!(k.config().max_unanswered, 1, "0 counts as 1");
+        k.set_max_unanswered(5);
+        let changed = KeepaliveConfig::default()
+            .with_interval_secs(30)
+            .with_pong_timeout(secs(3.0))
+            .with_max_unanswered(2)
+            .with_jitter(0.25);
+        k.inherit_config(Arc::new(changed));
+        assert_eq!(*k.config(), changed.with_max_unanswered(5));
+        // An override to the value the context has is still an override.
+        k.set_interval(Some(secs(30.0)));
+        k.inherit_config(Arc::new(changed.with_interval_secs(60)));
+        assert_eq!(k.config().interval, Some(secs(30.0)));
+        // A whole new configuration forgets the overrides.
+        k.set_config(changed);
+        let next = Arc::new(changed.with_interval_secs(7).with_max_unanswered(9));
+        k.inherit_config(Arc::clone(&next));
+        assert!(Arc::ptr_eq(&k.config, &next));
     }
 
     fn datagram(interval: u64, params: TransmissionParams) -> (Keepalive, Instant) {

@@ -51,7 +51,8 @@
 //!   its peer index (`peer_index.rs`) and cache hints (`prefetch.rs`, the crate's one `unsafe`)
 //!   are private to it.
 //! - [`session`]: the [`Session`] handle — id, peer, transport, role, state, statistics.
-//! - [`context`]: [`Context`] — settings, handlers, listen / connect, shutdown.
+//! - [`context`]: [`Context`] — settings ([`ContextBuilder`], validated once), handlers,
+//!   listen / connect, shutdown.
 //! - [`handler`]: the ping / pong / nack / event handler types.
 //! - [`transport`]: the tokio drivers, the only code that touches sockets: UDP and TCP, and
 //!   DTLS (webrtc-dtls) and TLS (tokio-rustls) running the same drivers over secured connections.
@@ -75,6 +76,7 @@ pub mod protocol;
 pub mod resource;
 pub mod rng;
 pub mod session;
+mod settings;
 pub mod table;
 pub mod transport;
 pub mod uri;
@@ -87,7 +89,7 @@ pub struct ReadmeDoctests;
 
 pub use certs::{ClientCredentials, PemIdentity, PskCredentials, ServerCredentials};
 pub use config::{IcmpPolicy, KeepaliveConfig, TransmissionParams};
-pub use context::{Context, ContextSettings, Endpoint, SessionCounts};
+pub use context::{Context, ContextBuilder, ContextSettings, Endpoint, SessionCounts};
 pub use error::{Error, NackReason, Result};
 pub use handler::{PeerPing, PingDecision, SessionEvent};
 pub use keepalive::{Keepalive, KeepaliveEvent, PingStyle, PingTransmit, RttStats, Stats};

@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -137,13 +137,14 @@ pub(crate) enum Waiter {
 #[derive(Debug)]
 pub(crate) enum Command {
     /// Override the keepalive interval of this session (`None`: off).
-    SetKeepalive(Option<Duration>),
-    /// Follow the context's keepalive setting again (sent to sessions without an override): the
-    /// context's configuration was `old` and is now `new`.
-    InheritKeepalive {
-        old: Arc<crate::config::KeepaliveConfig>,
-        new: Arc<crate::config::KeepaliveConfig>,
-    },
+    SetKeepaliveInterval(Option<Duration>),
+    /// Override the pong timeout of this session.
+    SetPongTimeout(Duration),
+    /// Override the consecutive unanswered pings that fail this session.
+    SetMaxUnanswered(u32),
+    /// The context's keepalive configuration is now this one: take every setting this session
+    /// has not overridden from it (sent to every live session).
+    InheritKeepalive(Arc<crate::config::KeepaliveConfig>),
     /// Evidence of life from elsewhere.
     MarkActive,
     /// Send a ping now. `counted`: [`Session::ping`] already counts it in the published
@@ -192,7 +193,6 @@ pub(crate) struct Shared {
     pub(crate) stats: Mutex<Published>,
     /// Microseconds after `created` of the last receipt.
     pub(crate) last_rx_micros: AtomicU64,
-    pub(crate) keepalive_overridden: AtomicBool,
     /// Default request timeout, in milliseconds.
     pub(crate) request_timeout_ms: AtomicU64,
     pub(crate) next_request: AtomicU64,
@@ -250,7 +250,6 @@ impl Session {
                 state: Mutex::new(SessionState::Connecting),
                 stats: Mutex::new(Published::default()),
                 last_rx_micros: AtomicU64::new(0),
-                keepalive_overridden: AtomicBool::new(false),
                 request_timeout_ms: AtomicU64::new(DEFAULT_REQUEST_TIMEOUT.as_millis() as u64),
                 next_request: AtomicU64::new(1),
                 commands,
@@ -309,18 +308,54 @@ impl Session {
         Instant::now().saturating_duration_since(last)
     }
 
-    /// Overrides the keepalive interval of this session only (0 turns its pings off). The
-    /// context's later `set_keepalive` calls no longer change it.
+    /// Overrides the keepalive interval of this session only, in seconds (0 turns its pings
+    /// off; libcoap's per-session `-K`). Default: the context's interval.
+    ///
+    /// Like every per-session keepalive setting, it applies to this session alone and stays
+    /// when the context's settings change later ([`Context::set_keepalive`],
+    /// [`Context::set_keepalive_config`]); the session still follows the context's changes of
+    /// the settings it has not overridden.
+    ///
+    /// [`Context::set_keepalive`]: crate::Context::set_keepalive
+    /// [`Context::set_keepalive_config`]: crate::Context::set_keepalive_config
     pub fn set_keepalive(&self, secs: u64) {
         self.set_keepalive_interval((secs > 0).then(|| Duration::from_secs(secs)));
     }
 
-    /// Like [`Session::set_keepalive`] with any duration (`None` turns pings off).
+    /// Like [`Session::set_keepalive`] with any duration (`None` or zero turns this session's
+    /// pings off). Default: the context's interval. A ping already out is left to finish; the
+    /// next one follows the new interval.
     pub fn set_keepalive_interval(&self, interval: Option<Duration>) {
-        self.shared
-            .keepalive_overridden
-            .store(true, Ordering::Relaxed);
-        self.command(Command::SetKeepalive(interval));
+        self.command(Command::SetKeepaliveInterval(interval));
+    }
+
+    /// Overrides how long a TCP / TLS ping of this session waits for its Pong before it counts
+    /// as unanswered (must be positive). Default: the context's
+    /// [`pong_timeout`](crate::ContextBuilder::pong_timeout), which is the keepalive interval
+    /// unless set. One session only, kept across context-wide changes (see
+    /// [`Session::set_keepalive`]); a ping already out keeps the timeout it was sent with.
+    pub fn set_pong_timeout(&self, timeout: Duration) -> Result<()> {
+        if timeout.is_zero() {
+            return Err(Error::Config(
+                "pong_timeout must be positive, got 0 s".into(),
+            ));
+        }
+        self.command(Command::SetPongTimeout(timeout));
+        Ok(())
+    }
+
+    /// Overrides how many consecutive unanswered pings fail this session (at least 1).
+    /// Default: the context's [`max_unanswered`](crate::ContextBuilder::max_unanswered), 1
+    /// unless set. One session only, kept across context-wide changes (see
+    /// [`Session::set_keepalive`]).
+    pub fn set_max_unanswered(&self, max_unanswered: u32) -> Result<()> {
+        if max_unanswered == 0 {
+            return Err(Error::Config(
+                "max_unanswered must be at least 1, got 0".into(),
+            ));
+        }
+        self.command(Command::SetMaxUnanswered(max_unanswered));
+        Ok(())
     }
 
     /// Reports evidence that the peer is alive, received some other way: postpones the next ping.
@@ -513,10 +548,6 @@ impl Session {
             .saturating_duration_since(self.shared.created)
             .as_micros() as u64;
         self.shared.last_rx_micros.store(micros, Ordering::Relaxed);
-    }
-
-    pub(crate) fn keepalive_overridden(&self) -> bool {
-        self.shared.keepalive_overridden.load(Ordering::Relaxed)
     }
 }
 

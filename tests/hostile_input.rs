@@ -22,7 +22,7 @@ use coap_keepalive::wire::decode_uint;
 use coap_keepalive::wire::signal::{ABORT, CSM, OPTION_BAD_CSM_OPTION, PONG};
 use coap_keepalive::wire::tcp::Frame;
 use coap_keepalive::{
-    Context, ContextSettings, NackReason, PskCredentials, ServerCredentials, Transport,
+    Context, ContextBuilder, NackReason, PskCredentials, ServerCredentials, Transport,
 };
 
 mod support;
@@ -292,11 +292,11 @@ struct StreamServer {
 
 impl StreamServer {
     async fn start(transport: Transport) -> StreamServer {
-        StreamServer::with_settings(transport, ContextSettings::default()).await
+        StreamServer::with_settings(transport, Context::builder()).await
     }
 
-    async fn with_settings(transport: Transport, settings: ContextSettings) -> StreamServer {
-        let ctx = Context::with_settings(settings);
+    async fn with_settings(transport: Transport, settings: ContextBuilder) -> StreamServer {
+        let ctx = settings.build().unwrap();
         let nacks = nacks(&ctx);
         let certs = CertificateSet::generate().unwrap();
         let credentials = ServerCredentials::Certificate {
@@ -519,8 +519,7 @@ async fn tcp_abort_with_unknown_critical_option_is_not_answered() {
 /// A frame started and never finished holds the session for the input timeout only.
 async fn unfinished_frame_is_aborted_after_the_input_timeout(transport: Transport) {
     bounded(TEST_LIMIT, async {
-        let mut settings = ContextSettings::default();
-        settings.input_timeout = INPUT_TIMEOUT;
+        let settings = Context::builder().input_timeout(INPUT_TIMEOUT);
         let mut server = StreamServer::with_settings(transport, settings).await;
         let mut raw = server.established().await;
         // Len 13: 13 + 0x40 = 77 bytes of options and payload announced; 3 sent.

@@ -32,9 +32,8 @@ use tokio::sync::mpsc;
 
 use coap_keepalive::config::{KeepaliveConfig, TransmissionParams};
 use coap_keepalive::{
-    ClientCredentials, Context, ContextSettings, NackReason, PeerPing, PingDecision,
-    PskCredentials, Resource, Response, ServerCredentials, Session, SessionState, Status,
-    Transport,
+    ClientCredentials, Context, NackReason, PeerPing, PingDecision, PskCredentials, Resource,
+    Response, ServerCredentials, Session, SessionState, Status, Transport,
 };
 
 use support::libcoap::{Build, LibcoapProcess, LibcoapServer, SERVER_INDEX};
@@ -604,9 +603,10 @@ async fn coap_server_keepalive(build: Build, cell: Cell) {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut server = LibcoapServer::start(build, &args).await;
 
-        let mut settings = ContextSettings::default();
-        settings.connect_timeout = Duration::from_secs(5);
-        let client = Context::with_settings(settings);
+        let client = Context::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
         let transmission = TransmissionParams::default()
             .with_ack_timeout(ms(100))
             .with_ack_random_factor(1.0)

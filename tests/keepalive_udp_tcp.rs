@@ -314,6 +314,155 @@ async fn tcp_session_override_stops_pings() {
     bounded(TEST_LIMIT, session_override_stops_pings(Transport::Tcp)).await
 }
 
+/// A context-wide change reaches a live session that has no override, and leaves the
+/// override of another session alone, also when the context later replaces its whole
+/// configuration.
+async fn context_changes_reach_live_sessions_but_not_their_overrides(transport: Transport) {
+    const OWN: Duration = Duration::from_millis(250);
+    const CONTEXT: Duration = Duration::from_millis(40);
+    let server = Context::new();
+    let mut server_pings = pings(&server, PingDecision::Answer);
+    let addr = listen(&server, transport, None).await;
+
+    let client = Context::new(); // keepalive off
+    let follows = connect(&client, transport, addr).await;
+    let own = connect(&client, transport, addr).await;
+    own.set_keepalive_interval(Some(OWN));
+    tokio::time::sleep(ms(100)).await;
+    let port = |session: &Session| session.local_addr().port();
+    let before = drain(&mut server_pings);
+    assert!(
+        before.iter().all(|(p, _)| *p != port(&follows)),
+        "{transport}: keepalive is off, yet the session pinged"
+    );
+
+    // The live session without an override takes the new interval at once, whether the
+    // interval alone or the whole configuration changes; the other keeps its own through both.
+    client.set_keepalive_interval(Some(ms(80)));
+    let config = client
+        .keepalive_config()
+        .with_interval(Some(CONTEXT))
+        .with_max_unanswered(2);
+    client.set_keepalive_config(config).unwrap();
+    assert_eq!(client.keepalive_config().interval, Some(CONTEXT));
+    tokio::time::sleep(ms(450)).await;
+    let after = drain(&mut server_pings);
+    let from = |session: &Session| {
+        after
+            .iter()
+            .filter(|(p, _)| *p == port(session))
+            .map(|(_, at)| *at)
+            .collect::<Vec<_>>()
+    };
+    let (followed, kept) = (from(&follows), from(&own));
+    assert!(
+        followed.len() >= 4,
+        "{transport}: the context's 40 ms interval did not reach the live session: {} pings",
+        followed.len()
+    );
+    assert!(
+        (1..=2).contains(&kept.len()),
+        "{transport}: the session's own 250 ms interval did not survive: {} pings",
+        kept.len()
+    );
+    for gap in kept.windows(2).map(|w| w[1] - w[0]) {
+        assert!(
+            gap >= ms(200),
+            "{transport}: pings {gap:?} apart, not {OWN:?}"
+        );
+    }
+    assert_eq!(follows.state(), SessionState::Established);
+    assert_eq!(own.state(), SessionState::Established);
+}
+
+#[tokio::test]
+async fn udp_context_changes_reach_live_sessions_but_not_their_overrides() {
+    bounded(
+        TEST_LIMIT,
+        context_changes_reach_live_sessions_but_not_their_overrides(Transport::Udp),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn tcp_context_changes_reach_live_sessions_but_not_their_overrides() {
+    bounded(
+        TEST_LIMIT,
+        context_changes_reach_live_sessions_but_not_their_overrides(Transport::Tcp),
+    )
+    .await
+}
+
+/// A session's own pong timeout and `max_unanswered` fail it early against a silent peer,
+/// while its sibling on the same context fails on the context's (more patient) settings; a
+/// context-wide change made in between leaves the overrides alone.
+async fn failure_overrides_apply_to_their_session_only(transport: Transport) {
+    let server = Context::new();
+    let _server_pings = pings(&server, PingDecision::Suppress); // looks dead
+    let addr = listen(&server, transport, None).await;
+
+    // A ping is unanswered after 20 ms (UDP: no retransmission) or 50 ms (TCP); 8 in a row
+    // fail a session: about 210 ms (UDP) or 450 ms (TCP) after connecting.
+    let client = Context::builder()
+        .keepalive(ms(50))
+        .ack_timeout(ms(20))
+        .ack_random_factor(1.0)
+        .max_retransmit(0)
+        .pong_timeout(ms(50))
+        .max_unanswered(8)
+        .build()
+        .unwrap();
+    let mut nack_rx = nacks(&client);
+    let patient = connect(&client, transport, addr).await;
+    let quick = connect(&client, transport, addr).await;
+    quick.set_pong_timeout(ms(20)).unwrap();
+    quick.set_max_unanswered(1).unwrap();
+    assert!(quick.set_max_unanswered(0).is_err());
+    assert!(quick.set_pong_timeout(Duration::ZERO).is_err());
+    let started = Instant::now();
+    client.set_keepalive_interval(Some(ms(40)));
+
+    let first = next(&mut nack_rx, Duration::from_secs(1), "nack").await;
+    assert_eq!(
+        first.session.id(),
+        quick.id(),
+        "{transport}: the quick session fails first"
+    );
+    assert_eq!(first.reason, NackReason::TooManyRetries);
+    assert!(
+        first.at - started < ms(150),
+        "{transport}: the overrides did not apply: failed after {:?}",
+        first.at - started
+    );
+    assert_eq!(patient.state(), SessionState::Established);
+    let second = next(&mut nack_rx, Duration::from_secs(2), "nack").await;
+    assert_eq!(second.session.id(), patient.id());
+    assert_eq!(second.reason, NackReason::TooManyRetries);
+    assert!(
+        second.at - first.at >= ms(60),
+        "{transport}: the patient session failed {:?} after the quick one",
+        second.at - first.at
+    );
+}
+
+#[tokio::test]
+async fn udp_failure_overrides_apply_to_their_session_only() {
+    bounded(
+        TEST_LIMIT,
+        failure_overrides_apply_to_their_session_only(Transport::Udp),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn tcp_failure_overrides_apply_to_their_session_only() {
+    bounded(
+        TEST_LIMIT,
+        failure_overrides_apply_to_their_session_only(Transport::Tcp),
+    )
+    .await
+}
+
 async fn mark_active_postpones_the_ping(transport: Transport) {
     const INTERVAL: Duration = Duration::from_millis(200);
     let server = Context::new();

@@ -49,7 +49,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use coap_keepalive::config::{KeepaliveConfig, TransmissionParams};
-use coap_keepalive::context::{Context, ContextSettings};
+use coap_keepalive::context::Context;
 use coap_keepalive::error::NackReason;
 use coap_keepalive::handler::SessionEvent;
 use coap_keepalive::protocol::datagram::DatagramSession;
@@ -291,9 +291,7 @@ fn client(
     mpsc::UnboundedReceiver<(u16, NackReason, Instant)>,
     Arc<Counters>,
 ) {
-    let mut settings = ContextSettings::default();
-    settings.seed = Some(seed);
-    let ctx = Context::with_settings(settings);
+    let ctx = Context::builder().seed(seed).build().unwrap();
     ctx.set_keepalive_config(config)
         .expect("valid keepalive config");
     let (tx, rx) = mpsc::unbounded_channel();

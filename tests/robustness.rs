@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use coap_keepalive::{Context, ContextSettings};
+use coap_keepalive::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::timeout;
@@ -33,9 +33,7 @@ async fn ping(socket: &UdpSocket, server: SocketAddr, mid: u16) -> Option<Vec<u8
 
 #[tokio::test]
 async fn udp_session_table_is_bounded_and_established_sessions_survive_a_flood() {
-    let mut settings = ContextSettings::default();
-    settings.max_sessions = 50;
-    let ctx = Context::with_settings(settings);
+    let ctx = Context::builder().max_sessions(50).build().unwrap();
     let server = ctx.listen_udp(loopback()).await.unwrap().local_addr;
 
     // An established peer: heard from twice.
@@ -73,9 +71,10 @@ async fn udp_session_table_is_bounded_and_established_sessions_survive_a_flood()
 }
 
 fn short_input_timeout() -> Context {
-    let mut settings = ContextSettings::default();
-    settings.input_timeout = Duration::from_millis(300);
-    Context::with_settings(settings)
+    Context::builder()
+        .input_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap()
 }
 
 /// The codes of the frames in `bytes`.
@@ -147,7 +146,7 @@ mod dtls_handshakes {
     use coap_keepalive::transport::dtls_conn::{
         dtls_connect, dtls_recv, dtls_send, DtlsAccept, DtlsListener,
     };
-    use coap_keepalive::{Context, ContextSettings, NackReason, PskCredentials, ServerCredentials};
+    use coap_keepalive::{Context, NackReason, PskCredentials, ServerCredentials};
     use tokio::net::UdpSocket;
     use tokio::time::timeout;
     use webrtc_util::conn::Conn;
@@ -292,9 +291,10 @@ mod dtls_handshakes {
     #[tokio::test]
     async fn context_bounds_handshakes_and_serves_a_good_client() {
         let hello = client_hello().await;
-        let mut settings = ContextSettings::default();
-        settings.connect_timeout = Duration::from_millis(1_000);
-        let ctx = Context::with_settings(settings);
+        let ctx = Context::builder()
+            .connect_timeout(Duration::from_millis(1_000))
+            .build()
+            .unwrap();
         let (tx, mut nacks) = tokio::sync::mpsc::unbounded_channel();
         ctx.register_nack_handler(move |_, reason| {
             let _ = tx.send(reason);
@@ -566,8 +566,7 @@ mod session_limit {
 
     use coap_keepalive::certs::CertificateSet;
     use coap_keepalive::{
-        ClientCredentials, Context, ContextSettings, PskCredentials, ServerCredentials, Session,
-        Transport,
+        ClientCredentials, Context, PskCredentials, ServerCredentials, Session, Transport,
     };
     use tokio::sync::mpsc;
     use tokio::time::timeout;
@@ -587,10 +586,11 @@ mod session_limit {
 
     impl Endpoint {
         async fn start(transport: Transport) -> Endpoint {
-            let mut settings = ContextSettings::default();
-            settings.max_sessions = MAX;
-            settings.connect_timeout = Duration::from_secs(2);
-            let server = Context::with_settings(settings);
+            let server = Context::builder()
+                .max_sessions(MAX)
+                .connect_timeout(Duration::from_secs(2))
+                .build()
+                .unwrap();
             let certs = CertificateSet::generate().unwrap();
             let psk = PskCredentials::new("limited", "secret");
             let (endpoint, credentials) = match transport {
@@ -618,11 +618,12 @@ mod session_limit {
                     },
                 ),
             };
-            let mut settings = ContextSettings::default();
-            settings.connect_timeout = Duration::from_secs(2);
             Endpoint {
                 server,
-                client: Context::with_settings(settings),
+                client: Context::builder()
+                    .connect_timeout(Duration::from_secs(2))
+                    .build()
+                    .unwrap(),
                 transport,
                 addr: endpoint.unwrap().local_addr,
                 credentials,

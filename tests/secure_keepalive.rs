@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
 use coap_keepalive::config::{KeepaliveConfig, TransmissionParams};
-use coap_keepalive::context::{Context, ContextSettings};
+use coap_keepalive::context::Context;
 use coap_keepalive::error::{Error, NackReason};
 use coap_keepalive::handler::{PingDecision, SessionEvent};
 use coap_keepalive::session::{Role, SessionState, Transport};
@@ -30,9 +30,10 @@ const TEST_LIMIT: Duration = Duration::from_secs(10);
 const HANDSHAKE: Duration = Duration::from_secs(3);
 
 fn context(handshake: Duration) -> Context {
-    let mut settings = ContextSettings::default();
-    settings.connect_timeout = handshake;
-    Context::with_settings(settings)
+    Context::builder()
+        .connect_timeout(handshake)
+        .build()
+        .unwrap()
 }
 
 /// The four ways of securing a session tested here.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::Args;
 use coap_keepalive::config::{KeepaliveConfig, TransmissionParams};
-use coap_keepalive::context::{Context, ContextSettings};
+use coap_keepalive::context::Context;
 use coap_keepalive::error::{NackReason, Result};
 use coap_keepalive::handler::SessionEvent;
 use coap_keepalive::session::Session;
@@ -114,13 +114,14 @@ pub async fn run(args: PingArgs) -> Result<ExitCode> {
         config = config.with_max_unanswered(n);
     }
     let credentials = args.security.credentials(uri.transport)?;
-    let mut settings = ContextSettings::default();
-    settings.connect_timeout = args
-        .security
-        .handshake_timeout
-        .max(Duration::from_millis(1));
-    let ctx = Context::with_settings(settings);
-    ctx.set_keepalive_config(config)?;
+    let ctx = Context::builder()
+        .keepalive_config(config)
+        .connect_timeout(
+            args.security
+                .handshake_timeout
+                .max(Duration::from_millis(1)),
+        )
+        .build()?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let pongs = tx.clone();
     ctx.register_pong_handler(move |_, rtt| {

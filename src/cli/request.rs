@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 use coap_keepalive::error::Result;
-use coap_keepalive::{
-    CoapUri, Context, ContextSettings, Method, Request, Response, Session, SessionState,
-};
+use coap_keepalive::{CoapUri, Context, Method, Request, Response, Session, SessionState};
 
 use super::output::{parse_secs, refuse_multicast, usage_error, Signals};
 
@@ -61,12 +59,13 @@ fn build(method: Method, args: &RequestArgs) -> Result<(CoapUri, Request)> {
 /// Connects as the URI and the security options say; prints why on failure.
 async fn connect(uri: &CoapUri, args: &RequestArgs) -> Result<Option<(Context, Session)>> {
     let credentials = args.security.credentials(uri.transport)?;
-    let mut settings = ContextSettings::default();
-    settings.connect_timeout = args
-        .security
-        .handshake_timeout
-        .max(Duration::from_millis(1));
-    let ctx = Context::with_settings(settings);
+    let ctx = Context::builder()
+        .connect_timeout(
+            args.security
+                .handshake_timeout
+                .max(Duration::from_millis(1)),
+        )
+        .build()?;
     match ctx.connect_with(&uri.to_string(), &credentials).await {
         Ok(session) => Ok(Some((ctx, session))),
         Err(error) => {

@@ -29,8 +29,10 @@ pub(crate) fn apply_command<P: SessionProtocol>(
     command: Command,
 ) {
     match command {
-        Command::SetKeepalive(interval) => core.keepalive_mut().set_interval(interval),
-        Command::InheritKeepalive { old, new } => core.keepalive_mut().inherit_config(&old, new),
+        Command::SetKeepaliveInterval(interval) => core.keepalive_mut().set_interval(interval),
+        Command::SetPongTimeout(timeout) => core.keepalive_mut().set_pong_timeout(Some(timeout)),
+        Command::SetMaxUnanswered(n) => core.keepalive_mut().set_max_unanswered(n),
+        Command::InheritKeepalive(config) => core.keepalive_mut().inherit_config(config),
         Command::MarkActive => {
             core.keepalive_mut().mark_active(now);
             session.note_receipt(now);

@@ -292,7 +292,6 @@ mod tests {
 
     use super::*;
     use crate::certs::CertificateSet;
-    use crate::context::ContextSettings;
     use crate::session::SessionState;
 
     /// TCP and TLS endpoints bound to port 0 of the IPv6 loopback serve sessions (the TLS one
@@ -346,10 +345,10 @@ mod tests {
         configure(&off, &accepted);
         assert!(!socket2::SockRef::from(&accepted).keepalive().unwrap());
 
-        let on = Context::with_settings(ContextSettings {
-            tcp_keepalive: Some(Duration::from_secs(7)),
-            ..ContextSettings::default()
-        });
+        let on = Context::builder()
+            .tcp_keepalive(Duration::from_secs(7))
+            .build()
+            .unwrap();
         for stream in [&accepted, &connected] {
             configure(&on, stream);
             let socket = socket2::SockRef::from(stream);

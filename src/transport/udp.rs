@@ -190,6 +190,10 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
             CommandSender::Endpoint(self.commands_tx.clone()),
             now,
         );
+        handle.set_state(SessionState::Established);
+        // Registered before the configuration is read: a context-wide keepalive change made
+        // meanwhile is either in it or sent to the session as a command.
+        self.ctx.register(&handle);
         let mut core = DatagramSession::new(
             self.ctx.shared_keepalive_config(),
             self.ctx.session_rng(),
@@ -198,8 +202,6 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
         if role == Role::Server {
             core.set_idle_timeout(Some(self.ctx.settings().idle_timeout));
         }
-        handle.set_state(SessionState::Established);
-        self.ctx.register(&handle);
         let key = self.table.insert(
             peer,
             Peer {

@@ -28,8 +28,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use coap_keepalive::certs::{CertificateSet, ClientCredentials, PskCredentials, ServerCredentials};
-use coap_keepalive::config::{KeepaliveConfig, TransmissionParams};
-use coap_keepalive::context::{Context, ContextSettings};
+use coap_keepalive::context::Context;
 use coap_keepalive::error::{Error, NackReason, Result};
 use coap_keepalive::handler::PingDecision;
 use coap_keepalive::rng::Rng;
@@ -144,14 +143,9 @@ struct Env {
 impl Env {
     async fn start() -> Result<Env> {
         let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
-        let mut settings = ContextSettings::default();
-        settings.connect_timeout = CONNECT_TIMEOUT;
-        settings.input_timeout = Duration::from_secs(2);
-
         // The server pings idle clients every second and gives a silent UDP peer up after
         // 0.2 + 0.4 + 0.8 s of retransmissions (a TCP peer after a 0.5 s late Pong).
-        let server = Context::with_settings(settings.clone());
-        server.set_keepalive_config(keepalive(1_000, 200, 500))?;
+        let server = context(1_000, 200, 500)?;
         server.register_ping_handler(|session, _| {
             if session.id().0 % SUPPRESS_EVERY == 0 {
                 PingDecision::Suppress
@@ -180,8 +174,7 @@ impl Env {
 
         // Clients ping every 200 idle ms and give up after 0.1 + 0.2 + 0.4 s (UDP, DTLS) or a
         // Pong 200 ms late (TCP, TLS).
-        let client = Context::with_settings(settings);
-        client.set_keepalive_config(keepalive(200, 100, 200))?;
+        let client = context(200, 100, 200)?;
         Ok(Env {
             server,
             client,
@@ -216,18 +209,19 @@ impl Env {
     }
 }
 
-/// A keepalive configuration: ping after `interval_ms`, RFC 7252 retransmissions from
-/// `ack_timeout_ms` (no randomness, two retransmissions), Pong due within `pong_timeout_ms`.
-fn keepalive(interval_ms: u64, ack_timeout_ms: u64, pong_timeout_ms: u64) -> KeepaliveConfig {
-    KeepaliveConfig::default()
-        .with_interval(Some(Duration::from_millis(interval_ms)))
-        .with_transmission(
-            TransmissionParams::default()
-                .with_ack_timeout(Duration::from_millis(ack_timeout_ms))
-                .with_ack_random_factor(1.0)
-                .with_max_retransmit(2),
-        )
-        .with_pong_timeout(Duration::from_millis(pong_timeout_ms))
+/// A context that pings after `interval_ms`, retransmits per RFC 7252 from `ack_timeout_ms` (no
+/// randomness, two retransmissions) and wants a Pong within `pong_timeout_ms`.
+fn context(interval_ms: u64, ack_timeout_ms: u64, pong_timeout_ms: u64) -> Result<Context> {
+    let ms = Duration::from_millis;
+    Context::builder()
+        .keepalive(ms(interval_ms))
+        .ack_timeout(ms(ack_timeout_ms))
+        .ack_random_factor(1.0)
+        .max_retransmit(2)
+        .pong_timeout(ms(pong_timeout_ms))
+        .connect_timeout(CONNECT_TIMEOUT)
+        .input_timeout(Duration::from_secs(2))
+        .build()
 }
 
 /// One sample of the process.
