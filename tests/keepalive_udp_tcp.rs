@@ -383,18 +383,22 @@ async fn tcp_graceful_shutdown_releases_the_server_session() {
             .expect("server session ended");
         assert_eq!(ended, SessionState::Closed);
         assert!(server.sessions().is_empty(), "server session left in table");
-        // Its events went out before `closed()` woke: established, then closed.
+        // Its events went out before `closed()` woke: established first, closed last (a
+        // ping of the client's may come between on a slow machine).
         let events: Vec<_> = std::iter::from_fn(|| server_events.try_recv())
             .map(|item| item.expect("no lag"))
             .filter(|event| event.session.id() == server_session.id())
             .map(|event| event.kind)
             .collect();
         assert_eq!(
-            events,
-            [
-                coap_keepalive::EventKind::Established,
-                coap_keepalive::EventKind::Closed
-            ]
+            events.first(),
+            Some(&coap_keepalive::EventKind::Established),
+            "{events:?}"
+        );
+        assert_eq!(
+            events.last(),
+            Some(&coap_keepalive::EventKind::Closed),
+            "{events:?}"
         );
         // Nothing trails the close: the EOF after the Release is not a failure.
         tokio::time::sleep(ms(50)).await;
