@@ -323,3 +323,105 @@ impl EventBus {
         self.finished.send_replace(true);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::session::{CommandSender, Role, SessionId, Transport};
+
+    fn session() -> Session {
+        let (commands, _) = tokio::sync::mpsc::unbounded_channel();
+        let addr = "127.0.0.1:5683".parse().unwrap();
+        Session::new(
+            SessionId(1),
+            addr,
+            addr,
+            Transport::Udp,
+            Role::Client,
+            CommandSender::Own(commands),
+            Instant::now(),
+        )
+    }
+
+    #[test]
+    fn without_a_receiver_no_event_is_built_and_no_channel_exists() {
+        let bus = EventBus::default();
+        bus.emit(&session(), || panic!("built an event nobody receives"));
+        assert!(bus.sender.get().is_none());
+        drop(bus.subscribe());
+        // The receiver is gone again: back to one load.
+        bus.emit(&session(), || panic!("built an event nobody receives"));
+    }
+
+    #[test]
+    fn every_receiver_gets_every_event_and_ends_after_finish() {
+        let bus = EventBus::default();
+        let mut a = bus.subscribe();
+        let mut b = bus.subscribe();
+        let s = session();
+        bus.emit(&s, || EventKind::Established);
+        bus.emit(&s, || EventKind::Pong {
+            rtt: Duration::from_micros(1500),
+        });
+        bus.finish();
+        for events in [&mut a, &mut b] {
+            let kinds: Vec<EventKind> = std::iter::from_fn(|| events.try_recv())
+                .map(|item| item.unwrap().kind)
+                .collect();
+            assert_eq!(
+                kinds,
+                [
+                    EventKind::Established,
+                    EventKind::Pong {
+                        rtt: Duration::from_micros(1500)
+                    }
+                ]
+            );
+            assert!(events.try_recv().is_none());
+        }
+        // Finished and drained: the stream has ended.
+        let waker = std::task::Waker::noop();
+        let polled = Pin::new(&mut a).poll_next(&mut TaskContext::from_waker(waker));
+        assert!(matches!(polled, Poll::Ready(None)));
+    }
+
+    #[test]
+    fn kinds_read_as_words() {
+        let words = [
+            (EventKind::Established, "established"),
+            (
+                EventKind::PingReceived {
+                    ping: PeerPing::Datagram { message_id: 7 },
+                    answered: false,
+                },
+                "ping received, not answered",
+            ),
+            (
+                EventKind::PingSent {
+                    retransmission: true,
+                },
+                "ping retransmitted",
+            ),
+            (
+                EventKind::Pong {
+                    rtt: Duration::from_micros(210),
+                },
+                "pong in 0.21 ms",
+            ),
+            (
+                EventKind::PingUnanswered { count: 2 },
+                "ping unanswered (2 in a row)",
+            ),
+            (
+                EventKind::Failed(NackReason::TooManyRetries),
+                "failed: too many retries",
+            ),
+        ];
+        for (kind, text) in words {
+            assert_eq!(kind.to_string(), text);
+        }
+        assert_eq!(Lagged(3).to_string(), "lagged behind: 3 events dropped");
+    }
+}
