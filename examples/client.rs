@@ -6,10 +6,7 @@
 //! connects to the URI (default coap://127.0.0.1:5683), pings after every 2 idle seconds
 //! (default 2) and stops after 5 pongs (default: run until the session fails or Ctrl-C).
 
-use std::time::Duration;
-
-use coap_keepalive::{Context, NackReason};
-use tokio::sync::mpsc;
+use coap_keepalive::{Context, EventKind};
 
 #[tokio::main]
 async fn main() -> coap_keepalive::Result<()> {
@@ -22,30 +19,30 @@ async fn main() -> coap_keepalive::Result<()> {
 
     let ctx = Context::new();
     ctx.set_keepalive(keepalive);
-    let (tx, mut rx) = mpsc::unbounded_channel::<Result<Duration, NackReason>>();
-    let pongs = tx.clone();
-    ctx.register_pong_handler(move |_, rtt| {
-        let _ = pongs.send(Ok(rtt));
-    });
-    ctx.register_nack_handler(move |_, reason| {
-        let _ = tx.send(Err(reason));
-    });
+    let mut events = ctx.events();
 
     let session = ctx.connect(&uri).await?;
     println!("connected: {session}");
-    session.ping();
-    let mut seen = 0;
+    // The first ping now, awaited for its round-trip time; the rest follow the idle interval.
+    let rtt = session.ping().await?;
+    println!("pong 1 in {:.3} ms", rtt.as_secs_f64() * 1e3);
+    let mut seen = 1;
     let failure = loop {
+        if count.is_some_and(|c| seen >= c) {
+            break None;
+        }
         tokio::select! {
-            event = rx.recv() => match event {
-                Some(Ok(rtt)) => {
-                    seen += 1;
-                    println!("pong {seen} in {:.3} ms", rtt.as_secs_f64() * 1e3);
-                    if count.is_some_and(|c| seen >= c) {
-                        break None;
+            item = events.recv() => match item {
+                Some(Ok(event)) => match event.kind {
+                    EventKind::Pong { rtt } => {
+                        seen += 1;
+                        println!("pong {seen} in {:.3} ms", rtt.as_secs_f64() * 1e3);
                     }
-                }
-                Some(Err(reason)) => break Some(reason),
+                    EventKind::Failed(reason) => break Some(reason),
+                    EventKind::Closed => break None,
+                    _ => {}
+                },
+                Some(Err(lagged)) => eprintln!("{lagged}"),
                 None => break None,
             },
             _ = tokio::signal::ctrl_c() => break None,

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::KeepaliveConfig;
 use crate::error::{Error, NackReason, Result};
+use crate::events::Events;
 use crate::handler::{
     EventHandler, Handlers, NackHandler, PeerPing, PingDecision, PingHandler, PongHandler,
     SessionEvent,
@@ -278,6 +279,38 @@ impl Context {
             .set_event(Arc::new(handler) as EventHandler);
     }
 
+    /// A receiver of every session event of this context from now on: established, pings
+    /// received (and whether they were answered), pings sent and retransmitted, pongs with
+    /// their RTT, pings unanswered, closed, failed with the nack reason. Call it as often as
+    /// needed: every receiver sees every event, in the order the handlers above see them.
+    /// See [`Events`] for what a receiver that falls behind gets, and when the stream ends.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> coap_keepalive::Result<()> {
+    /// use coap_keepalive::{Context, EventKind};
+    ///
+    /// let server = Context::new();
+    /// let endpoint = server.listen_udp("127.0.0.1:0".parse().unwrap()).await?;
+    /// let mut events = server.events();
+    /// let client = Context::new();
+    /// let session = client.connect_udp(endpoint.local_addr).await?;
+    /// session.ping().await?;
+    /// while let Some(item) = events.recv().await {
+    ///     let event = item.expect("a few events, no lag");
+    ///     println!("{event}"); // "#1 udp server 127.0.0.1:40001: established", ...
+    ///     if matches!(event.kind, EventKind::PingReceived { answered: true, .. }) {
+    ///         break;
+    ///     }
+    /// }
+    /// # client.shutdown().await;
+    /// # server.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn events(&self) -> Events {
+        self.inner.handlers.subscribe()
+    }
+
     /// Adds (or replaces) a resource served to every session of this context.
     pub fn add_resource(&self, resource: Resource) {
         self.inner.router.add(resource);
@@ -388,6 +421,7 @@ impl Context {
         if tokio::time::timeout(deadline, all).await.is_err() {
             tracing::warn!("shutdown deadline passed; remaining tasks abandoned");
         }
+        self.inner.handlers.finish();
     }
 
     /// [`Context::shutdown_within`] with a 5 s deadline.
@@ -437,6 +471,14 @@ impl Context {
     /// The terminal state is published (waking [`Session::closed`]) only after the session left
     /// the table, so whoever awaits it never sees a zombie in [`Context::sessions`].
     pub(crate) fn unregister(&self, session: &Session, state: SessionState) {
+        self.remove(session, state);
+        session.settle_pings(|| Err(session.ended_error()));
+        session.set_state(state);
+    }
+
+    /// [`Context::unregister`] up to the point where the session's end is published: its
+    /// terminal event goes out between the two, then its waiters learn, then `closed()` wakes.
+    fn remove(&self, session: &Session, state: SessionState) {
         let mut sessions = lock(&self.inner.sessions);
         if sessions.remove(&session.id()).is_some() {
             // Recorded before the pings asked for are dropped, so that `Session::ping` counts
@@ -456,7 +498,6 @@ impl Context {
         }
         drop(sessions);
         self.inner.router.forget_session(session.id());
-        session.set_state(state);
     }
 
     /// Runs the handlers for one protocol event and says what the driver must do.
@@ -483,6 +524,7 @@ impl Context {
                 let nanos = rtt.as_nanos().clamp(1, u128::from(u64::MAX)) as u64;
                 self.inner.last_rtt_nanos.store(nanos, Ordering::Relaxed);
                 handlers.pong(session, rtt);
+                session.settle_pings(|| Ok(rtt));
                 Reaction::None
             }
             ProtocolEvent::PingSent(ping) => {
@@ -494,16 +536,17 @@ impl Context {
                         ..
                     }
                 );
-                handlers.event(session, SessionEvent::PingSent { retransmission });
+                handlers.event(session, SessionEvent::PingSent { retransmission }, || {});
                 Reaction::None
             }
             ProtocolEvent::PingUnanswered { count } => {
-                handlers.event(session, SessionEvent::PingUnanswered { count });
+                handlers.event(session, SessionEvent::PingUnanswered { count }, || {});
+                session.settle_unanswered_pings(count);
                 Reaction::None
             }
             ProtocolEvent::Established => {
                 session.set_state(SessionState::Established);
-                handlers.event(session, SessionEvent::Established);
+                handlers.event(session, SessionEvent::Established, || {});
                 Reaction::None
             }
             ProtocolEvent::Request(packet) => {
@@ -541,15 +584,21 @@ impl Context {
                 Reaction::None
             }
             ProtocolEvent::Closed => {
-                handlers.event(session, SessionEvent::Closed);
-                self.unregister(session, SessionState::Closed);
+                let state = SessionState::Closed;
+                handlers.event(session, SessionEvent::Closed, || {
+                    self.remove(session, state)
+                });
+                session.settle_pings(|| Err(Error::Closed));
+                session.set_state(state);
                 Reaction::Ended(Error::Closed)
             }
             ProtocolEvent::Failed(reason) => {
                 // The nack handler sees the failure; `closed()` wakes once the session is gone.
-                session.record_state(SessionState::Failed(reason));
-                handlers.nack(session, reason);
-                self.unregister(session, SessionState::Failed(reason));
+                let state = SessionState::Failed(reason);
+                session.record_state(state);
+                handlers.failed(session, reason, || self.remove(session, state));
+                session.settle_pings(|| Err(Error::SessionFailed(reason)));
+                session.set_state(state);
                 Reaction::Ended(Error::SessionFailed(reason))
             }
             ProtocolEvent::Rejected(why) => {

@@ -1,13 +1,18 @@
 //! Application callbacks: ping, pong, nack and session events, and their dispatch.
 //!
 //! Handlers run on the session's driver task, so they should return quickly; hand long work to
-//! another task.
+//! another task (or pull the same events from [`Context::events`](crate::Context::events)).
+//! Each context has one handler of each kind: registering another replaces it.
+//!
+//! Every protocol event is dispatched here, once: to its callback, then to the
+//! [`events`](crate::events) receivers, so both see the same sequence.
 
 use std::fmt;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::error::NackReason;
+use crate::events::{EventBus, EventKind, Events};
 use crate::session::Session;
 
 /// A ping the peer sent us.
@@ -104,13 +109,14 @@ pub type NackHandler = Arc<dyn Fn(&Session, NackReason) + Send + Sync>;
 /// Called for other session events.
 pub type EventHandler = Arc<dyn Fn(&Session, SessionEvent) + Send + Sync>;
 
-/// The registered handlers of a context.
+/// The registered handlers of a context, and its events' receivers.
 #[derive(Default)]
 pub(crate) struct Handlers {
     ping: RwLock<Option<PingHandler>>,
     pong: RwLock<Option<PongHandler>>,
     nack: RwLock<Option<NackHandler>>,
     event: RwLock<Option<EventHandler>>,
+    events: EventBus,
 }
 
 fn read<T: Clone>(slot: &RwLock<Option<T>>) -> Option<T> {
@@ -138,12 +144,28 @@ impl Handlers {
         write(&self.event, handler);
     }
 
+    /// A new receiver of every event from now on.
+    pub(crate) fn subscribe(&self) -> Events {
+        self.events.subscribe()
+    }
+
+    /// The context shut down: event receivers end after what they hold.
+    pub(crate) fn finish(&self) {
+        self.events.finish();
+    }
+
+    /// A peer's ping: the ping handler decides, then the event tells what it decided.
     pub(crate) fn ping(&self, session: &Session, ping: &PeerPing) -> PingDecision {
         tracing::debug!(session = %session, ?ping, "ping received");
-        match read(&self.ping) {
+        let decision = match read(&self.ping) {
             Some(handler) => handler(session, ping),
             None => PingDecision::Answer,
-        }
+        };
+        self.events.emit(session, || EventKind::PingReceived {
+            ping: ping.clone(),
+            answered: decision == PingDecision::Answer,
+        });
+        decision
     }
 
     pub(crate) fn pong(&self, session: &Session, rtt: Duration) {
@@ -151,19 +173,39 @@ impl Handlers {
         if let Some(handler) = read(&self.pong) {
             handler(session, rtt);
         }
+        self.events.emit(session, || EventKind::Pong { rtt });
     }
 
-    pub(crate) fn nack(&self, session: &Session, reason: NackReason) {
+    /// A failed session: the nack handler runs, then `unregister` takes the session out of the
+    /// table, then the event goes out (so its receivers never find the session still listed).
+    pub(crate) fn failed(&self, session: &Session, reason: NackReason, unregister: impl FnOnce()) {
         tracing::warn!(session = %session, %reason, "session failed");
         if let Some(handler) = read(&self.nack) {
             handler(session, reason);
         }
+        unregister();
+        self.events.emit(session, || EventKind::Failed(reason));
     }
 
-    pub(crate) fn event(&self, session: &Session, event: SessionEvent) {
+    /// Any other session event; for [`SessionEvent::Closed`] `unregister` runs between the
+    /// handler and the event, as for [`Handlers::failed`].
+    pub(crate) fn event(&self, session: &Session, event: SessionEvent, unregister: impl FnOnce()) {
         tracing::debug!(session = %session, ?event, "session event");
         if let Some(handler) = read(&self.event) {
             handler(session, event);
+        }
+        unregister();
+        self.events.emit(session, || EventKind::from(event));
+    }
+}
+
+impl From<SessionEvent> for EventKind {
+    fn from(event: SessionEvent) -> EventKind {
+        match event {
+            SessionEvent::Established => EventKind::Established,
+            SessionEvent::Closed => EventKind::Closed,
+            SessionEvent::PingSent { retransmission } => EventKind::PingSent { retransmission },
+            SessionEvent::PingUnanswered { count } => EventKind::PingUnanswered { count },
         }
     }
 }

@@ -4,8 +4,10 @@
 //!
 //! A [`Context`] holds the keepalive setting and the session table. Every session — client or
 //! server side — answers its peer's pings, sends its own when the peer has been idle for the
-//! interval, and reports pongs (with their round-trip time) and failures to the handlers the
-//! application registered:
+//! interval, and reports pongs (with their round-trip time) and failures, both ways: pushed to
+//! the handlers the application registered, and pulled from [`Context::events`] (a
+//! [`Stream`](futures_core::Stream) of [`Event`]s, several receivers allowed) and
+//! [`Session::ping`], whose future resolves with the RTT or the reason the session failed:
 //!
 //! - over UDP a ping is an empty Confirmable message (`40 00 MM MM`) answered by an RST with the
 //!   same Message ID, retransmitted per RFC 7252 until the peer answers or the session fails
@@ -15,7 +17,7 @@
 //!   a Pong that does not arrive within the pong timeout fails the session the same way.
 //!
 //! ```
-//! use coap_keepalive::Context;
+//! use coap_keepalive::{Context, EventKind};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> coap_keepalive::Result<()> {
@@ -24,10 +26,19 @@
 //! # let uri = format!("coap+tcp://{}", endpoint.local_addr);
 //! let ctx = Context::new();
 //! ctx.set_keepalive(30); // ping after 30 idle seconds; 0 turns it off
-//! ctx.register_pong_handler(|session, rtt| println!("{session}: pong in {rtt:?}"));
 //! ctx.register_nack_handler(|session, reason| eprintln!("{session}: {reason}"));
+//! let mut events = ctx.events(); // every session event from now on
 //! let session = ctx.connect(&uri).await?; // e.g. "coap+tcp://127.0.0.1:5683"
-//! session.ping(); // one now; the rest follow the idle interval
+//! let rtt = session.ping().await?; // one now, and its round-trip time
+//! println!("pong in {rtt:?}");
+//! // established, ping sent, pong: the same events the handlers see, in the same order
+//! while let Some(Ok(event)) = events.recv().await {
+//!     println!("{event}");
+//!     if let EventKind::Pong { rtt: seen } = event.kind {
+//!         assert_eq!(seen, rtt);
+//!         break;
+//!     }
+//! }
 //! # ctx.shutdown().await;
 //! # server.shutdown().await;
 //! # Ok(()) }
@@ -53,7 +64,9 @@
 //! - [`session`]: the [`Session`] handle — id, peer, transport, role, state, statistics.
 //! - [`context`]: [`Context`] — settings ([`ContextBuilder`], validated once), handlers,
 //!   listen / connect, shutdown.
-//! - [`handler`]: the ping / pong / nack / event handler types.
+//! - [`handler`]: the ping / pong / nack / event handler types, and the one dispatch that feeds
+//!   them and [`events`].
+//! - [`events`]: [`Events`], the pulled form of the same session events.
 //! - [`transport`]: the tokio drivers, the only code that touches sockets: UDP and TCP, and
 //!   DTLS (webrtc-dtls) and TLS (tokio-rustls) running the same drivers over secured connections.
 //! - [`certs`]: credentials for DTLS and TLS ([`ServerCredentials`], [`ClientCredentials`]), test
@@ -67,6 +80,7 @@ pub mod certs;
 pub mod config;
 pub mod context;
 pub mod error;
+pub mod events;
 pub mod handler;
 pub mod keepalive;
 pub mod message;
@@ -91,10 +105,11 @@ pub use certs::{ClientCredentials, PemIdentity, PskCredentials, ServerCredential
 pub use config::{IcmpPolicy, KeepaliveConfig, TransmissionParams};
 pub use context::{Context, ContextBuilder, ContextSettings, Endpoint, SessionCounts};
 pub use error::{Error, NackReason, Result};
+pub use events::{Event, EventKind, Events, Lagged};
 pub use handler::{PeerPing, PingDecision, SessionEvent};
 pub use keepalive::{Keepalive, KeepaliveEvent, PingStyle, PingTransmit, RttStats, Stats};
 pub use message::{Method, Request, Response, Status};
 pub use resource::{Resource, Responder};
-pub use session::Observation;
+pub use session::{Observation, Ping};
 pub use session::{Role, Session, SessionId, SessionState, Transport};
 pub use uri::CoapUri;

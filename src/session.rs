@@ -3,11 +3,15 @@
 //! sends it commands.
 
 use std::fmt;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
+use futures_core::Stream;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, NackReason, Result};
@@ -209,6 +213,8 @@ pub(crate) struct Published {
     awaiting_pong: bool,
     /// `Session::ping` calls counted but not yet handled by the driver.
     requested_pings: u64,
+    /// The [`Ping`] futures waiting for the next pong (or for the session's end).
+    ping_waiters: Vec<oneshot::Sender<Result<Duration>>>,
 }
 
 /// Where a session's commands go: its own task, or the endpoint task that serves it.
@@ -363,7 +369,18 @@ impl Session {
         self.command(Command::MarkActive);
     }
 
-    /// Sends a ping now (if none is outstanding and the session is established).
+    /// Sends a ping now (if none is outstanding and the session is established), and returns a
+    /// future of its round-trip time.
+    ///
+    /// The ping goes out whether or not the returned [`Ping`] is awaited: `session.ping();`
+    /// alone is the fire-and-forget form. Awaited, it resolves with the RTT of the next pong of
+    /// this session (the answer to this ping, or to the one already out that it merged into),
+    /// or fails: with [`Error::SessionFailed`] and the nack reason (`TooManyRetries`,
+    /// `NotDeliverable`, `IcmpError`...) when the session fails first, [`Error::Closed`] when it
+    /// closes first or had ended already, and [`Error::Timeout`] when the ping went unanswered
+    /// and no other is out (`max_unanswered` above 1 with keepalive off). With keepalive on, a
+    /// ping that goes unanswered below `max_unanswered` is followed at once by a fresh one, and
+    /// the future waits for that one's pong.
     ///
     /// The ping is counted in [`Session::stats`] (`pings_sent`) as soon as this returns, while
     /// its driver sends it: when the session is established and, as last published, no ping of
@@ -372,21 +389,38 @@ impl Session {
     /// itself in the same instant (the count then settles back by one when the driver handles
     /// it). A ping asked for on a session that has ended is not counted, and the count of one
     /// that ends first is dropped.
-    pub fn ping(&self) {
+    pub fn ping(&self) -> Ping {
+        let (tx, rx) = oneshot::channel();
         let mut published = lock(&self.shared.stats);
         // The state is read under the statistics' lock: a session that ends records its state
-        // before it drops the pings asked for (`Context::unregister`), so none is counted after.
-        let counted = self.state() == SessionState::Established && !published.awaiting_pong;
+        // before it drops the pings asked for (`Context::unregister`), so none is counted after
+        // (and no waiter is left behind).
+        let state = self.state();
+        if state.is_terminal() {
+            drop(published);
+            return Ping::ready(Err(self.ended_error()));
+        }
+        let counted = state == SessionState::Established && !published.awaiting_pong;
         if self
             .shared
             .commands
             .send(self.shared.id, Command::PingNow { counted })
-            .is_ok()
-            && counted
+            .is_err()
         {
+            drop(published);
+            return Ping::ready(Err(self.ended_error()));
+        }
+        if counted {
             published.requested_pings += 1;
             // Out as far as the next `ping()` is concerned: it merges instead of counting twice.
             published.awaiting_pong = true;
+        }
+        // Futures dropped unawaited leave closed senders: shed them so a loop of `ping();`
+        // holds none.
+        published.ping_waiters.retain(|waiter| !waiter.is_closed());
+        published.ping_waiters.push(tx);
+        Ping {
+            outcome: PingOutcome::Waiting(rx),
         }
     }
 
@@ -543,6 +577,43 @@ impl Session {
         lock(&self.shared.stats).requested_pings = 0;
     }
 
+    /// Resolves every waiting [`Ping`] with `outcome()`.
+    pub(crate) fn settle_pings(&self, outcome: impl Fn() -> Result<Duration>) {
+        let waiters = std::mem::take(&mut lock(&self.shared.stats).ping_waiters);
+        for waiter in waiters {
+            let _ = waiter.send(outcome());
+        }
+    }
+
+    /// A ping went unanswered: its waiters fail, unless the session pings again at once (they
+    /// wait for that one's pong) or is failing (they get its reason). The driver published the
+    /// machine's state after the timeout, before this event, so both are known here.
+    pub(crate) fn settle_unanswered_pings(&self, count: u32) {
+        let waiters = {
+            let mut published = lock(&self.shared.stats);
+            if published.awaiting_pong || published.stats.failures > 0 {
+                return;
+            }
+            std::mem::take(&mut published.ping_waiters)
+        };
+        for waiter in waiters {
+            let _ = waiter.send(Err(Error::Timeout(format!(
+                "ping unanswered ({count} in a row)"
+            ))));
+        }
+    }
+
+    /// The driver handled a [`Command::PingNow`] and no ping is out (the session is not
+    /// established, or no longer): whoever waits for a pong would wait for nothing.
+    pub(crate) fn settle_unsent_pings(&self) {
+        self.settle_pings(|| match self.state() {
+            state if state.is_terminal() => Err(self.ended_error()),
+            _ => Err(Error::Protocol(
+                "the session is not established: no ping was sent".into(),
+            )),
+        });
+    }
+
     pub(crate) fn note_receipt(&self, now: Instant) {
         let micros = now
             .saturating_duration_since(self.shared.created)
@@ -569,7 +640,8 @@ impl Observation {
         &self.first
     }
 
-    /// The next fresh notification; `None` once the observation or the session ended.
+    /// The next fresh notification; `None` once the observation or the session ended. The
+    /// same as the [`Stream`] implementation's next item.
     pub async fn next(&mut self) -> Option<Response> {
         self.notifications.recv().await
     }
@@ -592,6 +664,52 @@ impl Observation {
             .send(self.session.shared.id, command)
             .map_err(|_| self.session.ended_error())?;
         rx.await.unwrap_or(Err(Error::Closed))
+    }
+}
+
+/// The notifications, as a stream (`StreamExt` adapters apply); it ends with the observation.
+impl Stream for Observation {
+    type Item = Response;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Response>> {
+        self.notifications.poll_recv(cx)
+    }
+}
+
+/// The round-trip time of a ping asked for with [`Session::ping`]: resolves on the next pong,
+/// or fails when the session ends first. Dropping it does not cancel the ping.
+#[derive(Debug)]
+pub struct Ping {
+    outcome: PingOutcome,
+}
+
+#[derive(Debug)]
+enum PingOutcome {
+    Waiting(oneshot::Receiver<Result<Duration>>),
+    Ready(Option<Result<Duration>>),
+}
+
+impl Ping {
+    fn ready(outcome: Result<Duration>) -> Ping {
+        Ping {
+            outcome: PingOutcome::Ready(Some(outcome)),
+        }
+    }
+}
+
+impl Future for Ping {
+    type Output = Result<Duration>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Result<Duration>> {
+        match &mut self.outcome {
+            // The session's state (and with it the sender) gone without an answer: it ended.
+            PingOutcome::Waiting(rx) => Pin::new(rx)
+                .poll(cx)
+                .map(|r| r.unwrap_or(Err(Error::Closed))),
+            PingOutcome::Ready(outcome) => {
+                Poll::Ready(outcome.take().unwrap_or(Err(Error::Closed)))
+            }
+        }
     }
 }
 

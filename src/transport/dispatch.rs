@@ -42,7 +42,12 @@ pub(crate) fn apply_command<P: SessionProtocol>(
             // Published now, with the ping `Session::ping` counted settled in the same step.
             let stats = core.keepalive_mut().poll_stats();
             let stats = stats.unwrap_or_else(|| core.keepalive().stats());
-            session.publish_stats(stats, core.keepalive().is_awaiting_pong(), counted);
+            let awaiting_pong = core.keepalive().is_awaiting_pong();
+            session.publish_stats(stats, awaiting_pong, counted);
+            if !awaiting_pong {
+                // Not established (or no longer): no pong will come for `Session::ping`'s future.
+                session.settle_unsent_pings();
+            }
         }
         Command::Close => core.close(),
         Command::Request {

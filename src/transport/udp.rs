@@ -220,10 +220,10 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
             }
         }
         tracing::debug!(session = %handle, "datagram session created");
-        self.ctx
-            .inner
-            .handlers
-            .event(&handle, crate::handler::SessionEvent::Established);
+        // Through the one dispatch of every protocol event, as the stream drivers report theirs.
+        let _ = self
+            .ctx
+            .on_event(&handle, now, crate::protocol::ProtocolEvent::Established);
         handle
     }
 

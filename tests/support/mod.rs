@@ -1,8 +1,9 @@
 //! Helpers shared by the integration tests: bounded waits, library servers and clients on
-//! loopback ([`listen`], [`connect`]) with their handlers' reports ([`nacks`], [`pongs`]), raw
-//! peers that send and read bytes as they are ([`RawDatagram`] over UDP or inside DTLS,
-//! [`RawStream`] over TCP or TLS), libcoap's command-line tools as child processes
-//! ([`libcoap`]), and fresh certificates in a temporary directory ([`Pki`]).
+//! loopback ([`listen`], [`connect`]) with their reports ([`nacks`], pulled from `events()`;
+//! [`pongs`], from the pong handler), raw peers that send and read bytes as they are
+//! ([`RawDatagram`] over UDP or inside DTLS, [`RawStream`] over TCP or TLS), libcoap's
+//! command-line tools as child processes ([`libcoap`]), and fresh certificates in a temporary
+//! directory ([`Pki`]).
 //!
 //! Each test target includes this with `mod support;` and uses what it needs.
 #![allow(dead_code)]
@@ -29,8 +30,8 @@ use coap_keepalive::transport::dtls_conn::{dtls_connect, dtls_recv, dtls_send};
 use coap_keepalive::wire::signal::{Signal, ABORT, CSM};
 use coap_keepalive::wire::tcp::{Frame, FrameDecoder};
 use coap_keepalive::{
-    ClientCredentials, Context, NackReason, PemIdentity, PskCredentials, ServerCredentials,
-    Session, Transport,
+    ClientCredentials, Context, EventKind, NackReason, PemIdentity, PskCredentials,
+    ServerCredentials, Session, Transport,
 };
 
 /// How long a raw peer listens for an answer that should not come.
@@ -124,7 +125,8 @@ pub struct Pong {
     pub stats: Stats,
 }
 
-/// Registers a pong handler on `ctx` that reports every pong.
+/// Registers a pong handler on `ctx` that reports every pong. A callback, not `ctx.events()`:
+/// the statistics it reports are those the handler reads at the pong, which the tests check.
 pub fn pongs(ctx: &Context) -> mpsc::UnboundedReceiver<Pong> {
     let (tx, rx) = mpsc::unbounded_channel();
     ctx.register_pong_handler(move |session, rtt| {
@@ -146,15 +148,26 @@ pub struct Nack {
     pub at: Instant,
 }
 
-/// Registers a nack handler on `ctx` that reports every nack.
+/// Reports every nack of `ctx`, pulled from `ctx.events()` (its `Failed` events): the test may
+/// still register a nack handler of its own. Call it inside the runtime (it spawns the reader).
 pub fn nacks(ctx: &Context) -> mpsc::UnboundedReceiver<Nack> {
     let (tx, rx) = mpsc::unbounded_channel();
-    ctx.register_nack_handler(move |session, reason| {
-        let _ = tx.send(Nack {
-            session: session.clone(),
-            reason,
-            at: Instant::now(),
-        });
+    let mut events = ctx.events();
+    tokio::spawn(async move {
+        while let Some(item) = events.recv().await {
+            // A reader that lost events would lose nacks: the channel closes, and the test fails.
+            let Ok(event) = item else { return };
+            if let EventKind::Failed(reason) = event.kind {
+                let nack = Nack {
+                    session: event.session,
+                    reason,
+                    at: Instant::now(),
+                };
+                if tx.send(nack).is_err() {
+                    return;
+                }
+            }
+        }
     });
     rx
 }
