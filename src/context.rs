@@ -602,7 +602,9 @@ impl Context {
                 Reaction::Ended(Error::SessionFailed(reason))
             }
             ProtocolEvent::Rejected(why) => {
-                tracing::debug!(session = %session, %why, "input rejected");
+                // At info: what a peer was refused (4.02, an Abort, an RST) is what an operator
+                // running `serve -v` needs to see.
+                tracing::info!(session = %session, %why, "input rejected");
                 Reaction::None
             }
         }

@@ -603,10 +603,14 @@ impl Keepalive {
                 }
                 self.send_ping(now);
             }
-            Probe::Outstanding { first_sent, .. } if expired && self.last_rx > first_sent => {
+            Probe::Outstanding { first_sent, .. }
+                if expired && self.last_rx > first_sent && self.config.interval.is_some() =>
+            {
                 // No answer to the ping itself, but the peer was heard from since it went out:
                 // it is alive. Drop the probe quietly. Strictly after: a ping sent at the very
                 // instant of the last receipt (at the session's start, say) heard nothing since.
+                // Only with keepalive on: with it off every ping is the application's own
+                // question (`ping`), which gets its answer or runs its whole schedule.
                 self.stats_changed = true;
                 self.schedule();
             }

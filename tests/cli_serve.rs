@@ -113,14 +113,14 @@ fn serve_prints_every_event_in_words_with_its_own_pings() {
     let output = stop(server);
     assert_no_debug_text(&output);
     let lines = lines(&output);
-    let established = line_with(&lines, "udp  server 127.0.0.1:");
+    let established = line_with(&lines, "udp  client 127.0.0.1:");
     assert!(
         established.ends_with("session established"),
         "{established}"
     );
     line_with(&lines, "ping received (MID 0x1234), answered");
     line_with(&lines, "ping sent");
-    line_with(&lines, "tcp  server ");
+    line_with(&lines, "tcp  client ");
     let summary = line_with(&lines, "served 2 sessions in ");
     // Each session counts once: the UDP one was open at exit, the TCP one ended.
     // (Until a peer's close with nothing outstanding is a close, not a nack, it may count

@@ -15,9 +15,11 @@ pub fn init_tracing(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colours only for a terminal: a log redirected to a file gets plain text.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
@@ -40,12 +42,16 @@ impl Printer {
         println!("[{:8.3}s] {text}", self.start.elapsed().as_secs_f64());
     }
 
-    /// Prints an event line about a session: transport, role and peer first.
+    /// Prints an event line about a session: transport and the peer, named by what it is to
+    /// us (`udp  client 127.0.0.1:40001  ...` on a server: the client at that address).
     pub fn session(&self, session: &Session, text: &str) {
+        let peer = match session.role() {
+            coap_keepalive::Role::Client => "server",
+            _ => "client",
+        };
         self.line(&format!(
-            "{:<4} {:<6} {:<22} {text}",
+            "{:<4} {peer} {:<22} {text}",
             session.transport().name(),
-            session.role().to_string(),
             session.peer().to_string(),
         ));
     }

@@ -56,7 +56,8 @@ impl ClientSecurityArgs {
         match transport {
             Transport::Udp | Transport::Tcp => psk.or(certificate).map(|flag| {
                 format!(
-                    "{flag} does not apply to {scheme}:// (no security): use coaps:// (DTLS)                      or coaps+tcp:// (TLS)"
+                    "{flag} does not apply to {scheme}:// (no security): use coaps:// (DTLS) or \
+                     coaps+tcp:// (TLS)"
                 )
             }),
             Transport::Tls => psk.map(|flag| {

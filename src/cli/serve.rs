@@ -278,13 +278,22 @@ fn install_handlers(ctx: &Context, printer: Printer, quiet: bool, tally: Arc<Mut
     let failures = tally.clone();
     ctx.register_nack_handler(move |session, reason| {
         let mut tally = lock(&failures);
-        if tally.open.remove(&session.id()) {
+        let established = tally.open.remove(&session.id());
+        if established {
             tally.failed += 1;
         } else {
             tally.failed_early += 1;
         }
         drop(tally);
-        say(session, &format!("session failed: {reason}"));
+        if established {
+            say(session, &format!("session failed: {reason}"));
+        } else {
+            // Counted apart in the summary: it never became a session.
+            say(
+                session,
+                &format!("connection failed before it became a session: {reason}"),
+            );
+        }
     });
     ctx.register_event_handler(move |session, event| {
         match event {

@@ -205,10 +205,12 @@ impl Model {
             self.last_activity = self.now;
             // Heard from since the ping went out: strictly after it (a receipt at the very
             // instant it was sent does not count).
-            if self
-                .outstanding
-                .as_ref()
-                .is_some_and(|out| self.now > out.first)
+            // With keepalive off a ping is the application's question and runs its schedule.
+            if self.config.interval.is_some()
+                && self
+                    .outstanding
+                    .as_ref()
+                    .is_some_and(|out| self.now > out.first)
             {
                 self.heard_since_ping = true;
             }
