@@ -3,6 +3,7 @@
 //! SIGINT, and that is killed and reaped when dropped (also on panic).
 
 use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -35,8 +36,10 @@ pub fn lines(output: &Output) -> Vec<String> {
         .collect()
 }
 
-/// A running `coap-keepalive`; killed and reaped when dropped.
+/// A running `coap-keepalive` (or example binary); killed and reaped when dropped.
 pub struct Running {
+    /// The program's file name, for panic messages.
+    name: String,
     args: Vec<String>,
     child: Child,
     lines: mpsc::Receiver<String>,
@@ -47,13 +50,18 @@ pub struct Running {
 impl Running {
     /// Starts the binary with `args`, stdin closed, stdout and stderr piped.
     pub fn spawn(args: &[&str]) -> Running {
-        let mut child = Command::new(BIN)
+        Running::spawn_program(Path::new(BIN), args)
+    }
+
+    /// Starts another program (an example binary) with `args`, as [`Running::spawn`] does.
+    pub fn spawn_program(program: &Path, args: &[&str]) -> Running {
+        let mut child = Command::new(program)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("start coap-keepalive");
+            .unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -72,6 +80,10 @@ impl Running {
             let _ = tx.send(text);
         });
         Running {
+            name: program.file_name().map_or_else(
+                || program.display().to_string(),
+                |n| n.to_string_lossy().into(),
+            ),
             args: args.iter().map(|a| a.to_string()).collect(),
             child,
             lines,
@@ -102,7 +114,8 @@ impl Running {
                     }
                 }
                 Err(_) => panic!(
-                    "coap-keepalive {:?}: no such line within {limit:?}; stdout so far:\n{}",
+                    "{} {:?}: no such line within {limit:?}; stdout so far:\n{}",
+                    self.name,
                     self.args,
                     self.seen.join("\n")
                 ),
@@ -144,8 +157,8 @@ impl Running {
                 let _ = self.child.wait();
                 let stdout = self.drain_stdout();
                 panic!(
-                    "coap-keepalive {:?} ran longer than {limit:?}; stdout:\n{stdout}",
-                    self.args
+                    "{} {:?} ran longer than {limit:?}; stdout:\n{stdout}",
+                    self.name, self.args
                 );
             }
             std::thread::sleep(Duration::from_millis(10));
