@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use coap_keepalive::certs::{tls_client_config, CertificateSet};
+use coap_keepalive::certs::CertificateSet;
 use coap_keepalive::wire::decode_uint;
 use coap_keepalive::wire::signal::{ABORT, CSM, OPTION_BAD_CSM_OPTION, PONG};
 use coap_keepalive::wire::tcp::Frame;
@@ -27,7 +27,7 @@ use coap_keepalive::{
 
 mod support;
 
-use support::{bounded, expect_nack, listen, nacks, Io, Nack, RawDatagram, RawStream};
+use support::{bounded, expect_nack, listen, nacks, Nack, RawDatagram, RawStream};
 
 /// The most any test here may take; each takes well under a second when all is well (the
 /// unfinished-frame cases wait for their input timeout).
@@ -315,20 +315,7 @@ impl StreamServer {
 
     /// A raw connection of a new session (TLS handshake done), nothing sent yet.
     async fn connect(&self) -> RawStream {
-        let tcp = TcpStream::connect(self.addr).await.unwrap();
-        let stream: Box<dyn Io> = match self.transport {
-            Transport::Tcp => Box::new(tcp),
-            _ => {
-                let config = tls_client_config(Some(&self.ca_pem), None, false).unwrap();
-                let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-                let tls = tokio_rustls::TlsConnector::from(config)
-                    .connect(name, tcp)
-                    .await
-                    .expect("TLS handshake");
-                Box::new(tls)
-            }
-        };
-        RawStream::new(stream, ANSWER_LIMIT)
+        RawStream::connect(self.transport, self.addr, &self.ca_pem, ANSWER_LIMIT).await
     }
 
     /// A connection whose CSM exchange is done: the server's read, ours (`00 e1`) sent.

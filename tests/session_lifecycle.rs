@@ -12,10 +12,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use coap_keepalive::certs::{tls_client_config, CertificateSet};
+use coap_keepalive::certs::CertificateSet;
 use coap_keepalive::config::{IcmpPolicy, KeepaliveConfig, TransmissionParams};
 use coap_keepalive::handler::{PingDecision, SessionEvent};
 use coap_keepalive::session::{Role, SessionState};
@@ -24,7 +24,7 @@ use coap_keepalive::{ClientCredentials, Context, Error, NackReason, ServerCreden
 
 mod support;
 
-use support::{bounded, drain, listen, loopback, ms, nacks, next, Io, RawDatagram, RawStream};
+use support::{bounded, drain, listen, loopback, ms, nacks, next, RawDatagram, RawStream};
 
 /// The most any test here may take; each takes well under a second when all is well.
 const TEST_LIMIT: Duration = Duration::from_secs(10);
@@ -310,20 +310,8 @@ impl StreamServer {
 
     /// A raw client whose CSM exchange is done, and the server's session for it.
     async fn established(&self) -> (RawStream, coap_keepalive::Session) {
-        let tcp = TcpStream::connect(self.addr).await.unwrap();
-        let stream: Box<dyn Io> = match self.transport {
-            Transport::Tcp => Box::new(tcp),
-            _ => {
-                let config = tls_client_config(Some(&self.ca_pem), None, false).unwrap();
-                let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-                let tls = tokio_rustls::TlsConnector::from(config)
-                    .connect(name, tcp)
-                    .await
-                    .expect("TLS handshake");
-                Box::new(tls)
-            }
-        };
-        let mut raw = RawStream::new(stream, ANSWER_LIMIT);
+        let mut raw =
+            RawStream::connect(self.transport, self.addr, &self.ca_pem, ANSWER_LIMIT).await;
         raw.exchange_csms().await;
         let mut session = None;
         eventually(ANSWER_LIMIT, "server session established", || {

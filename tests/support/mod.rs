@@ -292,6 +292,31 @@ pub struct RawStream {
 }
 
 impl RawStream {
+    /// A raw connection to the stream server at `addr`: plain TCP, or TLS verifying the
+    /// server's certificate (for "localhost") against `ca_pem`; nothing sent yet.
+    pub async fn connect(
+        transport: Transport,
+        addr: SocketAddr,
+        ca_pem: &str,
+        answer_limit: Duration,
+    ) -> RawStream {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let stream: Box<dyn Io> = match transport {
+            Transport::Tcp => Box::new(tcp),
+            _ => {
+                let config =
+                    coap_keepalive::certs::tls_client_config(Some(ca_pem), None, false).unwrap();
+                let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+                let tls = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await
+                    .expect("TLS handshake");
+                Box::new(tls)
+            }
+        };
+        RawStream::new(stream, answer_limit)
+    }
+
     /// Over a connected stream (a TLS one with its handshake done); nothing sent yet.
     pub fn new(stream: Box<dyn Io>, answer_limit: Duration) -> RawStream {
         RawStream {
