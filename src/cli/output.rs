@@ -82,17 +82,6 @@ pub fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1e3)
 }
 
-/// Parses a number of seconds that may have a fraction ("0.2").
-pub fn parse_secs(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if !(secs.is_finite() && secs >= 0.0) {
-        return Err(format!("{s:?} is not a non-negative number of seconds"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
 /// SIGINT (Ctrl-C) and, on Unix, SIGTERM, listened for from the moment it is made: a signal
 /// that arrives before the first `recv` is not lost, and does not kill the process.
 pub struct Signals {

@@ -20,7 +20,8 @@ use coap_keepalive::PingStyle;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::output::{ms, parse_secs, refuse_multicast, usage_error, Signals};
+use super::args::parse_secs;
+use super::output::{ms, refuse_multicast, usage_error, Signals};
 use super::secure;
 
 /// Arguments of `ping`.

@@ -8,7 +8,8 @@ use clap::Args;
 use coap_keepalive::error::Result;
 use coap_keepalive::{CoapUri, Context, Method, Request, Response, Session, SessionState};
 
-use super::output::{parse_secs, refuse_multicast, usage_error, Signals};
+use super::args::parse_secs;
+use super::output::{refuse_multicast, usage_error, Signals};
 
 /// Arguments shared by the request subcommands.
 #[derive(Debug, Args)]

@@ -13,7 +13,7 @@ use coap_keepalive::session::Transport;
 #[derive(Debug, Args)]
 pub struct ClientSecurityArgs {
     /// Seconds the connection, the (D)TLS handshake and the CSM exchange may take.
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = super::output::parse_secs)]
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = super::args::parse_secs)]
     pub handshake_timeout: Duration,
     /// DTLS: the PSK identity to send.
     #[arg(long, value_name = "ID", requires = "psk_key")]

@@ -57,7 +57,7 @@ pub struct ServeArgs {
     keepalive: u64,
     /// Seconds between notifications to the observers of /time (0: never; libcoap's example
     /// server notifies every second too).
-    #[arg(long, value_name = "SECS", default_value = "1", value_parser = super::output::parse_secs)]
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = super::args::parse_secs)]
     notify_every: Duration,
     /// Print only the summary, not a line per event (for load tests).
     #[arg(short, long)]

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+#[path = "../../cli/args.rs"]
 mod args;
 mod flood;
 mod load;

@@ -1,4 +1,5 @@
-//! Argument parsers the rigs share.
+//! Argument parsers shared by both binaries' command lines (`coap-keepalive` and, through a
+//! `#[path]` module, `coap-keepalive-rigs`).
 
 use std::time::Duration;
 
