@@ -17,7 +17,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use coap_keepalive::certs::CertificateSet;
 use coap_keepalive::wire::decode_uint;
 use coap_keepalive::wire::signal::{ABORT, CSM, OPTION_BAD_CSM_OPTION, PONG};
 use coap_keepalive::wire::tcp::Frame;
@@ -27,7 +26,7 @@ use coap_keepalive::{
 
 mod support;
 
-use support::{bounded, expect_nack, listen, nacks, Nack, RawDatagram, RawStream};
+use support::{bounded, expect_nack, listen, listen_stream, nacks, Nack, RawDatagram, RawStream};
 
 /// The most any test here may take; each takes well under a second when all is well (the
 /// unfinished-frame cases wait for their input timeout).
@@ -298,17 +297,12 @@ impl StreamServer {
     async fn with_settings(transport: Transport, settings: ContextBuilder) -> StreamServer {
         let ctx = settings.build().unwrap();
         let nacks = nacks(&ctx);
-        let certs = CertificateSet::generate().unwrap();
-        let credentials = ServerCredentials::Certificate {
-            identity: certs.server_identity(),
-            client_ca_pem: None,
-        };
-        let addr = listen(&ctx, transport, Some(credentials)).await;
+        let (addr, ca_pem) = listen_stream(&ctx, transport).await;
         StreamServer {
             ctx,
             transport,
             addr,
-            ca_pem: certs.ca_cert_pem,
+            ca_pem,
             nacks,
         }
     }

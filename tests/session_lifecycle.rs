@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use coap_keepalive::certs::CertificateSet;
 use coap_keepalive::config::{IcmpPolicy, KeepaliveConfig, TransmissionParams};
 use coap_keepalive::handler::{PingDecision, SessionEvent};
 use coap_keepalive::session::{Role, SessionState};
@@ -24,7 +23,9 @@ use coap_keepalive::{ClientCredentials, Context, Error, NackReason, ServerCreden
 
 mod support;
 
-use support::{bounded, drain, listen, loopback, ms, nacks, next, RawDatagram, RawStream};
+use support::{
+    bounded, drain, listen, listen_stream, loopback, ms, nacks, next, RawDatagram, RawStream,
+};
 
 /// The most any test here may take; each takes well under a second when all is well.
 const TEST_LIMIT: Duration = Duration::from_secs(10);
@@ -292,17 +293,12 @@ impl StreamServer {
         ctx.set_keepalive_interval(interval);
         let nacks = nacks(&ctx);
         let events = events(&ctx);
-        let certs = CertificateSet::generate().unwrap();
-        let credentials = ServerCredentials::Certificate {
-            identity: certs.server_identity(),
-            client_ca_pem: None,
-        };
-        let addr = listen(&ctx, transport, Some(credentials)).await;
+        let (addr, ca_pem) = listen_stream(&ctx, transport).await;
         StreamServer {
             ctx,
             transport,
             addr,
-            ca_pem: certs.ca_cert_pem,
+            ca_pem,
             nacks,
             events,
         }

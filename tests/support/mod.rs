@@ -291,6 +291,18 @@ pub struct RawStream {
     answer_limit: Duration,
 }
 
+/// A TCP or TLS server endpoint of `ctx` on loopback, TLS with a fresh certificate for
+/// "localhost": its address and the CA that signed the certificate (for [`RawStream::connect`]).
+pub async fn listen_stream(ctx: &Context, transport: Transport) -> (SocketAddr, String) {
+    let certs = CertificateSet::generate().unwrap();
+    let credentials = ServerCredentials::Certificate {
+        identity: certs.server_identity(),
+        client_ca_pem: None,
+    };
+    let addr = listen(ctx, transport, Some(credentials)).await;
+    (addr, certs.ca_cert_pem)
+}
+
 impl RawStream {
     /// A raw connection to the stream server at `addr`: plain TCP, or TLS verifying the
     /// server's certificate (for "localhost") against `ca_pem`; nothing sent yet.
