@@ -24,10 +24,10 @@ use std::sync::atomic::{AtomicIsize, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use coap_keepalive::config::KeepaliveConfig;
-use coap_keepalive::protocol::datagram::DatagramSession;
-use coap_keepalive::rng::Rng;
-use coap_keepalive::table::SessionTable;
+use coap_keepalive::proto::datagram::DatagramSession;
+use coap_keepalive::proto::rng::Rng;
+use coap_keepalive::proto::table::SessionTable;
+use coap_keepalive::KeepaliveConfig;
 
 /// The system allocator, counting live bytes and allocations.
 struct Counting;
@@ -247,12 +247,12 @@ fn main() {
     println!(
         "size_of: DatagramSession {} bytes, of which Keepalive {} (the {}-byte KeepaliveConfig is shared)",
         std::mem::size_of::<DatagramSession>(),
-        std::mem::size_of::<coap_keepalive::keepalive::Keepalive>(),
+        std::mem::size_of::<coap_keepalive::proto::keepalive::Keepalive>(),
         std::mem::size_of::<KeepaliveConfig>(),
     );
     println!(
         "size_of: ProtocolEvent {} bytes (a DatagramSession's event queue holds these)",
-        std::mem::size_of::<coap_keepalive::protocol::ProtocolEvent>(),
+        std::mem::size_of::<coap_keepalive::proto::ProtocolEvent>(),
     );
     println!(
         "{:>9} | {:>14} | {:>11} | {:>12} | {:>10} | {:>12} | {:>9}",

@@ -24,10 +24,11 @@ use std::net::{SocketAddr, UdpSocket};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use coap_keepalive::protocol::datagram::DatagramSession;
-use coap_keepalive::protocol::ProtocolEvent;
-use coap_keepalive::rng::Rng;
-use coap_keepalive::{KeepaliveConfig, NackReason, PeerPing, PingTransmit, TransmissionParams};
+use coap_keepalive::proto::datagram::DatagramSession;
+use coap_keepalive::proto::keepalive::PingTransmit;
+use coap_keepalive::proto::rng::Rng;
+use coap_keepalive::proto::ProtocolEvent;
+use coap_keepalive::{KeepaliveConfig, NackReason, PeerPing, TransmissionParams};
 
 /// A CoAP message is at most 1152 bytes over UDP (RFC 7252 §4.6); anything longer is not ours.
 const MAX_DATAGRAM: usize = 1152;
@@ -155,7 +156,9 @@ fn run(args: &Args) -> Result<(), NackReason> {
             }
         }
 
-        // 2. Everything that happened, in words.
+        // 2. Everything that happened, in words. Answering a ping queues its RST: step 1 again
+        // sends it before this loop sleeps.
+        let mut answered = false;
         while let Some(event) = session.poll_event() {
             match event {
                 ProtocolEvent::PingSent(PingTransmit::Datagram {
@@ -180,13 +183,11 @@ fn run(args: &Args) -> Result<(), NackReason> {
                     }
                 }
                 ProtocolEvent::PeerPing(ping) => {
-                    // TODAY'S API: the core reports the server's ping and the caller sends the
-                    // answer (an RST echoing its Message ID). Issue 12 item 2 moves this answer
-                    // into the core's poll_transmit; then this arm only prints, and the send
-                    // goes away.
-                    if let Err(e) = socket.send(&ping.answer()) {
-                        unreachable_or_failed(&mut session, &e);
-                    }
+                    // The core queues the answer (an RST echoing the ping's Message ID); it
+                    // leaves through poll_transmit with everything else. A program that wants
+                    // to look dead to its peer leaves this call out.
+                    session.answer_ping(&ping);
+                    answered = true;
                     if let PeerPing::Datagram { message_id } = ping {
                         println!("ping from {peer} answered: mid=0x{message_id:04x}");
                     }
@@ -203,6 +204,9 @@ fn run(args: &Args) -> Result<(), NackReason> {
                 // Requests, responses and notifications: this program makes and serves none.
                 other => println!("ignored: {other:?}"),
             }
+        }
+        if answered {
+            continue;
         }
         // Failed and Closed returned above; a core that finished without saying so has no
         // deadline left (poll_timeout is None), and blocking in recv for ever would hang.

@@ -30,7 +30,7 @@ use webrtc_dtls::cipher_suite::CipherSuiteId;
 use webrtc_dtls::config::{ClientAuthType, Config as DtlsConfig};
 use webrtc_dtls::crypto::{Certificate as DtlsCertificate, CryptoPrivateKey, CryptoPrivateKeyKind};
 
-use crate::error::{Error, Result};
+use crate::proto::error::{Error, Result};
 
 /// The ALPN protocol name of CoAP over TLS (RFC 8323 §8.2).
 pub const COAP_ALPN: &[u8] = b"coap";

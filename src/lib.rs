@@ -47,54 +47,40 @@
 //! The README's examples are complete programs, run as doc tests too.
 //!
 //! ## Layout
-//! - [`config`]: [`KeepaliveConfig`] and the RFC 7252 [`TransmissionParams`].
-//! - [`error`]: [`Error`] and [`NackReason`].
-//! - [`wire`]: codecs, sans-IO — UDP message classification, RFC 8323 framing, signalling,
-//!   and which options the stack recognises (RFC 7252 §5.4.1).
-//! - [`keepalive`]: the sans-IO keepalive state machine of one session; time is an argument.
-//!   Programs with their own event loop can drive it directly (`handle_*`, `poll_transmit`,
-//!   `poll_event`, `poll_timeout`).
-//! - [`protocol`]: the sans-IO protocol of one session (answers, CSM, Abort, Release), per
-//!   transport family, built on the keepalive machine.
-//! - [`message`]: [`Request`] and [`Response`] as applications see them.
-//! - [`resource`]: server-side [`Resource`]s by path, `/.well-known/core`, observers.
-//! - [`table`]: the session table of an endpoint with one deadline queue for all its sessions;
-//!   its peer index (`peer_index.rs`) and cache hints (`prefetch.rs`, the crate's one `unsafe`)
-//!   are private to it.
-//! - [`session`]: the [`Session`] handle — id, peer, transport, role, state, statistics.
-//! - [`context`]: [`Context`] — settings ([`ContextBuilder`], validated once), handlers,
-//!   listen / connect, shutdown.
-//! - [`handler`]: the ping / pong / nack / event handler types, and the one dispatch that feeds
-//!   them and [`events`].
-//! - [`events`]: [`Events`], the pulled form of the same session events.
-//! - [`transport`]: the tokio drivers, the only code that touches sockets: UDP and TCP, and
-//!   DTLS (webrtc-dtls) and TLS (tokio-rustls) running the same drivers over secured connections.
-//! - [`certs`]: credentials for DTLS and TLS ([`ServerCredentials`], [`ClientCredentials`]), test
-//!   certificate generation (rcgen) and the rustls / webrtc-dtls configurations built from them.
-//! - [`uri`]: `coap://`, `coaps://`, `coap+tcp://`, `coaps+tcp://`.
-//! - [`rng`]: the seedable random source.
+//! The crate is four layers; each imports only the ones below it.
+//!
+//! 1. [`proto`] — the sans-IO protocol, public for programs with their own event loop: codecs,
+//!    the keepalive machine, the session protocols per transport family, the session table.
+//!    No tokio, no sockets; time and bytes are arguments.
+//! 2. the runtime (private) — settings, handlers and event receivers, resources, the registry
+//!    of sessions, shutdown, and the one dispatch that turns a protocol event into action.
+//! 3. the transports (private) — the tokio drivers, the only code that touches sockets: UDP and
+//!    TCP, and DTLS (webrtc-dtls) and TLS (tokio-rustls) running the same drivers over secured
+//!    connections.
+//! 4. [`Context`] — the facade: settings ([`ContextBuilder`]), handlers, [`Context::events`],
+//!    resources, every listen / connect, shutdown.
+//!
+//! Beside them: [`certs`], the credentials for DTLS and TLS and test-certificate generation;
+//! [`CoapUri`], the four URI schemes. `docs/ARCHITECTURE.md` follows one datagram up and one ping
+//! down through the layers.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod certs;
-pub mod config;
-pub mod context;
-pub mod error;
-pub mod events;
-pub mod handler;
-pub mod keepalive;
-pub mod message;
-mod peer_index;
-mod prefetch;
-pub mod protocol;
-pub mod resource;
-pub mod rng;
-pub mod session;
-mod settings;
-pub mod table;
-pub mod transport;
-pub mod uri;
-pub mod wire;
+mod context;
+pub mod proto;
+mod runtime;
+mod transport;
+mod uri;
+
+/// The handshake layer under the DTLS and TLS drivers, for the crate's own tests, which run it
+/// against libcoap's binaries and hostile peers. Not part of the API: it changes without notice
+/// and needs the `internals` feature, which only the crate's dev-dependency on itself turns on.
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::transport::{dtls_conn, tls_conn};
+}
 
 /// The README's Rust examples, compiled and run by `cargo test --doc` so that they stay true.
 #[cfg(doctest)]
@@ -102,14 +88,26 @@ pub mod wire;
 pub struct ReadmeDoctests;
 
 pub use certs::{ClientCredentials, PemIdentity, PskCredentials, ServerCredentials};
-pub use config::{IcmpPolicy, KeepaliveConfig, TransmissionParams};
-pub use context::{Context, ContextBuilder, ContextSettings, Endpoint, SessionCounts};
-pub use error::{Error, NackReason, Result};
-pub use events::{Event, EventKind, Events, Lagged};
-pub use handler::{PeerPing, PingDecision, SessionEvent};
-pub use keepalive::{Keepalive, KeepaliveEvent, PingStyle, PingTransmit, RttStats, Stats};
-pub use message::{Method, Request, Response, Status};
-pub use resource::{Resource, Responder};
-pub use session::{Observation, Ping};
-pub use session::{Role, Session, SessionId, SessionState, Transport};
-pub use uri::CoapUri;
+pub use context::{Context, ContextBuilder};
+pub use proto::config::{IcmpPolicy, KeepaliveConfig, TransmissionParams};
+pub use proto::error::{Error, NackReason, Result};
+pub use proto::keepalive::{PingStyle, RttStats, Stats};
+pub use proto::message::{Method, Request, Response, Status};
+pub use proto::PeerPing;
+pub use runtime::events::EVENTS_CAPACITY;
+pub use runtime::events::{Event, EventKind, Events, Lagged};
+pub use runtime::handlers::{PingDecision, SessionEvent};
+pub use runtime::resource::{Resource, Responder};
+pub use runtime::session::{
+    Observation, Ping, Role, Session, SessionId, SessionState, Transport, DEFAULT_REQUEST_TIMEOUT,
+};
+pub use runtime::settings::ContextSettings;
+pub use runtime::SessionCounts;
+pub use transport::Endpoint;
+pub use uri::{CoapUri, COAPS_PORT, COAP_PORT};
+
+/// The Content-Format numbers of RFC 7252 §12.3 that the stack names (any other is a plain
+/// `u16`).
+pub mod content_format {
+    pub use crate::proto::message::{JSON, LINK_FORMAT, OCTET_STREAM, TEXT_PLAIN};
+}

@@ -3,8 +3,8 @@
 use std::fmt;
 use std::net::SocketAddr;
 
-use crate::error::{Error, Result};
-use crate::session::Transport;
+use crate::proto::error::{Error, Result};
+use crate::runtime::session::Transport;
 
 /// Default port of `coap://` and `coap+tcp://`.
 pub const COAP_PORT: u16 = 5683;

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, UdpSocket};
 
-use coap_keepalive::wire::tcp::Frame;
+use coap_keepalive::proto::wire::tcp::Frame;
 use coap_keepalive::{
     Context, Error, PskCredentials, Resource, Response, ServerCredentials, Status, Transport,
 };

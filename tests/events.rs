@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use futures_core::Stream;
 
-use coap_keepalive::config::{KeepaliveConfig, TransmissionParams};
 use coap_keepalive::{
     ClientCredentials, Context, Error, Event, EventKind, Events, Lagged, NackReason, PingDecision,
     Resource, Response, Session, SessionState, Transport,
 };
+use coap_keepalive::{KeepaliveConfig, TransmissionParams};
 
 mod support;
 
@@ -248,7 +248,7 @@ async fn tcp_ping_of_a_raw_peer_that_never_pongs_fails() {
             raw.exchange_csms().await;
             // Reads the ping and says nothing.
             let ping = raw.frame().await;
-            assert_eq!(ping.code, coap_keepalive::wire::signal::PING);
+            assert_eq!(ping.code, coap_keepalive::proto::wire::signal::PING);
             raw
         });
         let client = quick_context();
@@ -374,7 +374,7 @@ async fn a_receiver_that_falls_behind_is_told_how_many_it_lost() {
         let mut lagging = client.events();
         let session = connect(&client, Transport::Udp, addr).await;
         // Two events a ping (sent, pong) and the establishment: past the capacity.
-        let pings = coap_keepalive::events::EVENTS_CAPACITY / 2 + 8;
+        let pings = coap_keepalive::EVENTS_CAPACITY / 2 + 8;
         for _ in 0..pings {
             session.ping().await.unwrap();
         }
@@ -382,14 +382,14 @@ async fn a_receiver_that_falls_behind_is_told_how_many_it_lost() {
         let Some(Err(Lagged(lost))) = lagging.recv().await else {
             panic!("the first item of a lagging receiver says it lagged");
         };
-        assert_eq!(lost, total - coap_keepalive::events::EVENTS_CAPACITY as u64);
+        assert_eq!(lost, total - coap_keepalive::EVENTS_CAPACITY as u64);
         // Then it goes on with the oldest event still held, to the newest.
         let mut rest = 0;
         while let Some(item) = lagging.try_recv() {
             item.expect("no second lag");
             rest += 1;
         }
-        assert_eq!(rest, coap_keepalive::events::EVENTS_CAPACITY);
+        assert_eq!(rest, coap_keepalive::EVENTS_CAPACITY);
         client.shutdown().await;
         server.shutdown().await;
     })

@@ -17,9 +17,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use coap_keepalive::wire::decode_uint;
-use coap_keepalive::wire::signal::{ABORT, CSM, OPTION_BAD_CSM_OPTION, PONG};
-use coap_keepalive::wire::tcp::Frame;
+use coap_keepalive::proto::wire::decode_uint;
+use coap_keepalive::proto::wire::signal::{ABORT, CSM, OPTION_BAD_CSM_OPTION, PONG};
+use coap_keepalive::proto::wire::tcp::Frame;
 use coap_keepalive::{
     Context, ContextBuilder, NackReason, PskCredentials, ServerCredentials, Transport,
 };

@@ -30,11 +30,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use coap_keepalive::config::{KeepaliveConfig, TransmissionParams};
 use coap_keepalive::{
     ClientCredentials, Context, NackReason, PeerPing, PingDecision, PskCredentials, Resource,
     Response, ServerCredentials, Session, SessionState, Status, Transport,
 };
+use coap_keepalive::{KeepaliveConfig, TransmissionParams};
 
 use support::libcoap::{Build, LibcoapProcess, LibcoapServer, SERVER_INDEX};
 use support::{bounded, drain, ms, Pki};

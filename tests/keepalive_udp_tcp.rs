@@ -13,12 +13,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use coap_keepalive::config::{KeepaliveConfig, TransmissionParams};
-use coap_keepalive::context::Context;
-use coap_keepalive::error::NackReason;
-use coap_keepalive::handler::PingDecision;
-use coap_keepalive::session::{Role, Session, SessionState, Transport};
 use coap_keepalive::ClientCredentials;
+use coap_keepalive::Context;
+use coap_keepalive::NackReason;
+use coap_keepalive::PingDecision;
+use coap_keepalive::{KeepaliveConfig, TransmissionParams};
+use coap_keepalive::{Role, Session, SessionState, Transport};
 
 mod support;
 

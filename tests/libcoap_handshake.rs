@@ -21,11 +21,11 @@ use coap_keepalive::certs::{
     dtls_cert_client_config, dtls_cert_server_config, dtls_psk_client_config,
     dtls_psk_server_config, tls_client_config, tls_server_config, CertificateSet, PskCredentials,
 };
-use coap_keepalive::error::Error;
-use coap_keepalive::transport::dtls_conn::{
+use coap_keepalive::internals::dtls_conn::{
     dtls_connect, dtls_recv, dtls_send, DtlsAccept, DtlsListener,
 };
-use coap_keepalive::transport::tls_conn::{tls_accept, tls_connect};
+use coap_keepalive::internals::tls_conn::{tls_accept, tls_connect};
+use coap_keepalive::Error;
 
 mod support;
 

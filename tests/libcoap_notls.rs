@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use coap_keepalive::config::{KeepaliveConfig, TransmissionParams};
-use coap_keepalive::context::Context;
-use coap_keepalive::error::NackReason;
-use coap_keepalive::keepalive::Stats;
-use coap_keepalive::session::{Session, SessionState};
+use coap_keepalive::proto::keepalive::Stats;
+use coap_keepalive::Context;
+use coap_keepalive::NackReason;
+use coap_keepalive::{KeepaliveConfig, TransmissionParams};
+use coap_keepalive::{Session, SessionState};
 
 mod support;
 

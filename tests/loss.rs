@@ -48,15 +48,15 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use coap_keepalive::config::{KeepaliveConfig, TransmissionParams};
-use coap_keepalive::context::Context;
-use coap_keepalive::error::NackReason;
-use coap_keepalive::handler::SessionEvent;
-use coap_keepalive::protocol::datagram::DatagramSession;
-use coap_keepalive::protocol::ProtocolEvent;
-use coap_keepalive::rng::Rng;
-use coap_keepalive::session::Session;
-use coap_keepalive::wire::udp;
+use coap_keepalive::proto::datagram::DatagramSession;
+use coap_keepalive::proto::rng::Rng;
+use coap_keepalive::proto::wire::udp;
+use coap_keepalive::proto::ProtocolEvent;
+use coap_keepalive::Context;
+use coap_keepalive::NackReason;
+use coap_keepalive::Session;
+use coap_keepalive::SessionEvent;
+use coap_keepalive::{KeepaliveConfig, TransmissionParams};
 
 /// Loss each way in the lossy tests.
 const LOSS: f64 = 0.2;
@@ -640,7 +640,8 @@ fn simulate(
         // Server output: the RSTs answering pings.
         while let Some(event) = server.poll_event() {
             if let ProtocolEvent::PeerPing(ping) = event {
-                let answer = ping.answer();
+                server.answer_ping(&ping);
+                let answer = server.poll_transmit().expect("the ping's RST");
                 if channel.next_f64() >= loss_down {
                     let delay = Duration::from_millis(1 + channel.next_u64() % 50);
                     sequence += 1;

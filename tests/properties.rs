@@ -22,8 +22,8 @@ mod common;
 
 use proptest::prelude::*;
 
-use coap_keepalive::wire::signal::Signal;
-use coap_keepalive::wire::tcp::Frame;
+use coap_keepalive::proto::wire::signal::Signal;
+use coap_keepalive::proto::wire::tcp::Frame;
 
 use common::machine::{ConfigInput, Input, Interval, Machine, Op};
 

@@ -79,7 +79,7 @@ fn short_input_timeout() -> Context {
 
 /// The codes of the frames in `bytes`.
 fn frame_codes(bytes: &[u8]) -> Vec<u8> {
-    let mut decoder = coap_keepalive::wire::tcp::FrameDecoder::new(1 << 20);
+    let mut decoder = coap_keepalive::proto::wire::tcp::FrameDecoder::new(1 << 20);
     decoder.push(bytes);
     std::iter::from_fn(|| decoder.next_frame().ok().flatten())
         .map(|f| f.code)
@@ -143,7 +143,7 @@ mod dtls_handshakes {
     use std::time::Duration;
 
     use coap_keepalive::certs::{dtls_psk_client_config, dtls_psk_server_config};
-    use coap_keepalive::transport::dtls_conn::{
+    use coap_keepalive::internals::dtls_conn::{
         dtls_connect, dtls_recv, dtls_send, DtlsAccept, DtlsListener,
     };
     use coap_keepalive::{Context, NackReason, PskCredentials, ServerCredentials};
@@ -347,12 +347,12 @@ mod nothing_lost {
     use std::time::{Duration, Instant};
 
     use coap_keepalive::certs::CertificateSet;
-    use coap_keepalive::config::{KeepaliveConfig, TransmissionParams};
-    use coap_keepalive::handler::PingDecision;
+    use coap_keepalive::PingDecision;
     use coap_keepalive::{
         ClientCredentials, Context, Error, Method, NackReason, PskCredentials, Resource, Response,
         ServerCredentials, Session, Transport,
     };
+    use coap_keepalive::{KeepaliveConfig, TransmissionParams};
     use tokio::time::timeout;
 
     use super::{loopback, LIMIT};

@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
-use coap_keepalive::config::{KeepaliveConfig, TransmissionParams};
-use coap_keepalive::context::Context;
-use coap_keepalive::error::{Error, NackReason};
-use coap_keepalive::handler::{PingDecision, SessionEvent};
-use coap_keepalive::session::{Role, SessionState, Transport};
+use coap_keepalive::Context;
 use coap_keepalive::{ClientCredentials, PskCredentials, ServerCredentials};
+use coap_keepalive::{Error, NackReason};
+use coap_keepalive::{KeepaliveConfig, TransmissionParams};
+use coap_keepalive::{PingDecision, SessionEvent};
+use coap_keepalive::{Role, SessionState, Transport};
 
 mod support;
 

@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use coap_keepalive::config::{IcmpPolicy, KeepaliveConfig, TransmissionParams};
-use coap_keepalive::handler::{PingDecision, SessionEvent};
-use coap_keepalive::session::{Role, SessionState};
-use coap_keepalive::wire::signal::PING;
+use coap_keepalive::proto::wire::signal::PING;
 use coap_keepalive::{ClientCredentials, Context, Error, NackReason, ServerCredentials, Transport};
+use coap_keepalive::{IcmpPolicy, KeepaliveConfig, TransmissionParams};
+use coap_keepalive::{PingDecision, SessionEvent};
+use coap_keepalive::{Role, SessionState};
 
 mod support;
 

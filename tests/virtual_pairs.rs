@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use coap_keepalive::config::KeepaliveConfig;
+use coap_keepalive::KeepaliveConfig;
 use coap_keepalive::NackReason;
 
 use support::ms;

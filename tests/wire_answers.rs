@@ -9,15 +9,15 @@ use std::time::Duration;
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 
-use coap_keepalive::context::Context;
-use coap_keepalive::error::NackReason;
-use coap_keepalive::session::Transport;
-use coap_keepalive::wire::decode_uint;
-use coap_keepalive::wire::signal::{
+use coap_keepalive::proto::wire::decode_uint;
+use coap_keepalive::proto::wire::signal::{
     Signal, ABORT, CSM, OPTION_BAD_CSM_OPTION, OPTION_CUSTODY, OPTION_MAX_MESSAGE_SIZE, PONG,
     RELEASE,
 };
-use coap_keepalive::wire::tcp::Frame;
+use coap_keepalive::proto::wire::tcp::Frame;
+use coap_keepalive::Context;
+use coap_keepalive::NackReason;
+use coap_keepalive::Transport;
 
 mod support;
 

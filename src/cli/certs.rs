@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use coap_keepalive::certs::CertificateSet;
-use coap_keepalive::error::{Error, Result};
+use coap_keepalive::{Error, Result};
 
 /// Arguments of `certs`.
 #[derive(Debug, Args)]

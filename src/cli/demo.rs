@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use clap::Args;
 use coap_keepalive::certs::{CertificateSet, ClientCredentials, PskCredentials, ServerCredentials};
-use coap_keepalive::config::{KeepaliveConfig, TransmissionParams};
-use coap_keepalive::context::Context;
-use coap_keepalive::error::{NackReason, Result};
-use coap_keepalive::handler::{PingDecision, SessionEvent};
-use coap_keepalive::session::{Session, SessionState, Transport};
+use coap_keepalive::Context;
+use coap_keepalive::{KeepaliveConfig, TransmissionParams};
+use coap_keepalive::{NackReason, Result};
+use coap_keepalive::{PingDecision, SessionEvent};
+use coap_keepalive::{Session, SessionState, Transport};
 use tokio::sync::mpsc;
 
 use super::output::{ms, Printer};

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use coap_keepalive::session::Session;
+use coap_keepalive::Session;
 
 /// Sends the library's tracing events to stderr at the level `-v` asks for (errors only by
 /// default: the command line prints its own lines), or as `RUST_LOG` says.

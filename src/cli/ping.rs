@@ -10,13 +10,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use coap_keepalive::config::{KeepaliveConfig, TransmissionParams};
-use coap_keepalive::context::Context;
-use coap_keepalive::error::{NackReason, Result};
-use coap_keepalive::handler::SessionEvent;
-use coap_keepalive::session::Session;
-use coap_keepalive::uri::CoapUri;
+use coap_keepalive::CoapUri;
+use coap_keepalive::Context;
 use coap_keepalive::PingStyle;
+use coap_keepalive::Session;
+use coap_keepalive::SessionEvent;
+use coap_keepalive::{KeepaliveConfig, TransmissionParams};
+use coap_keepalive::{NackReason, Result};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use coap_keepalive::error::Result;
+use coap_keepalive::Result;
 use coap_keepalive::{CoapUri, Context, Method, Request, Response, Session, SessionState};
 
 use super::args::parse_secs;
@@ -49,7 +49,7 @@ fn build(method: Method, args: &RequestArgs) -> Result<(CoapUri, Request)> {
     if let Some(payload) = &args.payload {
         request = request
             .with_payload(payload.as_bytes().to_vec())
-            .with_content_format(coap_keepalive::message::TEXT_PLAIN);
+            .with_content_format(coap_keepalive::content_format::TEXT_PLAIN);
     }
     if args.non {
         request = request.non_confirmable();

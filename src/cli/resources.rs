@@ -6,7 +6,7 @@ use std::cell::Cell;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use coap_keepalive::message::{OBSERVE_DEREGISTER, OBSERVE_REGISTER, TEXT_PLAIN};
+use coap_keepalive::proto::message::{OBSERVE_DEREGISTER, OBSERVE_REGISTER, TEXT_PLAIN};
 use coap_keepalive::{Context, Request, Resource, Response, Session, Status};
 
 use super::output::Printer;

@@ -6,8 +6,8 @@ use std::time::Duration;
 use clap::Args;
 
 use coap_keepalive::certs::{read_pem, ClientCredentials, PemIdentity, PskCredentials};
-use coap_keepalive::error::{Error, Result};
-use coap_keepalive::session::Transport;
+use coap_keepalive::Transport;
+use coap_keepalive::{Error, Result};
 
 /// The security options of the client subcommands (`ping`, `get`, `observe`, ...).
 #[derive(Debug, Args)]

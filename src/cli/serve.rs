@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use clap::Args;
 use coap_keepalive::certs::ServerCredentials;
-use coap_keepalive::context::Context;
-use coap_keepalive::error::{Error, Result};
-use coap_keepalive::handler::{PeerPing, PingDecision, SessionEvent};
+use coap_keepalive::Context;
+use coap_keepalive::{Error, Result};
+use coap_keepalive::{PeerPing, PingDecision, SessionEvent};
 use coap_keepalive::{Session, SessionId, Stats, Transport};
 
 use super::output::{ms, refuse_multicast, Printer, Signals};
@@ -82,7 +82,7 @@ pub async fn run(args: ServeArgs, verbose: u8) -> Result<ExitCode> {
         ..
     } = args;
     if udp.is_empty() && tcp.is_empty() && dtls.is_empty() && tls.is_empty() {
-        let default: SocketAddr = ([0, 0, 0, 0], coap_keepalive::uri::COAP_PORT).into();
+        let default: SocketAddr = ([0, 0, 0, 0], coap_keepalive::COAP_PORT).into();
         udp.push(default);
         tcp.push(default);
     }

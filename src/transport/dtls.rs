@@ -15,43 +15,16 @@ use webrtc_dtls::conn::DTLSConn;
 use webrtc_util::conn::Conn;
 
 use crate::certs::{ClientCredentials, ServerCredentials};
-use crate::context::{Context, Endpoint};
-use crate::error::{Error, NackReason, Result};
-use crate::session::{Role, Session, Transport};
+use crate::proto::error::{Error, NackReason, Result};
+use crate::runtime::session::{Role, Session, Transport};
+use crate::runtime::Runtime;
 use crate::transport::dtls_conn::{dtls_connect, dtls_recv, dtls_send, DtlsAccept, DtlsListener};
 use crate::transport::udp::{DatagramDriver, DatagramIo};
-use crate::transport::{report_failed_start, unspecified_like, SessionLimit};
+use crate::transport::{report_failed_start, unspecified_like, Endpoint, SessionLimit};
 
 /// Server handshakes in progress at once per endpoint; a ClientHello beyond it is dropped (the
 /// peer retransmits it).
 const MAX_HANDSHAKES_IN_PROGRESS: usize = 256;
-
-impl Context {
-    /// Serves CoAP over DTLS on `addr` with a PSK or a certificate. Each peer's handshake runs in
-    /// its own task within the connect timeout; a handshake that fails reaches the nack handler
-    /// as [`NackReason::TlsFailed`].
-    pub async fn listen_dtls(
-        &self,
-        addr: SocketAddr,
-        credentials: ServerCredentials,
-    ) -> Result<Endpoint> {
-        listen(self, addr, &credentials).await
-    }
-
-    /// Opens a DTLS session to `peer`; returns once the handshake completed (within the connect
-    /// timeout). In certificate mode the server's certificate must name `peer`'s IP address
-    /// (use [`Context::connect_with`] to verify a host name).
-    ///
-    /// A failed handshake is an [`Error::Tls`] naming the cause, and the nack handler sees it as
-    /// [`NackReason::TlsFailed`].
-    pub async fn connect_dtls(
-        &self,
-        peer: SocketAddr,
-        credentials: &ClientCredentials,
-    ) -> Result<Session> {
-        connect(self, peer, &peer.ip().to_string(), credentials).await
-    }
-}
 
 /// One DTLS connection as the datagram driver's socket: every datagram comes from, and goes
 /// to, the connection's one peer.
@@ -102,8 +75,8 @@ fn into_io(error: Error) -> io::Error {
 }
 
 /// Binds `addr` and serves every peer that completes a handshake.
-async fn listen(
-    ctx: &Context,
+pub(crate) async fn listen(
+    rt: &Arc<Runtime>,
     addr: SocketAddr,
     credentials: &ServerCredentials,
 ) -> Result<Endpoint> {
@@ -111,29 +84,29 @@ async fn listen(
     let listener = DtlsListener::bind(
         addr,
         config,
-        ctx.settings().connect_timeout,
+        rt.settings.connect_timeout,
         MAX_HANDSHAKES_IN_PROGRESS,
     )
     .await?;
     let local_addr = listener.local_addr();
-    let accept_ctx = ctx.clone();
-    let limit = SessionLimit::new(ctx);
-    let mut shutdown = ctx.shutdown_signal();
-    ctx.spawn(async move {
+    let accept_rt = Arc::clone(rt);
+    let limit = SessionLimit::new(rt);
+    let mut shutdown = rt.shutdown_signal();
+    rt.spawn(async move {
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(DtlsAccept::Established(conn, peer)) => match limit.admit() {
                         Some(place) => {
                             let mut driver = DatagramDriver::new(
-                                &accept_ctx,
+                                &accept_rt,
                                 DtlsIo::new(conn, peer),
                                 Transport::Dtls,
                                 false,
                             );
                             let session = driver.add_session(peer, Role::Server, Instant::now());
                             tracing::debug!(session = %session, "dtls handshake completed");
-                            accept_ctx.spawn(async move {
+                            accept_rt.spawn(async move {
                                 driver.run().await;
                                 drop(place);
                             });
@@ -149,7 +122,7 @@ async fn listen(
                     Ok(DtlsAccept::Failed { peer, error }) => {
                         tracing::debug!(%peer, %error, "dtls handshake failed");
                         report_failed_start(
-                            &accept_ctx,
+                            &accept_rt,
                             peer,
                             local_addr,
                             Transport::Dtls,
@@ -176,19 +149,19 @@ async fn listen(
 /// Runs the client handshake with `peer` and starts the session's driver. `server_name` is
 /// what the server's certificate must name.
 pub(crate) async fn connect(
-    ctx: &Context,
+    rt: &Arc<Runtime>,
     peer: SocketAddr,
     server_name: &str,
     credentials: &ClientCredentials,
 ) -> Result<Session> {
     // Bad credentials are the caller's mistake, not a session that failed: no nack.
     let config = credentials.dtls_config(server_name)?;
-    let conn = match dtls_connect(peer, config, ctx.settings().connect_timeout).await {
+    let conn = match dtls_connect(peer, config, rt.settings.connect_timeout).await {
         Ok(conn) => conn,
         Err(error) => {
             tracing::debug!(%peer, %error, "dtls connect failed");
             report_failed_start(
-                ctx,
+                rt,
                 peer,
                 unspecified_like(peer),
                 Transport::Dtls,
@@ -198,8 +171,8 @@ pub(crate) async fn connect(
             return Err(error);
         }
     };
-    let mut driver = DatagramDriver::new(ctx, DtlsIo::new(conn, peer), Transport::Dtls, false);
+    let mut driver = DatagramDriver::new(rt, DtlsIo::new(conn, peer), Transport::Dtls, false);
     let session = driver.add_session(peer, Role::Client, Instant::now());
-    ctx.spawn(driver.run());
+    rt.spawn(driver.run());
     Ok(session)
 }

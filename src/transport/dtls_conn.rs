@@ -24,7 +24,7 @@ use webrtc_dtls::config::Config;
 use webrtc_dtls::conn::DTLSConn;
 use webrtc_util::conn::Conn;
 
-use crate::error::{Error, Result};
+use crate::proto::error::{Error, Result};
 
 /// Datagrams queued for one peer's connection before more are dropped, as a full socket buffer
 /// would.
@@ -203,6 +203,7 @@ impl DtlsListener {
 
     /// How many peers datagrams are currently routed to: handshakes in progress and
     /// connections not yet closed or dropped.
+    #[cfg(any(test, feature = "internals"))]
     pub fn peer_count(&self) -> usize {
         self.peers.len()
     }

@@ -1,35 +1,43 @@
 //! The tokio drivers: the only code that touches sockets. Each moves bytes and time between a
-//! socket and a sans-IO session protocol, and runs the context's handlers.
+//! socket and a sans-IO session protocol, and hands the protocol's events to the runtime's
+//! [`dispatch`](crate::runtime::dispatch). They take the [`Runtime`], never the `Context`.
 //!
 //! `udp` and `tcp` are the two drivers; `dtls` and `tls` run them over secured connections,
 //! which `dtls_conn` and `tls_conn` set up (handshakes with deadlines, a DTLS listener that
 //! handshakes with many peers at once).
 
-pub(crate) mod dispatch;
-pub mod dtls;
+pub(crate) mod dtls;
 pub mod dtls_conn;
-pub mod tcp;
-pub mod tls;
+pub(crate) mod tcp;
+pub(crate) mod tls;
 pub mod tls_conn;
-pub mod udp;
-pub(crate) mod waiters;
+pub(crate) mod udp;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::context::Context;
-use crate::error::NackReason;
-use crate::keepalive::Stats;
-use crate::protocol::ProtocolEvent;
-use crate::session::{CommandSender, Role, Session, Transport};
+use crate::proto::error::NackReason;
+use crate::proto::keepalive::Stats;
+use crate::runtime::dispatch::session_failed;
+use crate::runtime::session::{CommandSender, Role, Session, Transport};
+use crate::runtime::Runtime;
+
+/// A listening endpoint of a context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The transport it serves.
+    pub transport: Transport,
+    /// The address it is bound to (with the real port when port 0 was asked for).
+    pub local_addr: SocketAddr,
+}
 
 /// Reports a session that failed before it started (a (D)TLS handshake that failed or timed
 /// out, a connection refused) like any other failed session: it is registered, the nack handler
 /// runs with `reason`, and it leaves the table.
 pub(crate) fn report_failed_start(
-    ctx: &Context,
+    rt: &Runtime,
     peer: SocketAddr,
     local: SocketAddr,
     transport: Transport,
@@ -40,7 +48,7 @@ pub(crate) fn report_failed_start(
     // Nobody serves its commands: the session is over before anyone could send one.
     let (commands, _) = tokio::sync::mpsc::unbounded_channel();
     let session = Session::new(
-        ctx.next_session_id(),
+        rt.next_session_id(),
         peer,
         local,
         transport,
@@ -48,13 +56,14 @@ pub(crate) fn report_failed_start(
         CommandSender::Own(commands),
         now,
     );
-    ctx.register(&session);
+    rt.register(&session);
     let stats = Stats {
         failures: 1,
         ..Stats::default()
     };
     session.publish_stats(stats, false, false);
-    ctx.on_event(&session, now, ProtocolEvent::Failed(reason));
+    // As the dispatch ends every failed session; nothing of it is waiting.
+    session_failed(rt, &session, reason);
     session
 }
 
@@ -77,10 +86,10 @@ pub(crate) struct SessionLimit {
 }
 
 impl SessionLimit {
-    pub(crate) fn new(ctx: &Context) -> SessionLimit {
+    pub(crate) fn new(rt: &Runtime) -> SessionLimit {
         SessionLimit {
             live: Arc::new(AtomicUsize::new(0)),
-            max: ctx.settings().max_sessions,
+            max: rt.settings.max_sessions,
         }
     }
 

@@ -3,19 +3,20 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::context::{Context, Endpoint};
-use crate::error::{Error, NackReason, Result};
-use crate::protocol::stream::StreamSession;
-use crate::session::{Command, CommandSender, Role, Session, SessionState, Transport};
-use crate::transport::dispatch::{apply_command, apply_reaction, publish_stats, FollowUp};
-use crate::transport::waiters::Waiters;
-use crate::transport::SessionLimit;
+use crate::proto::error::{Error, NackReason, Result};
+use crate::proto::stream::StreamSession;
+use crate::runtime::dispatch::{apply_command, publish_stats, react};
+use crate::runtime::session::{Command, CommandSender, Role, Session, SessionState, Transport};
+use crate::runtime::waiters::Waiters;
+use crate::runtime::Runtime;
+use crate::transport::{Endpoint, SessionLimit};
 
 /// The accept queue of TCP and TLS listeners. `TcpListener::bind` listens with 128, as std
 /// does; a burst of thousands of connections (libcoap-style load) overflows that, and each
@@ -49,23 +50,23 @@ pub(crate) fn bind_listener(addr: SocketAddr) -> Result<TcpListener> {
 }
 
 /// Binds `addr` and serves every connection accepted on it.
-pub(crate) async fn listen(ctx: &Context, addr: SocketAddr) -> Result<Endpoint> {
+pub(crate) async fn listen(rt: &Arc<Runtime>, addr: SocketAddr) -> Result<Endpoint> {
     let listener = bind_listener(addr)?;
     let local_addr = listener.local_addr()?;
-    let accept_ctx = ctx.clone();
-    let limit = SessionLimit::new(ctx);
-    let mut shutdown = ctx.shutdown_signal();
-    ctx.spawn(async move {
+    let accept_rt = Arc::clone(rt);
+    let limit = SessionLimit::new(rt);
+    let mut shutdown = rt.shutdown_signal();
+    rt.spawn(async move {
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => match limit.admit() {
                         Some(place) => {
-                            configure(&accept_ctx, &stream);
+                            configure(&accept_rt, &stream);
                             let local = stream.local_addr().unwrap_or(local_addr);
-                            let (session, run) = start(&accept_ctx, stream, peer, local, Transport::Tcp, Role::Server);
+                            let (session, run) = start(&accept_rt, stream, peer, local, Transport::Tcp, Role::Server);
                             tracing::debug!(session = %session, "tcp connection accepted");
-                            accept_ctx.spawn(async move {
+                            accept_rt.spawn(async move {
                                 run.await;
                                 drop(place);
                             });
@@ -90,23 +91,23 @@ pub(crate) async fn listen(ctx: &Context, addr: SocketAddr) -> Result<Endpoint> 
 }
 
 /// Connects to `peer` and returns once the peer's CSM arrived (within the connect timeout).
-pub(crate) async fn connect(ctx: &Context, peer: SocketAddr) -> Result<Session> {
-    let timeout = ctx.settings().connect_timeout;
+pub(crate) async fn connect(rt: &Arc<Runtime>, peer: SocketAddr) -> Result<Session> {
+    let timeout = rt.settings.connect_timeout;
     let stream = tokio::time::timeout(timeout, TcpStream::connect(peer))
         .await
         .map_err(|_| Error::Timeout(format!("TCP connect to {peer}")))??;
-    configure(ctx, &stream);
+    configure(rt, &stream);
     let local = stream.local_addr()?;
-    let (session, run) = start(ctx, stream, peer, local, Transport::Tcp, Role::Client);
-    ctx.spawn(run);
+    let (session, run) = start(rt, stream, peer, local, Transport::Tcp, Role::Client);
+    rt.spawn(run);
     wait_established(&session, timeout).await?;
     Ok(session)
 }
 
 /// Sets TCP_NODELAY (pings must not wait for Nagle) and the optional OS keepalive.
-pub(crate) fn configure(ctx: &Context, stream: &TcpStream) {
+pub(crate) fn configure(rt: &Runtime, stream: &TcpStream) {
     let _ = stream.set_nodelay(true);
-    if let Some(idle) = ctx.settings().tcp_keepalive {
+    if let Some(idle) = rt.settings.tcp_keepalive {
         if let Err(error) = crate::transport::tls_conn::set_tcp_keepalive(stream, idle, idle) {
             tracing::warn!(%error, "could not enable SO_KEEPALIVE");
         }
@@ -146,7 +147,7 @@ pub(crate) async fn wait_established(
 
 /// Creates the session and its protocol state, registers it, and returns the task that runs it.
 pub(crate) fn start<S>(
-    ctx: &Context,
+    rt: &Arc<Runtime>,
     stream: S,
     peer: SocketAddr,
     local: SocketAddr,
@@ -162,7 +163,7 @@ where
     let now = Instant::now();
     let (tx, rx) = mpsc::unbounded_channel();
     let session = Session::new(
-        ctx.next_session_id(),
+        rt.next_session_id(),
         peer,
         local,
         transport,
@@ -170,14 +171,14 @@ where
         CommandSender::Own(tx),
         now,
     );
-    ctx.register(&session);
+    rt.register(&session);
     let mut core = StreamSession::new(
-        ctx.shared_keepalive_config(),
-        ctx.session_rng(),
+        rt.keepalive_config(),
+        rt.session_rng(),
         now,
-        ctx.settings().max_message_size,
+        rt.settings.max_message_size,
     );
-    core.set_input_timeout(ctx.settings().input_timeout);
+    core.set_input_timeout(rt.settings.input_timeout);
     let span = tracing::debug_span!(
         "session",
         id = session.id().0,
@@ -185,14 +186,14 @@ where
         role = %role,
         peer = %peer
     );
-    let run =
-        tracing::Instrument::instrument(run(ctx.clone(), session.clone(), core, stream, rx), span);
+    let driver = run(Arc::clone(rt), session.clone(), core, stream, rx);
+    let run = tracing::Instrument::instrument(driver, span);
     (session, run)
 }
 
 /// The connection loop: flush, react, wait for bytes, a deadline, a command or shutdown.
 async fn run<S>(
-    ctx: Context,
+    rt: Arc<Runtime>,
     session: Session,
     mut core: StreamSession,
     mut stream: S,
@@ -200,7 +201,7 @@ async fn run<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut shutdown = ctx.shutdown_signal();
+    let mut shutdown = rt.shutdown_signal();
     // Frames are assembled by the decoder, so a small read buffer serves any frame size; it is
     // most of a connection's memory, and servers hold thousands of connections.
     let mut buf = vec![0u8; 2048];
@@ -222,25 +223,17 @@ async fn run<S>(
                 break;
             };
             let now = Instant::now();
-            let reaction = ctx.on_event(&session, now, event);
-            match apply_reaction(&mut core, &mut waiters, now, reaction) {
-                FollowUp::None => {}
-                FollowUp::Send(bytes) => {
-                    if let Err(error) = stream.write_all(&bytes).await {
-                        tracing::debug!(session = %session, %error, "write failed");
-                        core.fail(NackReason::NotDeliverable);
-                    }
-                }
-                FollowUp::Ended(error) => ended = Some(error),
+            if let Some(error) = react(&rt, &mut core, &mut waiters, &session, now, event) {
+                ended = Some(error);
             }
         }
         let _ = stream.flush().await;
         if ended.is_some() || core.is_done() {
             let _ = stream.shutdown().await;
-            waiters.fail_all(|| crate::error::Error::Closed);
+            waiters.fail_all(|| crate::proto::error::Error::Closed);
             if ended.is_none() {
                 // Done without a terminal event (cannot happen today): still leave the table.
-                ctx.unregister(&session, SessionState::Closed);
+                rt.unregister(&session, SessionState::Closed);
             }
             return;
         }
@@ -282,7 +275,7 @@ async fn run<S>(
             }
             _ = shutdown.changed(), if draining.is_none() => {
                 // Requests in flight may finish until the drain deadline; then Release.
-                draining = Some(ctx.drain_deadline());
+                draining = Some(rt.drain_deadline());
             }
         }
     }

@@ -16,93 +16,42 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::certs::{ClientCredentials, ServerCredentials};
-use crate::context::{Context, Endpoint};
-use crate::error::{Error, NackReason, Result};
-use crate::session::{lock, Role, Session, Transport};
+use crate::proto::error::{Error, NackReason, Result};
+use crate::runtime::session::{lock, Role, Session, Transport};
+use crate::runtime::Runtime;
 use crate::transport::tcp::{bind_listener, configure, start, wait_established};
 use crate::transport::tls_conn::{tls_accept, tls_handshake};
-use crate::transport::{report_failed_start, unspecified_like, SessionLimit};
-use crate::uri::CoapUri;
-
-impl Context {
-    /// Serves CoAP over TLS on `addr` with a certificate (a PSK is an [`Error::Config`]: rustls
-    /// has no PSK cipher suites). With a client CA, clients must present a certificate it signed.
-    /// Each handshake runs in its own task within the connect timeout; one that fails reaches the
-    /// nack handler as [`NackReason::TlsFailed`].
-    pub async fn listen_tls(
-        &self,
-        addr: SocketAddr,
-        credentials: ServerCredentials,
-    ) -> Result<Endpoint> {
-        listen(self, addr, &credentials).await
-    }
-
-    /// Opens a TLS session to `peer` and returns once the peer's CSM arrived, all within the
-    /// connect timeout. The server's certificate must name `server_name` (a DNS name or an IP
-    /// literal).
-    ///
-    /// A failed handshake, or a TLS alert before the peer's CSM (how a TLS 1.3 server rejects a
-    /// client certificate), is an [`Error::Tls`] naming the cause, and the nack handler sees it
-    /// as [`NackReason::TlsFailed`].
-    pub async fn connect_tls(
-        &self,
-        peer: SocketAddr,
-        server_name: &str,
-        credentials: &ClientCredentials,
-    ) -> Result<Session> {
-        connect(self, peer, server_name, credentials).await
-    }
-
-    /// Opens a session to the host of `uri` over the transport its scheme names, with
-    /// `credentials` for `coaps://` and `coaps+tcp://` (where the server's certificate must name
-    /// the URI's host). `coap://` and `coap+tcp://` ignore them.
-    pub async fn connect_with(
-        &self,
-        uri: &str,
-        credentials: &ClientCredentials,
-    ) -> Result<Session> {
-        let uri = CoapUri::parse(uri)?;
-        let peer = uri.resolve().await?;
-        match uri.transport {
-            Transport::Udp => self.connect_udp(peer).await,
-            Transport::Tcp => self.connect_tcp(peer).await,
-            Transport::Dtls => {
-                crate::transport::dtls::connect(self, peer, &uri.host, credentials).await
-            }
-            Transport::Tls => connect(self, peer, &uri.host, credentials).await,
-        }
-    }
-}
+use crate::transport::{report_failed_start, unspecified_like, Endpoint, SessionLimit};
 
 /// Binds `addr` and runs a handshake, then a session, for every connection accepted on it.
-async fn listen(
-    ctx: &Context,
+pub(crate) async fn listen(
+    rt: &Arc<Runtime>,
     addr: SocketAddr,
     credentials: &ServerCredentials,
 ) -> Result<Endpoint> {
     let acceptor = TlsAcceptor::from(credentials.tls_config()?);
     let listener = bind_listener(addr)?;
     let local_addr = listener.local_addr()?;
-    let accept_ctx = ctx.clone();
-    let limit = SessionLimit::new(ctx);
-    let mut shutdown = ctx.shutdown_signal();
-    ctx.spawn(async move {
+    let accept_rt = Arc::clone(rt);
+    let limit = SessionLimit::new(rt);
+    let mut shutdown = rt.shutdown_signal();
+    rt.spawn(async move {
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     // A handshake in progress holds a place too.
                     Ok((stream, peer)) => match limit.admit() {
                         Some(place) => {
-                            configure(&accept_ctx, &stream);
+                            configure(&accept_rt, &stream);
                             let local = stream.local_addr().unwrap_or(local_addr);
                             let serve = serve_connection(
-                                accept_ctx.clone(),
+                                Arc::clone(&accept_rt),
                                 acceptor.clone(),
                                 stream,
                                 peer,
                                 local,
                             );
-                            accept_ctx.spawn(async move {
+                            accept_rt.spawn(async move {
                                 serve.await;
                                 drop(place);
                             });
@@ -128,31 +77,31 @@ async fn listen(
 
 /// The server side of one connection: the handshake, then the session.
 async fn serve_connection(
-    ctx: Context,
+    rt: Arc<Runtime>,
     acceptor: TlsAcceptor,
     stream: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
 ) {
-    let mut shutdown = ctx.shutdown_signal();
+    let mut shutdown = rt.shutdown_signal();
     if *shutdown.borrow_and_update() {
         return;
     }
-    let handshake = tls_accept(&acceptor, stream, ctx.settings().connect_timeout);
+    let handshake = tls_accept(&acceptor, stream, rt.settings.connect_timeout);
     let accepted = tokio::select! {
         accepted = handshake => accepted,
         _ = shutdown.changed() => return,
     };
     match accepted {
         Ok(tls) => {
-            let (session, run) = start(&ctx, tls, peer, local, Transport::Tls, Role::Server);
+            let (session, run) = start(&rt, tls, peer, local, Transport::Tls, Role::Server);
             tracing::debug!(session = %session, "tls handshake completed");
             run.await;
         }
         Err(error) => {
             tracing::debug!(%peer, %error, "tls handshake failed");
             report_failed_start(
-                &ctx,
+                &rt,
                 peer,
                 local,
                 Transport::Tls,
@@ -165,19 +114,19 @@ async fn serve_connection(
 
 /// Connects, runs the client handshake and waits for the peer's CSM, all within the connect
 /// timeout.
-async fn connect(
-    ctx: &Context,
+pub(crate) async fn connect(
+    rt: &Arc<Runtime>,
     peer: SocketAddr,
     server_name: &str,
     credentials: &ClientCredentials,
 ) -> Result<Session> {
     // Bad credentials are the caller's mistake, not a session that failed: no nack.
     let config = credentials.tls_config()?;
-    let timeout = ctx.settings().connect_timeout;
+    let timeout = rt.settings.connect_timeout;
     let deadline = tokio::time::Instant::now() + timeout;
     let fail = |error: Error, local: SocketAddr, reason: NackReason| {
         tracing::debug!(%peer, %error, "tls connect failed");
-        report_failed_start(ctx, peer, local, Transport::Tls, Role::Client, reason);
+        report_failed_start(rt, peer, local, Transport::Tls, Role::Client, reason);
         error
     };
 
@@ -193,7 +142,7 @@ async fn connect(
             return Err(fail(error, local, NackReason::NotDeliverable));
         }
     };
-    configure(ctx, &tcp);
+    configure(rt, &tcp);
     let local = tcp.local_addr().unwrap_or_else(|_| unspecified_like(peer));
     // One deadline covers the TCP connect, the handshake and the CSM exchange.
     let handshake = tls_handshake(tcp, server_name, config, timeout);
@@ -210,8 +159,8 @@ async fn connect(
 
     let stream = FirstError::new(tls);
     let first_error = stream.error.clone();
-    let (session, run) = start(ctx, stream, peer, local, Transport::Tls, Role::Client);
-    ctx.spawn(run);
+    let (session, run) = start(rt, stream, peer, local, Transport::Tls, Role::Client);
+    rt.spawn(run);
     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
     match wait_established(&session, remaining).await {
         Ok(()) => Ok(session),
@@ -291,45 +240,8 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
-    use crate::certs::CertificateSet;
-    use crate::session::SessionState;
-
-    /// TCP and TLS endpoints bound to port 0 of the IPv6 loopback serve sessions (the TLS one
-    /// with a certificate that names `::1`).
-    #[tokio::test]
-    async fn tcp_and_tls_endpoints_listen_on_the_ipv6_loopback() {
-        let loopback = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0));
-        let certs = CertificateSet::generate().unwrap();
-        let server = Context::new();
-        let tcp = server.listen_tcp(loopback).await.unwrap();
-        let credentials = ServerCredentials::Certificate {
-            identity: certs.server_identity(),
-            client_ca_pem: None,
-        };
-        let tls = server.listen_tls(loopback, credentials).await.unwrap();
-        for endpoint in [&tcp, &tls] {
-            assert!(endpoint.local_addr.is_ipv6(), "{}", endpoint.local_addr);
-            assert_ne!(endpoint.local_addr.port(), 0);
-        }
-
-        let client = Context::new();
-        let session = client.connect_tcp(tcp.local_addr).await.unwrap();
-        assert_eq!(session.state(), SessionState::Established);
-        assert_eq!(session.peer(), tcp.local_addr);
-        let credentials = ClientCredentials::Certificate {
-            ca_pem: Some(certs.ca_cert_pem.clone()),
-            identity: None,
-            insecure: false,
-        };
-        let session = client
-            .connect_tls(tls.local_addr, "::1", &credentials)
-            .await
-            .unwrap();
-        assert_eq!(session.state(), SessionState::Established);
-        assert_eq!(session.peer(), tls.local_addr);
-        client.shutdown().await;
-        server.shutdown().await;
-    }
+    use crate::proto::config::KeepaliveConfig;
+    use crate::runtime::settings::ContextSettings;
 
     /// The OS keepalive setting reaches both ends of a connection: what an accepting endpoint
     /// and a connecting client (TCP or TLS) do to their socket before anything else.
@@ -341,14 +253,15 @@ mod tests {
             .unwrap();
         let (accepted, _) = listener.accept().await.unwrap();
 
-        let off = Context::new();
+        let off = Runtime::new(ContextSettings::default(), KeepaliveConfig::default());
         configure(&off, &accepted);
         assert!(!socket2::SockRef::from(&accepted).keepalive().unwrap());
 
-        let on = Context::builder()
-            .tcp_keepalive(Duration::from_secs(7))
-            .build()
-            .unwrap();
+        let settings = ContextSettings {
+            tcp_keepalive: Some(Duration::from_secs(7)),
+            ..ContextSettings::default()
+        };
+        let on = Runtime::new(settings, KeepaliveConfig::default());
         for stream in [&accepted, &connected] {
             configure(&on, stream);
             let socket = socket2::SockRef::from(stream);

@@ -5,6 +5,7 @@
 //! deadline passed) come back as [`Error::Tls`] carrying the cause, so that the caller reports
 //! them as a failed TLS session.
 
+#[cfg(any(test, feature = "internals"))]
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,12 +14,13 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::{client, server, TlsAcceptor, TlsConnector};
 
-use crate::error::{Error, Result};
+use crate::proto::error::{Error, Result};
 
 /// Connects to `peer` over TCP and runs a TLS client handshake, both within `timeout`.
 ///
 /// `server_name` is what the server's certificate must name: a DNS name or an IP literal. It is
 /// also sent as SNI when it is a DNS name.
+#[cfg(any(test, feature = "internals"))]
 pub async fn tls_connect(
     peer: SocketAddr,
     server_name: &str,

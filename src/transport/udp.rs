@@ -14,13 +14,17 @@ use std::time::Instant;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
-use crate::context::{Context, Endpoint};
-use crate::error::{NackReason, Result};
-use crate::protocol::datagram::{DatagramSession, Stranger};
-use crate::session::{Command, CommandSender, Role, Session, SessionId, SessionState, Transport};
-use crate::table::{Key, SessionTable, Timed};
-use crate::transport::dispatch::{apply_command, apply_reaction, publish_stats, FollowUp};
-use crate::transport::waiters::Waiters;
+use crate::proto::datagram::{DatagramSession, Stranger};
+use crate::proto::error::{NackReason, Result};
+use crate::proto::table::{Key, SessionTable, Timed};
+use crate::proto::ProtocolEvent;
+use crate::runtime::dispatch::{apply_command, publish_stats, react};
+use crate::runtime::session::{
+    Command, CommandSender, Role, Session, SessionId, SessionState, Transport,
+};
+use crate::runtime::waiters::Waiters;
+use crate::runtime::Runtime;
+use crate::transport::Endpoint;
 
 /// Largest datagram we read (the UDP maximum).
 const MAX_DATAGRAM: usize = 65_536;
@@ -96,11 +100,11 @@ impl DatagramIo for ConnectedUdp {
 }
 
 /// Binds `addr` and serves every peer that writes to it.
-pub(crate) async fn listen(ctx: &Context, addr: SocketAddr) -> Result<Endpoint> {
+pub(crate) async fn listen(rt: &Arc<Runtime>, addr: SocketAddr) -> Result<Endpoint> {
     let socket = UdpSocket::bind(addr).await?;
     let local_addr = socket.local_addr()?;
-    let driver = DatagramDriver::new(ctx, socket, Transport::Udp, true);
-    ctx.spawn(driver.run());
+    let driver = DatagramDriver::new(rt, socket, Transport::Udp, true);
+    rt.spawn(driver.run());
     tracing::info!(%local_addr, "listening on udp");
     Ok(Endpoint {
         transport: Transport::Udp,
@@ -110,7 +114,7 @@ pub(crate) async fn listen(ctx: &Context, addr: SocketAddr) -> Result<Endpoint> 
 
 /// Opens a session to `peer` from a fresh port of the matching address family, on a socket
 /// connected to it (so that an ICMP error for it reaches the session).
-pub(crate) async fn connect(ctx: &Context, peer: SocketAddr) -> Result<Session> {
+pub(crate) async fn connect(rt: &Arc<Runtime>, peer: SocketAddr) -> Result<Session> {
     let bind: SocketAddr = if peer.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {
@@ -119,9 +123,9 @@ pub(crate) async fn connect(ctx: &Context, peer: SocketAddr) -> Result<Session> 
     let socket = UdpSocket::bind(bind).await?;
     socket.connect(peer).await?;
     let socket = ConnectedUdp { socket, peer };
-    let mut driver = DatagramDriver::new(ctx, socket, Transport::Udp, false);
+    let mut driver = DatagramDriver::new(rt, socket, Transport::Udp, false);
     let session = driver.add_session(peer, Role::Client, Instant::now());
-    ctx.spawn(driver.run());
+    rt.spawn(driver.run());
     Ok(session)
 }
 
@@ -140,7 +144,7 @@ impl Timed for Peer {
 
 /// The task serving every session of one datagram socket.
 pub(crate) struct DatagramDriver<IO> {
-    ctx: Context,
+    rt: Arc<Runtime>,
     socket: Arc<IO>,
     transport: Transport,
     local: SocketAddr,
@@ -158,13 +162,13 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
     /// A driver over `socket`. With `accept`, a datagram from an unknown peer opens a server
     /// session; without, only sessions added with [`DatagramDriver::add_session`] are served and
     /// the task ends with the last of them.
-    pub(crate) fn new(ctx: &Context, socket: IO, transport: Transport, accept: bool) -> Self {
+    pub(crate) fn new(rt: &Arc<Runtime>, socket: IO, transport: Transport, accept: bool) -> Self {
         let local = socket
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let (commands_tx, commands) = mpsc::unbounded_channel();
         DatagramDriver {
-            ctx: ctx.clone(),
+            rt: Arc::clone(rt),
             socket: Arc::new(socket),
             transport,
             local,
@@ -174,13 +178,13 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
             unproven: std::collections::VecDeque::new(),
             commands_tx,
             commands,
-            shutdown: ctx.shutdown_signal(),
+            shutdown: rt.shutdown_signal(),
         }
     }
 
     /// Opens a session with `peer`, registered in the context and established at once.
     pub(crate) fn add_session(&mut self, peer: SocketAddr, role: Role, now: Instant) -> Session {
-        let id = self.ctx.next_session_id();
+        let id = self.rt.next_session_id();
         let handle = Session::new(
             id,
             peer,
@@ -193,14 +197,10 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
         handle.set_state(SessionState::Established);
         // Registered before the configuration is read: a context-wide keepalive change made
         // meanwhile is either in it or sent to the session as a command.
-        self.ctx.register(&handle);
-        let mut core = DatagramSession::new(
-            self.ctx.shared_keepalive_config(),
-            self.ctx.session_rng(),
-            now,
-        );
+        self.rt.register(&handle);
+        let mut core = DatagramSession::new(self.rt.keepalive_config(), self.rt.session_rng(), now);
         if role == Role::Server {
-            core.set_idle_timeout(Some(self.ctx.settings().idle_timeout));
+            core.set_idle_timeout(Some(self.rt.settings.idle_timeout));
         }
         let key = self.table.insert(
             peer,
@@ -221,9 +221,17 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
         }
         tracing::debug!(session = %handle, "datagram session created");
         // Through the one dispatch of every protocol event, as the stream drivers report theirs.
-        let _ = self
-            .ctx
-            .on_event(&handle, now, crate::protocol::ProtocolEvent::Established);
+        if let Some(p) = self.table.get_mut(key) {
+            let established = ProtocolEvent::Established;
+            react(
+                &self.rt,
+                &mut p.core,
+                &mut p.waiters,
+                &handle,
+                now,
+                established,
+            );
+        }
         handle
     }
 
@@ -277,7 +285,7 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
                 _ = sleep => self.on_timers().await,
                 Some((id, command)) = self.commands.recv() => self.on_command(id, command).await,
                 _ = self.shutdown.changed(), if draining.is_none() => {
-                    draining = Some(self.ctx.drain_deadline());
+                    draining = Some(self.rt.drain_deadline());
                     self.accept = false;
                 }
             }
@@ -323,7 +331,7 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
                 return;
             }
         };
-        if self.table.len() >= self.ctx.settings().max_sessions && !self.evict_unproven(now).await {
+        if self.table.len() >= self.rt.settings.max_sessions && !self.evict_unproven(now).await {
             tracing::debug!(%peer, "session table full: datagram dropped");
             return;
         }
@@ -396,7 +404,7 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
         self.flush(key, now).await;
     }
 
-    /// Sends what the session queued, runs its events through the context, and reschedules or
+    /// Sends what the session queued, hands its events to the dispatch, and reschedules or
     /// removes it.
     async fn flush(&mut self, key: Key, now: Instant) {
         let Some(peer) = self.table.peer(key) else {
@@ -423,23 +431,13 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
             let Some(event) = p.core.poll_event() else {
                 break;
             };
-            let handle = p.handle.clone();
-            let reaction = self.ctx.on_event(&handle, now, event);
-            let Some(p) = self.table.get_mut(key) else {
-                return;
-            };
-            match apply_reaction(&mut p.core, &mut p.waiters, now, reaction) {
-                FollowUp::None => {}
-                FollowUp::Send(bytes) => {
-                    if let Err(error) = self.socket.send_to(&bytes, peer).await {
-                        tracing::debug!(%error, %peer, "udp send failed");
-                    }
-                }
-                FollowUp::Ended(error) => ended = Some(error),
+            if let Some(error) = react(&self.rt, &mut p.core, &mut p.waiters, &p.handle, now, event)
+            {
+                ended = Some(error);
             }
         }
         if ended.is_some() {
-            // The waiters were told in apply_reaction; the session leaves the endpoint.
+            // The waiters were told in the dispatch; the session leaves the endpoint.
             if let Some(p) = self.table.remove(key) {
                 self.ids.remove(&p.handle.id());
             }

@@ -24,15 +24,15 @@ use tokio::sync::mpsc;
 use webrtc_dtls::conn::DTLSConn;
 
 use coap_keepalive::certs::{dtls_psk_client_config, read_pem, CertificateSet};
-use coap_keepalive::keepalive::Stats;
-use coap_keepalive::session::{Role, SessionId};
-use coap_keepalive::transport::dtls_conn::{dtls_connect, dtls_recv, dtls_send};
-use coap_keepalive::wire::signal::{Signal, ABORT, CSM};
-use coap_keepalive::wire::tcp::{Frame, FrameDecoder};
+use coap_keepalive::internals::dtls_conn::{dtls_connect, dtls_recv, dtls_send};
+use coap_keepalive::proto::keepalive::Stats;
+use coap_keepalive::proto::wire::signal::{Signal, ABORT, CSM};
+use coap_keepalive::proto::wire::tcp::{Frame, FrameDecoder};
 use coap_keepalive::{
     ClientCredentials, Context, EventKind, NackReason, PemIdentity, PskCredentials,
     ServerCredentials, Session, Transport,
 };
+use coap_keepalive::{Role, SessionId};
 
 /// How long a raw peer listens for an answer that should not come.
 pub const QUIET: Duration = Duration::from_millis(200);

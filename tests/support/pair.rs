@@ -5,7 +5,7 @@
 //!
 //! The pair plays both drivers: it feeds each core what arrives, fires its timers, carries its
 //! transmissions over the link and records its events with their instants. As the real drivers
-//! do, it answers a peer's ping with [`PeerPing::answer`] unless that end was told to stay
+//! do, it has the core answer a peer's ping (`answer_ping`) unless that end was told to stay
 //! silent ([`End::answer_pings`]).
 //!
 //! ```ignore
@@ -17,11 +17,11 @@
 
 use std::time::{Duration, Instant};
 
-use coap_keepalive::config::KeepaliveConfig;
-use coap_keepalive::protocol::datagram::DatagramSession;
-use coap_keepalive::protocol::stream::StreamSession;
-use coap_keepalive::protocol::ProtocolEvent;
-use coap_keepalive::rng::Rng;
+use coap_keepalive::proto::datagram::DatagramSession;
+use coap_keepalive::proto::rng::Rng;
+use coap_keepalive::proto::stream::StreamSession;
+use coap_keepalive::proto::ProtocolEvent;
+use coap_keepalive::KeepaliveConfig;
 use coap_keepalive::{NackReason, PeerPing};
 
 /// Max-Message-Size both stream ends announce.
@@ -40,6 +40,8 @@ pub trait Core {
     fn poll_event(&mut self) -> Option<ProtocolEvent>;
     /// When [`Core::handle_timeout`] must next be called.
     fn poll_timeout(&self) -> Option<Instant>;
+    /// Queues the answer to the peer's ping (the ping handler's `Answer`).
+    fn answer_ping(&mut self, ping: &PeerPing);
 }
 
 impl Core for DatagramSession {
@@ -58,6 +60,9 @@ impl Core for DatagramSession {
     fn poll_timeout(&self) -> Option<Instant> {
         DatagramSession::poll_timeout(self)
     }
+    fn answer_ping(&mut self, ping: &PeerPing) {
+        DatagramSession::answer_ping(self, ping);
+    }
 }
 
 impl Core for StreamSession {
@@ -75,6 +80,9 @@ impl Core for StreamSession {
     }
     fn poll_timeout(&self) -> Option<Instant> {
         StreamSession::poll_timeout(self)
+    }
+    fn answer_ping(&mut self, ping: &PeerPing) {
+        StreamSession::answer_ping(self, ping);
     }
 }
 
@@ -381,12 +389,12 @@ impl<A: Core, B: Core> Pair<A, B> {
             let mut progressed = false;
             for side in [Side::A, Side::B] {
                 let now = self.now;
-                let (transmits, answers) = match side {
+                let transmits = match side {
                     Side::A => drain(&mut self.a, now),
                     Side::B => drain(&mut self.b, now),
                 };
-                progressed |= !transmits.is_empty() || !answers.is_empty();
-                for bytes in transmits.into_iter().chain(answers) {
+                progressed |= !transmits.is_empty();
+                for bytes in transmits {
                     self.send(side, bytes);
                 }
             }
@@ -414,23 +422,24 @@ impl<A: Core, B: Core> Pair<A, B> {
     }
 }
 
-/// One end's pending transmissions, and the ping answers its "driver" sends for the events it
-/// reported; the events are recorded.
-fn drain<C: Core>(end: &mut End<C>, now: Instant) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+/// One end's pending transmissions, its ping answers among them (queued by the core when the
+/// end's "driver" answers the events it reported); the events are recorded.
+fn drain<C: Core>(end: &mut End<C>, now: Instant) -> Vec<Vec<u8>> {
     let mut transmits = Vec::new();
-    while let Some(bytes) = end.core.poll_transmit() {
-        transmits.push(bytes);
-    }
-    let mut answers = Vec::new();
-    while let Some(event) = end.core.poll_event() {
+    loop {
+        while let Some(bytes) = end.core.poll_transmit() {
+            transmits.push(bytes);
+        }
+        let Some(event) = end.core.poll_event() else {
+            return transmits;
+        };
         if let ProtocolEvent::PeerPing(ping) = &event {
             if end.answer_pings {
-                answers.push(PeerPing::answer(ping));
+                end.core.answer_ping(ping);
             }
         }
         end.events.push((now, event));
     }
-    (transmits, answers)
 }
 
 /// A keepalive configuration pinging after `secs` idle seconds, with the RFC 7252 transmission

@@ -24,14 +24,14 @@
 //! - the counters agree with what was sent and reported.
 use std::time::{Duration, Instant};
 
-use coap_keepalive::config::{KeepaliveConfig, TransmissionParams};
-use coap_keepalive::error::NackReason;
-use coap_keepalive::keepalive::{Keepalive, KeepaliveEvent, PingStyle, PingTransmit};
-use coap_keepalive::protocol::datagram::DatagramSession;
-use coap_keepalive::protocol::exchange::RequestError;
-use coap_keepalive::protocol::ProtocolEvent;
-use coap_keepalive::rng::Rng;
-use coap_keepalive::wire::udp;
+use coap_keepalive::proto::datagram::DatagramSession;
+use coap_keepalive::proto::exchange::RequestError;
+use coap_keepalive::proto::keepalive::{Keepalive, KeepaliveEvent, PingStyle, PingTransmit};
+use coap_keepalive::proto::rng::Rng;
+use coap_keepalive::proto::wire::udp;
+use coap_keepalive::proto::ProtocolEvent;
+use coap_keepalive::NackReason;
+use coap_keepalive::{KeepaliveConfig, TransmissionParams};
 use coap_keepalive::{Request, Response};
 
 use super::{give_up_lower_bound, message_id, message_type, ms, settle, DatagramChecker, CON};

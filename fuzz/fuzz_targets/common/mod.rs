@@ -10,12 +10,12 @@ pub mod udp;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use coap_keepalive::error::NackReason;
-use coap_keepalive::protocol::datagram::DatagramSession;
-use coap_keepalive::protocol::exchange::RequestError;
-use coap_keepalive::protocol::ProtocolEvent;
-use coap_keepalive::wire::options;
-use coap_keepalive::wire::udp::{classify, Datagram};
+use coap_keepalive::proto::datagram::DatagramSession;
+use coap_keepalive::proto::exchange::RequestError;
+use coap_keepalive::proto::wire::options;
+use coap_keepalive::proto::wire::udp::{classify, Datagram};
+use coap_keepalive::proto::ProtocolEvent;
+use coap_keepalive::NackReason;
 use coap_lite::MessageClass;
 
 /// Message types of RFC 7252 (the two bits after the version).

@@ -12,14 +12,14 @@
 
 use std::time::Instant;
 
-use coap_keepalive::config::KeepaliveConfig;
-use coap_keepalive::error::NackReason;
-use coap_keepalive::protocol::stream::StreamSession;
-use coap_keepalive::protocol::ProtocolEvent;
-use coap_keepalive::rng::Rng;
-use coap_keepalive::wire::options;
-use coap_keepalive::wire::signal::{self, Signal, SignalError};
-use coap_keepalive::wire::tcp::{Frame, FrameDecoder, FrameError};
+use coap_keepalive::proto::rng::Rng;
+use coap_keepalive::proto::stream::StreamSession;
+use coap_keepalive::proto::wire::options;
+use coap_keepalive::proto::wire::signal::{self, Signal, SignalError};
+use coap_keepalive::proto::wire::tcp::{Frame, FrameDecoder, FrameError};
+use coap_keepalive::proto::ProtocolEvent;
+use coap_keepalive::KeepaliveConfig;
+use coap_keepalive::NackReason;
 use coap_keepalive::Response;
 
 use super::{ms, Cursor};
@@ -261,8 +261,12 @@ impl Seen {
                 }
                 ProtocolEvent::Closed => self.ends.push(event.clone()),
                 ProtocolEvent::PeerPing(ping) => {
-                    let answer = ping.answer();
                     assert!(self.established, "a Ping before the CSM is answered");
+                    session.answer_ping(ping);
+                    let Some(answer) = session.poll_transmit() else {
+                        assert!(session.is_done(), "a ping left unanswered");
+                        continue;
+                    };
                     let mut decoder = FrameDecoder::new(u32::MAX);
                     decoder.push(&answer);
                     let pong = decoder.next_frame().unwrap().unwrap();

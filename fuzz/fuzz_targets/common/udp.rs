@@ -8,12 +8,12 @@
 
 use std::time::Instant;
 
-use coap_keepalive::config::{KeepaliveConfig, TransmissionParams};
-use coap_keepalive::protocol::datagram::DatagramSession;
-use coap_keepalive::protocol::ProtocolEvent;
-use coap_keepalive::rng::Rng;
-use coap_keepalive::wire::udp::{self, Datagram, DatagramError};
+use coap_keepalive::proto::datagram::DatagramSession;
+use coap_keepalive::proto::rng::Rng;
+use coap_keepalive::proto::wire::udp::{self, Datagram, DatagramError};
+use coap_keepalive::proto::ProtocolEvent;
 use coap_keepalive::Response;
+use coap_keepalive::{KeepaliveConfig, TransmissionParams};
 
 use super::{ms, settle, Cursor, DatagramChecker, ACK, CON, NON, RST};
 

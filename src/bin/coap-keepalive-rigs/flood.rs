@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use coap_keepalive::context::Context;
-use coap_keepalive::error::{Error, Result};
+use coap_keepalive::Context;
+use coap_keepalive::{Error, Result};
 use tokio::net::UdpSocket;
 
 use crate::proc::status_kb;

@@ -24,15 +24,15 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use coap_keepalive::certs::{ClientCredentials, PskCredentials};
-use coap_keepalive::context::Context;
-use coap_keepalive::error::{Error, Result};
+use coap_keepalive::Context;
+use coap_keepalive::{Error, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 use tokio::time::sleep_until;
 
-use coap_keepalive::wire::signal::{ABORT, CSM, PING, PONG, RELEASE};
-use coap_keepalive::wire::tcp::FrameDecoder;
+use coap_keepalive::proto::wire::signal::{ABORT, CSM, PING, PONG, RELEASE};
+use coap_keepalive::proto::wire::tcp::FrameDecoder;
 
 use crate::args::parse_secs;
 use crate::proc::{cpu_secs, status_kb};

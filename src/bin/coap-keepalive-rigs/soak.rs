@@ -28,13 +28,13 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use coap_keepalive::certs::{CertificateSet, ClientCredentials, PskCredentials, ServerCredentials};
-use coap_keepalive::context::Context;
-use coap_keepalive::error::{Error, NackReason, Result};
-use coap_keepalive::handler::PingDecision;
-use coap_keepalive::rng::Rng;
-use coap_keepalive::session::{Session, SessionState, Transport};
-use coap_keepalive::wire::signal::{Signal, PING};
-use coap_keepalive::wire::tcp::FrameDecoder;
+use coap_keepalive::proto::rng::Rng;
+use coap_keepalive::proto::wire::signal::{Signal, PING};
+use coap_keepalive::proto::wire::tcp::FrameDecoder;
+use coap_keepalive::Context;
+use coap_keepalive::PingDecision;
+use coap_keepalive::{Error, NackReason, Result};
+use coap_keepalive::{Session, SessionState, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 

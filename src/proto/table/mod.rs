@@ -12,7 +12,10 @@
 //! children a sift compares share one or two cache lines and a comparison is one integer
 //! compare; the peer index (`peer_index.rs`) costs one cache miss a lookup.
 
-use crate::peer_index::PeerIndex;
+mod peer_index;
+mod prefetch;
+
+use peer_index::PeerIndex;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -22,9 +25,9 @@ pub trait Timed {
     fn poll_timeout(&self) -> Option<Instant>;
 }
 
-impl Timed for crate::protocol::datagram::DatagramSession {
+impl Timed for crate::proto::datagram::DatagramSession {
     fn poll_timeout(&self) -> Option<Instant> {
-        crate::protocol::datagram::DatagramSession::poll_timeout(self)
+        crate::proto::datagram::DatagramSession::poll_timeout(self)
     }
 }
 
@@ -381,7 +384,7 @@ impl<S: Timed> SessionTable<S> {
         };
         let index = item.key().index as usize;
         if let Some(slot) = self.slots.slot(index) {
-            crate::prefetch::prefetch_all(slot);
+            prefetch::prefetch_all(slot);
         }
     }
 
@@ -844,7 +847,7 @@ mod tests {
     fn heap_pops_in_deadline_order_whatever_the_insertion_order() {
         let t0 = Instant::now();
         let mut table = SessionTable::new();
-        let mut rng = crate::rng::Rng::seeded(9);
+        let mut rng = crate::proto::rng::Rng::seeded(9);
         let mut expected = Vec::new();
         for port in 1..=2_000u16 {
             let at = t0 + Duration::from_micros(rng.next_u64() % 1_000_000);
@@ -877,7 +880,7 @@ mod tests {
     fn deadline_heap_matches_a_sorted_model_under_mixed_pushes_and_pops() {
         let mut heap = DeadlineHeap::default();
         let mut model = std::collections::BTreeSet::new();
-        let mut rng = crate::rng::Rng::seeded(3);
+        let mut rng = crate::proto::rng::Rng::seeded(3);
         for step in 0..20_000u32 {
             if rng.next_u64().is_multiple_of(3) {
                 assert_eq!(heap.pop(), model.pop_first());
@@ -905,7 +908,7 @@ mod tests {
         let mut queue = DeadlineQueue::default();
         queue.enable_wheel();
         let mut model = std::collections::BTreeSet::new();
-        let mut rng = crate::rng::Rng::seeded(4);
+        let mut rng = crate::proto::rng::Rng::seeded(4);
         let mut now = 0u64;
         for step in 0..50_000u32 {
             if rng.next_u64().is_multiple_of(2) {
@@ -948,7 +951,7 @@ mod tests {
         let t0 = Instant::now();
         let secs = |ns: u64| t0 + Duration::from_nanos(ns);
         let mut table = SessionTable::new();
-        let mut rng = crate::rng::Rng::seeded(5);
+        let mut rng = crate::proto::rng::Rng::seeded(5);
         let mut model = std::collections::BTreeMap::new();
         let mut keys = Vec::new();
         for i in 0..3_000u32 {

@@ -6,17 +6,17 @@ use std::time::{Duration, Instant};
 
 use coap_lite::{MessageClass, Packet};
 
-use crate::config::KeepaliveConfig;
-use crate::error::NackReason;
-use crate::handler::PeerPing;
-use crate::keepalive::{Keepalive, PingStyle};
-use crate::message::{Request, Response};
-use crate::protocol::exchange::{Exchanges, Observation, Pending, PendingKind, RequestError};
-use crate::protocol::{option_rejection, ProtocolEvent};
-use crate::rng::Rng;
-use crate::wire::options::{self as wire_options, OptionProblem};
-use crate::wire::signal::{Signal, SignalError, ABORT, BASE_MAX_MESSAGE_SIZE, CSM};
-use crate::wire::tcp::{Frame, FrameDecoder, FrameError};
+use crate::proto::config::KeepaliveConfig;
+use crate::proto::error::NackReason;
+use crate::proto::exchange::{Exchanges, Observation, Pending, PendingKind, RequestError};
+use crate::proto::keepalive::{Keepalive, PingStyle};
+use crate::proto::message::{Request, Response};
+use crate::proto::rng::Rng;
+use crate::proto::wire::options::{self as wire_options, OptionProblem};
+use crate::proto::wire::signal::{Signal, SignalError, ABORT, BASE_MAX_MESSAGE_SIZE, CSM};
+use crate::proto::wire::tcp::{Frame, FrameDecoder, FrameError};
+use crate::proto::PeerPing;
+use crate::proto::{option_rejection, ProtocolEvent};
 
 /// The Max-Message-Size we announce and enforce unless told otherwise.
 pub const DEFAULT_MAX_MESSAGE_SIZE: u32 = 65_536;
@@ -349,7 +349,7 @@ impl StreamSession {
             kind: PendingKind::Request,
             token: token.clone(),
             message_id: None,
-            observe: request.observe == Some(crate::message::OBSERVE_REGISTER),
+            observe: request.observe == Some(crate::proto::message::OBSERVE_REGISTER),
             acknowledged: false,
             deadline: now + timeout,
             retransmit: None,
@@ -502,6 +502,15 @@ impl StreamSession {
         self.pump();
     }
 
+    /// Queues the answer to the peer's ping that [`ProtocolEvent::PeerPing`] reported: a 7.03
+    /// Pong echoing its token, with Custody when the ping asked for it (RFC 8323 §5.4). Nothing
+    /// once the connection is done.
+    pub fn answer_ping(&mut self, ping: &PeerPing) {
+        if self.phase != Phase::Done {
+            self.transmits.push_back(ping.answer());
+        }
+    }
+
     /// Sends a ping now if established and none is outstanding.
     pub fn ping_now(&mut self, now: Instant) {
         if self.phase == Phase::Draining {
@@ -620,7 +629,7 @@ fn code_name(code: u8) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keepalive::PingTransmit;
+    use crate::proto::keepalive::PingTransmit;
     use std::time::Duration;
 
     fn session(interval: u64) -> (StreamSession, Instant) {
@@ -652,12 +661,14 @@ mod tests {
         let Some(ProtocolEvent::PeerPing(ping)) = s.poll_event() else {
             panic!()
         };
-        assert_eq!(ping.answer(), vec![0x00, 0xe3]);
+        s.answer_ping(&ping);
+        assert_eq!(s.poll_transmit(), Some(vec![0x00, 0xe3]));
         s.handle_bytes(t0, &[0x12, 0xe2, 0x12, 0x34, 0x20]);
         let Some(ProtocolEvent::PeerPing(ping)) = s.poll_event() else {
             panic!()
         };
-        assert_eq!(ping.answer(), vec![0x12, 0xe3, 0x12, 0x34, 0x20]);
+        s.answer_ping(&ping);
+        assert_eq!(s.poll_transmit(), Some(vec![0x12, 0xe3, 0x12, 0x34, 0x20]));
         assert_eq!(s.peer_max_message_size(), 8_388_864);
     }
 

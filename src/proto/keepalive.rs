@@ -30,9 +30,9 @@ use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
-use crate::config::KeepaliveConfig;
-use crate::error::NackReason;
-use crate::rng::Rng;
+use crate::proto::config::KeepaliveConfig;
+use crate::proto::error::NackReason;
+use crate::proto::rng::Rng;
 
 /// Length of the tokens of our 7.02 Pings.
 pub const PING_TOKEN_LEN: usize = 4;
@@ -78,10 +78,10 @@ impl PingTransmit {
     pub fn encode(&self) -> Vec<u8> {
         match *self {
             PingTransmit::Datagram { message_id, .. } => {
-                crate::wire::udp::ping(message_id).to_vec()
+                crate::proto::wire::udp::ping(message_id).to_vec()
             }
             PingTransmit::Stream { token } => {
-                crate::wire::signal::Signal::Ping { custody: false }.encode(&token)
+                crate::proto::wire::signal::Signal::Ping { custody: false }.encode(&token)
             }
         }
     }
@@ -860,7 +860,7 @@ impl<T> SmallQueue<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::TransmissionParams;
+    use crate::proto::config::TransmissionParams;
 
     fn secs(s: f64) -> Duration {
         Duration::from_secs_f64(s)

@@ -3,9 +3,9 @@
 
 use std::collections::HashMap;
 
-use crate::error::{Error, Result};
-use crate::message::Response;
-use crate::session::Waiter;
+use crate::proto::error::{Error, Result};
+use crate::proto::message::Response;
+use crate::runtime::session::Waiter;
 
 /// The waiters of one session.
 #[derive(Debug, Default)]

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use futures_core::Stream;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::{Error, NackReason, Result};
-use crate::keepalive::{PingStyle, Stats};
-use crate::message::{Request, Response};
+use crate::proto::error::{Error, NackReason, Result};
+use crate::proto::keepalive::{PingStyle, Stats};
+use crate::proto::message::{Request, Response};
 
 /// How long a request waits for its response unless told otherwise.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -148,7 +148,7 @@ pub(crate) enum Command {
     SetMaxUnanswered(u32),
     /// The context's keepalive configuration is now this one: take every setting this session
     /// has not overridden from it (sent to every live session).
-    InheritKeepalive(Arc<crate::config::KeepaliveConfig>),
+    InheritKeepalive(Arc<crate::proto::config::KeepaliveConfig>),
     /// Evidence of life from elsewhere.
     MarkActive,
     /// Send a ping now. `counted`: [`Session::ping`] already counts it in the published
@@ -651,7 +651,7 @@ impl Observation {
     pub async fn cancel(mut self) -> Result<Response> {
         self.notifications.close();
         let mut request = self.request.clone();
-        request.observe = Some(crate::message::OBSERVE_DEREGISTER);
+        request.observe = Some(crate::proto::message::OBSERVE_DEREGISTER);
         let (tx, rx) = oneshot::channel();
         let command = Command::Cancel {
             id: self.id,

@@ -5,46 +5,16 @@
 //! Each context has one handler of each kind: registering another replaces it.
 //!
 //! Every protocol event is dispatched here, once: to its callback, then to the
-//! [`events`](crate::events) receivers, so both see the same sequence.
+//! [`events`](crate::runtime::events) receivers, so both see the same sequence.
 
 use std::fmt;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::error::NackReason;
-use crate::events::{EventBus, EventKind, Events};
-use crate::session::Session;
-
-/// A ping the peer sent us.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum PeerPing {
-    /// An empty Confirmable (or Non-confirmable) message over UDP / DTLS.
-    Datagram {
-        /// Its Message ID, echoed by our RST.
-        message_id: u16,
-    },
-    /// A 7.02 Ping over TCP / TLS.
-    Stream {
-        /// Its token, echoed by our Pong.
-        token: Vec<u8>,
-        /// Whether it asked for Custody.
-        custody: bool,
-    },
-}
-
-impl PeerPing {
-    /// The protocol's answer, encoded: an RST with the ping's Message ID over UDP / DTLS, a
-    /// 7.03 Pong with its token (and Custody, when the ping asked for it) over TCP / TLS.
-    pub fn answer(&self) -> Vec<u8> {
-        match self {
-            PeerPing::Datagram { message_id } => crate::wire::udp::reset(*message_id).to_vec(),
-            PeerPing::Stream { token, custody } => {
-                crate::wire::signal::Signal::Pong { custody: *custody }.encode(token)
-            }
-        }
-    }
-}
+use crate::proto::error::NackReason;
+use crate::proto::PeerPing;
+use crate::runtime::events::{EventBus, EventKind, Events};
+use crate::runtime::session::Session;
 
 /// What the ping handler wants done with a peer's ping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

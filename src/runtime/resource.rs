@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use crate::message::{Method, Request, Response, Status, LINK_FORMAT};
-use crate::session::{lock, Command, Session, SessionId};
+use crate::proto::message::{Method, Request, Response, Status, LINK_FORMAT};
+use crate::runtime::session::{lock, Command, Session, SessionId};
 
 /// Answers a request at once.
 pub type Handler = Arc<dyn Fn(&Request, &Session) -> Response + Send + Sync>;
@@ -223,8 +223,8 @@ impl Router {
         let observing = resource.observable && request.method == Method::Get;
         if observing {
             match request.observe {
-                Some(crate::message::OBSERVE_REGISTER) => self.register(request, session),
-                Some(crate::message::OBSERVE_DEREGISTER) => {
+                Some(crate::proto::message::OBSERVE_REGISTER) => self.register(request, session),
+                Some(crate::proto::message::OBSERVE_DEREGISTER) => {
                     self.forget(session.id(), &request.token)
                 }
                 _ => {}
@@ -234,11 +234,13 @@ impl Router {
             MethodHandler::Now(handler) => {
                 let mut response = handler(request, session);
                 if observing
-                    && request.observe == Some(crate::message::OBSERVE_REGISTER)
+                    && request.observe == Some(crate::proto::message::OBSERVE_REGISTER)
                     && response.is_success()
                 {
                     response.observe = Some(self.next_sequence());
-                } else if observing && request.observe == Some(crate::message::OBSERVE_REGISTER) {
+                } else if observing
+                    && request.observe == Some(crate::proto::message::OBSERVE_REGISTER)
+                {
                     // An error ends the observation (RFC 7641 §4.2).
                     self.forget(session.id(), &request.token);
                 }

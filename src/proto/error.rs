@@ -26,7 +26,7 @@ pub enum NackReason {
     TlsFailed,
     /// The network reported the peer unreachable (an ICMP destination or port unreachable for
     /// a UDP session's peer, libcoap's `COAP_NACK_ICMP_ISSUE`), under the default
-    /// [`IcmpPolicy::Fail`](crate::config::IcmpPolicy::Fail).
+    /// [`IcmpPolicy::Fail`](crate::proto::config::IcmpPolicy::Fail).
     IcmpError,
     /// The peer violated the protocol badly enough that the session was aborted (for instance a
     /// first TCP message that was not a CSM); a 7.05 Abort was sent where the transport has one.
@@ -97,7 +97,7 @@ pub enum Error {
     /// rather than delivered, and the request failed. The session itself is unharmed.
     #[error(
         "response rejected: it carries {}, which this stack does not support",
-        crate::wire::options::name(*number)
+        crate::proto::wire::options::name(*number)
     )]
     UnrecognisedOption {
         /// The option number.

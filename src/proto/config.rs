@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::error::{Error, Result};
+use crate::proto::error::{Error, Result};
 
 /// NSTART (RFC 7252 §4.8): Confirmable messages outstanding to one peer. Always 1 here — a
 /// request in flight stands in for the keepalive ping, and a second Confirmable request waits
@@ -156,7 +156,7 @@ pub enum IcmpPolicy {
 /// `Session::set_pong_timeout` and `Session::set_max_unanswered` override one setting of one
 /// session, and a later context-wide change leaves that setting of that session alone.
 ///
-/// A program that drives [`Keepalive`](crate::keepalive::Keepalive) itself should
+/// A program that drives [`Keepalive`](crate::proto::keepalive::Keepalive) itself should
 /// [`validate`](KeepaliveConfig::validate) the configuration first.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
@@ -177,7 +177,7 @@ pub struct KeepaliveConfig {
     ///
     /// A TCP / TLS ping is unanswered when its pong timeout passes; a UDP / DTLS ping when its
     /// RFC 7252 retransmissions are exhausted (MAX_TRANSMIT_WAIT at most). Below the limit
-    /// [`KeepaliveEvent::Unanswered`](crate::keepalive::KeepaliveEvent::Unanswered) is reported
+    /// [`KeepaliveEvent::Unanswered`](crate::proto::keepalive::KeepaliveEvent::Unanswered) is reported
     /// and, with keepalive on, the next ping goes out at once (over UDP / DTLS with a new
     /// Message ID and a new retransmission schedule); with keepalive off (`interval` `None`)
     /// the application sends the next one itself, if it wants one. Anything received from the

@@ -7,18 +7,18 @@ use std::time::{Duration, Instant};
 
 use coap_lite::{MessageClass, MessageType, Packet};
 
-use crate::config::{IcmpPolicy, KeepaliveConfig};
-use crate::error::NackReason;
-use crate::handler::PeerPing;
-use crate::keepalive::{Keepalive, PingStyle, SmallQueue};
-use crate::message::{Request, Response};
-use crate::protocol::exchange::{
+use crate::proto::config::{IcmpPolicy, KeepaliveConfig};
+use crate::proto::error::NackReason;
+use crate::proto::exchange::{
     Exchanges, Observation, Pending, PendingKind, RequestError, Retransmit,
 };
-use crate::protocol::{option_rejection, ProtocolEvent};
-use crate::rng::Rng;
-use crate::wire::options::{self, OptionProblem};
-use crate::wire::udp::{self, Datagram};
+use crate::proto::keepalive::{Keepalive, PingStyle, SmallQueue};
+use crate::proto::message::{Request, Response};
+use crate::proto::rng::Rng;
+use crate::proto::wire::options::{self, OptionProblem};
+use crate::proto::wire::udp::{self, Datagram};
+use crate::proto::PeerPing;
+use crate::proto::{option_rejection, ProtocolEvent};
 
 /// Message IDs of received requests remembered per session for deduplication.
 const DEDUP_CAPACITY: usize = 64;
@@ -659,7 +659,7 @@ impl DatagramSession {
             kind: PendingKind::Request,
             token: token.clone(),
             message_id: None,
-            observe: request.observe == Some(crate::message::OBSERVE_REGISTER),
+            observe: request.observe == Some(crate::proto::message::OBSERVE_REGISTER),
             acknowledged: false,
             deadline: now + timeout,
             retransmit: None,
@@ -923,6 +923,14 @@ impl DatagramSession {
         self.pump();
     }
 
+    /// Queues the answer to the peer's ping that [`ProtocolEvent::PeerPing`] reported: an RST
+    /// with its Message ID (RFC 7252 §4.3). Nothing once the session is finished.
+    pub fn answer_ping(&mut self, ping: &PeerPing) {
+        if !self.is_finished() {
+            self.transmits.push_back(ping.answer());
+        }
+    }
+
     /// Sends a ping now if none is outstanding.
     pub fn ping_now(&mut self, now: Instant) {
         self.keepalive.ping_now(now);
@@ -1022,7 +1030,7 @@ impl DatagramSession {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keepalive::PingTransmit;
+    use crate::proto::keepalive::PingTransmit;
     use std::time::Duration;
 
     fn session() -> (DatagramSession, Instant) {
@@ -1036,7 +1044,7 @@ mod tests {
         let config = KeepaliveConfig::default()
             .with_interval_secs(10)
             .with_transmission(
-                crate::config::TransmissionParams::default().with_ack_random_factor(1.0),
+                crate::proto::config::TransmissionParams::default().with_ack_random_factor(1.0),
             )
             .with_icmp_policy(policy);
         (DatagramSession::new(config, Rng::seeded(5), t0), t0)
@@ -1182,9 +1190,13 @@ mod tests {
                 message_id: 0x1234
             }))
         );
-        let ping = PeerPing::Datagram { message_id: 0x1234 };
-        assert_eq!(ping.answer(), vec![0x70, 0x00, 0x12, 0x34]);
-        assert_eq!(s.poll_transmit(), None, "the driver sends the answer");
+        assert_eq!(
+            s.poll_transmit(),
+            None,
+            "answered when the ping handler decided"
+        );
+        s.answer_ping(&PeerPing::Datagram { message_id: 0x1234 });
+        assert_eq!(s.poll_transmit(), Some(vec![0x70, 0x00, 0x12, 0x34]));
         assert_eq!(s.keepalive().stats().pings_received, 1);
     }
 
@@ -1283,7 +1295,7 @@ mod tests {
 
     #[test]
     fn no_ping_while_a_confirmable_request_is_in_flight() {
-        use crate::config::TransmissionParams;
+        use crate::proto::config::TransmissionParams;
         let t0 = Instant::now();
         let params = TransmissionParams::default()
             .with_ack_timeout(Duration::from_secs(2))

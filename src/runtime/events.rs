@@ -1,5 +1,5 @@
 //! Session events to pull: [`Context::events`](crate::Context::events) hands out an [`Events`]
-//! receiver, a [`Stream`] of [`Event`]s, beside the callbacks of [`handler`](crate::handler).
+//! receiver, a [`Stream`] of [`Event`]s, beside the callbacks of [`handler`](crate::runtime::handlers).
 //!
 //! Both are fed from the same place (the context's dispatch of each protocol event), so a
 //! callback and every receiver see the same events in the same order.
@@ -15,9 +15,9 @@ use std::time::Duration;
 use futures_core::Stream;
 use tokio::sync::{broadcast, watch};
 
-use crate::error::NackReason;
-use crate::handler::PeerPing;
-use crate::session::Session;
+use crate::proto::error::NackReason;
+use crate::proto::PeerPing;
+use crate::runtime::session::Session;
 
 /// How many events a receiver may fall behind before it loses the oldest ones (and is told so
 /// with [`Lagged`]).
@@ -329,7 +329,7 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::session::{CommandSender, Role, SessionId, Transport};
+    use crate::runtime::session::{CommandSender, Role, SessionId, Transport};
 
     fn session() -> Session {
         let (commands, _) = tokio::sync::mpsc::unbounded_channel();

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::message::Response;
+use crate::proto::message::Response;
 
 /// Why a request of ours ended without a response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,7 +134,7 @@ impl Exchanges {
 
     /// The token for a new request: `preset` when given and free (an Observe deregistration
     /// reuses its registration's), else a fresh random one no exchange uses.
-    pub fn choose_token(&self, preset: &[u8], rng: &mut crate::rng::Rng) -> Vec<u8> {
+    pub fn choose_token(&self, preset: &[u8], rng: &mut crate::proto::rng::Rng) -> Vec<u8> {
         if !preset.is_empty() && !self.token_in_use(preset) {
             return preset.to_vec();
         }

@@ -1,27 +1,55 @@
-//! The sans-IO protocol of one session, per transport family: decoding what the peer sent,
-//! the protocol's answers (RST, Pong, CSM, Abort, Release), requests handed up, and the keepalive
-//! machine fed and polled. Drivers move bytes and time in and out; every decision is made here.
-
-pub mod datagram;
-pub mod exchange;
-pub mod stream;
+//! What a session's protocol reports to its driver ([`ProtocolEvent`], with the peer's pings it
+//! carries), and what every driver asks of a session's protocol ([`SessionProtocol`]).
 
 use std::time::Duration;
 
 use coap_lite::{MessageClass, Packet, ResponseType};
 
-use crate::error::NackReason;
-use crate::handler::PeerPing;
-use crate::message::Response;
-use crate::protocol::exchange::RequestError;
-use crate::wire::options::{OptionProblem, BLOCK1, BLOCK2};
+use crate::proto::error::NackReason;
+use crate::proto::exchange::RequestError;
+use crate::proto::message::Response;
+use crate::proto::wire::options::{OptionProblem, BLOCK1, BLOCK2};
+
+/// A ping the peer sent us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PeerPing {
+    /// An empty Confirmable (or Non-confirmable) message over UDP / DTLS.
+    Datagram {
+        /// Its Message ID, echoed by our RST.
+        message_id: u16,
+    },
+    /// A 7.02 Ping over TCP / TLS.
+    Stream {
+        /// Its token, echoed by our Pong.
+        token: Vec<u8>,
+        /// Whether it asked for Custody.
+        custody: bool,
+    },
+}
+
+impl PeerPing {
+    /// The protocol's answer, encoded: an RST with the ping's Message ID over UDP / DTLS, a
+    /// 7.03 Pong with its token (and Custody, when the ping asked for it) over TCP / TLS.
+    /// Queued by the session's `answer_ping`.
+    pub(crate) fn answer(&self) -> Vec<u8> {
+        match self {
+            PeerPing::Datagram { message_id } => {
+                crate::proto::wire::udp::reset(*message_id).to_vec()
+            }
+            PeerPing::Stream { token, custody } => {
+                crate::proto::wire::signal::Signal::Pong { custody: *custody }.encode(token)
+            }
+        }
+    }
+}
 
 /// Something a session's protocol reports to its driver.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum ProtocolEvent {
     /// The peer pinged us. The driver runs the ping handler and, unless it suppresses the answer,
-    /// sends [`PeerPing::answer`] (an RST or a 7.03 Pong).
+    /// has the session queue it with `answer_ping` (an RST or a 7.03 Pong).
     PeerPing(PeerPing),
     /// One of our pings was answered.
     Pong {
@@ -29,7 +57,7 @@ pub enum ProtocolEvent {
         rtt: Duration,
     },
     /// We sent this ping (or retransmitted it): for the event handler and the live statistics.
-    PingSent(crate::keepalive::PingTransmit),
+    PingSent(crate::proto::keepalive::PingTransmit),
     /// A ping went unanswered (stream: its pong timeout; datagram: every retransmission)
     /// without failing the session yet (`max_unanswered` above 1).
     PingUnanswered {
@@ -70,8 +98,8 @@ pub enum ProtocolEvent {
 
 impl ProtocolEvent {
     /// Translates a keepalive event.
-    pub(crate) fn from_keepalive(event: crate::keepalive::KeepaliveEvent) -> Self {
-        use crate::keepalive::KeepaliveEvent;
+    pub(crate) fn from_keepalive(event: crate::proto::keepalive::KeepaliveEvent) -> Self {
+        use crate::proto::keepalive::KeepaliveEvent;
         match event {
             KeepaliveEvent::Pong { rtt } => ProtocolEvent::Pong { rtt },
             KeepaliveEvent::Unanswered { count } => ProtocolEvent::PingUnanswered { count },
@@ -81,22 +109,24 @@ impl ProtocolEvent {
 }
 
 /// What the drivers ask of a session's protocol, whatever its transport family. Both
-/// [`datagram::DatagramSession`] and [`stream::StreamSession`] implement it by delegating to
+/// [`DatagramSession`](crate::proto::datagram::DatagramSession) and [`StreamSession`](crate::proto::stream::StreamSession) implement it by delegating to
 /// their own methods of the same names.
 pub trait SessionProtocol {
     /// The keepalive machine (read-only).
-    fn keepalive(&self) -> &crate::keepalive::Keepalive;
+    fn keepalive(&self) -> &crate::proto::keepalive::Keepalive;
     /// The keepalive machine, for commands.
-    fn keepalive_mut(&mut self) -> &mut crate::keepalive::Keepalive;
+    fn keepalive_mut(&mut self) -> &mut crate::proto::keepalive::Keepalive;
     /// Sends a ping now if none is outstanding.
     fn ping_now(&mut self, now: std::time::Instant);
+    /// Queues the protocol's answer to the peer's ping (an RST or a 7.03 Pong).
+    fn answer_ping(&mut self, ping: &PeerPing);
     /// Ends the session gracefully.
     fn close(&mut self);
     /// Sends a request; returns its token.
     fn send_request(
         &mut self,
         now: std::time::Instant,
-        request: &crate::message::Request,
+        request: &crate::proto::message::Request,
         timeout: Duration,
     ) -> Vec<u8>;
     /// Stops waiting for the response to `token`.
@@ -120,14 +150,17 @@ pub trait SessionProtocol {
 macro_rules! delegate_session_protocol {
     ($t:ty) => {
         impl SessionProtocol for $t {
-            fn keepalive(&self) -> &crate::keepalive::Keepalive {
+            fn keepalive(&self) -> &crate::proto::keepalive::Keepalive {
                 <$t>::keepalive(self)
             }
-            fn keepalive_mut(&mut self) -> &mut crate::keepalive::Keepalive {
+            fn keepalive_mut(&mut self) -> &mut crate::proto::keepalive::Keepalive {
                 <$t>::keepalive_mut(self)
             }
             fn ping_now(&mut self, now: std::time::Instant) {
                 <$t>::ping_now(self, now)
+            }
+            fn answer_ping(&mut self, ping: &PeerPing) {
+                <$t>::answer_ping(self, ping)
             }
             fn close(&mut self) {
                 <$t>::close(self)
@@ -135,7 +168,7 @@ macro_rules! delegate_session_protocol {
             fn send_request(
                 &mut self,
                 now: std::time::Instant,
-                request: &crate::message::Request,
+                request: &crate::proto::message::Request,
                 timeout: Duration,
             ) -> Vec<u8> {
                 <$t>::send_request(self, now, request, timeout)
@@ -165,8 +198,8 @@ macro_rules! delegate_session_protocol {
     };
 }
 
-delegate_session_protocol!(datagram::DatagramSession);
-delegate_session_protocol!(stream::StreamSession);
+delegate_session_protocol!(crate::proto::datagram::DatagramSession);
+delegate_session_protocol!(crate::proto::stream::StreamSession);
 
 /// The answer to a request whose options stop it from being processed: 4.02 Bad Option for an
 /// unrecognised critical option (RFC 7252 §5.4.1), 5.05 Proxying Not Supported for a proxy

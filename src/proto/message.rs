@@ -334,11 +334,11 @@ fn strings(packet: &Packet, option: CoapOption) -> Vec<String> {
 
 fn uint_option(packet: &Packet, option: CoapOption) -> Option<u32> {
     let value = packet.get_first_option(option)?;
-    crate::wire::decode_uint(value)
+    crate::proto::wire::decode_uint(value)
 }
 
 fn encode_uint(value: u32) -> Vec<u8> {
-    crate::wire::encode_uint(value)
+    crate::proto::wire::encode_uint(value)
 }
 
 #[cfg(test)]
