@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use coap_lite::Packet;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -19,9 +18,9 @@ use crate::handler::{
     SessionEvent,
 };
 use crate::keepalive::{PingTransmit, Stats};
-use crate::message::{Request, Response};
+use crate::message::Response;
 use crate::protocol::exchange::RequestError;
-use crate::protocol::ProtocolEvent;
+use crate::protocol::{IncomingRequest, ProtocolEvent};
 use crate::resource::{Resource, Routed, Router};
 use crate::rng::Rng;
 use crate::session::{lock, Command, Session, SessionState, Transport};
@@ -121,9 +120,9 @@ pub(crate) enum Reaction {
     /// Send these bytes (the answer to a ping).
     Send(Vec<u8>),
     /// Answer the request with this response through the session protocol.
-    Respond(Box<(Packet, Packet)>),
+    Respond(Box<(IncomingRequest, Response)>),
     /// The handler answers later: acknowledge the request now (separate response).
-    RespondLater(Box<Packet>),
+    RespondLater(Box<IncomingRequest>),
     /// Hand this outcome to whoever waits for the request with this token.
     Deliver(Vec<u8>, Result<Response>),
     /// The session ended: fail its waiters with this error and drop it.
@@ -549,17 +548,13 @@ impl Context {
                 handlers.event(session, SessionEvent::Established, || {});
                 Reaction::None
             }
-            ProtocolEvent::Request(packet) => {
+            ProtocolEvent::Request(incoming) => {
                 session.note_receipt(now);
-                let Some(request) = Request::from_packet(&packet) else {
-                    return Reaction::None;
-                };
+                let request = incoming.request();
                 tracing::debug!(session = %session, method = ?request.method, path = %request.path_str(), "request");
-                match self.inner.router.route(&request, session) {
-                    Routed::Now(response) => {
-                        Reaction::Respond(Box::new((*packet, response.to_packet())))
-                    }
-                    Routed::Later => Reaction::RespondLater(packet),
+                match self.inner.router.route(request, session) {
+                    Routed::Now(response) => Reaction::Respond(Box::new((*incoming, response))),
+                    Routed::Later => Reaction::RespondLater(incoming),
                 }
             }
             ProtocolEvent::Response { token, response } => {

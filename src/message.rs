@@ -401,7 +401,7 @@ impl Request {
     }
 
     /// Reads a request from a parsed message; `None` when it is not a request.
-    pub fn from_packet(packet: &Packet) -> Option<Request> {
+    pub(crate) fn from_packet(packet: &Packet) -> Option<Request> {
         let method = Method::from_code(code_of(packet))?;
         Some(Request {
             method,
@@ -417,7 +417,7 @@ impl Request {
     }
 
     /// Writes the request as a message (type, Message ID and token are the session's business).
-    pub fn to_packet(&self) -> Packet {
+    pub(crate) fn to_packet(&self) -> Packet {
         let mut packet = Packet::new();
         packet.header.code = message_class(self.method.code());
         packet.header.set_type(if self.confirmable {
@@ -519,7 +519,7 @@ impl Response {
     }
 
     /// Reads a response from a parsed message; `None` when it is not a response.
-    pub fn from_packet(packet: &Packet) -> Option<Response> {
+    pub(crate) fn from_packet(packet: &Packet) -> Option<Response> {
         let status = Status::from_code(code_of(packet))?;
         Some(Response {
             status,
@@ -531,7 +531,7 @@ impl Response {
     }
 
     /// Writes the response as a message (type, Message ID and token are the session's business).
-    pub fn to_packet(&self) -> Packet {
+    pub(crate) fn to_packet(&self) -> Packet {
         let mut packet = Packet::new();
         packet.header.code = message_class(self.status.code());
         if let Some(observe) = self.observe {

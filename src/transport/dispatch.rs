@@ -99,7 +99,7 @@ pub(crate) fn apply_reaction<P: SessionProtocol>(
         Reaction::Send(bytes) => FollowUp::Send(bytes),
         Reaction::Respond(exchange) => {
             let (request, response) = *exchange;
-            core.respond(&request, response);
+            core.respond(&request, &response);
             FollowUp::None
         }
         Reaction::RespondLater(request) => {
