@@ -320,14 +320,21 @@ async fn observations_end_with_the_session() {
     .expect("the server forgets the observer of a closed session");
 }
 
+/// CON PUT /store "dup" with this Message ID and 2-byte token, as a peer sends it (again and
+/// again, for the duplicate tests).
+fn con_put_store_dup(message_id: [u8; 2], token: [u8; 2]) -> Vec<u8> {
+    let [mid_high, mid_low] = message_id;
+    let mut bytes = vec![0x42, 0x03, mid_high, mid_low, token[0], token[1]];
+    bytes.extend_from_slice(&[0xb5, b's', b't', b'o', b'r', b'e']); // Uri-Path "store"
+    bytes.extend_from_slice(&[0xff, b'd', b'u', b'p']);
+    bytes
+}
+
 #[tokio::test]
 async fn udp_duplicate_con_is_processed_once_and_answered_from_the_cache() {
     let server = server().await;
     let socket = UdpSocket::bind(loopback()).await.unwrap();
-    let mut put = Request::put("/store", "dup").to_packet();
-    put.header.message_id = 0x4242;
-    put.set_token(vec![7, 7]);
-    let bytes = put.to_bytes().unwrap();
+    let bytes = con_put_store_dup([0x42, 0x42], [7, 7]);
     let mut answers = Vec::new();
     for _ in 0..3 {
         socket.send_to(&bytes, server.udp).await.unwrap();
@@ -359,10 +366,7 @@ async fn dtls_duplicate_con_is_processed_once_and_answered_from_the_cache() {
     let conn = dtls_connect(server.dtls, dtls_psk_client_config(&psk()), LIMIT)
         .await
         .unwrap();
-    let mut put = Request::put("/store", "dup").to_packet();
-    put.header.message_id = 0x4343;
-    put.set_token(vec![8, 8]);
-    let bytes = put.to_bytes().unwrap();
+    let bytes = con_put_store_dup([0x43, 0x43], [8, 8]);
     let mut answers = Vec::new();
     for _ in 0..3 {
         dtls_send(&conn, &bytes).await.unwrap();

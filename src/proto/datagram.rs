@@ -18,7 +18,7 @@ use crate::proto::rng::Rng;
 use crate::proto::wire::options::{self, OptionProblem};
 use crate::proto::wire::udp::{self, Datagram};
 use crate::proto::PeerPing;
-use crate::proto::{option_rejection, ProtocolEvent};
+use crate::proto::{option_rejection, IncomingRequest, ProtocolEvent};
 
 /// Message IDs of received requests remembered per session for deduplication.
 const DEDUP_CAPACITY: usize = 64;
@@ -233,7 +233,7 @@ impl DatagramSession {
                     why: StrangerReason::AckOrReset,
                 }
             }
-            Datagram::Message(packet) => packet,
+            Datagram::Message(message) => message.packet(),
         };
         let message_type = packet.header.get_type();
         let incoming = matches!(
@@ -370,7 +370,8 @@ impl DatagramSession {
                     self.keepalive.handle_datagram_answer(now, message_id);
                 }
             }
-            Ok(Datagram::Message(packet)) => {
+            Ok(Datagram::Message(message)) => {
+                let packet = message.into_packet();
                 self.keepalive.handle_activity(now);
                 if !self.answers_our_ping(now, &packet) {
                     self.handle_message(now, packet);
@@ -456,9 +457,12 @@ impl DatagramSession {
                             .events
                             .push_back(ProtocolEvent::Rejected("duplicate request".into())),
                         None => match options::check_request(options::packet_options(&packet)) {
-                            Ok(()) => self
-                                .events
-                                .push_back(ProtocolEvent::Request(Box::new(packet))),
+                            Ok(()) => {
+                                if let Some(request) = IncomingRequest::new(packet) {
+                                    self.events
+                                        .push_back(ProtocolEvent::Request(Box::new(request)));
+                                }
+                            }
                             Err(problem) => self.refuse_request(&packet, problem),
                         },
                     }
@@ -493,7 +497,7 @@ impl DatagramSession {
         } else {
             // 4.02 Bad Option piggybacked on the ACK of a CON; 5.05 to a proxy request of
             // either type (§5.10.2 asks for a response, and the option was recognised).
-            self.respond(request, option_rejection(problem));
+            self.answer(request, option_rejection(problem));
         }
         self.events.push_back(ProtocolEvent::Rejected(format!(
             "request refused: {problem}"
@@ -763,7 +767,13 @@ impl DatagramSession {
     /// Answers `request` with `response`: piggybacked on the ACK for a Confirmable request, as a
     /// Non-confirmable message with a fresh Message ID for a Non-confirmable one. The answer is
     /// remembered for duplicates of the request.
-    pub fn respond(&mut self, request: &Packet, mut response: Packet) {
+    pub fn respond(&mut self, request: &IncomingRequest, response: &Response) {
+        self.answer(request.packet(), response.to_packet());
+    }
+
+    /// [`DatagramSession::respond`], for a request in its wire form (one refused before it
+    /// could be handed up, too).
+    fn answer(&mut self, request: &Packet, mut response: Packet) {
         if self.keepalive.is_finished() {
             return;
         }
@@ -795,7 +805,8 @@ impl DatagramSession {
     /// The response to `request` will come later ([`DatagramSession::respond_separate`]): a
     /// Confirmable request is acknowledged now with an empty ACK, so the peer stops
     /// retransmitting it.
-    pub fn respond_later(&mut self, request: &Packet) {
+    pub fn respond_later(&mut self, request: &IncomingRequest) {
+        let request = request.packet();
         if request.header.get_type() == MessageType::Confirmable && !self.keepalive.is_finished() {
             let ack = udp::empty_ack(request.header.message_id);
             self.requests.dedup.store(request.header.message_id, &ack);
@@ -1031,6 +1042,7 @@ impl DatagramSession {
 mod tests {
     use super::*;
     use crate::proto::keepalive::PingTransmit;
+    use crate::proto::message::Status;
     use std::time::Duration;
 
     fn session() -> (DatagramSession, Instant) {
@@ -1222,12 +1234,11 @@ mod tests {
         // CON GET, MID 0x0102, token 0xaa, Uri-Path "x"
         let req = [0x41, 0x01, 0x01, 0x02, 0xaa, 0xb1, b'x'];
         s.handle_datagram(t0, &req);
-        let Some(ProtocolEvent::Request(packet)) = s.poll_event() else {
+        let Some(ProtocolEvent::Request(request)) = s.poll_event() else {
             panic!("no request")
         };
-        let mut response = Packet::new();
-        response.header.code = MessageClass::Response(coap_lite::ResponseType::NotFound);
-        s.respond(&packet, response);
+        assert_eq!(request.request().path_str(), "/x");
+        s.respond(&request, &Response::new(Status::NotFound));
         // ACK 4.04, same MID, same token
         assert_eq!(s.poll_transmit(), Some(vec![0x61, 0x84, 0x01, 0x02, 0xaa]));
     }
@@ -1372,10 +1383,10 @@ mod tests {
         let (mut s, t0) = session();
         let req = [0x41, 0x01, 0x01, 0x02, 0xaa, 0xb1, b'x'];
         s.handle_datagram(t0, &req);
-        let Some(ProtocolEvent::Request(packet)) = s.poll_event() else {
+        let Some(ProtocolEvent::Request(request)) = s.poll_event() else {
             panic!()
         };
-        s.respond(&packet, Response::content_text("v").to_packet());
+        s.respond(&request, &Response::content_text("v"));
         let first = drain(&mut s);
         s.handle_datagram(t0 + Duration::from_secs(1), &req);
         assert!(

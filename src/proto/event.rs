@@ -7,7 +7,7 @@ use coap_lite::{MessageClass, Packet, ResponseType};
 
 use crate::proto::error::NackReason;
 use crate::proto::exchange::RequestError;
-use crate::proto::message::Response;
+use crate::proto::message::{Request, Response};
 use crate::proto::wire::options::{OptionProblem, BLOCK1, BLOCK2};
 
 /// A ping the peer sent us.
@@ -66,8 +66,9 @@ pub enum ProtocolEvent {
     },
     /// The session is ready (stream: the peer's CSM arrived).
     Established,
-    /// The peer sent a request; answer it with the session's `respond`.
-    Request(Box<coap_lite::Packet>),
+    /// The peer sent a request; answer it with the session's `respond` (or `respond_later`,
+    /// then `respond_separate`).
+    Request(Box<IncomingRequest>),
     /// A response (or a notification) to our request with `token`.
     Response {
         /// The token of our request.
@@ -108,6 +109,45 @@ impl ProtocolEvent {
     }
 }
 
+/// A request the peer sent, as its session handed it up in [`ProtocolEvent::Request`]: the
+/// [`Request`], and what the session needs to answer it (over UDP its Message ID and type,
+/// which pick a piggybacked or a Non-confirmable answer). Pass it back to the session's
+/// `respond` or `respond_later`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IncomingRequest {
+    request: Request,
+    packet: Packet,
+}
+
+impl IncomingRequest {
+    /// The request in `packet`; `None` when the packet is no request.
+    pub(crate) fn new(packet: Packet) -> Option<Self> {
+        let request = Request::from_packet(&packet)?;
+        Some(IncomingRequest { request, packet })
+    }
+
+    /// The request, parsed.
+    pub fn request(&self) -> &Request {
+        &self.request
+    }
+
+    /// The request, parsed, without what answering it takes.
+    pub fn into_request(self) -> Request {
+        self.request
+    }
+
+    /// Every option the request carried as (number, value), in ascending number order and, for
+    /// one number, in the order they arrived: those [`Request`] does not hold too.
+    pub fn options(&self) -> impl Iterator<Item = (u16, &[u8])> {
+        crate::proto::wire::options::packet_options(&self.packet)
+    }
+
+    /// The message as it arrived (type, Message ID, token), for the answer.
+    pub(crate) fn packet(&self) -> &Packet {
+        &self.packet
+    }
+}
+
 /// What the drivers ask of a session's protocol, whatever its transport family. Both
 /// [`DatagramSession`](crate::proto::datagram::DatagramSession) and [`StreamSession`](crate::proto::stream::StreamSession) implement it by delegating to
 /// their own methods of the same names.
@@ -134,9 +174,9 @@ pub trait SessionProtocol {
     /// Sends a notification to the observer with `token`.
     fn notify(&mut self, token: &[u8], response: &Response);
     /// Answers a request now.
-    fn respond(&mut self, request: &coap_lite::Packet, response: coap_lite::Packet);
+    fn respond(&mut self, request: &IncomingRequest, response: &Response);
     /// Acknowledges a request whose answer comes later.
-    fn respond_later(&mut self, request: &coap_lite::Packet);
+    fn respond_later(&mut self, request: &IncomingRequest);
     /// Sends the separate response to the request with `token`.
     fn respond_separate(
         &mut self,
@@ -179,10 +219,10 @@ macro_rules! delegate_session_protocol {
             fn notify(&mut self, token: &[u8], response: &Response) {
                 <$t>::notify(self, token, response)
             }
-            fn respond(&mut self, request: &coap_lite::Packet, response: coap_lite::Packet) {
+            fn respond(&mut self, request: &IncomingRequest, response: &Response) {
                 <$t>::respond(self, request, response)
             }
-            fn respond_later(&mut self, request: &coap_lite::Packet) {
+            fn respond_later(&mut self, request: &IncomingRequest) {
                 <$t>::respond_later(self, request)
             }
             fn respond_separate(

@@ -32,4 +32,4 @@ pub mod table;
 pub mod wire;
 
 pub(crate) use event::option_rejection;
-pub use event::{PeerPing, ProtocolEvent, SessionProtocol};
+pub use event::{IncomingRequest, PeerPing, ProtocolEvent, SessionProtocol};

@@ -16,7 +16,7 @@ use crate::proto::wire::options::{self as wire_options, OptionProblem};
 use crate::proto::wire::signal::{Signal, SignalError, ABORT, BASE_MAX_MESSAGE_SIZE, CSM};
 use crate::proto::wire::tcp::{Frame, FrameDecoder, FrameError};
 use crate::proto::PeerPing;
-use crate::proto::{option_rejection, ProtocolEvent};
+use crate::proto::{option_rejection, IncomingRequest, ProtocolEvent};
 
 /// The Max-Message-Size we announce and enforce unless told otherwise.
 pub const DEFAULT_MAX_MESSAGE_SIZE: u32 = 65_536;
@@ -176,14 +176,17 @@ impl StreamSession {
             let options = frame.options.iter().map(|(n, v)| (*n, v.as_slice()));
             match packet.header.code {
                 MessageClass::Request(_) => match wire_options::check_request(options) {
-                    Ok(()) => self
-                        .events
-                        .push_back(ProtocolEvent::Request(Box::new(packet))),
+                    Ok(()) => {
+                        if let Some(request) = IncomingRequest::new(packet) {
+                            self.events
+                                .push_back(ProtocolEvent::Request(Box::new(request)));
+                        }
+                    }
                     Err(problem) => {
                         // RFC 7252 §5.4.1 over a reliable transport (RFC 8323 has no message
                         // types: every request is answered): 4.02 Bad Option, or 5.05 for a
                         // proxy request, instead of reaching a handler.
-                        self.respond(&packet, option_rejection(problem));
+                        self.answer(&packet, option_rejection(problem));
                         self.events.push_back(ProtocolEvent::Rejected(format!(
                             "request refused: {problem}"
                         )));
@@ -388,7 +391,7 @@ impl StreamSession {
     }
 
     /// A deferred answer needs nothing now over a stream (no ACK exists).
-    pub fn respond_later(&mut self, _request: &Packet) {}
+    pub fn respond_later(&mut self, _request: &IncomingRequest) {}
 
     /// Sends the separate response to the request that carried `token`.
     pub fn respond_separate(
@@ -413,7 +416,13 @@ impl StreamSession {
     }
 
     /// Answers `request` with `response` (token copied).
-    pub fn respond(&mut self, request: &Packet, mut response: Packet) {
+    pub fn respond(&mut self, request: &IncomingRequest, response: &Response) {
+        self.answer(request.packet(), response.to_packet());
+    }
+
+    /// [`StreamSession::respond`], for a request in its wire form (one refused before it could
+    /// be handed up, too).
+    fn answer(&mut self, request: &Packet, mut response: Packet) {
         if self.phase == Phase::Done {
             return;
         }
@@ -880,7 +889,7 @@ mod tests {
             panic!("the request is handed up: {events:?}");
         };
         while s.poll_transmit().is_some() {}
-        s.respond(request, Response::content_text("x").to_packet());
+        s.respond(request, &Response::content_text("x"));
         assert_eq!(decode(&s.poll_transmit().expect("the answer")).code, 0x45);
         s.handle_timeout(t0);
         assert_eq!(events_of(&mut s), vec![ProtocolEvent::Closed]);

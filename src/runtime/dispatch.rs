@@ -8,7 +8,6 @@ use std::time::Instant;
 use crate::proto::error::{Error, NackReason};
 use crate::proto::exchange::RequestError;
 use crate::proto::keepalive::PingTransmit;
-use crate::proto::message::Request;
 use crate::proto::{ProtocolEvent, SessionProtocol};
 use crate::runtime::handlers::{PingDecision, SessionEvent};
 use crate::runtime::resource::Routed;
@@ -132,13 +131,13 @@ pub(crate) fn react<P: SessionProtocol>(
             session.set_state(SessionState::Established);
             handlers.event(session, SessionEvent::Established, || {});
         }
-        ProtocolEvent::Request(packet) => {
+        ProtocolEvent::Request(incoming) => {
             session.note_receipt(now);
-            let request = Request::from_packet(&packet)?;
+            let request = incoming.request();
             tracing::debug!(session = %session, method = ?request.method, path = %request.path_str(), "request");
-            match rt.router.route(&request, session) {
-                Routed::Now(response) => core.respond(&packet, response.to_packet()),
-                Routed::Later => core.respond_later(&packet),
+            match rt.router.route(request, session) {
+                Routed::Now(response) => core.respond(&incoming, &response),
+                Routed::Later => core.respond_later(&incoming),
             }
         }
         ProtocolEvent::Response { token, response } => {

@@ -31,8 +31,8 @@ use coap_keepalive::proto::rng::Rng;
 use coap_keepalive::proto::wire::udp;
 use coap_keepalive::proto::ProtocolEvent;
 use coap_keepalive::NackReason;
+use coap_keepalive::Request;
 use coap_keepalive::{KeepaliveConfig, TransmissionParams};
-use coap_keepalive::{Request, Response};
 
 use super::{give_up_lower_bound, message_id, message_type, ms, settle, DatagramChecker, CON};
 
@@ -607,7 +607,12 @@ fn run_session(config: KeepaliveConfig, seed: u64, ops: &[Op]) {
             }
             Op::AnswerRequest { option } => {
                 if let Some((token, Some(id))) = &last_request {
-                    let mut ack = Response::content_text("hi").to_packet();
+                    // 2.05 Content, text/plain, "hi", piggybacked.
+                    let mut ack = coap_lite::Packet::new();
+                    ack.header.code =
+                        coap_lite::MessageClass::Response(coap_lite::ResponseType::Content);
+                    ack.add_option(coap_lite::CoapOption::ContentFormat, vec![]);
+                    ack.payload = b"hi".to_vec();
                     ack.header.set_type(coap_lite::MessageType::Acknowledgement);
                     ack.header.message_id = *id;
                     ack.set_token(token.clone());

@@ -16,7 +16,7 @@ use coap_keepalive::proto::wire::options;
 use coap_keepalive::proto::wire::udp::{classify, Datagram};
 use coap_keepalive::proto::ProtocolEvent;
 use coap_keepalive::NackReason;
-use coap_lite::MessageClass;
+use coap_keepalive::Status;
 
 /// Message types of RFC 7252 (the two bits after the version).
 pub const CON: u8 = 0;
@@ -269,25 +269,25 @@ impl DatagramChecker {
 /// input led to it), and a response that carries one is not delivered.
 pub fn check_option_rules(incoming: Option<&[u8]>, events: &[ProtocolEvent]) {
     for event in events {
-        if let ProtocolEvent::Request(packet) = event {
+        if let ProtocolEvent::Request(request) = event {
             assert_eq!(
-                options::check_request(options::packet_options(packet)),
+                options::check_request(request.options()),
                 Ok(()),
-                "handed up a request the stack must refuse: {packet:?}"
+                "handed up a request the stack must refuse: {request:?}"
             );
         }
     }
-    let Some(Ok(Datagram::Message(packet))) = incoming.map(classify) else {
+    let Some(Ok(Datagram::Message(message))) = incoming.map(classify) else {
         return;
     };
-    if matches!(packet.header.code, MessageClass::Response(_))
-        && options::check_response(options::packet_options(&packet)).is_err()
+    if Status::from_code(message.code()).is_some()
+        && options::check_response(message.options()).is_err()
     {
         assert!(
             !events
                 .iter()
                 .any(|e| matches!(e, ProtocolEvent::Response { .. })),
-            "delivered a response the stack must reject: {packet:?}"
+            "delivered a response the stack must reject: {message:?}"
         );
     }
 }

@@ -37,11 +37,12 @@ pub fn check_classify(bytes: &[u8]) {
                 Datagram::EmptyNon { .. } => Some(NON),
                 Datagram::EmptyAck { .. } => Some(ACK),
                 Datagram::Reset { .. } => Some(RST),
-                Datagram::Message(packet) => {
+                Datagram::Message(message) => {
                     assert_ne!(code, 0, "a 0.00 message is never a full message");
                     assert_ne!(kind, RST, "an RST is always empty");
-                    assert_eq!(packet.header.message_id, message_id);
-                    assert_eq!(packet.get_token().len(), usize::from(first & 0x0F));
+                    assert_eq!(message.code(), code);
+                    assert_eq!(message.message_id(), message_id);
+                    assert_eq!(message.token().len(), usize::from(first & 0x0F));
                     None
                 }
                 _ => None,
@@ -120,13 +121,13 @@ pub fn drive_session(data: &[u8]) {
             }
             3 => {
                 if let Some(request) = &last_request {
-                    session.respond(request, Response::content_text("ok").to_packet());
+                    session.respond(request, &Response::content_text("ok"));
                 }
             }
             4 => {
                 if let Some(request) = &last_request {
                     session.respond_later(request);
-                    let token = request.get_token().to_vec();
+                    let token = request.request().token.clone();
                     let confirmable = u.bool();
                     session.respond_separate(
                         now,
@@ -138,15 +139,15 @@ pub fn drive_session(data: &[u8]) {
             }
             _ => {
                 if let Some(request) = &last_request {
-                    let token = request.get_token().to_vec();
+                    let token = request.request().token.clone();
                     session.notify(&token, &Response::content_text("n"));
                 }
             }
         }
         checker.after(&mut session, now, incoming);
         for event in &checker.events {
-            if let ProtocolEvent::Request(packet) = event {
-                last_request = Some((**packet).clone());
+            if let ProtocolEvent::Request(request) = event {
+                last_request = Some((**request).clone());
             }
         }
     }

@@ -228,7 +228,7 @@ fn check<'a>(
 
 /// The options of a parsed message as (number, value), in ascending number order and, for one
 /// number, in the order they arrived.
-pub fn packet_options(packet: &Packet) -> impl Iterator<Item = (u16, &[u8])> {
+pub(crate) fn packet_options(packet: &Packet) -> impl Iterator<Item = (u16, &[u8])> {
     packet
         .options()
         .flat_map(|(number, values)| values.iter().map(move |value| (*number, value.as_slice())))

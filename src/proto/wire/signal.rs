@@ -2,7 +2,7 @@
 //!
 //! Signalling option numbers mean something different for every code (number 2 is
 //! Max-Message-Size in a CSM but Custody in a Ping), so options are interpreted here by number,
-//! never through `coap_lite`'s option names.
+//! never through the names of the request / response options.
 //!
 //! Criticality follows RFC 7252 §5.4.6 for signalling options too (RFC 8323 §5.2): an odd number
 //! is critical, an even one elective. An unknown critical option is an error

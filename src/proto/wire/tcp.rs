@@ -34,7 +34,7 @@ pub struct Frame {
     /// Message code, `class << 5 | detail` (e.g. `0x02` POST, `0x45` 2.05, `0xE2` 7.02 Ping).
     pub code: u8,
     /// Token, 0 to 8 bytes. Longer tokens are not representable and are truncated to 8 bytes
-    /// by [`Frame::encode`] and [`Frame::to_packet`].
+    /// by [`Frame::encode`] (and when the session reads the frame).
     pub token: Vec<u8>,
     /// Options as (number, value), sorted by number; a number may repeat. [`Frame::encode`]
     /// sorts (stably) if they are not.
@@ -118,7 +118,7 @@ impl Frame {
     /// Converts a request/response frame to a [`coap_lite::Packet`]: code, token (at most 8
     /// bytes), options by number and payload are copied; the type is Confirmable and the
     /// Message ID 0, neither of which means anything over TCP.
-    pub fn to_packet(&self) -> Packet {
+    pub(crate) fn to_packet(&self) -> Packet {
         let mut packet = Packet::new();
         packet.header.code = MessageClass::from(self.code);
         packet.header.message_id = 0;
@@ -132,7 +132,7 @@ impl Frame {
     }
 
     /// Converts a [`coap_lite::Packet`] to a frame, dropping its type and Message ID.
-    pub fn from_packet(packet: &Packet) -> Self {
+    pub(crate) fn from_packet(packet: &Packet) -> Self {
         Frame {
             code: u8::from(packet.header.code),
             token: packet.get_token().to_vec(),

@@ -9,8 +9,8 @@
 //! ```
 //!
 //! [`classify`] checks the header, the token and the options itself, so every outcome is defined
-//! here rather than by what `coap_lite` happens to accept, and only then hands non-empty
-//! messages to [`coap_lite::Packet::from_bytes`].
+//! here rather than by what the message parser behind [`Message`] happens to accept, and only
+//! then hands non-empty messages to it.
 
 use coap_lite::Packet;
 
@@ -52,8 +52,8 @@ pub enum Datagram {
         /// Message ID being rejected.
         message_id: u16,
     },
-    /// Any message with a non-zero code, parsed by `coap_lite`.
-    Message(Packet),
+    /// Any message with a non-zero code, parsed.
+    Message(Message),
 }
 
 impl Datagram {
@@ -64,7 +64,7 @@ impl Datagram {
             | Datagram::EmptyNon { message_id }
             | Datagram::EmptyAck { message_id }
             | Datagram::Reset { message_id } => *message_id,
-            Datagram::Message(packet) => packet.header.message_id,
+            Datagram::Message(message) => message.message_id(),
         }
     }
 
@@ -77,6 +77,51 @@ impl Datagram {
             }
             _ => None,
         }
+    }
+}
+
+/// A message with a non-zero code (a request, a response, or a code with no meaning over
+/// UDP) that passed the checks of [`classify`], parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    packet: Packet,
+}
+
+impl Message {
+    /// The Message ID.
+    pub fn message_id(&self) -> u16 {
+        self.packet.header.message_id
+    }
+
+    /// The code, `class << 5 | detail` (never 0: a 0.00 message is an empty one).
+    pub fn code(&self) -> u8 {
+        u8::from(self.packet.header.code)
+    }
+
+    /// The token, 0 to 8 bytes.
+    pub fn token(&self) -> &[u8] {
+        self.packet.get_token()
+    }
+
+    /// The options as (number, value), in ascending number order and, for one number, in the
+    /// order they arrived.
+    pub fn options(&self) -> impl Iterator<Item = (u16, &[u8])> {
+        super::options::packet_options(&self.packet)
+    }
+
+    /// The payload (empty when there is none).
+    pub fn payload(&self) -> &[u8] {
+        &self.packet.payload
+    }
+
+    /// The parsed message, for the session.
+    pub(crate) fn packet(&self) -> &Packet {
+        &self.packet
+    }
+
+    /// The parsed message, for the session, by value.
+    pub(crate) fn into_packet(self) -> Packet {
+        self.packet
     }
 }
 
@@ -122,7 +167,7 @@ pub enum DatagramError {
         /// Message ID of the datagram.
         message_id: u16,
     },
-    /// Token truncated, bad option, payload marker without payload, or refused by `coap_lite`.
+    /// Token truncated, bad option, payload marker without payload, or refused by the parser.
     #[error("malformed message: {reason}")]
     Malformed {
         /// Message ID of the datagram.
@@ -220,7 +265,7 @@ pub fn classify(bytes: &[u8]) -> Result<Datagram, DatagramError> {
         .ok_or_else(|| malformed("token truncated".to_owned()))?;
     walk_options(options, |_, _| {}).map_err(|error| malformed(error.to_string()))?;
     Packet::from_bytes(bytes)
-        .map(Datagram::Message)
+        .map(|packet| Datagram::Message(Message { packet }))
         .map_err(|error| malformed(error.to_string()))
 }
 
@@ -436,9 +481,10 @@ mod tests {
         let bytes = [
             0x42, 0x01, 0x12, 0x34, 0xAA, 0xBB, 0xB4, b't', b'e', b'm', b'p', 0xFF, b'h', b'i',
         ];
-        let Ok(Datagram::Message(packet)) = classify(&bytes) else {
+        let Ok(Datagram::Message(message)) = classify(&bytes) else {
             panic!("not a message");
         };
+        let packet = message.packet();
         assert_eq!(packet.header.get_type(), MessageType::Confirmable);
         assert_eq!(packet.header.code, MessageClass::Request(RequestType::Get));
         assert_eq!(packet.header.message_id, 0x1234);
@@ -448,17 +494,23 @@ mod tests {
             Some(&b"temp".to_vec())
         );
         assert_eq!(packet.payload, b"hi");
-        assert_eq!(Datagram::Message(packet).message_id(), 0x1234);
+        assert_eq!((message.code(), message.token()), (0x01, &[0xAA, 0xBB][..]));
+        assert_eq!(
+            message.options().collect::<Vec<_>>(),
+            vec![(11, &b"temp"[..])]
+        );
+        assert_eq!(message.payload(), b"hi");
+        assert_eq!(Datagram::Message(message).message_id(), 0x1234);
     }
 
     #[test]
     fn sixty_four_kib_datagram() {
         let mut bytes = vec![0x40, 0x02, 0x12, 0x34, 0xFF];
         bytes.resize(65_535, 0x61);
-        let Ok(Datagram::Message(packet)) = classify(&bytes) else {
+        let Ok(Datagram::Message(message)) = classify(&bytes) else {
             panic!("not a message");
         };
-        assert_eq!(packet.payload.len(), 65_530);
+        assert_eq!(message.payload().len(), 65_530);
         let garbage: Vec<u8> = (0..65_536u32).map(|i| (i * 7 + 3) as u8).collect();
         let _ = classify(&garbage);
     }
@@ -528,7 +580,7 @@ mod tests {
             packet.add_option(CoapOption::UriPath, path.into_bytes());
             packet.payload = payload;
             let bytes = packet.to_bytes().unwrap();
-            prop_assert_eq!(classify(&bytes), Ok(Datagram::Message(packet)));
+            prop_assert_eq!(classify(&bytes), Ok(Datagram::Message(Message { packet })));
         }
     }
 }
