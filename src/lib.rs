@@ -69,16 +69,17 @@
 //! - [`events`]: [`Events`], the pulled form of the same session events.
 //! - [`transport`]: the tokio drivers, the only code that touches sockets: UDP and TCP, and
 //!   DTLS (webrtc-dtls) and TLS (tokio-rustls) running the same drivers over secured connections.
-//! - [`certs`]: credentials for DTLS and TLS ([`ServerCredentials`], [`ClientCredentials`]), test
-//!   certificate generation (rcgen) and the rustls / webrtc-dtls configurations built from them.
+//! - [`credentials`]: what DTLS and TLS endpoints present and trust ([`ServerCredentials`],
+//!   [`ClientCredentials`]); test certificate generation (rcgen, the default `test-certs`
+//!   feature); the crate-private rustls / webrtc-dtls configurations built from them.
 //! - [`uri`]: `coap://`, `coaps://`, `coap+tcp://`, `coaps+tcp://`.
 //! - [`rng`]: the seedable random source.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod certs;
 pub mod config;
 pub mod context;
+pub mod credentials;
 pub mod error;
 pub mod events;
 pub mod handler;
@@ -101,9 +102,9 @@ pub mod wire;
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
-pub use certs::{ClientCredentials, PemIdentity, PskCredentials, ServerCredentials};
 pub use config::{IcmpPolicy, KeepaliveConfig, TransmissionParams};
 pub use context::{Context, ContextBuilder, ContextSettings, Endpoint, SessionCounts};
+pub use credentials::{ClientCredentials, PemIdentity, PskCredentials, ServerCredentials};
 pub use error::{Error, NackReason, Result};
 pub use events::{Event, EventKind, Events, Lagged};
 pub use handler::{PeerPing, PingDecision, SessionEvent};

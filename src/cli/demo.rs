@@ -12,9 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use coap_keepalive::certs::{CertificateSet, ClientCredentials, PskCredentials, ServerCredentials};
 use coap_keepalive::config::{KeepaliveConfig, TransmissionParams};
 use coap_keepalive::context::Context;
+use coap_keepalive::credentials::{
+    CertificateSet, ClientCredentials, PskCredentials, ServerCredentials,
+};
 use coap_keepalive::error::{NackReason, Result};
 use coap_keepalive::handler::{PingDecision, SessionEvent};
 use coap_keepalive::session::{Session, SessionState, Transport};

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use coap_keepalive::certs::{read_pem, ClientCredentials, PemIdentity, PskCredentials};
+use coap_keepalive::credentials::{read_pem, ClientCredentials, PemIdentity, PskCredentials};
 use coap_keepalive::error::{Error, Result};
 use coap_keepalive::session::Transport;
 

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Args;
-use coap_keepalive::certs::ServerCredentials;
 use coap_keepalive::context::Context;
+use coap_keepalive::credentials::ServerCredentials;
 use coap_keepalive::error::{Error, Result};
 use coap_keepalive::handler::{PeerPing, PingDecision, SessionEvent};
 use coap_keepalive::{Session, SessionId, Stats, Transport};

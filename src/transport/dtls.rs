@@ -14,8 +14,8 @@ use std::time::Instant;
 use webrtc_dtls::conn::DTLSConn;
 use webrtc_util::conn::Conn;
 
-use crate::certs::{ClientCredentials, ServerCredentials};
 use crate::context::{Context, Endpoint};
+use crate::credentials::{ClientCredentials, ServerCredentials};
 use crate::error::{Error, NackReason, Result};
 use crate::session::{Role, Session, Transport};
 use crate::transport::dtls_conn::{dtls_connect, dtls_recv, dtls_send, DtlsAccept, DtlsListener};

@@ -15,8 +15,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::certs::{ClientCredentials, ServerCredentials};
 use crate::context::{Context, Endpoint};
+use crate::credentials::{ClientCredentials, ServerCredentials};
 use crate::error::{Error, NackReason, Result};
 use crate::session::{lock, Role, Session, Transport};
 use crate::transport::tcp::{bind_listener, configure, start, wait_established};
@@ -291,7 +291,7 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
-    use crate::certs::CertificateSet;
+    use crate::credentials::CertificateSet;
     use crate::session::SessionState;
 
     /// TCP and TLS endpoints bound to port 0 of the IPv6 loopback serve sessions (the TLS one

@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use coap_keepalive::certs::{ClientCredentials, PskCredentials};
 use coap_keepalive::context::Context;
+use coap_keepalive::credentials::{ClientCredentials, PskCredentials};
 use coap_keepalive::error::{Error, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};

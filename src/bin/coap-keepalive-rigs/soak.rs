@@ -27,8 +27,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use coap_keepalive::certs::{CertificateSet, ClientCredentials, PskCredentials, ServerCredentials};
 use coap_keepalive::context::Context;
+use coap_keepalive::credentials::{
+    CertificateSet, ClientCredentials, PskCredentials, ServerCredentials,
+};
 use coap_keepalive::error::{Error, NackReason, Result};
 use coap_keepalive::handler::PingDecision;
 use coap_keepalive::rng::Rng;
