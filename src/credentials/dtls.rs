@@ -39,7 +39,7 @@ const DTLS_CERT_CIPHER_SUITES: [CipherSuiteId; 4] = [
 ];
 
 impl ServerCredentials {
-    /// The webrtc-dtls server configuration.
+    /// The webrtc-dtls server configuration; an [`Error::Config`] for a rustls configuration.
     pub(crate) fn dtls_config(&self) -> Result<DtlsConfig> {
         match self {
             ServerCredentials::Psk(psk) => Ok(dtls_psk_server_config(psk)),
@@ -47,13 +47,15 @@ impl ServerCredentials {
                 identity,
                 client_ca_pem,
             } => dtls_cert_server_config(identity, client_ca_pem.as_deref()),
+            ServerCredentials::Rustls(_) => Err(rustls_config_for_dtls()),
         }
     }
 }
 
 impl ClientCredentials {
     /// The webrtc-dtls client configuration; the server's certificate must name `server_name`
-    /// (a DNS name or an IP literal); an [`Error::Config`] for no credentials.
+    /// (a DNS name or an IP literal). An [`Error::Config`] for no credentials or a rustls
+    /// configuration.
     pub(crate) fn dtls_config(&self, server_name: &str) -> Result<DtlsConfig> {
         match self {
             ClientCredentials::None => Err(no_client_credentials("coaps://")),
@@ -68,8 +70,18 @@ impl ClientCredentials {
                 *insecure,
                 server_name,
             ),
+            ClientCredentials::Rustls(_) => Err(rustls_config_for_dtls()),
         }
     }
+}
+
+/// The error for rustls credentials given to DTLS.
+fn rustls_config_for_dtls() -> Error {
+    Error::Config(
+        "a rustls configuration serves TLS only (DTLS is webrtc-dtls): give DTLS a PSK or a \
+         certificate"
+            .into(),
+    )
 }
 
 /// A webrtc-dtls server configuration for DTLS-PSK: any client identity gets `psk.key`, and the

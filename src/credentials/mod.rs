@@ -11,11 +11,14 @@
 //! - `test_certs.rs`: `CertificateSet`, a test CA with a server and a client certificate made
 //!   in memory (rcgen). Only with the `test-certs` feature, on by default.
 //! - `rustls.rs`: the rustls server and client configurations built from credentials (ALPN
-//!   `coap`, the insecure-mode verifier), crate-private.
+//!   `coap`, the insecure-mode verifier), crate-private; and
+//!   [`ServerCredentials::from_rustls_config`] / [`ClientCredentials::from_rustls_config`], the
+//!   one public way to hand the TLS transport a rustls configuration of one's own.
 //! - `dtls.rs`: the webrtc-dtls configurations built from credentials (cipher suites, PSK
 //!   identity and hint, P-256 keys), crate-private.
 //!
-//! No rustls or webrtc-dtls type appears in a public signature.
+//! No rustls or webrtc-dtls type appears in a public signature but those of the two
+//! `from_rustls_config` constructors.
 
 use std::fmt;
 use std::fs;
@@ -32,7 +35,7 @@ pub(crate) mod rustls;
 mod test_certs;
 
 pub use self::dtls::DTLS_PSK_IDENTITY_HINT;
-pub use self::rustls::COAP_ALPN;
+pub use self::rustls::{RustlsClientConfig, RustlsServerConfig, COAP_ALPN};
 #[cfg(feature = "test-certs")]
 pub use self::test_certs::CertificateSet;
 
@@ -127,6 +130,9 @@ pub enum ServerCredentials {
         /// without, no client certificate is asked for.
         client_ca_pem: Option<String>,
     },
+    /// A rustls configuration of the application's own, for TLS only; made by
+    /// [`ServerCredentials::from_rustls_config`].
+    Rustls(RustlsServerConfig),
 }
 
 /// What a client presents to, and how it verifies, a secured server (`Context::connect_dtls`,
@@ -151,6 +157,9 @@ pub enum ClientCredentials {
         /// default; a warning is logged when used.
         insecure: bool,
     },
+    /// A rustls configuration of the application's own, for TLS only; made by
+    /// [`ClientCredentials::from_rustls_config`].
+    Rustls(RustlsClientConfig),
 }
 
 /// Reads a PEM file; the error names the file and says whether it could not be read or holds
@@ -297,5 +306,43 @@ mod tests {
             client.dtls_config("127.0.0.1").unwrap().certificates.len(),
             1
         );
+    }
+
+    #[test]
+    fn rustls_configs_serve_tls_as_given_and_refuse_dtls() {
+        let set = CertificateSet::generate().unwrap();
+        let certificate = ServerCredentials::Certificate {
+            identity: set.server_identity(),
+            client_ca_pem: None,
+        };
+        let config = certificate.tls_config().unwrap();
+        let server = ServerCredentials::from_rustls_config(config.clone());
+        assert!(std::sync::Arc::ptr_eq(
+            &server.tls_config().unwrap(),
+            &config
+        ));
+        assert_eq!(server, server.clone());
+        // Equal is the same configuration, not an equal one.
+        let rebuilt = certificate.tls_config().unwrap();
+        assert_ne!(server, ServerCredentials::from_rustls_config(rebuilt));
+        let error = server.dtls_config().err().unwrap();
+        assert!(matches!(error, Error::Config(_)), "{error}");
+        assert!(error.to_string().contains("TLS only"), "{error}");
+
+        let config = ClientCredentials::Certificate {
+            ca_pem: Some(set.ca_cert_pem.clone()),
+            identity: None,
+            insecure: false,
+        }
+        .tls_config()
+        .unwrap();
+        let client = ClientCredentials::from_rustls_config(config.clone());
+        assert!(std::sync::Arc::ptr_eq(
+            &client.tls_config().unwrap(),
+            &config
+        ));
+        let error = client.dtls_config("localhost").err().unwrap();
+        assert!(matches!(error, Error::Config(_)), "{error}");
+        assert!(error.to_string().contains("TLS only"), "{error}");
     }
 }

@@ -1,6 +1,7 @@
 //! The rustls configurations of the TLS transport, built from [`ServerCredentials`] and
-//! [`ClientCredentials`].
+//! [`ClientCredentials`], and the advanced constructors that take a rustls configuration whole.
 
+use std::fmt;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -14,10 +15,29 @@ use super::{
 };
 use crate::error::{Error, Result};
 
-/// The ALPN protocol name of CoAP over TLS (RFC 8323 §8.2).
+/// The ALPN protocol name of CoAP over TLS (RFC 8323 §8.2). The configurations built from
+/// credentials offer it; one given to `from_rustls_config` should too.
 pub const COAP_ALPN: &[u8] = b"coap";
 
+/// A rustls server configuration held by [`ServerCredentials::Rustls`]; opaque, made by
+/// [`ServerCredentials::from_rustls_config`]. Two are equal when they are the same `Arc`.
+#[derive(Clone)]
+pub struct RustlsServerConfig(Arc<rustls::ServerConfig>);
+
+/// A rustls client configuration held by [`ClientCredentials::Rustls`]; opaque, made by
+/// [`ClientCredentials::from_rustls_config`]. Two are equal when they are the same `Arc`.
+#[derive(Clone)]
+pub struct RustlsClientConfig(Arc<rustls::ClientConfig>);
+
 impl ServerCredentials {
+    /// Advanced: a TLS endpoint that uses `config` as it is, for what the other variants cannot
+    /// express (other keys, session resumption, a verifier of one's own). Nothing is added to
+    /// it: offer [`COAP_ALPN`] in it, as the built configurations do. A DTLS endpoint refuses
+    /// these credentials with an [`Error::Config`] (DTLS is webrtc-dtls, not rustls).
+    pub fn from_rustls_config(config: Arc<rustls::ServerConfig>) -> ServerCredentials {
+        ServerCredentials::Rustls(RustlsServerConfig(config))
+    }
+
     /// The rustls server configuration; an [`Error::Config`] for a PSK.
     pub(crate) fn tls_config(&self) -> Result<Arc<rustls::ServerConfig>> {
         match self {
@@ -26,11 +46,21 @@ impl ServerCredentials {
                 identity,
                 client_ca_pem,
             } => tls_server_config(identity, client_ca_pem.as_deref()),
+            ServerCredentials::Rustls(RustlsServerConfig(config)) => Ok(Arc::clone(config)),
         }
     }
 }
 
 impl ClientCredentials {
+    /// Advanced: a TLS client that uses `config` as it is, for what the other variants cannot
+    /// express (a verifier or roots of one's own, session resumption). Nothing is added to it:
+    /// offer [`COAP_ALPN`] in it, as the built configurations do. The server is named by the
+    /// URI's host. A `coaps://` (DTLS) connection refuses these credentials with an
+    /// [`Error::Config`] (DTLS is webrtc-dtls, not rustls).
+    pub fn from_rustls_config(config: Arc<rustls::ClientConfig>) -> ClientCredentials {
+        ClientCredentials::Rustls(RustlsClientConfig(config))
+    }
+
     /// The rustls client configuration; an [`Error::Config`] for a PSK or no credentials.
     pub(crate) fn tls_config(&self) -> Result<Arc<rustls::ClientConfig>> {
         match self {
@@ -41,9 +71,42 @@ impl ClientCredentials {
                 identity,
                 insecure,
             } => tls_client_config(ca_pem.as_deref(), identity.as_ref(), *insecure),
+            ClientCredentials::Rustls(RustlsClientConfig(config)) => Ok(Arc::clone(config)),
         }
     }
 }
+
+impl fmt::Debug for RustlsServerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("RustlsServerConfig")
+            .field(&format_args!("{:p}", Arc::as_ptr(&self.0)))
+            .finish()
+    }
+}
+
+impl PartialEq for RustlsServerConfig {
+    fn eq(&self, other: &RustlsServerConfig) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for RustlsServerConfig {}
+
+impl fmt::Debug for RustlsClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("RustlsClientConfig")
+            .field(&format_args!("{:p}", Arc::as_ptr(&self.0)))
+            .finish()
+    }
+}
+
+impl PartialEq for RustlsClientConfig {
+    fn eq(&self, other: &RustlsClientConfig) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for RustlsClientConfig {}
 
 /// The error for TLS asked to use a PSK.
 fn tls_psk_unsupported() -> Error {
@@ -203,6 +266,35 @@ mod tests {
             tls_client_config(Some("no certificate here"), None, false),
             Err(Error::Certificate(_))
         ));
+    }
+
+    /// Configurations given whole serve a TLS endpoint and client as they are; DTLS refuses
+    /// them before binding anything.
+    #[tokio::test]
+    async fn rustls_configs_given_whole_carry_a_tls_session() {
+        let set = CertificateSet::generate().unwrap();
+        let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let server = crate::Context::new();
+        let config = tls_server_config(&set.server_identity(), None).unwrap();
+        let credentials = ServerCredentials::from_rustls_config(config);
+        let error = server
+            .listen_dtls(loopback, credentials.clone())
+            .await
+            .unwrap_err();
+        assert!(matches!(error, Error::Config(_)), "{error}");
+        let endpoint = server.listen_tls(loopback, credentials).await.unwrap();
+
+        let client = crate::Context::new();
+        let config = tls_client_config(Some(&set.ca_cert_pem), None, false).unwrap();
+        let credentials = ClientCredentials::from_rustls_config(config);
+        let uri = format!("coaps+tcp://{}", endpoint.local_addr);
+        let session = client.connect_with(&uri, &credentials).await.unwrap();
+        session.ping().await.unwrap();
+        let uri = format!("coaps://{}", endpoint.local_addr);
+        let error = client.connect_with(&uri, &credentials).await.unwrap_err();
+        assert!(error.to_string().contains("TLS only"), "{error}");
+        client.shutdown().await;
+        server.shutdown().await;
     }
 
     #[test]
