@@ -60,14 +60,15 @@
 //! 4. [`Context`] — the facade: settings ([`ContextBuilder`]), handlers, [`Context::events`],
 //!    resources, every listen / connect, shutdown.
 //!
-//! Beside them: [`certs`], the credentials for DTLS and TLS and test-certificate generation;
+//! Beside them: [`credentials`], what DTLS and TLS endpoints present and trust, and (with the
+//! default `test-certs` feature) test-certificate generation;
 //! [`CoapUri`], the four URI schemes. `docs/ARCHITECTURE.md` follows one datagram up and one ping
 //! down through the layers.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod certs;
 mod context;
+pub mod credentials;
 pub mod proto;
 mod runtime;
 mod transport;
@@ -87,8 +88,8 @@ pub mod internals {
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
-pub use certs::{ClientCredentials, PemIdentity, PskCredentials, ServerCredentials};
 pub use context::{Context, ContextBuilder};
+pub use credentials::{ClientCredentials, PemIdentity, PskCredentials, ServerCredentials};
 pub use proto::config::{IcmpPolicy, KeepaliveConfig, TransmissionParams};
 pub use proto::error::{Error, NackReason, Result};
 pub use proto::keepalive::{PingStyle, RttStats, Stats};

@@ -17,10 +17,7 @@ use webrtc_dtls::cipher_suite::CipherSuiteId;
 use webrtc_dtls::config::Config;
 use webrtc_dtls::conn::DTLSConn;
 
-use coap_keepalive::certs::{
-    dtls_cert_client_config, dtls_cert_server_config, dtls_psk_client_config,
-    dtls_psk_server_config, tls_client_config, tls_server_config, CertificateSet, PskCredentials,
-};
+use coap_keepalive::credentials::{CertificateSet, PskCredentials};
 use coap_keepalive::internals::dtls_conn::{
     dtls_connect, dtls_recv, dtls_send, DtlsAccept, DtlsListener,
 };
@@ -29,6 +26,10 @@ use coap_keepalive::Error;
 
 mod support;
 
+use support::configs::{
+    dtls_cert_client_config, dtls_cert_server_config, dtls_psk_client_config,
+    dtls_psk_server_config, tls_client_config, tls_client_config_insecure, tls_server_config,
+};
 use support::libcoap::{Build, LibcoapProcess, LibcoapServer};
 use support::Pki;
 
@@ -128,7 +129,7 @@ async fn dtls_cert_client_against(build: Build) {
     let server_program = build.server();
     let peer = server.secure_addr();
 
-    let config = dtls_cert_client_config(Some(&set.ca_cert_pem), None, false, "127.0.0.1").unwrap();
+    let config = dtls_cert_client_config(&set.ca_cert_pem, None, "127.0.0.1");
     let conn = dtls_connect(peer, config.clone(), HANDSHAKE)
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", server.report()));
@@ -153,8 +154,7 @@ async fn dtls_cert_client_against(build: Build) {
 
     // The server's certificate does not chain to another CA.
     let other = CertificateSet::generate().unwrap();
-    let config =
-        dtls_cert_client_config(Some(&other.ca_cert_pem), None, false, "127.0.0.1").unwrap();
+    let config = dtls_cert_client_config(&other.ca_cert_pem, None, "127.0.0.1");
     match dtls_connect(peer, config, HANDSHAKE).await {
         Ok(_) => panic!("untrusted server certificate accepted"),
         Err(e) => assert!(e.to_string().contains("invalid peer certificate"), "{e}"),
@@ -182,13 +182,8 @@ async fn dtls_mutual_cert_client_against(build: Build) {
     let server = LibcoapServer::start(build, &["-c", &cert, "-j", &key, "-C", &ca]).await;
     let peer = server.secure_addr();
 
-    let config = dtls_cert_client_config(
-        Some(&set.ca_cert_pem),
-        Some(&set.client_identity()),
-        false,
-        "127.0.0.1",
-    )
-    .unwrap();
+    let config =
+        dtls_cert_client_config(&set.ca_cert_pem, Some(&set.client_identity()), "127.0.0.1");
     let conn = dtls_connect(peer, config, HANDSHAKE)
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", server.report()));
@@ -196,7 +191,7 @@ async fn dtls_mutual_cert_client_against(build: Build) {
     conn.close().await.unwrap();
 
     // Without a client certificate the server refuses.
-    let config = dtls_cert_client_config(Some(&set.ca_cert_pem), None, false, "127.0.0.1").unwrap();
+    let config = dtls_cert_client_config(&set.ca_cert_pem, None, "127.0.0.1");
     let outcome = async {
         let conn = dtls_connect(peer, config, HANDSHAKE).await?;
         // Should the alert come only after the handshake, the first read sees it.
@@ -256,19 +251,19 @@ async fn tls_client_against(build: Build, expected_alpn: Option<&[u8]>) {
     let server = LibcoapServer::start(build, &["-c", &cert, "-j", &key]).await;
     let peer = server.secure_addr();
 
-    let config = tls_client_config(Some(&set.ca_cert_pem), None, false).unwrap();
+    let config = tls_client_config(&set.ca_cert_pem);
     let alpn = tls_csm_ping_against(&server, peer, config).await;
     assert_eq!(alpn.as_deref(), expected_alpn);
 
     // Insecure mode, and a client offering no ALPN.
-    tls_csm_ping_against(&server, peer, tls_client_config(None, None, true).unwrap()).await;
-    let mut no_alpn = (*tls_client_config(Some(&set.ca_cert_pem), None, false).unwrap()).clone();
+    tls_csm_ping_against(&server, peer, tls_client_config_insecure()).await;
+    let mut no_alpn = (*tls_client_config(&set.ca_cert_pem)).clone();
     no_alpn.alpn_protocols.clear();
     tls_csm_ping_against(&server, peer, Arc::new(no_alpn)).await;
 
     // Another CA: rejected.
     let other = CertificateSet::generate().unwrap();
-    let config = tls_client_config(Some(&other.ca_cert_pem), None, false).unwrap();
+    let config = tls_client_config(&other.ca_cert_pem);
     let error = match tls_connect(peer, "127.0.0.1", config, HANDSHAKE).await {
         Ok(_) => panic!("untrusted server certificate accepted"),
         Err(e) => e,
@@ -382,19 +377,19 @@ async fn coap_client_against_dtls_cert_listener(client_program: &str) {
         pki.path("ca.pem"),
     );
 
-    let config = dtls_cert_server_config(&set.server_identity(), None).unwrap();
+    let config = dtls_cert_server_config(&set.server_identity(), None);
     let (accepted, client) =
         coap_client_against_dtls_listener(client_program, config, &["-R", &ca]).await;
     expect_get(accepted, &client).await;
     drop(client);
 
-    let config = dtls_cert_server_config(&set.server_identity(), Some(&set.ca_cert_pem)).unwrap();
+    let config = dtls_cert_server_config(&set.server_identity(), Some(&set.ca_cert_pem));
     let args = ["-c", &cert, "-j", &key, "-R", &ca];
     let (accepted, client) = coap_client_against_dtls_listener(client_program, config, &args).await;
     expect_get(accepted, &client).await;
     drop(client);
 
-    let config = dtls_cert_server_config(&set.server_identity(), Some(&set.ca_cert_pem)).unwrap();
+    let config = dtls_cert_server_config(&set.server_identity(), Some(&set.ca_cert_pem));
     let (accepted, client) =
         coap_client_against_dtls_listener(client_program, config, &["-R", &ca]).await;
     match accepted {
@@ -431,7 +426,7 @@ async fn coap_client_against_tls_acceptor(
     let pki = Pki::generate();
     let set = &pki.set;
     let client_ca = require_client_cert.then_some(set.ca_cert_pem.as_str());
-    let config = tls_server_config(&set.server_identity(), client_ca).unwrap();
+    let config = tls_server_config(&set.server_identity(), client_ca);
     let acceptor = TlsAcceptor::from(config);
     let listener = TcpListener::bind(loopback(0)).await.unwrap();
     let uri = format!(

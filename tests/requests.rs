@@ -6,13 +6,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use coap_keepalive::certs::{CertificateSet, ClientCredentials, PskCredentials, ServerCredentials};
 use coap_keepalive::content_format::TEXT_PLAIN;
+use coap_keepalive::credentials::{
+    CertificateSet, ClientCredentials, PskCredentials, ServerCredentials,
+};
 use coap_keepalive::{
     Context, Error, Method, Request, Resource, Response, Session, Status, Transport,
 };
 use tokio::net::UdpSocket;
 use tokio::time::timeout;
+
+mod support;
 
 const LIMIT: Duration = Duration::from_secs(10);
 
@@ -360,8 +364,8 @@ async fn udp_duplicate_con_is_processed_once_and_answered_from_the_cache() {
 
 #[tokio::test]
 async fn dtls_duplicate_con_is_processed_once_and_answered_from_the_cache() {
-    use coap_keepalive::certs::dtls_psk_client_config;
     use coap_keepalive::internals::dtls_conn::{dtls_connect, dtls_recv, dtls_send};
+    use support::configs::dtls_psk_client_config;
     let server = server().await;
     let conn = dtls_connect(server.dtls, dtls_psk_client_config(&psk()), LIMIT)
         .await

@@ -12,6 +12,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::timeout;
 
+mod support;
+
 const LIMIT: Duration = Duration::from_secs(10);
 
 fn loopback() -> SocketAddr {
@@ -142,7 +144,7 @@ mod dtls_handshakes {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use coap_keepalive::certs::{dtls_psk_client_config, dtls_psk_server_config};
+    use crate::support::configs::{dtls_psk_client_config, dtls_psk_server_config};
     use coap_keepalive::internals::dtls_conn::{
         dtls_connect, dtls_recv, dtls_send, DtlsAccept, DtlsListener,
     };
@@ -346,7 +348,7 @@ mod nothing_lost {
     use std::net::SocketAddr;
     use std::time::{Duration, Instant};
 
-    use coap_keepalive::certs::CertificateSet;
+    use coap_keepalive::credentials::CertificateSet;
     use coap_keepalive::PingDecision;
     use coap_keepalive::{
         ClientCredentials, Context, Error, Method, NackReason, PskCredentials, Resource, Response,
@@ -564,7 +566,7 @@ mod nothing_lost {
 mod session_limit {
     use std::time::Duration;
 
-    use coap_keepalive::certs::CertificateSet;
+    use coap_keepalive::credentials::CertificateSet;
     use coap_keepalive::{
         ClientCredentials, Context, PskCredentials, ServerCredentials, Session, Transport,
     };

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use coap_keepalive::certs::CertificateSet;
+use coap_keepalive::credentials::CertificateSet;
 use coap_keepalive::{Error, Result};
 
 /// Arguments of `certs`.

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use coap_keepalive::certs::{CertificateSet, ClientCredentials, PskCredentials, ServerCredentials};
+use coap_keepalive::credentials::{
+    CertificateSet, ClientCredentials, PskCredentials, ServerCredentials,
+};
 use coap_keepalive::Context;
 use coap_keepalive::{KeepaliveConfig, TransmissionParams};
 use coap_keepalive::{NackReason, Result};

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use coap_keepalive::certs::{read_pem, ClientCredentials, PemIdentity, PskCredentials};
+use coap_keepalive::credentials::{read_pem, ClientCredentials, PemIdentity, PskCredentials};
 use coap_keepalive::Transport;
 use coap_keepalive::{Error, Result};
 

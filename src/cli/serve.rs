@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Args;
-use coap_keepalive::certs::ServerCredentials;
+use coap_keepalive::credentials::ServerCredentials;
 use coap_keepalive::Context;
 use coap_keepalive::{Error, Result};
 use coap_keepalive::{PeerPing, PingDecision, SessionEvent};

@@ -3,8 +3,8 @@
 
 use std::net::SocketAddr;
 
-use crate::certs::{ClientCredentials, ServerCredentials};
 use crate::context::Context;
+use crate::credentials::{ClientCredentials, ServerCredentials};
 use crate::proto::error::{Error, Result};
 use crate::runtime::session::{Session, Transport};
 use crate::transport::{dtls, tcp, tls, udp, Endpoint};
@@ -121,7 +121,7 @@ impl Context {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::certs::CertificateSet;
+    use crate::credentials::CertificateSet;
     use crate::runtime::session::SessionState;
 
     /// TCP and TLS endpoints bound to port 0 of the IPv6 loopback serve sessions (the TLS one

@@ -14,7 +14,7 @@ use std::time::Instant;
 use webrtc_dtls::conn::DTLSConn;
 use webrtc_util::conn::Conn;
 
-use crate::certs::{ClientCredentials, ServerCredentials};
+use crate::credentials::{ClientCredentials, ServerCredentials};
 use crate::proto::error::{Error, NackReason, Result};
 use crate::runtime::session::{Role, Session, Transport};
 use crate::runtime::Runtime;

@@ -649,10 +649,11 @@ mod tests {
     use tokio::task::JoinHandle;
 
     use super::*;
-    use crate::certs::{
+    use crate::credentials::dtls::{
         dtls_cert_client_config, dtls_cert_server_config, dtls_psk_client_config,
-        dtls_psk_server_config, CertificateSet, PskCredentials,
+        dtls_psk_server_config,
     };
+    use crate::credentials::{CertificateSet, PskCredentials};
 
     /// Deadline of the handshakes that should succeed.
     const TIMEOUT: Duration = Duration::from_secs(5);

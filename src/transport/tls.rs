@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::certs::{ClientCredentials, ServerCredentials};
+use crate::credentials::{ClientCredentials, ServerCredentials};
 use crate::proto::error::{Error, NackReason, Result};
 use crate::runtime::session::{lock, Role, Session, Transport};
 use crate::runtime::Runtime;

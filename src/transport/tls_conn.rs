@@ -146,7 +146,8 @@ mod tests {
     use tokio_rustls::TlsAcceptor;
 
     use super::*;
-    use crate::certs::{tls_client_config, tls_server_config, CertificateSet};
+    use crate::credentials::rustls::{tls_client_config, tls_server_config};
+    use crate::credentials::CertificateSet;
 
     const TIMEOUT: Duration = Duration::from_secs(5);
     /// An empty CoAP Confirmable message (a ping), as sent over UDP; any bytes do for an echo.

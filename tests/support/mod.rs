@@ -2,13 +2,15 @@
 //! loopback ([`listen`], [`connect`]) with their reports ([`nacks`], pulled from `events()`;
 //! [`pongs`], from the pong handler), raw peers that send and read bytes as they are
 //! ([`RawDatagram`] over UDP or inside DTLS, [`RawStream`] over TCP or TLS), libcoap's
-//! command-line tools as child processes ([`libcoap`]), and fresh certificates in a temporary
-//! directory ([`Pki`]).
+//! command-line tools as child processes ([`libcoap`]), fresh certificates in a temporary
+//! directory ([`Pki`]), and the rustls and webrtc-dtls configurations the raw peers use
+//! ([`configs`]).
 //!
 //! Each test target includes this with `mod support;` and uses what it needs.
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod configs;
 pub mod libcoap;
 pub mod pair;
 
@@ -23,7 +25,7 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use webrtc_dtls::conn::DTLSConn;
 
-use coap_keepalive::certs::{dtls_psk_client_config, read_pem, CertificateSet};
+use coap_keepalive::credentials::{read_pem, CertificateSet};
 use coap_keepalive::internals::dtls_conn::{dtls_connect, dtls_recv, dtls_send};
 use coap_keepalive::proto::keepalive::Stats;
 use coap_keepalive::proto::wire::signal::{Signal, ABORT, CSM};
@@ -214,7 +216,7 @@ impl RawDatagram {
         psk: &PskCredentials,
         answer_limit: Duration,
     ) -> RawDatagram {
-        let config = dtls_psk_client_config(psk);
+        let config = configs::dtls_psk_client_config(psk);
         let conn = dtls_connect(server, config, answer_limit)
             .await
             .expect("DTLS handshake");
@@ -316,8 +318,7 @@ impl RawStream {
         let stream: Box<dyn Io> = match transport {
             Transport::Tcp => Box::new(tcp),
             _ => {
-                let config =
-                    coap_keepalive::certs::tls_client_config(Some(ca_pem), None, false).unwrap();
+                let config = configs::tls_client_config(ca_pem);
                 let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
                 let tls = tokio_rustls::TlsConnector::from(config)
                     .connect(name, tcp)

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use coap_keepalive::certs::{ClientCredentials, PskCredentials};
+use coap_keepalive::credentials::{ClientCredentials, PskCredentials};
 use coap_keepalive::Context;
 use coap_keepalive::{Error, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

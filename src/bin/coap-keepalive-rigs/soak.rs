@@ -27,7 +27,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use coap_keepalive::certs::{CertificateSet, ClientCredentials, PskCredentials, ServerCredentials};
+use coap_keepalive::credentials::{
+    CertificateSet, ClientCredentials, PskCredentials, ServerCredentials,
+};
 use coap_keepalive::proto::rng::Rng;
 use coap_keepalive::proto::wire::signal::{Signal, PING};
 use coap_keepalive::proto::wire::tcp::FrameDecoder;
