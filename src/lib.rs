@@ -107,6 +107,13 @@ pub use runtime::SessionCounts;
 pub use transport::Endpoint;
 pub use uri::{CoapUri, COAPS_PORT, COAP_PORT};
 
+/// The Observe option's values in a GET (RFC 7641 §2): register, deregister.
+pub mod observe {
+    pub use crate::proto::message::{
+        OBSERVE_DEREGISTER as DEREGISTER, OBSERVE_REGISTER as REGISTER,
+    };
+}
+
 /// The Content-Format numbers of RFC 7252 §12.3 that the stack names (any other is a plain
 /// `u16`).
 pub mod content_format {

@@ -6,7 +6,8 @@ use std::cell::Cell;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use coap_keepalive::proto::message::{OBSERVE_DEREGISTER, OBSERVE_REGISTER, TEXT_PLAIN};
+use coap_keepalive::content_format::TEXT_PLAIN;
+use coap_keepalive::observe;
 use coap_keepalive::{Context, Request, Resource, Response, Session, Status};
 
 use super::output::Printer;
@@ -115,8 +116,8 @@ fn request_line(request: &Request, response: &Response) -> String {
         path = format!("{path}?{}", request.query.join("&"));
     }
     let observe = match request.observe {
-        Some(OBSERVE_REGISTER) => " (observe)",
-        Some(OBSERVE_DEREGISTER) => " (cancel observe)",
+        Some(observe::REGISTER) => " (observe)",
+        Some(observe::DEREGISTER) => " (cancel observe)",
         _ => "",
     };
     let body = if request.payload.is_empty() {

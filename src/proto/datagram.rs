@@ -458,10 +458,12 @@ impl DatagramSession {
                             .push_back(ProtocolEvent::Rejected("duplicate request".into())),
                         None => match options::check_request(options::packet_options(&packet)) {
                             Ok(()) => {
-                                if let Some(request) = IncomingRequest::new(packet) {
-                                    self.events
-                                        .push_back(ProtocolEvent::Request(Box::new(request)));
-                                }
+                                let event = match IncomingRequest::new(packet) {
+                                    Some(request) => ProtocolEvent::Request(Box::new(request)),
+                                    // Cannot happen for a request code; said rather than dropped.
+                                    None => ProtocolEvent::Rejected("unparsable request".into()),
+                                };
+                                self.events.push_back(event);
                             }
                             Err(problem) => self.refuse_request(&packet, problem),
                         },
@@ -935,11 +937,14 @@ impl DatagramSession {
     }
 
     /// Queues the answer to the peer's ping that [`ProtocolEvent::PeerPing`] reported: an RST
-    /// with its Message ID (RFC 7252 §4.3). Nothing once the session is finished.
-    pub fn answer_ping(&mut self, ping: &PeerPing) {
-        if !self.is_finished() {
-            self.transmits.push_back(ping.answer());
+    /// with its Message ID (RFC 7252 §4.3). Nothing once the session is finished. True when the
+    /// answer was queued.
+    pub fn answer_ping(&mut self, ping: &PeerPing) -> bool {
+        if self.is_finished() {
+            return false;
         }
+        self.transmits.push_back(ping.answer());
+        true
     }
 
     /// Sends a ping now if none is outstanding.

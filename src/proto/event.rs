@@ -150,16 +150,18 @@ impl IncomingRequest {
 
 /// What the drivers ask of a session's protocol, whatever its transport family. Both
 /// [`DatagramSession`](crate::proto::datagram::DatagramSession) and [`StreamSession`](crate::proto::stream::StreamSession) implement it by delegating to
-/// their own methods of the same names.
-pub trait SessionProtocol {
+/// their own methods of the same names. Sealed: the drivers rely on what those two do, and
+/// methods are added as the protocol grows.
+pub trait SessionProtocol: sealed::Sealed {
     /// The keepalive machine (read-only).
     fn keepalive(&self) -> &crate::proto::keepalive::Keepalive;
     /// The keepalive machine, for commands.
     fn keepalive_mut(&mut self) -> &mut crate::proto::keepalive::Keepalive;
     /// Sends a ping now if none is outstanding.
     fn ping_now(&mut self, now: std::time::Instant);
-    /// Queues the protocol's answer to the peer's ping (an RST or a 7.03 Pong).
-    fn answer_ping(&mut self, ping: &PeerPing);
+    /// Queues the protocol's answer to the peer's ping (an RST or a 7.03 Pong); false when the
+    /// session is past answering.
+    fn answer_ping(&mut self, ping: &PeerPing) -> bool;
     /// Ends the session gracefully.
     fn close(&mut self);
     /// Sends a request; returns its token.
@@ -187,8 +189,15 @@ pub trait SessionProtocol {
     );
 }
 
+mod sealed {
+    /// Implemented by the crate's session protocols only.
+    pub trait Sealed {}
+}
+
 macro_rules! delegate_session_protocol {
     ($t:ty) => {
+        impl sealed::Sealed for $t {}
+
         impl SessionProtocol for $t {
             fn keepalive(&self) -> &crate::proto::keepalive::Keepalive {
                 <$t>::keepalive(self)
@@ -199,7 +208,7 @@ macro_rules! delegate_session_protocol {
             fn ping_now(&mut self, now: std::time::Instant) {
                 <$t>::ping_now(self, now)
             }
-            fn answer_ping(&mut self, ping: &PeerPing) {
+            fn answer_ping(&mut self, ping: &PeerPing) -> bool {
                 <$t>::answer_ping(self, ping)
             }
             fn close(&mut self) {

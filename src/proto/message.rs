@@ -39,7 +39,9 @@ pub enum Method {
     /// 0.07 iPATCH (RFC 8132).
     IPatch,
     /// A method code this stack has no name for, 0.08 to 0.31, by its detail (`Other(8)` is
-    /// 0.08). [`Method::from_code`] never yields it for a code that has a name above.
+    /// 0.08). [`Method::from_code`] never yields it for a code that has a name above, and only
+    /// `from_code` makes one (so that no code is sent under a wrong name).
+    #[non_exhaustive]
     Other(u8),
 }
 
@@ -161,6 +163,7 @@ pub enum Status {
     /// A response code this stack has no name for, kept as it arrived: 4.17 is
     /// `Other { class: 4, detail: 17 }`. [`Status::from_code`] never yields it for a code
     /// that has a name above.
+    #[non_exhaustive]
     Other {
         /// The class, 2, 4 or 5 (a code's top three bits).
         class: u8,

@@ -177,10 +177,12 @@ impl StreamSession {
             match packet.header.code {
                 MessageClass::Request(_) => match wire_options::check_request(options) {
                     Ok(()) => {
-                        if let Some(request) = IncomingRequest::new(packet) {
-                            self.events
-                                .push_back(ProtocolEvent::Request(Box::new(request)));
-                        }
+                        let event = match IncomingRequest::new(packet) {
+                            Some(request) => ProtocolEvent::Request(Box::new(request)),
+                            // Cannot happen for a request code; said rather than dropped.
+                            None => ProtocolEvent::Rejected("unparsable request".into()),
+                        };
+                        self.events.push_back(event);
                     }
                     Err(problem) => {
                         // RFC 7252 §5.4.1 over a reliable transport (RFC 8323 has no message
@@ -513,11 +515,14 @@ impl StreamSession {
 
     /// Queues the answer to the peer's ping that [`ProtocolEvent::PeerPing`] reported: a 7.03
     /// Pong echoing its token, with Custody when the ping asked for it (RFC 8323 §5.4). Nothing
-    /// once the connection is done.
-    pub fn answer_ping(&mut self, ping: &PeerPing) {
-        if self.phase != Phase::Done {
-            self.transmits.push_back(ping.answer());
+    /// once the connection is done (RFC 8323 §5.6: nothing follows an Abort). True when the
+    /// answer was queued.
+    pub fn answer_ping(&mut self, ping: &PeerPing) -> bool {
+        if self.phase == Phase::Done {
+            return false;
         }
+        self.transmits.push_back(ping.answer());
+        true
     }
 
     /// Sends a ping now if established and none is outstanding.
@@ -658,6 +663,25 @@ mod tests {
         let (mut s, _) = session(0);
         // 7.01 with Max-Message-Size 1152: 30 e1 22 04 80
         assert_eq!(s.poll_transmit(), Some(vec![0x30, 0xe1, 0x22, 0x04, 0x80]));
+    }
+
+    /// RFC 8323 §5.6: nothing follows an Abort, not even the answer to a ping that arrived in
+    /// the same read, before the frame that made us abort.
+    #[test]
+    fn a_ping_before_an_abort_in_the_same_read_is_not_answered() {
+        let (mut s, t0) = session(0);
+        s.poll_transmit();
+        s.handle_bytes(t0, &[0x50, 0xe1, 0x23, 0x80, 0x01, 0x00, 0x20]); // libcoap's CSM
+        assert_eq!(s.poll_event(), Some(ProtocolEvent::Established));
+        // A 7.02 Ping, then 7.06, a signalling code nobody assigned.
+        s.handle_bytes(t0, &[0x00, 0xe2, 0x00, 0xe6]);
+        let abort = decode(&s.poll_transmit().expect("an Abort"));
+        assert_eq!(abort.code, 0xe5);
+        let Some(ProtocolEvent::PeerPing(ping)) = s.poll_event() else {
+            panic!("the ping is still reported")
+        };
+        assert!(!s.answer_ping(&ping), "no answer after the Abort");
+        assert_eq!(s.poll_transmit(), None);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::proto::error::{Error, NackReason};
 use crate::proto::exchange::RequestError;
 use crate::proto::keepalive::PingTransmit;
 use crate::proto::{ProtocolEvent, SessionProtocol};
-use crate::runtime::handlers::{PingDecision, SessionEvent};
+use crate::runtime::handlers::SessionEvent;
 use crate::runtime::resource::Routed;
 use crate::runtime::session::{Command, Session, SessionState};
 use crate::runtime::waiters::{Delivery, Waiters};
@@ -101,11 +101,9 @@ pub(crate) fn react<P: SessionProtocol>(
     match event {
         ProtocolEvent::PeerPing(ping) => {
             session.note_receipt(now);
-            if handlers.ping(session, &ping) == PingDecision::Answer {
-                // Queued by the protocol: it leaves through `poll_transmit` like every other
-                // transmission, under the same send-error rule.
-                core.answer_ping(&ping);
-            }
+            // Queued by the protocol: it leaves through `poll_transmit` like every other
+            // transmission, under the same send-error rule.
+            handlers.ping(session, &ping, || core.answer_ping(&ping));
         }
         ProtocolEvent::Pong { rtt } => {
             session.note_receipt(now);

@@ -1,7 +1,7 @@
 //! Session events to pull: [`Context::events`](crate::Context::events) hands out an [`Events`]
-//! receiver, a [`Stream`] of [`Event`]s, beside the callbacks of [`handler`](crate::runtime::handlers).
+//! receiver, a [`Stream`] of [`Event`]s, beside the handlers the application registers.
 //!
-//! Both are fed from the same place (the context's dispatch of each protocol event), so a
+//! Both are fed from the same place (the runtime's dispatch of each protocol event, `dispatch::react`), so a
 //! callback and every receiver see the same events in the same order.
 
 use std::fmt;

@@ -124,18 +124,20 @@ impl Handlers {
         self.events.finish();
     }
 
-    /// A peer's ping: the ping handler decides, then the event tells what it decided.
-    pub(crate) fn ping(&self, session: &Session, ping: &PeerPing) -> PingDecision {
+    /// A peer's ping: the ping handler decides, `answer` queues the protocol's answer when it
+    /// said so (false when the session is past answering), then the event tells whether the
+    /// ping was answered.
+    pub(crate) fn ping(&self, session: &Session, ping: &PeerPing, answer: impl FnOnce() -> bool) {
         tracing::debug!(session = %session, ?ping, "ping received");
         let decision = match read(&self.ping) {
             Some(handler) => handler(session, ping),
             None => PingDecision::Answer,
         };
+        let answered = decision == PingDecision::Answer && answer();
         self.events.emit(session, || EventKind::PingReceived {
             ping: ping.clone(),
-            answered: decision == PingDecision::Answer,
+            answered,
         });
-        decision
     }
 
     pub(crate) fn pong(&self, session: &Session, rtt: Duration) {

@@ -393,7 +393,7 @@ impl Session {
         let (tx, rx) = oneshot::channel();
         let mut published = lock(&self.shared.stats);
         // The state is read under the statistics' lock: a session that ends records its state
-        // before it drops the pings asked for (`Context::unregister`), so none is counted after
+        // before it drops the pings asked for (`Runtime::unregister`), so none is counted after
         // (and no waiter is left behind).
         let state = self.state();
         if state.is_terminal() {
@@ -553,7 +553,7 @@ impl Session {
         }
     }
 
-    /// Sets the state without waking [`Session::closed`] (see `Context::unregister`).
+    /// Sets the state without waking [`Session::closed`] (see `Runtime::unregister`).
     pub(crate) fn record_state(&self, state: SessionState) {
         *lock(&self.shared.state) = state;
     }

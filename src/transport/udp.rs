@@ -1,7 +1,7 @@
 //! The datagram driver: one socket and one task serve every session of an endpoint.
 //!
-//! It moves datagrams and time in and out of each session's [`DatagramSession`] and runs the
-//! context's handlers; it decides nothing about the protocol. It runs over anything that sends
+//! It moves datagrams and time in and out of each session's [`DatagramSession`] and hands its
+//! events to the runtime's dispatch; it decides nothing about the protocol. It runs over anything that sends
 //! and receives datagrams (`DatagramIo`): a UDP socket serving many peers, or one DTLS
 //! connection serving its one peer.
 
@@ -223,7 +223,7 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
         // Through the one dispatch of every protocol event, as the stream drivers report theirs.
         if let Some(p) = self.table.get_mut(key) {
             let established = ProtocolEvent::Established;
-            react(
+            let ended = react(
                 &self.rt,
                 &mut p.core,
                 &mut p.waiters,
@@ -231,6 +231,7 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
                 now,
                 established,
             );
+            debug_assert!(ended.is_none(), "Established ends no session");
         }
         handle
     }

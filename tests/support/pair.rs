@@ -61,7 +61,7 @@ impl Core for DatagramSession {
         DatagramSession::poll_timeout(self)
     }
     fn answer_ping(&mut self, ping: &PeerPing) {
-        DatagramSession::answer_ping(self, ping);
+        let _ = DatagramSession::answer_ping(self, ping);
     }
 }
 
@@ -82,7 +82,7 @@ impl Core for StreamSession {
         StreamSession::poll_timeout(self)
     }
     fn answer_ping(&mut self, ping: &PeerPing) {
-        StreamSession::answer_ping(self, ping);
+        let _ = StreamSession::answer_ping(self, ping);
     }
 }
 

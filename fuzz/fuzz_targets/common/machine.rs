@@ -3,7 +3,7 @@
 //! datagram session around it (`protocol::datagram::DatagramSession`), driven by an arbitrary
 //! sequence of events at arbitrary non-decreasing times (a base `Instant` plus fuzzed offsets).
 //!
-//! Invariants of the machine, which hold by design (see `Keepalive`'s docs and DESIGN.md):
+//! Invariants of the machine, which hold by design (see `Keepalive`'s docs and docs/ARCHITECTURE.md):
 //! - at most one `Failed` event; once failed or closed nothing is sent or reported and
 //!   `poll_timeout` is `None`; a closed machine never reports a failure;
 //! - a retransmission repeats the outstanding ping's Message ID, at most MAX_RETRANSMIT times;
