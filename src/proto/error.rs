@@ -103,6 +103,11 @@ pub enum Error {
         /// The option number.
         number: u16,
     },
+    /// A request of ours carries an option value its option does not allow (a length out of
+    /// range, text that is not UTF-8, a second value of a non-repeatable option): it was not
+    /// sent.
+    #[error("request not sent: {0}")]
+    InvalidOption(#[from] crate::proto::option::OptionError),
 }
 
 impl Error {
