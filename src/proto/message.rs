@@ -655,7 +655,7 @@ impl Response {
     }
 
     /// How many seconds the response may be cached: its Max-Age, or 60 when it has none
-    /// (RFC 7252 §5.10.5, [`DEFAULT_MAX_AGE`](crate::option::DEFAULT_MAX_AGE)).
+    /// (RFC 7252 §5.10.5, [`DEFAULT_MAX_AGE`]).
     pub fn max_age_or_default(&self) -> u32 {
         self.max_age.unwrap_or(DEFAULT_MAX_AGE)
     }
