@@ -919,9 +919,10 @@ macro_rules! option_methods {
             /// Checks every option as
             #[doc = concat!("[`", stringify!($t), "::add_option`]")]
             /// does, the fields' and the typed builders' too (a Location-Path segment longer
-            /// than 255 bytes, say). The stack runs this before it sends the message: a request
-            /// that fails it is not sent, a handler's response that fails it is replaced by
-            /// 5.00 Internal Server Error.
+            /// than 255 bytes, say). A [`Context`](crate::Context) runs this before it sends the
+            /// message: a request that fails it is not sent, a handler's response that fails it
+            /// is replaced by 5.00 Internal Server Error. A program driving the sans-IO sessions
+            /// of [`proto`](crate::proto) itself calls it before `send_request` / `respond`.
             pub fn check_options(&self) -> Result<(), OptionError> {
                 let mut previous = None;
                 for (number, value) in self.all_options() {
