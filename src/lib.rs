@@ -94,6 +94,8 @@ pub use proto::config::{IcmpPolicy, KeepaliveConfig, TransmissionParams};
 pub use proto::error::{Error, NackReason, Result};
 pub use proto::keepalive::{PingStyle, RttStats, Stats};
 pub use proto::message::{Method, Request, Response, Status};
+pub use proto::option;
+pub use proto::option::{ETag, IfMatch, OptionError};
 pub use proto::PeerPing;
 pub use runtime::events::EVENTS_CAPACITY;
 pub use runtime::events::{Event, EventKind, Events, Lagged};

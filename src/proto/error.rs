@@ -103,6 +103,12 @@ pub enum Error {
         /// The option number.
         number: u16,
     },
+    /// An option value its option does not allow (a length out of range, text that is not
+    /// UTF-8, a second value of a non-repeatable option): from a builder such as
+    /// [`Request::with_option`](crate::Request::with_option), or from
+    /// [`Session::request`](crate::Session::request), which did not send the request.
+    #[error("invalid option: {0}")]
+    InvalidOption(#[from] crate::proto::option::OptionError),
 }
 
 impl Error {

@@ -137,7 +137,8 @@ impl IncomingRequest {
     }
 
     /// Every option the request carried as (number, value), in ascending number order and, for
-    /// one number, in the order they arrived: those [`Request`] does not hold too.
+    /// one number, in the order they arrived, exactly as they arrived (unlike
+    /// [`Request::all_options`], which gives the fields' options as the fields hold them).
     pub fn options(&self) -> impl Iterator<Item = (u16, &[u8])> {
         crate::proto::wire::options::packet_options(&self.packet)
     }

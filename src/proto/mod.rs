@@ -14,8 +14,8 @@
 //!   bookkeeping.
 //! - [`table`]: the session table of an endpoint, keyed by peer address, with one deadline queue
 //!   for all its sessions.
-//! - [`config`], [`error`], [`message`], [`rng`]: settings, errors, requests and responses, and
-//!   the seedable random source they all share.
+//! - [`config`], [`error`], [`message`], [`option`], [`rng`]: settings, errors, requests and
+//!   responses, the options they carry, and the seedable random source they all share.
 //! - [`ProtocolEvent`] and [`SessionProtocol`]: what a core reports to its driver, and what a
 //!   driver asks of a core whatever its transport.
 
@@ -26,6 +26,7 @@ mod event;
 pub mod exchange;
 pub mod keepalive;
 pub mod message;
+pub mod option;
 pub mod rng;
 pub mod stream;
 pub mod table;

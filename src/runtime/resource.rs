@@ -6,9 +6,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::proto::message::{Method, Request, Response, Status, LINK_FORMAT};
+use crate::proto::option::{IF_MATCH, IF_NONE_MATCH};
 use crate::runtime::session::{lock, Command, Session, SessionId};
 
-/// Answers a request at once.
+/// Answers a request at once. The handler reads every option of the request (its fields,
+/// [`Request::option`], the typed accessors) and sets options on the response it returns
+/// (ETag, Max-Age, Location-Path, any number): the server sends them all.
 pub type Handler = Arc<dyn Fn(&Request, &Session) -> Response + Send + Sync>;
 /// Answers a request later, through the [`Responder`] (a separate response).
 pub type DeferredHandler = Arc<dyn Fn(&Request, &Session, Responder) + Send + Sync>;
@@ -25,6 +28,7 @@ pub struct Resource {
     path: Vec<String>,
     handlers: Vec<(Method, MethodHandler)>,
     observable: bool,
+    conditional: bool,
     attributes: Vec<String>,
 }
 
@@ -35,6 +39,7 @@ impl Resource {
             path: Request::get(path).path,
             handlers: Vec::new(),
             observable: false,
+            conditional: false,
             attributes: Vec::new(),
         }
     }
@@ -101,6 +106,30 @@ impl Resource {
         self
     }
 
+    /// Says that its handlers evaluate conditional requests (RFC 7252 §5.10.8): they read
+    /// [`Request::if_match`] and [`Request::if_none_match`] and answer 4.12 Precondition Failed
+    /// when the condition does not hold. Without it, a request carrying If-Match or
+    /// If-None-Match gets 4.02 Bad Option and no handler runs, so that a condition is never
+    /// ignored (the RFC's answer to an option the server does not process).
+    ///
+    /// ```
+    /// use coap_keepalive::{ETag, IfMatch, Resource, Response, Status};
+    ///
+    /// let current = ETag::from_u64(7);
+    /// let config = Resource::new("/config").conditional().put(move |request, _session| {
+    ///     let conditions = request.if_match();
+    ///     if !conditions.is_empty() && !conditions.iter().any(|c| c.matches(true, Some(current))) {
+    ///         return Response::new(Status::PreconditionFailed);
+    ///     }
+    ///     Response::new(Status::Changed).with_etag(ETag::from_u64(8))
+    /// });
+    /// # let _ = config;
+    /// ```
+    pub fn conditional(mut self) -> Resource {
+        self.conditional = true;
+        self
+    }
+
     /// Adds a link-format attribute for `/.well-known/core` (e.g. `rt="time"`, `title="Clock"`).
     pub fn attribute(mut self, attribute: &str) -> Resource {
         self.attributes.push(attribute.to_string());
@@ -147,7 +176,7 @@ impl Responder {
         self.session.command(Command::SeparateResponse {
             token: self.token.clone(),
             confirmable: self.confirmable,
-            response,
+            response: checked(response, &self.session),
         });
     }
 }
@@ -156,6 +185,19 @@ impl Drop for Responder {
     fn drop(&mut self) {
         if !self.answered {
             self.send(Response::new(Status::InternalServerError));
+        }
+    }
+}
+
+/// `response`, or a 5.00 Internal Server Error in its place when one of its options is invalid
+/// (the handler's mistake: no peer gets a message the RFC forbids). Logged at warn.
+fn checked(response: Response, session: &Session) -> Response {
+    match response.check_options() {
+        Ok(()) => response,
+        Err(problem) => {
+            tracing::warn!(session = %session, %problem, "a handler's response has an invalid option; answered 5.00");
+            Response::new(Status::InternalServerError)
+                .with_payload(format!("invalid response option: {problem}"))
         }
     }
 }
@@ -208,7 +250,20 @@ impl Router {
 
     /// Routes one request from `session`.
     pub(crate) fn route(&self, request: &Request, session: &Session) -> Routed {
+        let conditional = [IF_MATCH, IF_NONE_MATCH]
+            .into_iter()
+            .find(|&number| request.option(number).is_some());
+        let refused = |number| {
+            let diagnostic = format!(
+                "{}: this resource does not evaluate conditional requests",
+                crate::proto::wire::options::name(number)
+            );
+            Routed::Now(Response::new(Status::BadOption).with_payload(diagnostic))
+        };
         if request.path == [".well-known", "core"] {
+            if let Some(number) = conditional {
+                return refused(number);
+            }
             return Routed::Now(match request.method {
                 Method::Get => self.link_format(),
                 _ => Response::new(Status::MethodNotAllowed),
@@ -220,6 +275,9 @@ impl Router {
         let Some(handler) = resource.handler(request.method).cloned() else {
             return Routed::Now(Response::new(Status::MethodNotAllowed));
         };
+        if let Some(number) = conditional.filter(|_| !resource.conditional) {
+            return refused(number);
+        }
         let observing = resource.observable && request.method == Method::Get;
         if observing {
             match request.observe {
@@ -232,7 +290,7 @@ impl Router {
         }
         match handler {
             MethodHandler::Now(handler) => {
-                let mut response = handler(request, session);
+                let mut response = checked(handler(request, session), session);
                 if observing
                     && request.observe == Some(crate::proto::message::OBSERVE_REGISTER)
                     && response.is_success()
@@ -312,7 +370,7 @@ impl Router {
             .unwrap_or_default();
         let sequence = self.next_sequence();
         for (session, token, request) in &observers {
-            let mut response = handler(request, session);
+            let mut response = checked(handler(request, session), session);
             if response.is_success() {
                 response.observe = Some(sequence);
             } else {

@@ -458,6 +458,8 @@ impl Session {
     ///
     /// Over UDP / DTLS a Confirmable request is retransmitted per RFC 7252 until acknowledged;
     /// if it never is, the session fails with `TooManyRetries` and this returns that error.
+    /// A request whose options fail [`Request::check_options`] is not sent:
+    /// [`Error::InvalidOption`](crate::Error::InvalidOption).
     pub async fn request(&self, request: Request) -> Result<Response> {
         self.request_with_timeout(request, self.request_timeout())
             .await
@@ -519,6 +521,7 @@ impl Session {
     }
 
     fn send_request(&self, request: Request, timeout: Duration, waiter: Waiter) -> Result<u64> {
+        request.check_options()?;
         let id = self.shared.next_request.fetch_add(1, Ordering::Relaxed);
         let command = Command::Request {
             id,

@@ -13,9 +13,12 @@
 //!
 //! - Block1 (27) and Block2 (23), RFC 7959: without block-wise transfer, accepting the first
 //!   block of a PUT as the whole body would store a fragment and answer 2.04 Changed.
-//! - If-Match (1) and If-None-Match (5), RFC 7252 §5.10.8: a conditional request applied
-//!   unconditionally could overwrite what the client meant to protect.
 //! - OSCORE (9), Q-Block1/Q-Block2 (19, 31), EDHOC (21), and every other critical number.
+//!
+//! If-Match (1) and If-None-Match (5), RFC 7252 §5.10.8, are recognised here and handed to the
+//! resource, which alone knows its entity tags; a resource that does not say it evaluates them
+//! ([`Resource::conditional`](crate::Resource::conditional)) answers 4.02 Bad Option, so that a
+//! conditional request is never applied unconditionally.
 //!
 //! Proxy-Uri (35) and Proxy-Scheme (39) are recognised, but this stack is not a forward-proxy:
 //! a request carrying one gets 5.05 Proxying Not Supported (RFC 7252 §5.10.2).
@@ -26,13 +29,13 @@
 
 use coap_lite::Packet;
 
-/// If-Match (not recognised: conditional requests are not implemented).
+/// If-Match (recognised; evaluated by resources that are [`conditional`](crate::Resource::conditional)).
 pub const IF_MATCH: u16 = 1;
 /// Uri-Host.
 pub const URI_HOST: u16 = 3;
 /// ETag.
 pub const ETAG: u16 = 4;
-/// If-None-Match (not recognised: conditional requests are not implemented).
+/// If-None-Match (recognised; evaluated by resources that are [`conditional`](crate::Resource::conditional)).
 pub const IF_NONE_MATCH: u16 = 5;
 /// Observe (RFC 7641).
 pub const OBSERVE: u16 = 6;
@@ -102,10 +105,13 @@ const fn spec(
 /// The options the stack recognises, by number. Every critical (odd) number not listed here —
 /// Block1 and Block2 among them — is unrecognised.
 pub const RECOGNISED: &[OptionSpec] = &[
+    // Handed to the resource: only a `conditional` one sees them, the others answer 4.02.
+    spec(IF_MATCH, "If-Match", true, 0, 8),
     // Uri-Host and Uri-Port name this endpoint: every host name and port reaching it is
     // served alike, so they are recognised and need no action.
     spec(URI_HOST, "Uri-Host", false, 1, 255),
     spec(ETAG, "ETag", true, 1, 8),
+    spec(IF_NONE_MATCH, "If-None-Match", false, 0, 0),
     spec(OBSERVE, "Observe", false, 0, 3),
     spec(URI_PORT, "Uri-Port", false, 0, 2),
     spec(LOCATION_PATH, "Location-Path", true, 0, 255),
@@ -252,6 +258,8 @@ mod tests {
     fn the_options_the_stack_processes_pass() {
         assert_eq!(
             request(&[
+                (IF_MATCH, &[]),
+                (IF_MATCH, &[0x5a, 0x01]),
                 (URI_HOST, b"localhost"),
                 (OBSERVE, &[]),
                 (URI_PORT, &[0x16, 0x33]),
@@ -278,17 +286,7 @@ mod tests {
 
     #[test]
     fn unrecognised_critical_options_are_named() {
-        for number in [
-            IF_MATCH,
-            IF_NONE_MATCH,
-            9,
-            13,
-            19,
-            BLOCK2,
-            BLOCK1,
-            31,
-            65_535,
-        ] {
+        for number in [9, 13, 19, BLOCK2, BLOCK1, 31, 65_535] {
             let unrecognised = Err(OptionProblem::UnrecognisedCritical { number });
             assert_eq!(request(&[(URI_PATH, b"x"), (number, &[])]), unrecognised);
             assert_eq!(response(&[(number, &[0x08])]), unrecognised);
@@ -302,6 +300,21 @@ mod tests {
         assert_eq!(
             request(&[(13, &[])]).unwrap_err().to_string(),
             "unrecognised critical option 13"
+        );
+    }
+
+    #[test]
+    fn conditional_options_are_recognised_when_well_formed() {
+        assert_eq!(request(&[(IF_NONE_MATCH, &[])]), Ok(()));
+        let unrecognised = |number| Err(OptionProblem::UnrecognisedCritical { number });
+        assert_eq!(
+            request(&[(IF_NONE_MATCH, &[0])]),
+            unrecognised(IF_NONE_MATCH)
+        );
+        assert_eq!(request(&[(IF_MATCH, &[0; 9])]), unrecognised(IF_MATCH));
+        assert_eq!(
+            request(&[(IF_NONE_MATCH, &[]), (IF_NONE_MATCH, &[])]),
+            unrecognised(IF_NONE_MATCH)
         );
     }
 
