@@ -74,15 +74,6 @@ mod runtime;
 mod transport;
 mod uri;
 
-/// The handshake layer under the DTLS and TLS drivers, for the crate's own tests, which run it
-/// against libcoap's binaries and hostile peers. Not part of the API: it changes without notice
-/// and needs the `internals` feature, which only the crate's dev-dependency on itself turns on.
-#[cfg(feature = "internals")]
-#[doc(hidden)]
-pub mod internals {
-    pub use crate::transport::{dtls_conn, tls_conn};
-}
-
 /// The README's Rust examples, compiled and run by `cargo test --doc` so that they stay true.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -364,20 +364,18 @@ async fn udp_duplicate_con_is_processed_once_and_answered_from_the_cache() {
 
 #[tokio::test]
 async fn dtls_duplicate_con_is_processed_once_and_answered_from_the_cache() {
-    use coap_keepalive::internals::dtls_conn::{dtls_connect, dtls_recv, dtls_send};
     use support::configs::dtls_psk_client_config;
     let server = server().await;
-    let conn = dtls_connect(server.dtls, dtls_psk_client_config(&psk()), LIMIT)
+    let conn = support::dtls::connect(server.dtls, dtls_psk_client_config(&psk()), LIMIT)
         .await
         .unwrap();
     let bytes = con_put_store_dup([0x43, 0x43], [8, 8]);
     let mut answers = Vec::new();
     for _ in 0..3 {
-        dtls_send(&conn, &bytes).await.unwrap();
+        support::dtls::send(&conn, &bytes).await;
         let mut buf = [0u8; 256];
-        let n = timeout(LIMIT, dtls_recv(&conn, &mut buf))
+        let n = timeout(LIMIT, support::dtls::recv(&conn, &mut buf))
             .await
-            .unwrap()
             .unwrap()
             .unwrap();
         answers.push(buf[..n].to_vec());

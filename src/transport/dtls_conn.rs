@@ -203,7 +203,7 @@ impl DtlsListener {
 
     /// How many peers datagrams are currently routed to: handshakes in progress and
     /// connections not yet closed or dropped.
-    #[cfg(any(test, feature = "internals"))]
+    #[cfg(test)]
     pub fn peer_count(&self) -> usize {
         self.peers.len()
     }
@@ -950,6 +950,109 @@ mod tests {
         assert_eq!(ping(&client).await, PING);
         client.close().await.unwrap();
         within(5, server).await.unwrap().unwrap();
+    }
+
+    /// A real ClientHello (webrtc-dtls's first flight, no cookie yet), caught on a socket that
+    /// never answers it.
+    async fn client_hello() -> Vec<u8> {
+        let catcher = UdpSocket::bind(loopback()).await.unwrap();
+        let target = catcher.local_addr().unwrap();
+        let client = tokio::spawn(dtls_connect(
+            target,
+            dtls_psk_client_config(&psk("secret")),
+            Duration::from_millis(500),
+        ));
+        let mut buf = vec![0u8; 2048];
+        let (n, _) = within(10, catcher.recv_from(&mut buf)).await.unwrap();
+        client.abort();
+        buf.truncate(n);
+        assert!(is_client_hello(&buf), "a ClientHello: {buf:02x?}");
+        buf
+    }
+
+    /// `n` peers, each on its own port, send the ClientHello and then nothing more: each
+    /// handshake the listener starts is left half-done until its deadline.
+    async fn half_done_handshakes(server: SocketAddr, hello: &[u8], n: usize) -> Vec<UdpSocket> {
+        let mut peers = Vec::with_capacity(n);
+        for _ in 0..n {
+            let socket = UdpSocket::bind(loopback()).await.unwrap();
+            socket.send_to(hello, server).await.unwrap();
+            peers.push(socket);
+        }
+        peers
+    }
+
+    /// How many of `peers` got an answer (the listener's HelloVerifyRequest) within `wait`.
+    async fn answered(peers: &[UdpSocket], wait: Duration) -> usize {
+        let mut count = 0;
+        let deadline = tokio::time::Instant::now() + wait;
+        for socket in peers {
+            let mut buf = [0u8; 2048];
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if tokio::time::timeout(left, socket.recv(&mut buf))
+                .await
+                .is_ok_and(|r| r.is_ok())
+            {
+                count += 1;
+            }
+        }
+        count
+    }
+
+    /// The listener's own count of peers (handshakes in progress plus live connections) never
+    /// exceeds its bound while 100 peers start handshakes, and a good client gets in once the
+    /// half-done ones reach their deadline.
+    #[tokio::test]
+    async fn listener_never_holds_more_handshakes_than_its_bound() {
+        const BOUND: usize = 16;
+        let hello = client_hello().await;
+        let listener = Arc::new(
+            DtlsListener::bind(
+                loopback(),
+                dtls_psk_server_config(&psk("secret")),
+                Duration::from_millis(700),
+                BOUND,
+            )
+            .await
+            .unwrap(),
+        );
+        let server = listener.local_addr();
+        let sampler = {
+            let listener = Arc::clone(&listener);
+            tokio::spawn(async move {
+                let mut most = 0;
+                for _ in 0..150 {
+                    most = most.max(listener.peer_count());
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                most
+            })
+        };
+        let peers = half_done_handshakes(server, &hello, 100).await;
+        let started = answered(&peers, Duration::from_millis(300)).await;
+        assert!(
+            (1..=BOUND).contains(&started),
+            "{started} handshakes started"
+        );
+
+        let good = tokio::spawn(dtls_connect(
+            server,
+            dtls_psk_client_config(&psk("secret")),
+            Duration::from_secs(5),
+        ));
+        let accepted = within(10, async {
+            loop {
+                if let DtlsAccept::Established(conn, peer) = listener.accept().await.unwrap() {
+                    return (conn, peer);
+                }
+            }
+        })
+        .await;
+        let client = good.await.unwrap().expect("the good client connects");
+        assert_eq!(accepted.1.port(), client.local_addr().unwrap().port());
+        let most = sampler.await.unwrap();
+        assert!(most <= BOUND, "{most} peers at once, bound {BOUND}");
+        drop(peers);
     }
 
     #[tokio::test]

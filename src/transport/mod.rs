@@ -7,10 +7,12 @@
 //! handshakes with many peers at once).
 
 pub(crate) mod dtls;
-pub mod dtls_conn;
+pub(crate) mod dtls_conn;
+#[cfg(test)]
+mod libcoap_handshake_tests;
 pub(crate) mod tcp;
 pub(crate) mod tls;
-pub mod tls_conn;
+pub(crate) mod tls_conn;
 pub(crate) mod udp;
 
 use std::net::SocketAddr;

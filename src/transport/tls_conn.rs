@@ -5,7 +5,7 @@
 //! deadline passed) come back as [`Error::Tls`] carrying the cause, so that the caller reports
 //! them as a failed TLS session.
 
-#[cfg(any(test, feature = "internals"))]
+#[cfg(test)]
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +20,7 @@ use crate::proto::error::{Error, Result};
 ///
 /// `server_name` is what the server's certificate must name: a DNS name or an IP literal. It is
 /// also sent as SNI when it is a DNS name.
-#[cfg(any(test, feature = "internals"))]
+#[cfg(test)]
 pub async fn tls_connect(
     peer: SocketAddr,
     server_name: &str,

@@ -4,13 +4,14 @@
 //! ([`RawDatagram`] over UDP or inside DTLS, [`RawStream`] over TCP or TLS), libcoap's
 //! command-line tools as child processes ([`libcoap`]), fresh certificates in a temporary
 //! directory ([`Pki`]), and the rustls and webrtc-dtls configurations the raw peers use
-//! ([`configs`]).
+//! ([`configs`]) with webrtc-dtls's own client ([`dtls`]).
 //!
 //! Each test target includes this with `mod support;` and uses what it needs.
 #![allow(dead_code)]
 
 pub mod cli;
 pub mod configs;
+pub mod dtls;
 pub mod libcoap;
 pub mod pair;
 
@@ -26,7 +27,6 @@ use tokio::sync::mpsc;
 use webrtc_dtls::conn::DTLSConn;
 
 use coap_keepalive::credentials::{read_pem, CertificateSet};
-use coap_keepalive::internals::dtls_conn::{dtls_connect, dtls_recv, dtls_send};
 use coap_keepalive::proto::keepalive::Stats;
 use coap_keepalive::proto::wire::signal::{Signal, ABORT, CSM};
 use coap_keepalive::proto::wire::tcp::{Frame, FrameDecoder};
@@ -217,9 +217,9 @@ impl RawDatagram {
         answer_limit: Duration,
     ) -> RawDatagram {
         let config = configs::dtls_psk_client_config(psk);
-        let conn = dtls_connect(server, config, answer_limit)
+        let conn = dtls::connect(server, config, answer_limit)
             .await
-            .expect("DTLS handshake");
+            .unwrap_or_else(|e| panic!("{e}"));
         RawDatagram {
             link: DatagramLink::Dtls(conn),
             answer_limit,
@@ -231,7 +231,7 @@ impl RawDatagram {
             DatagramLink::Udp(socket) => {
                 socket.send(bytes).await.unwrap();
             }
-            DatagramLink::Dtls(conn) => dtls_send(conn, bytes).await.unwrap(),
+            DatagramLink::Dtls(conn) => dtls::send(conn, bytes).await,
         }
     }
 
@@ -243,8 +243,7 @@ impl RawDatagram {
                 tokio::time::timeout(limit, async { socket.recv(&mut buf).await.ok() }).await
             }
             DatagramLink::Dtls(conn) => {
-                tokio::time::timeout(limit, async { dtls_recv(conn, &mut buf).await.unwrap() })
-                    .await
+                tokio::time::timeout(limit, dtls::recv(conn, &mut buf)).await
             }
         };
         let len = received.ok()??;

@@ -2,9 +2,14 @@
 //! our DTLS and TLS clients against `coap-server-openssl` / `coap-server-gnutls`, and
 //! `coap-client-openssl` / `coap-client-gnutls` against our DTLS listener and TLS acceptor.
 //!
-//! A missing libcoap binary fails the test with how to install it (`tests/support`). Every test
-//! uses its own loopback ports, waits for readiness by polling (never a fixed sleep), and kills
-//! its children however it ends.
+//! They run the handshake layer (`dtls_conn`, `tls_conn`) with the configurations the crate
+//! ships (`credentials::dtls`, `credentials::rustls`), so that each failure case against libcoap
+//! is one of the product's. Here rather than in `tests/` because both are crate-private.
+//!
+//! The libcoap processes come from `tests/support/libcoap.rs`, shared with the integration
+//! tests: a missing libcoap binary fails the test with how to install it. Every test uses its
+//! own loopback ports, waits for readiness by polling (never a fixed sleep), and kills its
+//! children however it ends.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -17,21 +22,78 @@ use webrtc_dtls::cipher_suite::CipherSuiteId;
 use webrtc_dtls::config::Config;
 use webrtc_dtls::conn::DTLSConn;
 
-use coap_keepalive::credentials::{CertificateSet, PskCredentials};
-use coap_keepalive::internals::dtls_conn::{
-    dtls_connect, dtls_recv, dtls_send, DtlsAccept, DtlsListener,
-};
-use coap_keepalive::internals::tls_conn::{tls_accept, tls_connect};
-use coap_keepalive::Error;
+use crate::credentials::{dtls, rustls as tls, CertificateSet, PemIdentity, PskCredentials};
+use crate::proto::error::Error;
+use crate::transport::dtls_conn::{dtls_connect, dtls_recv, dtls_send, DtlsAccept, DtlsListener};
+use crate::transport::tls_conn::{tls_accept, tls_connect};
 
-mod support;
+#[allow(dead_code)] // shared with the integration tests, which use all of it
+#[path = "../../tests/support/libcoap.rs"]
+mod libcoap;
 
-use support::configs::{
-    dtls_cert_client_config, dtls_cert_server_config, dtls_psk_client_config,
-    dtls_psk_server_config, tls_client_config, tls_client_config_insecure, tls_server_config,
-};
-use support::libcoap::{Build, LibcoapProcess, LibcoapServer};
-use support::Pki;
+use libcoap::{Build, LibcoapProcess, LibcoapServer};
+
+/// A fresh [`CertificateSet`] written to a temporary directory, for libcoap's `-c`, `-j`, `-C`
+/// and `-R` (as `tests/support`'s `Pki`).
+struct Pki {
+    dir: tempfile::TempDir,
+    set: CertificateSet,
+}
+
+impl Pki {
+    fn generate() -> Pki {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let set = CertificateSet::generate().expect("generate certificates");
+        set.write_to(dir.path()).expect("write certificates");
+        Pki { dir, set }
+    }
+
+    /// The path of one of the files (`"ca.pem"`, `"client.key"`, ...), as an argument.
+    fn path(&self, name: &str) -> String {
+        let path = self.dir.path().join(name);
+        assert!(path.exists(), "{} was not written", path.display());
+        path.to_str().expect("UTF-8 temporary path").to_owned()
+    }
+}
+
+// ---- The crate's own configurations ----
+
+fn dtls_psk_client_config(psk: &PskCredentials) -> Config {
+    dtls::dtls_psk_client_config(psk)
+}
+
+fn dtls_psk_server_config(psk: &PskCredentials) -> Config {
+    dtls::dtls_psk_server_config(psk)
+}
+
+/// Verifying the server against `ca_pem` and `server_name`, presenting `identity` if asked.
+fn dtls_cert_client_config(
+    ca_pem: &str,
+    identity: Option<&PemIdentity>,
+    server_name: &str,
+) -> Config {
+    dtls::dtls_cert_client_config(Some(ca_pem), identity, false, server_name).unwrap()
+}
+
+fn dtls_cert_server_config(identity: &PemIdentity, client_ca_pem: Option<&str>) -> Config {
+    dtls::dtls_cert_server_config(identity, client_ca_pem).unwrap()
+}
+
+fn tls_client_config(ca_pem: &str) -> Arc<rustls::ClientConfig> {
+    tls::tls_client_config(Some(ca_pem), None, false).unwrap()
+}
+
+/// Any server certificate accepted (handshake signatures still checked).
+fn tls_client_config_insecure() -> Arc<rustls::ClientConfig> {
+    tls::tls_client_config(None, None, true).unwrap()
+}
+
+fn tls_server_config(
+    identity: &PemIdentity,
+    client_ca_pem: Option<&str>,
+) -> Arc<rustls::ServerConfig> {
+    tls::tls_server_config(identity, client_ca_pem).unwrap()
+}
 
 /// An empty Confirmable message (a CoAP ping) with Message ID 0x1234.
 const PING: [u8; 4] = [0x40, 0x00, 0x12, 0x34];
