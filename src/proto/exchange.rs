@@ -24,6 +24,8 @@ pub enum RequestError {
         /// The option number.
         number: u16,
     },
+    /// A block-wise transfer (RFC 7959) of the request or its response failed.
+    Blockwise(crate::proto::blockwise::BlockwiseError),
 }
 
 /// Retransmission state of a Confirmable message we sent.
@@ -57,6 +59,8 @@ pub(crate) struct Pending {
     pub acknowledged: bool,
     /// Give up waiting for the response at this instant.
     pub deadline: Instant,
+    /// The request timeout it was sent with: each block of a block-wise transfer gets it anew.
+    pub timeout: Duration,
     /// Confirmable and not yet acknowledged: retransmission state.
     pub retransmit: Option<Retransmit>,
 }

@@ -322,6 +322,10 @@ pub struct Request {
     pub confirmable: bool,
     /// The token it arrived with (set by the stack; a fresh one is chosen when sending).
     pub token: Vec<u8>,
+    /// Block size for this request's block-wise transfer (RFC 7959), in bytes: a power of two
+    /// from 16 to 1024 (others round down). `None`: the context's
+    /// ([`ContextBuilder::block_size`](crate::ContextBuilder::block_size)).
+    pub block_size: Option<usize>,
 }
 
 impl Request {
@@ -337,6 +341,7 @@ impl Request {
             observe: None,
             confirmable: true,
             token: Vec::new(),
+            block_size: None,
         }
     }
 
@@ -384,6 +389,13 @@ impl Request {
         self
     }
 
+    /// The same request sent in blocks of `bytes` (16 to 1024, a power of two) when its body is
+    /// larger, and asking for its response in blocks no larger (RFC 7959 §2.4).
+    pub fn with_block_size(mut self, bytes: usize) -> Request {
+        self.block_size = Some(bytes);
+        self
+    }
+
     /// The same request with Observe = 0: register an observation.
     pub fn observing(mut self) -> Request {
         self.observe = Some(OBSERVE_REGISTER);
@@ -413,6 +425,7 @@ impl Request {
             observe: uint_option(packet, CoapOption::Observe),
             confirmable: packet.header.get_type() != MessageType::NonConfirmable,
             token: packet.get_token().to_vec(),
+            block_size: None,
         })
     }
 
