@@ -257,6 +257,14 @@ mod tests {
                 "max_message_size must be at least 1152 bytes, got 1151",
             ),
             (
+                b().block_size(100),
+                "block_size must be a power of two from 16 to 1024 bytes, got 100",
+            ),
+            (
+                b().max_body_size(0),
+                "max_body_size must be from 1 byte to 4 GiB, got 0",
+            ),
+            (
                 b().connect_timeout(Duration::ZERO),
                 "connect_timeout must be positive, got 0 s",
             ),

@@ -18,8 +18,7 @@ pub enum RequestError {
     /// The session had already ended when the request was made.
     SessionEnded,
     /// The response carried a critical option this stack does not recognise (RFC 7252 §5.4.1):
-    /// it was rejected, not delivered, since acting on it without that option could be wrong
-    /// (a Block2 response, for one, carries only part of the representation).
+    /// it was rejected, not delivered, since acting on it without that option could be wrong.
     UnrecognisedOption {
         /// The option number.
         number: u16,
