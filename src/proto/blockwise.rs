@@ -1369,4 +1369,59 @@ mod tests {
         assert_eq!(whole.payload.len(), 266);
         assert!(drain(&mut client).is_empty());
     }
+
+    #[test]
+    fn over_a_stream_no_message_exceeds_the_peers_max_message_size() {
+        use crate::proto::stream::StreamSession;
+        let t0 = Instant::now();
+        // Both announce the base Max-Message-Size, 1152 bytes.
+        let mut client = StreamSession::new(KeepaliveConfig::default(), Rng::seeded(20), t0, 1152);
+        let mut server = StreamSession::new(KeepaliveConfig::default(), Rng::seeded(21), t0, 1152);
+        let body: Vec<u8> = (0..100_000u32).map(|i| (i % 241) as u8).collect();
+        client.send_request(
+            t0,
+            &Request::put("/echo", body.clone()),
+            Duration::from_secs(60),
+        );
+        let (mut stored, mut largest, mut handled) = (Vec::new(), 0, 0);
+        let mut delivered = None;
+        for _ in 0..10_000 {
+            while let Some(bytes) = client.poll_transmit() {
+                largest = largest.max(bytes.len());
+                server.handle_bytes(t0, &bytes);
+            }
+            while let Some(event) = server.poll_event() {
+                if let ProtocolEvent::Request(incoming) = event {
+                    handled += 1;
+                    let response = if incoming.request().payload.is_empty() {
+                        Response::new(Status::Content).with_payload(stored.clone())
+                    } else {
+                        stored = incoming.request().payload.clone();
+                        Response::new(Status::Changed)
+                    };
+                    server.respond(&incoming, &response);
+                }
+            }
+            while let Some(bytes) = server.poll_transmit() {
+                largest = largest.max(bytes.len());
+                client.handle_bytes(t0, &bytes);
+            }
+            while let Some(event) = client.poll_event() {
+                if let ProtocolEvent::Response { response, .. } = event {
+                    if response.status == Status::Changed {
+                        client.send_request(t0, &Request::get("/echo"), Duration::from_secs(60));
+                    } else {
+                        delivered = Some(response);
+                    }
+                }
+            }
+            if delivered.is_some() {
+                break;
+            }
+        }
+        assert_eq!(handled, 2, "one PUT, one GET, each whole");
+        assert_eq!(stored, body);
+        assert_eq!(delivered.expect("the GET's response").payload, body);
+        assert!(largest <= 1152, "a message of {largest} bytes");
+    }
 }
