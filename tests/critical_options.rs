@@ -4,8 +4,8 @@
 //!
 //! - A Confirmable request gets 4.02 Bad Option piggybacked on its ACK (over TCP a 4.02
 //!   response), with a diagnostic naming the option; a Non-confirmable one an RST; no handler
-//!   runs. Block1 (27) is one such option until block-wise transfer exists: the first block of a
-//!   PUT is never stored as the whole body.
+//!   runs. Block1 (27) is recognised (RFC 7959): the first block of a PUT gets 2.31 Continue and
+//!   is never stored as the whole body.
 //! - A response carrying one is not delivered: the request fails with
 //!   `Error::UnrecognisedOption`; a Confirmable response gets an RST, an ACK nothing.
 
@@ -163,10 +163,10 @@ async fn udp_non_with_an_unrecognised_critical_option_gets_rst_and_no_handler_ru
     .await
 }
 
-/// Until block-wise transfer exists, Block1 is an option we do not recognise: the first block
-/// of a PUT gets 4.02 instead of being stored as the whole body and answered 2.04 Changed.
+/// Block1 (RFC 7959) is recognised: the first block of a PUT is held and answered 2.31
+/// Continue, never stored as the whole body and answered 2.04 Changed.
 #[tokio::test]
-async fn udp_block1_put_gets_4_02_and_stores_nothing() {
+async fn udp_block1_first_block_gets_2_31_and_stores_nothing() {
     bounded(TEST_LIMIT, async {
         let server = Server::start(Transport::Udp).await;
         let peer = RawDatagram::udp(server.addr, ANSWER_LIMIT).await;
@@ -174,9 +174,11 @@ async fn udp_block1_put_gets_4_02_and_stores_nothing() {
         put[1] = 0x03; // PUT
         peer.send(&put).await;
         let answer = peer.recv().await;
-        assert_eq!(&answer[..7], &[0x62, 0x82, 0x15, 0x01, 0xc0, 0xde, 0xff]);
-        let why = diagnostic(&answer);
-        assert!(why.contains("option 27 (Block1)"), "{why}");
+        // ACK 2.31, echoing Block1 0/1/64 (option 27: 13 + 14).
+        assert_eq!(
+            answer,
+            vec![0x62, 0x5f, 0x15, 0x01, 0xc0, 0xde, 0xd1, 0x0e, 0x0a]
+        );
         assert_eq!(server.handler_calls(), (0, 0), "the PUT handler never ran");
         peer.send(&con_get_echo(0x1502, &[])).await;
         assert_eq!(diagnostic(&peer.recv().await), "initial", "nothing stored");
@@ -218,15 +220,16 @@ async fn tcp_get_with_an_unrecognised_critical_option_gets_4_02() {
         );
         assert_eq!(answer.payload, b"unrecognised critical option 13");
         assert_eq!(server.handler_calls(), (0, 0));
-        // The connection stays up: the Block1 PUT is refused alike, a ping answered.
+        // The connection stays up: the first block of a Block1 PUT gets 2.31 Continue (RFC
+        // 7959), a ping is answered, and no handler has run.
         let mut put = Frame::new(0x03);
         put.token = vec![0x27];
         put.options = vec![(11, b"echo".to_vec()), (27, vec![0x0a])];
         put.payload = vec![b'b'; 64];
         raw.send(&put.encode()).await;
         let answer = raw.frame().await;
-        assert_eq!((answer.code, answer.token.as_slice()), (0x82, &[0x27][..]));
-        assert!(String::from_utf8_lossy(&answer.payload).contains("Block1"));
+        assert_eq!((answer.code, answer.token.as_slice()), (0x5f, &[0x27][..]));
+        assert_eq!(answer.options, vec![(27, vec![0x0a])]);
         raw.send(&[0x00, 0xe2]).await;
         assert_eq!(raw.frame().await.encode(), vec![0x00, 0xe3]);
         assert_eq!(server.handler_calls(), (0, 0));
@@ -286,7 +289,8 @@ async fn udp_response_with_an_unrecognised_critical_option_fails_the_request() {
         let message = result.unwrap_err().to_string();
         assert!(message.contains("option 13"), "{message}");
 
-        // A separate CON 2.05 carrying Block2 (23): the request fails, the response gets an RST.
+        // A separate CON 2.05 carrying option 19 (Q-Block1, not implemented): the request fails,
+        // the response gets an RST.
         let get = tokio::spawn({
             let session = session.clone();
             async move { session.get("/y").await }
@@ -296,13 +300,13 @@ async fn udp_response_with_an_unrecognised_critical_option_fails_the_request() {
         raw.send_to(&[0x60, 0x00, high, low], client).await.unwrap(); // empty ACK
         let mut separate = vec![0x40 | token.len() as u8, 0x45, 0x5e, 0x01];
         separate.extend_from_slice(&token);
-        separate.extend_from_slice(&[0xd1, 0x0a, 0x0a, 0xff, b'p']); // Block2 (13 + 10)
+        separate.extend_from_slice(&[0xd0, 0x06, 0xff, b'p']); // option 19 (13 + 6), empty
         raw.send_to(&separate, client).await.unwrap();
         let (rst, _) = recv_from(&raw).await;
         assert_eq!(rst, vec![0x70, 0x00, 0x5e, 0x01]);
         let result = get.await.unwrap();
         assert!(
-            matches!(result, Err(Error::UnrecognisedOption { number: 23 })),
+            matches!(result, Err(Error::UnrecognisedOption { number: 19 })),
             "{result:?}"
         );
         // Nothing else went out (no retransmission, no answer to the ACK), and the session is

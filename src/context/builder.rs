@@ -136,6 +136,28 @@ impl ContextBuilder {
         self
     }
 
+    /// Block size of block-wise transfers (RFC 7959), both roles: a power of two from 16 to
+    /// 1024 bytes. A request or response body larger than this goes in blocks over UDP / DTLS;
+    /// over TCP / TLS only a body that does not fit the peer's Max-Message-Size does (RFC 8323
+    /// §6), in blocks of this size at most. A peer asking for smaller blocks gets them.
+    /// Default 1024 bytes: the largest block, and one that fits a datagram on any IPv6 path.
+    /// [`Request::with_block_size`](crate::Request::with_block_size) sets it per request.
+    pub fn block_size(mut self, bytes: usize) -> Self {
+        self.settings.block_size = bytes;
+        self
+    }
+
+    /// Largest body, in bytes, a server reassembles from a peer's blocks (a larger one gets
+    /// 4.13 Request Entity Too Large with Size1 naming this limit, RFC 7959 §2.9.3), and a
+    /// client fetches in blocks. What all the context's sessions hold for peers at once is
+    /// bounded by 16 times this (beyond it: 5.03 Service Unavailable, Max-Age 5), and an
+    /// abandoned transfer is forgotten EXCHANGE_LIFETIME (247 s by default) after its last
+    /// block. From 1 byte to 4 GiB. Default 1 MiB (1,048,576 bytes).
+    pub fn max_body_size(mut self, bytes: usize) -> Self {
+        self.settings.max_body_size = bytes;
+        self
+    }
+
     /// How long a TCP connect, a (D)TLS handshake or a CSM exchange may take, positive.
     /// Default 10 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
@@ -233,6 +255,14 @@ mod tests {
             (
                 b().max_message_size(1151),
                 "max_message_size must be at least 1152 bytes, got 1151",
+            ),
+            (
+                b().block_size(100),
+                "block_size must be a power of two from 16 to 1024 bytes, got 100",
+            ),
+            (
+                b().max_body_size(0),
+                "max_body_size must be from 1 byte to 4 GiB, got 0",
             ),
             (
                 b().connect_timeout(Duration::ZERO),

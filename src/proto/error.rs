@@ -93,7 +93,7 @@ pub enum Error {
     #[error("protocol error: {0}")]
     Protocol(String),
     /// The response to our request carried a critical option this stack does not recognise
-    /// (RFC 7252 §5.4.1; Block2, for one, until block-wise transfer exists): it was rejected
+    /// (RFC 7252 §5.4.1): it was rejected
     /// rather than delivered, and the request failed. The session itself is unharmed.
     #[error(
         "response rejected: it carries {}, which this stack does not support",

@@ -8,7 +8,7 @@ use coap_lite::{MessageClass, Packet, ResponseType};
 use crate::proto::error::NackReason;
 use crate::proto::exchange::RequestError;
 use crate::proto::message::{Request, Response};
-use crate::proto::wire::options::{OptionProblem, BLOCK1, BLOCK2};
+use crate::proto::wire::options::OptionProblem;
 
 /// A ping the peer sent us.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -261,10 +261,6 @@ pub(crate) fn option_rejection(problem: OptionProblem) -> Packet {
         OptionProblem::ProxyingNotSupported { .. } => ResponseType::ProxyingNotSupported,
         _ => ResponseType::BadOption,
     });
-    let mut diagnostic = problem.to_string();
-    if matches!(problem.number(), BLOCK1 | BLOCK2) {
-        diagnostic.push_str("; block-wise transfer is not supported");
-    }
-    packet.payload = diagnostic.into_bytes();
+    packet.payload = problem.to_string().into_bytes();
     packet
 }

@@ -18,12 +18,13 @@ pub enum RequestError {
     /// The session had already ended when the request was made.
     SessionEnded,
     /// The response carried a critical option this stack does not recognise (RFC 7252 §5.4.1):
-    /// it was rejected, not delivered, since acting on it without that option could be wrong
-    /// (a Block2 response, for one, carries only part of the representation).
+    /// it was rejected, not delivered, since acting on it without that option could be wrong.
     UnrecognisedOption {
         /// The option number.
         number: u16,
     },
+    /// A block-wise transfer (RFC 7959) of the request or its response failed.
+    Blockwise(crate::proto::blockwise::BlockwiseError),
 }
 
 /// Retransmission state of a Confirmable message we sent.
@@ -57,6 +58,8 @@ pub(crate) struct Pending {
     pub acknowledged: bool,
     /// Give up waiting for the response at this instant.
     pub deadline: Instant,
+    /// The request timeout it was sent with: each block of a block-wise transfer gets it anew.
+    pub timeout: Duration,
     /// Confirmable and not yet acknowledged: retransmission state.
     pub retransmit: Option<Retransmit>,
 }

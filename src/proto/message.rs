@@ -355,6 +355,10 @@ pub struct Request {
     pub token: Vec<u8>,
     /// Every option without a field.
     others: OptionList,
+    /// Block size for this request's block-wise transfer (RFC 7959), in bytes: a power of two
+    /// from 16 to 1024 (others round down). `None`: the context's
+    /// ([`ContextBuilder::block_size`](crate::ContextBuilder::block_size)).
+    pub block_size: Option<usize>,
 }
 
 impl Request {
@@ -371,6 +375,7 @@ impl Request {
             confirmable: true,
             token: Vec::new(),
             others: OptionList::default(),
+            block_size: None,
         }
     }
 
@@ -422,6 +427,13 @@ impl Request {
     /// The same request sent Non-confirmable over UDP / DTLS.
     pub fn non_confirmable(mut self) -> Request {
         self.confirmable = false;
+        self
+    }
+
+    /// The same request sent in blocks of `bytes` (16 to 1024, a power of two) when its body is
+    /// larger, and asking for its response in blocks no larger (RFC 7959 §2.4).
+    pub fn with_block_size(mut self, bytes: usize) -> Request {
+        self.block_size = Some(bytes);
         self
     }
 

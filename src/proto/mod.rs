@@ -19,6 +19,7 @@
 //! - [`ProtocolEvent`] and [`SessionProtocol`]: what a core reports to its driver, and what a
 //!   driver asks of a core whatever its transport.
 
+pub mod blockwise;
 pub mod config;
 pub mod datagram;
 pub mod error;

@@ -6,6 +6,10 @@ use std::time::{Duration, Instant};
 
 use coap_lite::{MessageClass, Packet};
 
+use crate::proto::blockwise::{
+    self, config_or_default as block_config, Blockwise, BlockwiseConfig, ClientStep, Limits,
+    ServerStep,
+};
 use crate::proto::config::KeepaliveConfig;
 use crate::proto::error::NackReason;
 use crate::proto::exchange::{Exchanges, Observation, Pending, PendingKind, RequestError};
@@ -20,6 +24,9 @@ use crate::proto::{option_rejection, IncomingRequest, ProtocolEvent};
 
 /// The Max-Message-Size we announce and enforce unless told otherwise.
 pub const DEFAULT_MAX_MESSAGE_SIZE: u32 = 65_536;
+/// Room kept in a message for the header, token and options when sizing a body to the peer's
+/// Max-Message-Size: at the base size of 1152 bytes a 1024-byte block still fits.
+const MESSAGE_OVERHEAD: usize = 128;
 /// How long the peer may take to send its CSM, or to finish a message it started.
 pub const DEFAULT_INPUT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -52,6 +59,10 @@ pub struct StreamSession {
     peer_max_message_size: u32,
     /// When the peer's Release arrived (set while draining).
     released_at: Option<Instant>,
+    /// Bodies moving in blocks (RFC 7959 over RFC 8323 §6), both roles.
+    blockwise: Blockwise,
+    /// Block sizes and limits; `None`: the defaults.
+    blockwise_config: Option<Arc<BlockwiseConfig>>,
     transmits: VecDeque<Vec<u8>>,
     events: VecDeque<ProtocolEvent>,
 }
@@ -75,6 +86,8 @@ impl StreamSession {
             partial_since: None,
             peer_max_message_size: BASE_MAX_MESSAGE_SIZE,
             released_at: None,
+            blockwise: Blockwise::default(),
+            blockwise_config: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         };
@@ -93,6 +106,24 @@ impl StreamSession {
             *deadline = *deadline - self.input_timeout + timeout;
         }
         self.input_timeout = timeout;
+    }
+
+    /// Sets the block-wise settings (block size, maximum body size, the memory budget shared
+    /// with the context's other sessions). Default [`BlockwiseConfig::default`].
+    pub fn set_blockwise(&mut self, config: Arc<BlockwiseConfig>) {
+        self.blockwise_config = Some(config);
+    }
+
+    /// What fits one message to the peer: a body that fits its Max-Message-Size goes whole
+    /// (RFC 8323 §6 needs blocks only beyond it), and blocks are sized to fit it. BERT is not
+    /// announced in our CSM, so SZX 7 is never agreed.
+    fn limits(&self) -> Limits {
+        let room = (self.peer_max_message_size as usize).saturating_sub(MESSAGE_OVERHEAD);
+        Limits {
+            whole: room,
+            szx: blockwise::szx_for(room),
+            bert: false,
+        }
     }
 
     /// The keepalive machine (read-only).
@@ -176,14 +207,7 @@ impl StreamSession {
             let options = frame.options.iter().map(|(n, v)| (*n, v.as_slice()));
             match packet.header.code {
                 MessageClass::Request(_) => match wire_options::check_request(options) {
-                    Ok(()) => {
-                        let event = match IncomingRequest::new(packet) {
-                            Some(request) => ProtocolEvent::Request(Box::new(request)),
-                            // Cannot happen for a request code; said rather than dropped.
-                            None => ProtocolEvent::Rejected("unparsable request".into()),
-                        };
-                        self.events.push_back(event);
-                    }
+                    Ok(()) => self.handle_request(now, packet),
                     Err(problem) => {
                         // RFC 7252 §5.4.1 over a reliable transport (RFC 8323 has no message
                         // types: every request is answered): 4.02 Bad Option, or 5.05 for a
@@ -274,6 +298,24 @@ impl StreamSession {
         }
     }
 
+    /// A request with acceptable options: reassembled from its blocks, answered from a stored
+    /// representation, or handed up.
+    fn handle_request(&mut self, now: Instant, packet: Packet) {
+        let limits = self.limits();
+        let config = block_config(&self.blockwise_config);
+        match self.blockwise.server_request(config, now, &packet, limits) {
+            ServerStep::HandUp(whole) => {
+                let event = match IncomingRequest::new(whole.unwrap_or(packet)) {
+                    Some(request) => ProtocolEvent::Request(Box::new(request)),
+                    // Cannot happen for a request code; said rather than dropped.
+                    None => ProtocolEvent::Rejected("unparsable request".into()),
+                };
+                self.events.push_back(event);
+            }
+            ServerStep::Answer(answer) => self.answer(&packet, answer),
+        }
+    }
+
     /// The peer sent a 7.05 Abort: the connection is over.
     fn peer_aborted(&mut self, diagnostic: String) {
         self.phase = Phase::Done;
@@ -289,6 +331,34 @@ impl StreamSession {
             return;
         };
         if let Some(index) = self.exchanges.by_token(&token, PendingKind::Request) {
+            let limits = self.limits();
+            let config = block_config(&self.blockwise_config);
+            let response = match self
+                .blockwise
+                .client_response(config, &token, packet, limits)
+            {
+                None => response,
+                Some(ClientStep::Deliver(whole)) => {
+                    Response::from_packet(&whole).unwrap_or(response)
+                }
+                Some(ClientStep::Send(next)) => {
+                    // The next block: a request of its own under the same token.
+                    let pending = &mut self.exchanges.pending[index];
+                    pending.deadline = now + pending.timeout;
+                    if !matches!(self.phase, Phase::Done | Phase::Draining) {
+                        self.transmits.push_back(Frame::from_packet(&next).encode());
+                    }
+                    return;
+                }
+                Some(ClientStep::Fail(error)) => {
+                    self.exchanges.pending.remove(index);
+                    self.events.push_back(ProtocolEvent::RequestFailed {
+                        token,
+                        error: RequestError::Blockwise(error),
+                    });
+                    return;
+                }
+            };
             let pending = self.exchanges.pending.remove(index);
             if pending.observe && response.observe.is_some() {
                 let mut observation = Observation::new(token.clone());
@@ -299,6 +369,15 @@ impl StreamSession {
                 token,
                 response: Box::new(response),
             });
+        } else if blockwise::block_option(packet, wire_options::BLOCK2).is_some_and(|b| b.more)
+            && self.exchanges.observations.iter().any(|o| o.token == token)
+        {
+            // A notification in blocks (RFC 7959 §3.4) needs the rest fetched under a new
+            // token; until that exists it ends the observation rather than deliver a part.
+            let problem = OptionProblem::UnrecognisedCritical {
+                number: wire_options::BLOCK2,
+            };
+            self.reject_response(packet, problem);
         } else if let Some(observation) = self.exchanges.observation(&token) {
             if observation.accept(now, &response) {
                 self.events.push_back(ProtocolEvent::Response {
@@ -350,6 +429,11 @@ impl StreamSession {
             .choose_token(&request.token, self.keepalive.rng());
         let mut packet = request.to_packet();
         packet.set_token(token.clone());
+        let limits = self.limits();
+        let config = block_config(&self.blockwise_config);
+        let packet =
+            self.blockwise
+                .client_request(config, &token, packet, request.block_size, limits);
         self.exchanges.pending.push(Pending {
             kind: PendingKind::Request,
             token: token.clone(),
@@ -357,6 +441,7 @@ impl StreamSession {
             observe: request.observe == Some(crate::proto::message::OBSERVE_REGISTER),
             acknowledged: false,
             deadline: now + timeout,
+            timeout,
             retransmit: None,
         });
         if matches!(self.phase, Phase::Done | Phase::Draining) {
@@ -376,6 +461,7 @@ impl StreamSession {
 
     /// Stops waiting for the response to `token` and forgets its observation.
     pub fn cancel(&mut self, _now: Instant, token: &[u8]) {
+        self.blockwise.client_forget(token);
         self.exchanges.forget_observation(token);
         if let Some(index) = self.exchanges.by_token(token, PendingKind::Request) {
             self.exchanges.pending.remove(index);
@@ -411,15 +497,34 @@ impl StreamSession {
         if self.phase == Phase::Done {
             return;
         }
-        let mut packet = response.to_packet();
+        // Larger than one message: the first block (RFC 7959 §3.4); the handler answers the
+        // requests for the rest again, the ETag keeping one version's blocks together.
+        let limits = self.limits();
+        let config = block_config(&self.blockwise_config);
+        let now = self.keepalive.last_activity();
+        let mut packet =
+            self.blockwise
+                .server_response(config, now, None, response.to_packet(), limits);
         packet.set_token(token.to_vec());
         self.transmits
             .push_back(Frame::from_packet(&packet).encode());
     }
 
-    /// Answers `request` with `response` (token copied).
+    /// Answers `request` with `response` (token copied): in blocks when it does not fit one
+    /// message to the peer or the request asked for a block, echoing a final Block1.
     pub fn respond(&mut self, request: &IncomingRequest, response: &Response) {
-        self.answer(request.packet(), response.to_packet());
+        let limits = self.limits();
+        let config = block_config(&self.blockwise_config);
+        // The request has just arrived: its arrival is the transfer's clock.
+        let now = self.keepalive.last_activity();
+        let packet = self.blockwise.server_response(
+            config,
+            now,
+            Some(request.packet()),
+            response.to_packet(),
+            limits,
+        );
+        self.answer(request.packet(), packet);
     }
 
     /// [`StreamSession::respond`], for a request in its wire form (one refused before it could
@@ -497,6 +602,13 @@ impl StreamSession {
             }
         } else {
             self.keepalive.handle_timeout(now);
+        }
+        if !self.blockwise.is_empty() {
+            let lifetime = self.keepalive.config().transmission.exchange_lifetime();
+            self.blockwise.expire(now, lifetime);
+            let exchanges = &self.exchanges;
+            self.blockwise
+                .client_retain(|token| exchanges.by_token(token, PendingKind::Request).is_some());
         }
         let mut index = 0;
         while index < self.exchanges.pending.len() {
@@ -610,9 +722,11 @@ impl StreamSession {
             .flatten()
             .min();
         }
+        let lifetime = self.keepalive.config().transmission.exchange_lifetime();
         [
             self.keepalive.poll_timeout(),
             self.exchanges.next_deadline(),
+            self.blockwise.next_expiry(lifetime),
             self.csm_deadline,
             self.partial_since.map(|since| since + self.input_timeout),
         ]
@@ -828,13 +942,13 @@ mod tests {
         s.poll_transmit();
         let mut response = Frame::new(0x45);
         response.token = token.clone();
-        response.options = vec![(23, vec![0x0a])];
+        response.options = vec![(13, vec![0x0a])];
         response.payload = b"part".to_vec();
         s.handle_bytes(t0, &response.encode());
         let events: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
         assert!(events.contains(&ProtocolEvent::RequestFailed {
             token,
-            error: RequestError::UnrecognisedOption { number: 23 },
+            error: RequestError::UnrecognisedOption { number: 13 },
         }));
         assert!(!events
             .iter()

@@ -152,6 +152,9 @@ pub(crate) fn react<P: SessionProtocol>(
                 RequestError::Reset => Error::Reset,
                 RequestError::SessionEnded => session.ended_error(),
                 RequestError::UnrecognisedOption { number } => Error::UnrecognisedOption { number },
+                RequestError::Blockwise(error) => {
+                    Error::Protocol(format!("block-wise transfer failed: {error}"))
+                }
             };
             waiters.fail(&token, error);
         }

@@ -38,6 +38,8 @@ pub(crate) struct Runtime {
     /// Shared with the sessions created from it (replaced, not mutated, once shared).
     keepalive: Mutex<Arc<KeepaliveConfig>>,
     pub(crate) settings: ContextSettings,
+    /// Block-wise settings and the memory budget every session of the context shares.
+    pub(crate) blockwise: Arc<crate::proto::blockwise::BlockwiseConfig>,
     pub(crate) handlers: Handlers,
     pub(crate) router: Router,
     pub(crate) registry: Registry,
@@ -66,6 +68,7 @@ impl Runtime {
         let (shutdown, _) = watch::channel(false);
         Runtime {
             keepalive: Mutex::new(Arc::new(keepalive)),
+            blockwise: Arc::new(settings.blockwise()),
             settings,
             handlers: Handlers::default(),
             router: Router::default(),

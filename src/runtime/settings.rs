@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::proto::blockwise::{BlockwiseConfig, DEFAULT_BLOCK_SIZE, DEFAULT_MAX_BODY_SIZE};
 use crate::proto::error::{Error, Result};
 use crate::proto::stream::{DEFAULT_INPUT_TIMEOUT, DEFAULT_MAX_MESSAGE_SIZE};
 use crate::proto::wire::signal::BASE_MAX_MESSAGE_SIZE;
@@ -32,6 +33,12 @@ pub struct ContextSettings {
     /// OS-level TCP keepalive idle time for TCP / TLS sockets; `None`: off
     /// ([`ContextBuilder::tcp_keepalive`](crate::ContextBuilder::tcp_keepalive)).
     pub tcp_keepalive: Option<Duration>,
+    /// Block size of block-wise transfers (RFC 7959), in bytes
+    /// ([`ContextBuilder::block_size`](crate::ContextBuilder::block_size)).
+    pub block_size: usize,
+    /// Largest request or response body reassembled from blocks, in bytes
+    /// ([`ContextBuilder::max_body_size`](crate::ContextBuilder::max_body_size)).
+    pub max_body_size: usize,
 }
 
 impl Default for ContextSettings {
@@ -44,6 +51,8 @@ impl Default for ContextSettings {
             max_sessions: 65_536,
             idle_timeout: Duration::from_secs(300),
             tcp_keepalive: None,
+            block_size: DEFAULT_BLOCK_SIZE,
+            max_body_size: DEFAULT_MAX_BODY_SIZE,
         }
     }
 }
@@ -73,6 +82,20 @@ impl ContextSettings {
                 "max_sessions must be at least 1, got 0".into(),
             ));
         }
+        if !self.block_size.is_power_of_two() || !(16..=1024).contains(&self.block_size) {
+            // RFC 7959 §2.2: SZX 0 to 6, blocks of 2^(SZX + 4) bytes.
+            return Err(Error::Config(format!(
+                "block_size must be a power of two from 16 to 1024 bytes, got {}",
+                self.block_size
+            )));
+        }
+        if self.max_body_size == 0 || u32::try_from(self.max_body_size).is_err() {
+            // Size1 / Size2 are 32-bit.
+            return Err(Error::Config(format!(
+                "max_body_size must be from 1 byte to 4 GiB, got {}",
+                self.max_body_size
+            )));
+        }
         if let Some(idle) = self.tcp_keepalive {
             // The OS counts TCP keepalive in whole seconds: less would be 0, which it refuses.
             if idle < Duration::from_secs(1) {
@@ -82,5 +105,17 @@ impl ContextSettings {
             }
         }
         Ok(())
+    }
+}
+
+impl ContextSettings {
+    /// The block-wise configuration of a context: the block size and maximum body size, and a
+    /// memory budget of 16 maximum-size bodies for what all its sessions hold for peers.
+    pub(crate) fn blockwise(&self) -> BlockwiseConfig {
+        BlockwiseConfig::new(
+            self.block_size,
+            self.max_body_size,
+            self.max_body_size.saturating_mul(16),
+        )
     }
 }

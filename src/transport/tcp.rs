@@ -179,6 +179,7 @@ where
         rt.settings.max_message_size,
     );
     core.set_input_timeout(rt.settings.input_timeout);
+    core.set_blockwise(Arc::clone(&rt.blockwise));
     let span = tracing::debug_span!(
         "session",
         id = session.id().0,

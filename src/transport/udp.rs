@@ -199,6 +199,7 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
         // meanwhile is either in it or sent to the session as a command.
         self.rt.register(&handle);
         let mut core = DatagramSession::new(self.rt.keepalive_config(), self.rt.session_rng(), now);
+        core.set_blockwise(Arc::clone(&self.rt.blockwise));
         if role == Role::Server {
             core.set_idle_timeout(Some(self.rt.settings.idle_timeout));
         }

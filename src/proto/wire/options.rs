@@ -11,8 +11,6 @@
 //! options of RFC 7252 that would change what a request means but that the stack does not
 //! implement are left out on purpose, so that they get 4.02 instead of being silently dropped:
 //!
-//! - Block1 (27) and Block2 (23), RFC 7959: without block-wise transfer, accepting the first
-//!   block of a PUT as the whole body would store a fragment and answer 2.04 Changed.
 //! - OSCORE (9), Q-Block1/Q-Block2 (19, 31), EDHOC (21), and every other critical number.
 //!
 //! If-Match (1) and If-None-Match (5), RFC 7252 §5.10.8, are recognised here and handed to the
@@ -55,9 +53,9 @@ pub const URI_QUERY: u16 = 15;
 pub const ACCEPT: u16 = 17;
 /// Location-Query.
 pub const LOCATION_QUERY: u16 = 20;
-/// Block2 (RFC 7959; not recognised until block-wise transfer exists).
+/// Block2 (RFC 7959): a response body in blocks ([`crate::proto::blockwise`]).
 pub const BLOCK2: u16 = 23;
-/// Block1 (RFC 7959; not recognised until block-wise transfer exists).
+/// Block1 (RFC 7959): a request body in blocks ([`crate::proto::blockwise`]).
 pub const BLOCK1: u16 = 27;
 /// Size2 (RFC 7959).
 pub const SIZE2: u16 = 28;
@@ -102,8 +100,8 @@ const fn spec(
     }
 }
 
-/// The options the stack recognises, by number. Every critical (odd) number not listed here —
-/// Block1 and Block2 among them — is unrecognised.
+/// The options the stack recognises, by number. Every critical (odd) number not listed here is
+/// unrecognised.
 pub const RECOGNISED: &[OptionSpec] = &[
     // Handed to the resource: only a `conditional` one sees them, the others answer 4.02.
     spec(IF_MATCH, "If-Match", true, 0, 8),
@@ -122,6 +120,9 @@ pub const RECOGNISED: &[OptionSpec] = &[
     // Handed to the application in `Request::accept`: choosing 4.06 is the resource's call.
     spec(ACCEPT, "Accept", false, 0, 2),
     spec(LOCATION_QUERY, "Location-Query", true, 0, 255),
+    // Block-wise transfer (RFC 7959 §2.2: 0 to 3 bytes), in both roles.
+    spec(BLOCK2, "Block2", false, 0, 3),
+    spec(BLOCK1, "Block1", false, 0, 3),
     spec(SIZE2, "Size2", false, 0, 4),
     spec(PROXY_URI, "Proxy-Uri", false, 1, 1034),
     spec(PROXY_SCHEME, "Proxy-Scheme", false, 1, 255),
@@ -146,8 +147,6 @@ pub fn name(number: u16) -> String {
         IF_MATCH => Some("If-Match"),
         IF_NONE_MATCH => Some("If-None-Match"),
         9 => Some("OSCORE"),
-        BLOCK2 => Some("Block2"),
-        BLOCK1 => Some("Block1"),
         n => recognised(n).map(|spec| spec.name),
     };
     match known {
@@ -286,16 +285,22 @@ mod tests {
 
     #[test]
     fn unrecognised_critical_options_are_named() {
-        for number in [9, 13, 19, BLOCK2, BLOCK1, 31, 65_535] {
+        for number in [9, 13, 19, 31, 65_535] {
             let unrecognised = Err(OptionProblem::UnrecognisedCritical { number });
             assert_eq!(request(&[(URI_PATH, b"x"), (number, &[])]), unrecognised);
             assert_eq!(response(&[(number, &[0x08])]), unrecognised);
         }
-        let problem = request(&[(BLOCK1, &[0x0a])]).unwrap_err();
-        assert_eq!(problem.number(), 27);
+        let problem = request(&[(9, &[0x0a])]).unwrap_err();
+        assert_eq!(problem.number(), 9);
         assert_eq!(
             problem.to_string(),
-            "unrecognised critical option 27 (Block1)"
+            "unrecognised critical option 9 (OSCORE)"
+        );
+        // Block1 and Block2 are recognised (RFC 7959), but a value longer than 3 bytes is not.
+        assert_eq!(request(&[(BLOCK1, &[0x0a]), (BLOCK2, &[0x06])]), Ok(()));
+        assert_eq!(
+            request(&[(BLOCK1, &[0, 0, 0, 0x0a])]),
+            Err(OptionProblem::UnrecognisedCritical { number: BLOCK1 })
         );
         assert_eq!(
             request(&[(13, &[])]).unwrap_err().to_string(),
@@ -341,8 +346,8 @@ mod tests {
         );
         // The first problem in wire order wins.
         assert_eq!(
-            request(&[(BLOCK1, &[]), (PROXY_URI, b"coap://h/")]),
-            Err(OptionProblem::UnrecognisedCritical { number: BLOCK1 })
+            request(&[(9, &[]), (PROXY_URI, b"coap://h/")]),
+            Err(OptionProblem::UnrecognisedCritical { number: 9 })
         );
         assert_eq!(response(&[(PROXY_URI, b"coap://h/")]), Ok(()));
     }
@@ -393,7 +398,8 @@ mod tests {
     fn the_table_is_sorted_and_consistent() {
         assert!(RECOGNISED.windows(2).all(|w| w[0].number < w[1].number));
         assert!(RECOGNISED.iter().all(|s| s.min_len <= s.max_len));
-        assert!(recognised(BLOCK1).is_none() && recognised(BLOCK2).is_none());
+        assert!(recognised(BLOCK1).is_some() && recognised(BLOCK2).is_some());
+        assert!(recognised(IF_MATCH).is_some() && recognised(IF_NONE_MATCH).is_some());
     }
 
     proptest! {

@@ -1,0 +1,133 @@
+//! Block-wise transfer (RFC 7959) over real loopback sockets, our client against our server:
+//! a 100 kB PUT to `/echo` and a GET of it back, byte-identical, over UDP and TCP; the handler
+//! sees the body once, whole. Also the 4.13 a body above the maximum gets.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use coap_keepalive::{Context, Error, Request, Resource, Response, Status};
+use support::bounded;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A server with `/echo`: PUT stores the body (answering 2.04 without one), GET returns it.
+/// Returns the context, its URI for `scheme`, and how often the PUT handler ran.
+async fn echo_server(scheme: &str, max_body: usize) -> (Context, String, Arc<AtomicUsize>) {
+    let ctx = Context::builder().max_body_size(max_body).build().unwrap();
+    let stored = Arc::new(Mutex::new(Vec::new()));
+    let puts = Arc::new(AtomicUsize::new(0));
+    let (get, put, count) = (stored.clone(), stored, puts.clone());
+    ctx.add_resource(
+        Resource::new("/echo")
+            .get(move |_, _| {
+                Response::new(Status::Content).with_payload(get.lock().unwrap().clone())
+            })
+            .put(move |request, _| {
+                count.fetch_add(1, Ordering::SeqCst);
+                *put.lock().unwrap() = request.payload.clone();
+                Response::new(Status::Changed)
+            }),
+    );
+    let any = "127.0.0.1:0".parse().unwrap();
+    let endpoint = match scheme {
+        "coap" => ctx.listen_udp(any).await.unwrap(),
+        _ => ctx.listen_tcp(any).await.unwrap(),
+    };
+    let uri = format!("{scheme}://{}", endpoint.local_addr);
+    (ctx, uri, puts)
+}
+
+fn body(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 253) as u8).collect()
+}
+
+async fn put_then_get(scheme: &str, request_block_size: Option<usize>) {
+    bounded(LIMIT, async {
+        let (server, uri, puts) = echo_server(scheme, 1 << 20).await;
+        let client = Context::new();
+        let session = client.connect(&uri).await.unwrap();
+        let sent = body(100_000);
+        let mut put = Request::put("/echo", sent.clone());
+        let mut get = Request::get("/echo");
+        if let Some(size) = request_block_size {
+            put = put.with_block_size(size);
+            get = get.with_block_size(size);
+        }
+        let changed = session.request(put).await.unwrap();
+        assert_eq!(changed.status, Status::Changed);
+        assert_eq!(
+            puts.load(Ordering::SeqCst),
+            1,
+            "the handler saw the body once"
+        );
+        let back = session.request(get).await.unwrap();
+        assert_eq!(back.status, Status::Content);
+        assert!(
+            back.payload == sent,
+            "{} bytes back, not identical",
+            back.payload.len()
+        );
+        client.shutdown().await;
+        server.shutdown().await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn udp_100_kb_put_then_get_is_byte_identical() {
+    put_then_get("coap", None).await;
+}
+
+#[tokio::test]
+async fn udp_100_kb_in_256_byte_blocks() {
+    put_then_get("coap", Some(256)).await;
+}
+
+#[tokio::test]
+async fn tcp_100_kb_put_then_get_is_byte_identical() {
+    put_then_get("coap+tcp", None).await;
+}
+
+#[tokio::test]
+async fn a_body_above_the_maximum_gets_4_13_over_udp_and_tcp() {
+    for scheme in ["coap", "coap+tcp"] {
+        bounded(LIMIT, async {
+            let (server, uri, puts) = echo_server(scheme, 10_000).await;
+            let client = Context::new();
+            let session = client.connect(&uri).await.unwrap();
+            let answer = session.put("/echo", body(20_000)).await.unwrap();
+            assert_eq!(answer.status, Status::RequestEntityTooLarge, "{scheme}");
+            assert_eq!(puts.load(Ordering::SeqCst), 0);
+            // The session is unharmed: a body within the limit goes through.
+            let answer = session.put("/echo", body(9_000)).await.unwrap();
+            assert_eq!(answer.status, Status::Changed, "{scheme}");
+            client.shutdown().await;
+            server.shutdown().await;
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_client_refuses_a_response_above_its_maximum() {
+    bounded(LIMIT, async {
+        let (server, uri, _) = echo_server("coap", 1 << 20).await;
+        let big = Context::new();
+        let session = big.connect(&uri).await.unwrap();
+        session.put("/echo", body(50_000)).await.unwrap();
+        let small = Context::builder().max_body_size(20_000).build().unwrap();
+        let session = small.connect(&uri).await.unwrap();
+        let result = session.get("/echo").await;
+        assert!(
+            matches!(&result, Err(Error::Protocol(why)) if why.contains("maximum body size")),
+            "{result:?}"
+        );
+        big.shutdown().await;
+        small.shutdown().await;
+        server.shutdown().await;
+    })
+    .await
+}
