@@ -79,7 +79,7 @@ mod uri;
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
-pub use context::{Context, ContextBuilder};
+pub use context::{BodyMemory, Context, ContextBuilder};
 pub use credentials::{ClientCredentials, PemIdentity, PskCredentials, ServerCredentials};
 pub use proto::config::{IcmpPolicy, KeepaliveConfig, TransmissionParams};
 pub use proto::error::{Error, NackReason, Result};

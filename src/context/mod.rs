@@ -24,6 +24,18 @@ use crate::runtime::{Runtime, SessionCounts};
 
 pub use builder::ContextBuilder;
 
+/// Bytes a context holds for peers' block-wise transfers ([`Context::body_memory`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BodyMemory {
+    /// Held now.
+    pub held: usize,
+    /// The most held at once since the context was built.
+    pub peak: usize,
+    /// The most it will hold: beyond it a block is answered 5.03 Service Unavailable.
+    pub limit: usize,
+}
+
 /// A CoAP context: holds the keepalive setting, the handlers and the table of sessions, and
 /// runs the endpoints (`listen_*`) and connections (`connect*`) created from it.
 ///
@@ -225,6 +237,18 @@ impl Context {
     /// `rtt.max` the extremes over all.
     pub fn stats(&self) -> Stats {
         self.rt.registry.stats()
+    }
+
+    /// What the sessions of this context hold for peers' block-wise transfers (partial uploads
+    /// and stored representations, RFC 7959), against the context's budget of 16 maximum-size
+    /// bodies ([`ContextBuilder::max_body_size`]).
+    pub fn body_memory(&self) -> BodyMemory {
+        let budget = self.rt.blockwise.budget();
+        BodyMemory {
+            held: budget.used(),
+            peak: budget.peak(),
+            limit: budget.limit(),
+        }
     }
 
     /// How many sessions this context has had and how they ended.

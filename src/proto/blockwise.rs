@@ -162,6 +162,8 @@ pub fn etag_of(content_format: Option<&[u8]>, body: &[u8]) -> [u8; 8] {
 #[derive(Debug, Clone)]
 pub struct MemoryBudget {
     used: Arc<AtomicUsize>,
+    /// The most ever held at once: what a hostile peer managed to make us keep.
+    peak: Arc<AtomicUsize>,
     limit: usize,
 }
 
@@ -170,6 +172,7 @@ impl MemoryBudget {
     pub fn new(limit: usize) -> Self {
         MemoryBudget {
             used: Arc::new(AtomicUsize::new(0)),
+            peak: Arc::new(AtomicUsize::new(0)),
             limit,
         }
     }
@@ -179,6 +182,11 @@ impl MemoryBudget {
         self.used.load(Ordering::Relaxed)
     }
 
+    /// The most held at once since the budget was made (never above the limit).
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+
     /// The limit.
     pub fn limit(&self) -> usize {
         self.limit
@@ -186,11 +194,17 @@ impl MemoryBudget {
 
     /// Takes `bytes` from the budget; false (and nothing taken) when that would exceed it.
     fn take(&self, bytes: usize) -> bool {
-        self.used
+        match self
+            .used
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
                 used.checked_add(bytes).filter(|total| *total <= self.limit)
-            })
-            .is_ok()
+            }) {
+            Ok(before) => {
+                self.peak.fetch_max(before + bytes, Ordering::Relaxed);
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     fn give_back(&self, bytes: usize) {
