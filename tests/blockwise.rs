@@ -1,6 +1,7 @@
 //! Block-wise transfer (RFC 7959) over real loopback sockets, our client against our server:
 //! a 100 kB PUT to `/echo` and a GET of it back, byte-identical, over UDP and TCP; the handler
-//! sees the body once, whole. Also the 4.13 a body above the maximum gets.
+//! sees the body once, whole. Also the 4.13 a body above the maximum gets, and an observation
+//! of a representation larger than a block (RFC 7959 §3.4), each notification handed up whole.
 
 mod support;
 
@@ -130,4 +131,67 @@ async fn a_client_refuses_a_response_above_its_maximum() {
         server.shutdown().await;
     })
     .await
+}
+
+/// Version `n` of the observable representation: 3000 bytes, more than one block.
+fn representation(n: u8) -> Vec<u8> {
+    (0..3000u32).map(|i| (i % 251) as u8 ^ n).collect()
+}
+
+/// RFC 7959 §3.4: an observable resource whose 3000-byte representation goes in blocks, notified
+/// twice. The client's Observation yields the first response and both notifications whole (the
+/// core fetched their later blocks), and the observation lives on.
+async fn observe_in_blocks(scheme: &str) {
+    bounded(LIMIT, async {
+        let server = Context::new();
+        let version = Arc::new(AtomicUsize::new(0));
+        let current = version.clone();
+        server.add_resource(Resource::new("/big").observable().get(move |_, _| {
+            let n = current.load(Ordering::SeqCst) as u8;
+            Response::new(Status::Content).with_payload(representation(n))
+        }));
+        let any = "127.0.0.1:0".parse().unwrap();
+        let endpoint = match scheme {
+            "coap" => server.listen_udp(any).await.unwrap(),
+            _ => server.listen_tcp(any).await.unwrap(),
+        };
+        // Over TCP a client announcing the base Max-Message-Size gets 3000 bytes in blocks.
+        let client = Context::builder().max_message_size(1152).build().unwrap();
+        let uri = format!("{scheme}://{}", endpoint.local_addr);
+        let session = client.connect(&uri).await.unwrap();
+        let mut observation = session.observe("/big").await.unwrap();
+        assert!(
+            observation.first().observe.is_some(),
+            "{scheme}: registered"
+        );
+        assert!(
+            observation.first().payload == representation(0),
+            "{scheme}: the first response whole"
+        );
+        for n in 1..=2u8 {
+            version.store(usize::from(n), Ordering::SeqCst);
+            assert_eq!(server.notify("/big"), 1, "{scheme}: one observer");
+            let notification = observation.next().await.expect("a notification");
+            assert!(notification.observe.is_some(), "{scheme}");
+            assert!(
+                notification.payload == representation(n),
+                "{scheme}: notification {n} has {} bytes, not version {n} whole",
+                notification.payload.len()
+            );
+        }
+        assert_eq!(server.observer_count("/big"), 1, "{scheme}: still observed");
+        client.shutdown().await;
+        server.shutdown().await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn udp_notifications_in_blocks_arrive_whole() {
+    observe_in_blocks("coap").await;
+}
+
+#[tokio::test]
+async fn tcp_notifications_in_blocks_arrive_whole() {
+    observe_in_blocks("coap+tcp").await;
 }

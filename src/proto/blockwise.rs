@@ -22,6 +22,12 @@
 //! - **Client, Block2**: a response with Block2 M=1 makes the core fetch the next block itself;
 //!   one whole response is handed up. An ETag that changes mid-transfer restarts the transfer
 //!   from block 0 once, then fails it.
+//! - **Client, Block2 with Observe** (§3.4): a notification carries the first block; the rest
+//!   is fetched by requests built on the registration, without Observe and under a token of
+//!   their own (`Blockwise::notification_fetch`), and the whole is handed up as that
+//!   notification, under the observation's token. The first response to a registration, when
+//!   it comes in blocks, is completed the same way. The sessions drop the fetch of an older
+//!   notification when a newer one arrives.
 //!
 //! Bounds (RFC 7959 §2.9 and the threat model): a body may not exceed
 //! [`BlockwiseConfig::max_body_size`]; a session holds at most
@@ -469,6 +475,13 @@ impl Blockwise {
                     // The client has the last block: the transfer is done.
                     self.downloads.remove(at);
                 }
+                let mut answer = answer;
+                if request.get_first_option(CoapOption::Observe).is_none() {
+                    // The representation was stored from a notification's first block: a
+                    // response to a request without Observe is no notification (RFC 7641 §2:
+                    // a stored response used for a normal GET loses its Observe option).
+                    answer.clear_option(CoapOption::Observe);
+                }
                 return ServerStep::Answer(answer);
             }
         }
@@ -733,7 +746,11 @@ impl Blockwise {
         if block.num == 0 {
             transfer.body.clear();
             transfer.etag = etag;
-            transfer.observe = response.get_first_option(CoapOption::Observe).cloned();
+            if let Some(observe) = response.get_first_option(CoapOption::Observe) {
+                // A restart fetches block 0 again without Observe (§3.4): the whole response
+                // keeps the sequence number of the notification it completes.
+                transfer.observe = Some(observe.clone());
+            }
         } else if etag != transfer.etag {
             // §2.4: the representation changed; never splice two versions.
             if transfer.restarted {
@@ -769,6 +786,52 @@ impl Blockwise {
             set_option(&mut whole, OBSERVE, observe);
         }
         ClientStep::Deliver(whole)
+    }
+
+    /// The request (as the application made it) of our transfer under `token`: an Observe
+    /// registration keeps it, for fetching the later blocks of its notifications.
+    pub fn client_request_of(&self, token: &[u8]) -> Option<&Packet> {
+        self.client
+            .iter()
+            .find(|t| t.token == token)
+            .map(|t| &t.request)
+    }
+
+    /// The first block of a notification, or of the response to an Observe registration (RFC
+    /// 7959 §3.4: the server sends block 0, the client fetches the rest). The rest is fetched
+    /// with ordinary requests built on `registration`, without Observe and under `token`,
+    /// which must not be the observation's: the server keys its observer by endpoint and token
+    /// (RFC 7641 §4.1), so a request under the registration's token would be taken as
+    /// concerning the registration (a GET without Observe under it ends the observation at
+    /// some servers). The step is the request for block 1 (or a failure); the whole
+    /// notification comes out of a later [`Blockwise::client_response`] under `token`, with
+    /// the Observe of this first block.
+    pub fn notification_fetch(
+        &mut self,
+        config: &BlockwiseConfig,
+        token: &[u8],
+        mut registration: Packet,
+        first: &Packet,
+        limits: Limits,
+    ) -> ClientStep {
+        self.client.retain(|t| t.token != token);
+        registration.set_token(token.to_vec());
+        registration.payload.clear();
+        self.client.push(ClientTransfer {
+            token: token.to_vec(),
+            request: registration,
+            upload: None,
+            body: Vec::new(),
+            etag: None,
+            observe: None,
+            restarted: false,
+        });
+        let at = self.client.len() - 1;
+        let step = self.client_step(config, at, first, block_option(first, BLOCK2), limits);
+        if !matches!(step, ClientStep::Send(_)) {
+            self.client.remove(at);
+        }
+        step
     }
 
     /// Forgets the transfer of our request with `token` (cancelled, failed, timed out).
@@ -1437,5 +1500,371 @@ mod tests {
         assert_eq!(stored, body);
         assert_eq!(delivered.expect("the GET's response").payload, body);
         assert!(largest <= 1152, "a message of {largest} bytes");
+    }
+
+    // ---- Block2 with Observe (RFC 7959 §3.4) ----
+
+    /// A 2.05 from the server: of type `kind`, with Message ID `mid`, `token`, these options.
+    fn content(
+        kind: MessageType,
+        mid: u16,
+        token: &[u8],
+        options: &[(u16, Vec<u8>)],
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let mut packet = Packet::new();
+        packet.header.code = MessageClass::from(0x45);
+        packet.header.set_type(kind);
+        packet.header.message_id = mid;
+        packet.set_token(token.to_vec());
+        for (number, value) in options {
+            packet.add_option(CoapOption::from(*number), value.clone());
+        }
+        packet.payload = payload.to_vec();
+        packet.to_bytes().unwrap()
+    }
+
+    /// The responses handed up, with their tokens.
+    fn responses(events: Vec<ProtocolEvent>) -> Vec<(Vec<u8>, Response)> {
+        events
+            .into_iter()
+            .filter_map(|e| match e {
+                ProtocolEvent::Response { token, response } => Some((token, *response)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A client with an observation of `/obs` under the returned token, registered by a whole
+    /// first response with Observe 5.
+    fn observing(seed: u64, t0: Instant) -> (DatagramSession, Vec<u8>) {
+        let mut client = session(BlockwiseConfig::default(), seed, t0);
+        let token = client.send_request(
+            t0,
+            &Request::get("/obs").observing(),
+            Duration::from_secs(60),
+        );
+        let registration = parse(&drain(&mut client)[0]);
+        let ack = MessageType::Acknowledgement;
+        let first = content(
+            ack,
+            registration.header.message_id,
+            &token,
+            &[(OBSERVE, vec![5])],
+            b"small",
+        );
+        client.handle_datagram(t0, &first);
+        assert_eq!(responses(events(&mut client)).len(), 1);
+        assert_eq!(client.observations(), 1);
+        (client, token)
+    }
+
+    /// The bytes of a CON GET `/obs` for Block2 `block` under `token`, with Message ID `mid`:
+    /// no Observe (RFC 7959 §3.4), no payload.
+    fn block_get(mid: u16, token: &[u8], block: u8) -> Vec<u8> {
+        // CON GET, TKL 4; Uri-Path (11) "obs": b3; Block2 (23, delta 12): c1 and the value.
+        let mut bytes = vec![0x44, 0x01];
+        bytes.extend_from_slice(&mid.to_be_bytes());
+        bytes.extend_from_slice(token);
+        bytes.extend_from_slice(&[0xb3, b'o', b'b', b's', 0xc1, block]);
+        bytes
+    }
+
+    #[test]
+    fn a_notification_in_blocks_is_completed_by_a_get_without_observe_under_a_fresh_token() {
+        let t0 = Instant::now();
+        let (mut client, token) = observing(30, t0);
+        // NON notification, Observe 6, an ETag, Block2 0/1/64 (0x0a), 64 bytes: nothing is
+        // handed up yet; one request goes out, for block 1 of 64 (0x12).
+        let etag = (ETAG, vec![7; 4]);
+        let notification = content(
+            MessageType::NonConfirmable,
+            0x7001,
+            &token,
+            &[(OBSERVE, vec![6]), etag.clone(), (BLOCK2, vec![0x0a])],
+            &[1; 64],
+        );
+        client.handle_datagram(t0, &notification);
+        assert!(events(&mut client).is_empty(), "no part is handed up");
+        let sent = drain(&mut client);
+        assert_eq!(sent.len(), 1);
+        let fetch = parse(&sent[0]);
+        let (mid, fresh) = (fetch.header.message_id, fetch.get_token().to_vec());
+        assert_ne!(fresh, token, "not the observation's token");
+        assert_eq!(sent[0], block_get(mid, &fresh, 0x12));
+        // Its ACK brings the last block (1/0/64, 10 bytes, no Observe): the whole notification
+        // is handed up under the observation's token, with the notification's Observe.
+        let last = content(
+            MessageType::Acknowledgement,
+            mid,
+            &fresh,
+            &[etag, (BLOCK2, vec![0x12])],
+            &[2; 10],
+        );
+        client.handle_datagram(t0, &last);
+        let got = responses(events(&mut client));
+        assert_eq!(got.len(), 1);
+        let (to, whole) = &got[0];
+        assert_eq!(to, &token);
+        assert_eq!(whole.observe, Some(6));
+        assert_eq!(whole.payload, [[1u8; 64].as_slice(), &[2; 10]].concat());
+        assert!(drain(&mut client).is_empty());
+        assert_eq!(
+            (client.observations(), client.pending_requests()),
+            (1, 0),
+            "the observation goes on; the fetch is done"
+        );
+    }
+
+    #[test]
+    fn the_first_response_to_a_registration_in_blocks_is_fetched_under_another_token() {
+        let t0 = Instant::now();
+        let mut client = session(BlockwiseConfig::default(), 31, t0);
+        let token = client.send_request(
+            t0,
+            &Request::get("/obs").observing(),
+            Duration::from_secs(60),
+        );
+        let registration = drain(&mut client);
+        // CON GET, TKL 4; Observe (6) 0: 60; Uri-Path (11, delta 5) "obs": 53.
+        let mid = parse(&registration[0]).header.message_id;
+        let mut expected = vec![0x44, 0x01];
+        expected.extend_from_slice(&mid.to_be_bytes());
+        expected.extend_from_slice(&token);
+        expected.extend_from_slice(&[0x60, 0x53, b'o', b'b', b's']);
+        assert_eq!(registration, vec![expected]);
+        // Registered (Observe 5), block 0 of 64 bytes with more to come.
+        let etag = (ETAG, vec![9; 4]);
+        let first = content(
+            MessageType::Acknowledgement,
+            mid,
+            &token,
+            &[(OBSERVE, vec![5]), etag.clone(), (BLOCK2, vec![0x0a])],
+            &[1; 64],
+        );
+        client.handle_datagram(t0, &first);
+        assert!(events(&mut client).is_empty());
+        let sent = drain(&mut client);
+        let fetch = parse(&sent[0]);
+        let (next_mid, fresh) = (fetch.header.message_id, fetch.get_token().to_vec());
+        assert_ne!(
+            fresh, token,
+            "a GET without Observe under the registration's token could deregister us"
+        );
+        assert_eq!(sent, vec![block_get(next_mid, &fresh, 0x12)]);
+        // The server answers without Observe; the whole response carries the registration's.
+        let last = content(
+            MessageType::Acknowledgement,
+            next_mid,
+            &fresh,
+            &[etag, (BLOCK2, vec![0x12])],
+            &[2; 20],
+        );
+        client.handle_datagram(t0, &last);
+        let got = responses(events(&mut client));
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, token);
+        assert_eq!((got[0].1.observe, got[0].1.payload.len()), (Some(5), 84));
+        assert_eq!(client.observations(), 1);
+        // And the notifications that follow arrive under the registration's token.
+        let notification = content(
+            MessageType::NonConfirmable,
+            0x7002,
+            &token,
+            &[(OBSERVE, vec![6])],
+            b"x",
+        );
+        client.handle_datagram(t0, &notification);
+        let got = responses(events(&mut client));
+        assert_eq!(
+            got.iter()
+                .map(|(t, r)| (t.clone(), r.observe))
+                .collect::<Vec<_>>(),
+            vec![(token, Some(6))]
+        );
+    }
+
+    #[test]
+    fn a_newer_notification_wins_over_the_fetch_of_an_older_one() {
+        let t0 = Instant::now();
+        let (mut client, token) = observing(32, t0);
+        // Notification A (CON, Observe 6): acknowledged first, then block 1 is asked for.
+        let etag_a = (ETAG, vec![0xa; 4]);
+        let a = content(
+            MessageType::Confirmable,
+            0x7001,
+            &token,
+            &[(OBSERVE, vec![6]), etag_a.clone(), (BLOCK2, vec![0x0a])],
+            &[1; 64],
+        );
+        client.handle_datagram(t0, &a);
+        let sent = drain(&mut client);
+        assert_eq!(sent.len(), 2);
+        assert_eq!(sent[0], vec![0x60, 0x00, 0x70, 0x01], "the empty ACK first");
+        let fetch_a = parse(&sent[1]);
+        // Notification B (NON, Observe 7) while A's block 1 is out: A's fetch is abandoned,
+        // B's begins at once (nothing of ours is in flight any more).
+        let etag_b = (ETAG, vec![0xb; 4]);
+        let b = content(
+            MessageType::NonConfirmable,
+            0x7002,
+            &token,
+            &[(OBSERVE, vec![7]), etag_b.clone(), (BLOCK2, vec![0x0a])],
+            &[3; 64],
+        );
+        client.handle_datagram(t0, &b);
+        let sent = drain(&mut client);
+        assert_eq!(sent.len(), 1);
+        let fetch_b = parse(&sent[0]);
+        let fresh_b = fetch_b.get_token().to_vec();
+        assert!(fresh_b != token && fresh_b != fetch_a.get_token());
+        assert_eq!(
+            sent[0],
+            block_get(fetch_b.header.message_id, &fresh_b, 0x12)
+        );
+        assert_eq!(client.pending_requests(), 1, "only B's fetch");
+        // A's late answer completes nothing; an older notification (Observe 5) is dropped.
+        let late_a = content(
+            MessageType::Acknowledgement,
+            fetch_a.header.message_id,
+            fetch_a.get_token(),
+            &[etag_a, (BLOCK2, vec![0x12])],
+            &[2; 10],
+        );
+        client.handle_datagram(t0, &late_a);
+        let older = content(
+            MessageType::NonConfirmable,
+            0x7003,
+            &token,
+            &[(OBSERVE, vec![5])],
+            b"old",
+        );
+        client.handle_datagram(t0, &older);
+        assert!(responses(events(&mut client)).is_empty());
+        // B's last block: B, whole, and nothing of A in it.
+        let last_b = content(
+            MessageType::Acknowledgement,
+            fetch_b.header.message_id,
+            &fresh_b,
+            &[etag_b, (BLOCK2, vec![0x12])],
+            &[4; 10],
+        );
+        client.handle_datagram(t0, &last_b);
+        let got = responses(events(&mut client));
+        assert_eq!(got.len(), 1);
+        assert_eq!((&got[0].0, got[0].1.observe), (&token, Some(7)));
+        assert_eq!(got[0].1.payload, [[3u8; 64].as_slice(), &[4; 10]].concat());
+    }
+
+    #[test]
+    fn a_fetch_that_times_out_ends_the_observation_under_its_token() {
+        let t0 = Instant::now();
+        let (mut client, token) = observing(33, t0);
+        let notification = content(
+            MessageType::NonConfirmable,
+            0x7001,
+            &token,
+            &[(OBSERVE, vec![6]), (BLOCK2, vec![0x0a])],
+            &[1; 64],
+        );
+        client.handle_datagram(t0, &notification);
+        let fetch = parse(&drain(&mut client)[0]);
+        // Acknowledged empty (a separate response would follow) and then nothing: at the
+        // registration's request timeout the observation fails, reported under its token.
+        client.handle_datagram(t0, &udp_empty_ack(fetch.header.message_id));
+        client.handle_timeout(t0 + Duration::from_secs(60));
+        let failed: Vec<_> = events(&mut client)
+            .into_iter()
+            .filter_map(|e| match e {
+                ProtocolEvent::RequestFailed { token, error } => Some((token, error)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            failed,
+            vec![(token, crate::proto::exchange::RequestError::TimedOut)]
+        );
+        assert_eq!(client.observations(), 0);
+    }
+
+    fn udp_empty_ack(mid: u16) -> Vec<u8> {
+        crate::proto::wire::udp::empty_ack(mid).to_vec()
+    }
+
+    #[test]
+    fn over_a_stream_notifications_in_blocks_arrive_whole_and_the_fetches_use_fresh_tokens() {
+        use crate::proto::stream::StreamSession;
+        let t0 = Instant::now();
+        let mut client = StreamSession::new(KeepaliveConfig::default(), Rng::seeded(40), t0, 1152);
+        let mut server = StreamSession::new(KeepaliveConfig::default(), Rng::seeded(41), t0, 1152);
+        let version = |n: u8| -> Vec<u8> { (0..3000u32).map(|i| (i % 251) as u8 ^ n).collect() };
+        let token = client.send_request(
+            t0,
+            &Request::get("/obs").observing(),
+            Duration::from_secs(60),
+        );
+        let (mut current, mut registered, mut handled) = (0u8, None, 0);
+        let mut fetch_tokens = Vec::new();
+        let mut got = Vec::new();
+        for round in 0..1000 {
+            while let Some(bytes) = client.poll_transmit() {
+                assert!(bytes.len() <= 1152);
+                server.handle_bytes(t0, &bytes);
+            }
+            while let Some(event) = server.poll_event() {
+                if let ProtocolEvent::Request(incoming) = event {
+                    handled += 1;
+                    let request = incoming.request();
+                    let mut response =
+                        Response::new(Status::Content).with_payload(version(current));
+                    if request.observe == Some(0) {
+                        registered = Some(request.token.clone());
+                        response.observe = Some(1);
+                    } else {
+                        assert_eq!(request.observe, None, "a fetch carries no Observe");
+                        fetch_tokens.push(request.token.clone());
+                    }
+                    server.respond(&incoming, &response);
+                }
+            }
+            while let Some(bytes) = server.poll_transmit() {
+                assert!(bytes.len() <= 1152);
+                client.handle_bytes(t0, &bytes);
+            }
+            while let Some(event) = client.poll_event() {
+                if let ProtocolEvent::Response {
+                    token: to,
+                    response,
+                } = event
+                {
+                    assert_eq!(to, token);
+                    got.push(*response);
+                    if got.len() < 3 {
+                        // The next version, notified as the first block.
+                        current += 1;
+                        let mut notification =
+                            Response::new(Status::Content).with_payload(version(current));
+                        notification.observe = Some(1 + u32::from(current));
+                        server.notify(registered.as_deref().unwrap(), &notification);
+                    }
+                }
+            }
+            if got.len() == 3 {
+                assert!(round < 999);
+                break;
+            }
+        }
+        assert_eq!(registered.as_deref(), Some(token.as_slice()));
+        let payloads: Vec<_> = got.iter().map(|r| r.payload.clone()).collect();
+        assert_eq!(payloads, vec![version(0), version(1), version(2)]);
+        assert_eq!(
+            got.iter().map(|r| r.observe).collect::<Vec<_>>(),
+            vec![Some(1), Some(2), Some(3)]
+        );
+        assert!(fetch_tokens.iter().all(|t| *t != token));
+        // The registration's response and each notification: one handler run for the
+        // registration, one for each notification's block 1 (block 2 is stored).
+        assert_eq!(handled, 3);
+        assert_eq!(client.observations(), 1);
     }
 }

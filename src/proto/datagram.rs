@@ -444,10 +444,12 @@ impl DatagramSession {
         self.keepalive.handle_activity(now);
         let pending = self.requests.exchanges.pending.remove(index);
         if pending.kind == PendingKind::Request {
-            self.events.push_back(ProtocolEvent::RequestFailed {
-                token: pending.token,
-                error: RequestError::Reset,
-            });
+            if let Some(token) = self.requests.exchanges.failure_token(pending) {
+                self.events.push_back(ProtocolEvent::RequestFailed {
+                    token,
+                    error: RequestError::Reset,
+                });
+            }
             self.fail(NackReason::Rst);
         } else {
             self.confirmable_done(now);
@@ -564,51 +566,151 @@ impl DatagramSession {
             return;
         }
         // A separate response or a notification: matched by token.
-        let known = if let Some(index) = self
+        let pending = self
             .requests
             .exchanges
-            .by_token(&token, PendingKind::Request)
-        {
-            self.complete(now, index, &packet, response);
-            true
-        } else if blockwise::block_option(&packet, options::BLOCK2).is_some_and(|b| b.more)
+            .by_token(&token, PendingKind::Request);
+        // Looked up through the shared state: a stray response allocates nothing.
+        let observed = pending.is_none()
             && self
                 .requests
                 .exchanges
                 .observations
                 .iter()
-                .any(|o| o.token == token)
-        {
-            // A notification in blocks (RFC 7959 §3.4) would need the rest fetched under a new
-            // token; until that exists it ends the observation rather than deliver a part.
-            let problem = OptionProblem::UnrecognisedCritical {
-                number: options::BLOCK2,
-            };
-            self.reject_response(now, &packet, problem);
-            return;
-        } else if let Some(observation) = self.requests.exchanges.observation(&token) {
-            if observation.accept(now, &response) {
-                self.events.push_back(ProtocolEvent::Response {
-                    token,
-                    response: Box::new(response),
-                });
-            }
-            true
-        } else {
-            false
-        };
-        if known {
-            if message_type == MessageType::Confirmable {
-                self.transmits
-                    .push_back(udp::empty_ack(message_id).to_vec());
-            }
-        } else {
+                .any(|o| o.token == token);
+        if pending.is_none() && !observed {
             // Nobody waits for it: reject (this also cancels a forgotten observation).
             self.transmits.push_back(udp::reset(message_id).to_vec());
             self.events.push_back(ProtocolEvent::Rejected(
                 "response matches no request".into(),
             ));
+            return;
         }
+        if message_type == MessageType::Confirmable {
+            // Acknowledged before anything it leads to (the request for a next block) goes out.
+            self.transmits
+                .push_back(udp::empty_ack(message_id).to_vec());
+        }
+        match pending {
+            Some(index) => self.complete(now, index, &packet, response),
+            None => self.notified(now, &packet, response),
+        }
+    }
+
+    /// A notification of an observation of ours (RFC 7641). A fresh one is handed up, or, when
+    /// it carries the first block of a larger representation (RFC 7959 §3.4), the rest is
+    /// fetched first and the whole handed up. The newest notification wins: one arriving
+    /// while an older one's blocks are fetched abandons that fetch, so two versions are never
+    /// spliced (and the ETag check would catch one that changed under a fetch).
+    fn notified(&mut self, now: Instant, packet: &Packet, response: Response) {
+        let token = packet.get_token().to_vec();
+        let block = blockwise::block_option(packet, options::BLOCK2);
+        if block.is_some_and(|b| b.num > 0) {
+            // A notification carries block 0; a later block answers no request of ours.
+            self.events.push_back(ProtocolEvent::Rejected(
+                "notification carries a later block, not the first".into(),
+            ));
+            return;
+        }
+        let Some(observation) = self.requests.exchanges.observation(&token) else {
+            return;
+        };
+        if !observation.accept(now, &response) {
+            // Older than (or the same as) one we have: RFC 7641 §3.4, not delivered.
+            return;
+        }
+        self.abandon_fetch(now, &token);
+        if block.is_some_and(|b| b.more) {
+            self.fetch_rest(now, &token, packet);
+        } else {
+            self.events.push_back(ProtocolEvent::Response {
+                token,
+                response: Box::new(response),
+            });
+        }
+    }
+
+    /// Starts fetching blocks 1.. of the representation whose block 0 `first` brought for the
+    /// observation `token`: a request of its own (a fresh token, retransmitted, the probe
+    /// while it is out), whose last response becomes the whole notification.
+    fn fetch_rest(&mut self, now: Instant, token: &[u8], first: &Packet) {
+        let Some(observation) = self.requests.exchanges.observation(token) else {
+            return;
+        };
+        let timeout = observation.timeout;
+        let Some(registration) = observation.registration.clone() else {
+            // Cannot happen (every registration is kept); said, and the observation ends
+            // rather than deliver a part.
+            self.end_observation(
+                token,
+                RequestError::Blockwise(blockwise::BlockwiseError::BadBlock),
+            );
+            return;
+        };
+        let fetch = self
+            .requests
+            .exchanges
+            .choose_token(&[], self.keepalive.rng());
+        let config = block_config(&self.blockwise);
+        let step = self.requests.blockwise.notification_fetch(
+            config,
+            &fetch,
+            registration,
+            first,
+            limits(config),
+        );
+        match step {
+            ClientStep::Send(next) => {
+                self.requests.exchanges.pending.push(Pending {
+                    kind: PendingKind::Request,
+                    token: fetch.clone(),
+                    message_id: None,
+                    observe: false,
+                    acknowledged: false,
+                    deadline: now + timeout,
+                    timeout,
+                    retransmit: None,
+                    notification: Some(token.to_vec()),
+                });
+                if next.header.get_type() == MessageType::Confirmable
+                    && (self.requests.exchanges.confirmable_in_flight()
+                        || !self.requests.queued.is_empty())
+                {
+                    self.requests.queued.push_back((fetch, next));
+                } else {
+                    self.transmit_request(now, &fetch, next);
+                }
+            }
+            ClientStep::Deliver(whole) => {
+                if let Some(whole) = Response::from_packet(&whole) {
+                    self.events.push_back(ProtocolEvent::Response {
+                        token: token.to_vec(),
+                        response: Box::new(whole),
+                    });
+                }
+            }
+            ClientStep::Fail(error) => self.end_observation(token, RequestError::Blockwise(error)),
+        }
+    }
+
+    /// Stops fetching the later blocks of a notification of the observation `token`, if that
+    /// is going on: a newer notification replaced it, or the observation ended.
+    fn abandon_fetch(&mut self, now: Instant, token: &[u8]) {
+        while let Some(index) = self.requests.exchanges.fetch_of(token) {
+            let fetch = self.requests.exchanges.pending.remove(index);
+            self.requests.queued.retain(|(t, _)| *t != fetch.token);
+            self.requests.blockwise.client_forget(&fetch.token);
+            self.confirmable_done(now);
+        }
+    }
+
+    /// The observation `token` ends with `error`, reported under its token.
+    fn end_observation(&mut self, token: &[u8], error: RequestError) {
+        self.requests.exchanges.forget_observation(token);
+        self.events.push_back(ProtocolEvent::RequestFailed {
+            token: token.to_vec(),
+            error,
+        });
     }
 
     /// A response carrying a critical option we do not recognise: RFC 7252 §5.4.1 says reject
@@ -638,20 +740,19 @@ impl DatagramSession {
             // same response again, and a peer that answers is alive (no session failure).
             let pending = self.requests.exchanges.pending.remove(index);
             self.requests.queued.retain(|(t, _)| *t != pending.token);
-            self.events.push_back(ProtocolEvent::RequestFailed {
-                token: pending.token,
-                error,
-            });
+            if let Some(token) = self.requests.exchanges.failure_token(pending) {
+                self.events
+                    .push_back(ProtocolEvent::RequestFailed { token, error });
+            }
             self.confirmable_done(now);
             true
         } else if message_type != MessageType::Acknowledgement
             && exchanges.observations.iter().any(|o| o.token == token)
         {
             // A notification we cannot process ends the observation (the RST below tells the
-            // server too, RFC 7641 §3.6).
-            self.requests.exchanges.forget_observation(&token);
-            self.events
-                .push_back(ProtocolEvent::RequestFailed { token, error });
+            // server too, RFC 7641 §3.6), and the fetch of an older one's blocks with it.
+            self.abandon_fetch(now, &token);
+            self.end_observation(&token, error);
             true
         } else {
             false
@@ -674,17 +775,40 @@ impl DatagramSession {
     fn complete(&mut self, now: Instant, index: usize, packet: &Packet, response: Response) {
         // Acknowledged either way: the next queued Confirmable may go.
         self.requests.exchanges.pending[index].retransmit = None;
-        let token = self.requests.exchanges.pending[index].token.clone();
+        let pending = &self.requests.exchanges.pending[index];
+        let token = pending.token.clone();
+        let registration = pending
+            .observe
+            .then(|| self.requests.blockwise.client_request_of(&token).cloned())
+            .flatten();
+        let registered = pending.observe && response.observe.is_some();
+        if registered
+            && blockwise::block_option(packet, options::BLOCK2)
+                .is_some_and(|b| b.more && b.num == 0)
+        {
+            // The server registered us and sends its first response in blocks. The
+            // registration's exchange is over (its response came); the rest is fetched as a
+            // notification's is, without Observe and under another token, so the server does
+            // not take the fetch for a deregistration (RFC 7959 §3.4, RFC 7641 §4.1).
+            let pending = self.requests.exchanges.pending.remove(index);
+            self.requests.blockwise.client_forget(&token);
+            let mut observation = Observation::new(token.clone(), registration, pending.timeout);
+            observation.accept(now, &response);
+            self.requests.exchanges.observations.push(observation);
+            self.fetch_rest(now, &token, packet);
+            self.confirmable_done(now);
+            return;
+        }
         let config = block_config(&self.blockwise);
         let step = self
             .requests
             .blockwise
             .client_response(config, &token, packet, limits(config));
         match step {
-            None => self.deliver(now, index, response),
+            None => self.deliver(now, index, response, registration),
             Some(ClientStep::Deliver(whole)) => match Response::from_packet(&whole) {
-                Some(whole) => self.deliver(now, index, whole),
-                None => self.deliver(now, index, response),
+                Some(whole) => self.deliver(now, index, whole, registration),
+                None => self.deliver(now, index, response, registration),
             },
             Some(ClientStep::Send(next)) => {
                 let pending = &mut self.requests.exchanges.pending[index];
@@ -699,21 +823,46 @@ impl DatagramSession {
             }
             Some(ClientStep::Fail(error)) => {
                 let pending = self.requests.exchanges.pending.remove(index);
-                self.events.push_back(ProtocolEvent::RequestFailed {
-                    token: pending.token,
-                    error: RequestError::Blockwise(error),
-                });
+                if let Some(token) = self.requests.exchanges.failure_token(pending) {
+                    self.events.push_back(ProtocolEvent::RequestFailed {
+                        token,
+                        error: RequestError::Blockwise(error),
+                    });
+                }
             }
         }
         self.confirmable_done(now);
     }
 
     /// Hands the response to pending request `index` up, turning it into an observation when
-    /// the request registered one and the peer agreed.
-    fn deliver(&mut self, now: Instant, index: usize, response: Response) {
+    /// the request registered one and the peer agreed (`registration`: the request as sent).
+    /// The last block of a notification's fetch is handed up as that notification, whole.
+    fn deliver(
+        &mut self,
+        now: Instant,
+        index: usize,
+        response: Response,
+        registration: Option<Packet>,
+    ) {
         let pending = self.requests.exchanges.pending.remove(index);
+        if let Some(owner) = pending.notification {
+            if self.requests.exchanges.observation(&owner).is_none() {
+                return;
+            }
+            if !response.is_success() {
+                // The resource can no longer be had: the observation is over (RFC 7641
+                // §3.2), and the application sees why.
+                self.requests.exchanges.forget_observation(&owner);
+            }
+            self.events.push_back(ProtocolEvent::Response {
+                token: owner,
+                response: Box::new(response),
+            });
+            return;
+        }
         if pending.observe && response.observe.is_some() {
-            let mut observation = Observation::new(pending.token.clone());
+            let mut observation =
+                Observation::new(pending.token.clone(), registration, pending.timeout);
             observation.accept(now, &response);
             self.requests.exchanges.observations.push(observation);
         }
@@ -759,6 +908,7 @@ impl DatagramSession {
             deadline: now + timeout,
             timeout,
             retransmit: None,
+            notification: None,
         });
         if request.confirmable
             && (self.requests.exchanges.confirmable_in_flight() || !self.requests.queued.is_empty())
@@ -773,6 +923,7 @@ impl DatagramSession {
 
     /// Stops waiting for the response to `token` and forgets its observation.
     pub fn cancel(&mut self, now: Instant, token: &[u8]) {
+        self.abandon_fetch(now, token);
         self.requests.blockwise.client_forget(token);
         self.requests.exchanges.forget_observation(token);
         self.requests.queued.retain(|(t, _)| t != token);
@@ -956,6 +1107,7 @@ impl DatagramSession {
                 deadline,
                 timeout: deadline - now,
                 retransmit: Some(retransmit),
+                notification: None,
             });
         }
         self.transmits.push_back(bytes);
@@ -1039,10 +1191,12 @@ impl DatagramSession {
             if pending.deadline <= now && pending.kind == PendingKind::Request {
                 let pending = self.requests.exchanges.pending.remove(index);
                 self.requests.queued.retain(|(t, _)| *t != pending.token);
-                self.events.push_back(ProtocolEvent::RequestFailed {
-                    token: pending.token,
-                    error: RequestError::TimedOut,
-                });
+                if let Some(token) = self.requests.exchanges.failure_token(pending) {
+                    self.events.push_back(ProtocolEvent::RequestFailed {
+                        token,
+                        error: RequestError::TimedOut,
+                    });
+                }
                 self.confirmable_done(now);
                 continue;
             }
@@ -1682,21 +1836,21 @@ mod tests {
         s.handle_datagram(t0, &first.to_bytes().unwrap());
         events(&mut s);
         assert_eq!(s.observations(), 1);
-        // A NON notification carrying Block2 M=1 (RFC 7959 §3.4, whose later blocks this stack
-        // does not fetch yet): rejected with an RST (which also tells the server to forget us),
-        // and the observation ends with the option named.
+        // A NON notification carrying critical option 13, which we do not know: rejected with
+        // an RST (which also tells the server to forget us), and the observation ends with the
+        // option named.
         let mut notification = Response::content_text("2").to_packet();
         notification.header.set_type(MessageType::NonConfirmable);
         notification.header.message_id = 0x6001;
         notification.set_token(token.clone());
         notification.add_option(coap_lite::CoapOption::Observe, vec![0x02]);
-        notification.add_option(coap_lite::CoapOption::Block2, vec![0x0a]);
+        notification.add_option(coap_lite::CoapOption::Unknown(13), vec![]);
         s.handle_datagram(t0, &notification.to_bytes().unwrap());
         assert_eq!(drain(&mut s), vec![vec![0x70, 0x00, 0x60, 0x01]]);
         let events = events(&mut s);
         assert!(events.contains(&ProtocolEvent::RequestFailed {
             token,
-            error: RequestError::UnrecognisedOption { number: 23 },
+            error: RequestError::UnrecognisedOption { number: 13 },
         }));
         assert!(!events
             .iter()

@@ -4,6 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use coap_lite::Packet;
+
 use crate::proto::message::Response;
 
 /// Why a request of ours ended without a response.
@@ -62,6 +64,10 @@ pub(crate) struct Pending {
     pub timeout: Duration,
     /// Confirmable and not yet acknowledged: retransmission state.
     pub retransmit: Option<Retransmit>,
+    /// This request fetches the later blocks of a notification (or of the registration's
+    /// first response) of the observation with this token (RFC 7959 §3.4): what it brings, or
+    /// how it fails, is that observation's, and the application never sees this token.
+    pub notification: Option<Vec<u8>>,
 }
 
 impl Pending {
@@ -78,12 +84,23 @@ impl Pending {
 #[derive(Debug, Clone)]
 pub(crate) struct Observation {
     pub token: Vec<u8>,
+    /// The registration as sent: a notification in blocks has its later blocks fetched with
+    /// this request (without Observe, under another token; RFC 7959 §3.4). `None` only if the
+    /// block-wise layer lost it, and then such a notification cannot be completed.
+    pub registration: Option<Packet>,
+    /// The request timeout of the registration, which each fetch of later blocks gets anew.
+    pub timeout: Duration,
     last: Option<(u32, Instant)>,
 }
 
 impl Observation {
-    pub fn new(token: Vec<u8>) -> Self {
-        Observation { token, last: None }
+    pub fn new(token: Vec<u8>, registration: Option<Packet>, timeout: Duration) -> Self {
+        Observation {
+            token,
+            registration,
+            timeout,
+            last: None,
+        }
     }
 
     /// Records a notification received at `now`; false when it is older than the last one
@@ -166,6 +183,28 @@ impl Exchanges {
     pub fn forget_observation(&mut self, token: &[u8]) {
         self.observations.retain(|o| o.token != token);
     }
+
+    /// The request fetching the later blocks of a notification of the observation `token`.
+    pub fn fetch_of(&self, token: &[u8]) -> Option<usize> {
+        self.pending
+            .iter()
+            .position(|p| p.notification.as_deref() == Some(token))
+    }
+
+    /// The token under which the failure of `pending` (just removed) is reported: its own, or,
+    /// for the fetch of a notification's later blocks, its observation's, which ends with it
+    /// (a notification that cannot be had whole is not delivered in part). `None` when that
+    /// observation is already gone: nobody waits.
+    pub fn failure_token(&mut self, pending: Pending) -> Option<Vec<u8>> {
+        match pending.notification {
+            None => Some(pending.token),
+            Some(owner) => {
+                let known = self.observations.iter().any(|o| o.token == owner);
+                self.forget_observation(&owner);
+                known.then_some(owner)
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -187,7 +226,7 @@ mod tests {
     #[test]
     fn observation_drops_reordered_notifications() {
         let t = Instant::now();
-        let mut o = Observation::new(vec![1]);
+        let mut o = Observation::new(vec![1], None, Duration::from_secs(60));
         let n = |seq| {
             let mut r = Response::content_text("x");
             r.observe = Some(seq);

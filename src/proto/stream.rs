@@ -331,64 +331,198 @@ impl StreamSession {
             return;
         };
         if let Some(index) = self.exchanges.by_token(&token, PendingKind::Request) {
-            let limits = self.limits();
-            let config = block_config(&self.blockwise_config);
-            let response = match self
-                .blockwise
-                .client_response(config, &token, packet, limits)
-            {
-                None => response,
-                Some(ClientStep::Deliver(whole)) => {
-                    Response::from_packet(&whole).unwrap_or(response)
-                }
-                Some(ClientStep::Send(next)) => {
-                    // The next block: a request of its own under the same token.
-                    let pending = &mut self.exchanges.pending[index];
-                    pending.deadline = now + pending.timeout;
-                    if !matches!(self.phase, Phase::Done | Phase::Draining) {
-                        self.transmits.push_back(Frame::from_packet(&next).encode());
-                    }
-                    return;
-                }
-                Some(ClientStep::Fail(error)) => {
-                    self.exchanges.pending.remove(index);
-                    self.events.push_back(ProtocolEvent::RequestFailed {
-                        token,
-                        error: RequestError::Blockwise(error),
-                    });
-                    return;
-                }
-            };
-            let pending = self.exchanges.pending.remove(index);
-            if pending.observe && response.observe.is_some() {
-                let mut observation = Observation::new(token.clone());
-                observation.accept(now, &response);
-                self.exchanges.observations.push(observation);
-            }
-            self.events.push_back(ProtocolEvent::Response {
-                token,
-                response: Box::new(response),
-            });
-        } else if blockwise::block_option(packet, wire_options::BLOCK2).is_some_and(|b| b.more)
-            && self.exchanges.observations.iter().any(|o| o.token == token)
-        {
-            // A notification in blocks (RFC 7959 §3.4) needs the rest fetched under a new
-            // token; until that exists it ends the observation rather than deliver a part.
-            let problem = OptionProblem::UnrecognisedCritical {
-                number: wire_options::BLOCK2,
-            };
-            self.reject_response(packet, problem);
-        } else if let Some(observation) = self.exchanges.observation(&token) {
-            if observation.accept(now, &response) {
-                self.events.push_back(ProtocolEvent::Response {
-                    token,
-                    response: Box::new(response),
-                });
-            }
+            self.complete(now, index, packet, response);
+        } else if self.exchanges.observation(&token).is_some() {
+            self.notified(now, packet, response);
         } else {
             self.events.push_back(ProtocolEvent::Rejected(
                 "response matches no request".into(),
             ));
+        }
+    }
+
+    /// The response to pending request `index`: handed up, or, when it is one block of a
+    /// block-wise transfer, followed by the request for the next block.
+    fn complete(&mut self, now: Instant, index: usize, packet: &Packet, response: Response) {
+        let pending = &self.exchanges.pending[index];
+        let token = pending.token.clone();
+        let registration = pending
+            .observe
+            .then(|| self.blockwise.client_request_of(&token).cloned())
+            .flatten();
+        let registered = pending.observe && response.observe.is_some();
+        if registered
+            && blockwise::block_option(packet, wire_options::BLOCK2)
+                .is_some_and(|b| b.more && b.num == 0)
+        {
+            // The server registered us and sends its first response in blocks: the rest is
+            // fetched as a notification's is, without Observe and under another token, so the
+            // server does not take the fetch for a deregistration (RFC 7959 §3.4, RFC 7641
+            // §4.1).
+            let pending = self.exchanges.pending.remove(index);
+            self.blockwise.client_forget(&token);
+            let mut observation = Observation::new(token.clone(), registration, pending.timeout);
+            observation.accept(now, &response);
+            self.exchanges.observations.push(observation);
+            self.fetch_rest(now, &token, packet);
+            return;
+        }
+        let limits = self.limits();
+        let config = block_config(&self.blockwise_config);
+        let response = match self
+            .blockwise
+            .client_response(config, &token, packet, limits)
+        {
+            None => response,
+            Some(ClientStep::Deliver(whole)) => Response::from_packet(&whole).unwrap_or(response),
+            Some(ClientStep::Send(next)) => {
+                // The next block: a request of its own under the same token.
+                let pending = &mut self.exchanges.pending[index];
+                pending.deadline = now + pending.timeout;
+                self.send(&next);
+                return;
+            }
+            Some(ClientStep::Fail(error)) => {
+                let pending = self.exchanges.pending.remove(index);
+                if let Some(token) = self.exchanges.failure_token(pending) {
+                    self.events.push_back(ProtocolEvent::RequestFailed {
+                        token,
+                        error: RequestError::Blockwise(error),
+                    });
+                }
+                return;
+            }
+        };
+        let pending = self.exchanges.pending.remove(index);
+        if let Some(owner) = pending.notification {
+            // The last block of a notification's fetch: that notification, whole.
+            if self.exchanges.observation(&owner).is_none() {
+                return;
+            }
+            if !response.is_success() {
+                // The resource can no longer be had: the observation is over (RFC 7641 §3.2).
+                self.exchanges.forget_observation(&owner);
+            }
+            self.events.push_back(ProtocolEvent::Response {
+                token: owner,
+                response: Box::new(response),
+            });
+            return;
+        }
+        if pending.observe && response.observe.is_some() {
+            let mut observation = Observation::new(token.clone(), registration, pending.timeout);
+            observation.accept(now, &response);
+            self.exchanges.observations.push(observation);
+        }
+        self.events.push_back(ProtocolEvent::Response {
+            token,
+            response: Box::new(response),
+        });
+    }
+
+    /// A notification of an observation of ours (RFC 7641): handed up when fresh, or, when it
+    /// carries the first block of a larger representation (RFC 7959 §3.4), completed first by
+    /// fetching the rest. The newest wins: a fresh notification abandons the fetch of an
+    /// older one's blocks, so two versions are never spliced.
+    fn notified(&mut self, now: Instant, packet: &Packet, response: Response) {
+        let token = packet.get_token().to_vec();
+        let block = blockwise::block_option(packet, wire_options::BLOCK2);
+        if block.is_some_and(|b| b.num > 0) {
+            // A notification carries block 0; a later block answers no request of ours.
+            self.events.push_back(ProtocolEvent::Rejected(
+                "notification carries a later block, not the first".into(),
+            ));
+            return;
+        }
+        let Some(observation) = self.exchanges.observation(&token) else {
+            return;
+        };
+        if !observation.accept(now, &response) {
+            // Older than (or the same as) one we have: RFC 7641 §3.4, not delivered.
+            return;
+        }
+        self.abandon_fetch(&token);
+        if block.is_some_and(|b| b.more) {
+            self.fetch_rest(now, &token, packet);
+        } else {
+            self.events.push_back(ProtocolEvent::Response {
+                token,
+                response: Box::new(response),
+            });
+        }
+    }
+
+    /// Starts fetching blocks 1.. of the representation whose block 0 `first` brought for the
+    /// observation `token`, as a request of its own under a fresh token.
+    fn fetch_rest(&mut self, now: Instant, token: &[u8], first: &Packet) {
+        let Some(observation) = self.exchanges.observation(token) else {
+            return;
+        };
+        let timeout = observation.timeout;
+        let Some(registration) = observation.registration.clone() else {
+            // Cannot happen (every registration is kept); the observation ends rather than
+            // deliver a part.
+            self.end_observation(
+                token,
+                RequestError::Blockwise(blockwise::BlockwiseError::BadBlock),
+            );
+            return;
+        };
+        let fetch = self.exchanges.choose_token(&[], self.keepalive.rng());
+        let limits = self.limits();
+        let config = block_config(&self.blockwise_config);
+        match self
+            .blockwise
+            .notification_fetch(config, &fetch, registration, first, limits)
+        {
+            ClientStep::Send(next) => {
+                self.exchanges.pending.push(Pending {
+                    kind: PendingKind::Request,
+                    token: fetch,
+                    message_id: None,
+                    observe: false,
+                    acknowledged: false,
+                    deadline: now + timeout,
+                    timeout,
+                    retransmit: None,
+                    notification: Some(token.to_vec()),
+                });
+                self.send(&next);
+            }
+            ClientStep::Deliver(whole) => {
+                if let Some(whole) = Response::from_packet(&whole) {
+                    self.events.push_back(ProtocolEvent::Response {
+                        token: token.to_vec(),
+                        response: Box::new(whole),
+                    });
+                }
+            }
+            ClientStep::Fail(error) => self.end_observation(token, RequestError::Blockwise(error)),
+        }
+    }
+
+    /// Stops fetching the later blocks of a notification of the observation `token`.
+    fn abandon_fetch(&mut self, token: &[u8]) {
+        while let Some(index) = self.exchanges.fetch_of(token) {
+            let fetch = self.exchanges.pending.remove(index);
+            self.blockwise.client_forget(&fetch.token);
+        }
+    }
+
+    /// The observation `token` ends with `error`, reported under its token.
+    fn end_observation(&mut self, token: &[u8], error: RequestError) {
+        self.exchanges.forget_observation(token);
+        self.events.push_back(ProtocolEvent::RequestFailed {
+            token: token.to_vec(),
+            error,
+        });
+    }
+
+    /// Sends a request of ours (a later block) unless the session is ending.
+    fn send(&mut self, request: &Packet) {
+        if !matches!(self.phase, Phase::Done | Phase::Draining) {
+            self.transmits
+                .push_back(Frame::from_packet(request).encode());
         }
     }
 
@@ -401,18 +535,21 @@ impl StreamSession {
             number: problem.number(),
         };
         let known = if let Some(index) = self.exchanges.by_token(&token, PendingKind::Request) {
-            self.exchanges.pending.remove(index);
+            let pending = self.exchanges.pending.remove(index);
+            if let Some(token) = self.exchanges.failure_token(pending) {
+                self.events
+                    .push_back(ProtocolEvent::RequestFailed { token, error });
+            }
             true
         } else if self.exchanges.observation(&token).is_some() {
-            self.exchanges.forget_observation(&token);
+            // The notification cannot be processed: the observation ends, and the fetch of
+            // an older one's blocks with it.
+            self.abandon_fetch(&token);
+            self.end_observation(&token, error);
             true
         } else {
             false
         };
-        if known {
-            self.events
-                .push_back(ProtocolEvent::RequestFailed { token, error });
-        }
         self.events.push_back(ProtocolEvent::Rejected(if known {
             format!("response rejected: {problem}")
         } else {
@@ -443,6 +580,7 @@ impl StreamSession {
             deadline: now + timeout,
             timeout,
             retransmit: None,
+            notification: None,
         });
         if matches!(self.phase, Phase::Done | Phase::Draining) {
             // Nothing new goes out once the session ended or the peer released it; the
@@ -461,6 +599,7 @@ impl StreamSession {
 
     /// Stops waiting for the response to `token` and forgets its observation.
     pub fn cancel(&mut self, _now: Instant, token: &[u8]) {
+        self.abandon_fetch(token);
         self.blockwise.client_forget(token);
         self.exchanges.forget_observation(token);
         if let Some(index) = self.exchanges.by_token(token, PendingKind::Request) {
@@ -614,10 +753,12 @@ impl StreamSession {
         while index < self.exchanges.pending.len() {
             if self.exchanges.pending[index].deadline <= now {
                 let pending = self.exchanges.pending.remove(index);
-                self.events.push_back(ProtocolEvent::RequestFailed {
-                    token: pending.token,
-                    error: RequestError::TimedOut,
-                });
+                if let Some(token) = self.exchanges.failure_token(pending) {
+                    self.events.push_back(ProtocolEvent::RequestFailed {
+                        token,
+                        error: RequestError::TimedOut,
+                    });
+                }
             } else {
                 index += 1;
             }
