@@ -171,10 +171,12 @@ async fn tcp_server_sends_its_csm_first() {
                 .expect("Max-Message-Size"),
         );
         assert_eq!(size, Some(server.settings().max_message_size));
+        // With Block-Wise-Transfer: RFC 7959 both ways, and BERT (RFC 8323 §5.3.2, §6).
         assert!(matches!(
             Signal::parse(&csm),
             Ok(Signal::Csm {
                 max_message_size: Some(65_536),
+                block_wise_transfer: true,
                 ..
             })
         ));

@@ -29,6 +29,11 @@
 //!   it comes in blocks, is completed the same way. The sessions drop the fetch of an older
 //!   notification when a newer one arrives.
 //!
+//! - **BERT** (RFC 8323 §6, TCP / TLS only): when both CSMs offer it, a body that does not fit
+//!   one message goes in BERT blocks (SZX 7: several 1024-byte blocks per message, NUM
+//!   counting 1024-byte blocks) both ways, and SZX 7 is accepted; without that offer SZX 7
+//!   stays reserved (4.00 to a request, a failed transfer for a response).
+//!
 //! Bounds (RFC 7959 §2.9 and the threat model): a body may not exceed
 //! [`BlockwiseConfig::max_body_size`]; a session holds at most
 //! [`MAX_TRANSFERS_PER_SESSION`] partial uploads and as many stored representations (the
@@ -356,10 +361,36 @@ pub(crate) enum ClientStep {
 pub(crate) struct Limits {
     /// A body up to this many bytes goes in one message, unsliced.
     pub whole: usize,
-    /// The largest SZX a block may use.
+    /// The largest SZX an ordinary block may use.
     pub szx: u8,
-    /// SZX 7 (BERT) may be received.
-    pub bert: bool,
+    /// BERT (RFC 8323 §6) may be sent: the payload of one BERT block, a multiple of 1024
+    /// bytes that fits one message to the peer. `None` over UDP / DTLS, or when the peer's
+    /// CSM did not offer BERT.
+    pub bert: Option<usize>,
+    /// SZX 7 (BERT) may be received: BERT was offered both ways. Otherwise SZX 7 is reserved
+    /// and refused (RFC 7959 §2.2).
+    pub bert_in: bool,
+}
+
+impl Limits {
+    /// The size exponent and the bytes per message of a body that must go in blocks, given
+    /// the Block2 option of the request (if any) and our block size. BERT when it may be
+    /// sent and either the request asks for it (SZX 7 in a request's Block2 is control usage:
+    /// the client takes BERT blocks) or, with no such request, our block size is the largest
+    /// (BERT extends 1024-byte blocks; a smaller configured size is kept as asked).
+    fn shape(&self, config: &BlockwiseConfig, requested: Option<BlockValue>) -> (u8, usize) {
+        let wants_bert = requested.map_or(config.szx == MAX_SZX, |b| b.is_bert());
+        match self.bert.filter(|_| wants_bert) {
+            Some(bytes) => (BERT_SZX, bytes),
+            None => {
+                let szx = requested
+                    .map_or(MAX_SZX, |b| b.szx.min(MAX_SZX))
+                    .min(self.szx)
+                    .min(config.szx);
+                (szx, block_size(szx))
+            }
+        }
+    }
 }
 
 /// A Block1 body being received.
@@ -395,6 +426,8 @@ struct ClientTransfer {
     /// The Observe option of the first block, for the whole response (§3.4).
     observe: Option<Vec<u8>>,
     restarted: bool,
+    /// Bytes in one BERT block of the upload (a multiple of 1024), when it goes as BERT.
+    bert: usize,
 }
 
 /// The block-wise state of one session: partial uploads and stored representations as a
@@ -442,7 +475,7 @@ impl Blockwise {
         if [block1, block2]
             .iter()
             .flatten()
-            .any(|b| b.is_bert() && !limits.bert)
+            .any(|b| b.is_bert() && !limits.bert_in)
         {
             // RFC 7959 §2.2: SZX 7 is reserved; only RFC 8323 BERT, when agreed, gives it a
             // meaning.
@@ -461,7 +494,7 @@ impl Blockwise {
             let key = request_key(request);
             if let Some(at) = self.downloads.iter().position(|d| d.key == key) {
                 self.downloads[at].last = now;
-                let szx = block.szx.min(limits.szx).min(config.szx);
+                let (szx, bytes) = limits.shape(config, Some(block));
                 let download = &self.downloads[at];
                 let offset = block.offset();
                 let (answer, more) = slice(
@@ -469,7 +502,7 @@ impl Blockwise {
                     &download.body.bytes,
                     download.etag,
                     offset,
-                    szx,
+                    (szx, bytes),
                 );
                 if !more {
                     // The client has the last block: the transfer is done.
@@ -589,12 +622,9 @@ impl Blockwise {
         if requested.is_none() && len <= limits.whole {
             return response;
         }
-        let szx = requested
-            .map_or(MAX_SZX, |b| b.szx.min(MAX_SZX))
-            .min(limits.szx)
-            .min(config.szx);
+        let (szx, bytes) = limits.shape(config, requested);
         let offset = requested.map_or(0, |b| b.offset());
-        if requested.is_some() && len <= block_size(szx) && offset == 0 {
+        if requested.is_some() && len <= bytes && offset == 0 {
             let only = BlockValue::new(0, false, szx);
             set_option(&mut response, BLOCK2, only.encode());
             return response;
@@ -614,7 +644,7 @@ impl Blockwise {
                 &body,
             ),
         };
-        let (answer, more) = slice(&response, &body, etag, offset, szx);
+        let (answer, more) = slice(&response, &body, etag, offset, (szx, bytes));
         // Without the request (a notification, a separate response) nothing is stored: the
         // later blocks are answered by the handler again.
         let Some(key) = request.map(request_key) else {
@@ -654,7 +684,15 @@ impl Blockwise {
         limits: Limits,
     ) -> Packet {
         self.client.retain(|t| t.token != token);
-        let szx = block_size.map_or(config.szx, szx_for).min(limits.szx);
+        // A block size asked for by the request is kept; otherwise BERT when agreed and our
+        // block size is the largest (RFC 8323 §6: BERT extends SZX 6).
+        let bert = limits
+            .bert
+            .filter(|_| block_size.is_none() && config.szx == MAX_SZX);
+        let szx = match bert {
+            Some(_) => BERT_SZX,
+            None => block_size.map_or(config.szx, szx_for).min(limits.szx),
+        };
         let len = request.payload.len();
         let whole = block_size.map_or(limits.whole, |b| b.min(limits.whole));
         let mut transfer = ClientTransfer {
@@ -665,6 +703,7 @@ impl Blockwise {
             etag: None,
             observe: None,
             restarted: false,
+            bert: bert.unwrap_or(0),
         };
         let first = if len <= whole {
             let mut first = transfer.request.clone();
@@ -715,8 +754,14 @@ impl Blockwise {
             let total = transfer.request.payload.len();
             if code == 0x5f {
                 // 2.31 Continue: the server took the block; a smaller SZX in its Block1 is the
-                // size it wants from now on (§2.5).
-                let szx = block1.map_or(szx, |b| b.szx.min(MAX_SZX)).min(szx);
+                // size it wants from now on (§2.5). BERT echoed to BERT goes on as BERT (RFC
+                // 8323 §6); any ordinary size is smaller than a BERT block.
+                let theirs = block1.map_or(szx, |b| b.szx);
+                let szx = if theirs == BERT_SZX && szx == BERT_SZX {
+                    BERT_SZX
+                } else {
+                    theirs.min(MAX_SZX).min(szx)
+                };
                 let taken = taken + in_flight;
                 if taken >= total {
                     return ClientStep::Fail(BlockwiseError::BadBlock);
@@ -739,7 +784,12 @@ impl Blockwise {
         let Some(block) = block2 else {
             return ClientStep::Deliver(response.clone());
         };
-        if block.is_bert() && !limits.bert {
+        if block.is_bert() && !limits.bert_in {
+            return ClientStep::Fail(BlockwiseError::BadBlock);
+        }
+        if block.is_bert() && block.more && !response.payload.len().is_multiple_of(1024) {
+            // RFC 8323 §6: a non-final BERT block carries whole 1024-byte blocks, which the
+            // next NUM counts.
             return ClientStep::Fail(BlockwiseError::BadBlock);
         }
         let etag = response.get_first_option(CoapOption::ETag).cloned();
@@ -772,7 +822,12 @@ impl Blockwise {
                 return ClientStep::Fail(BlockwiseError::BadBlock);
             }
             let next = transfer.body.len() / block.size();
-            let szx = block.szx.min(limits.szx);
+            // BERT asked for again; an ordinary size no larger than the message allows.
+            let szx = if block.is_bert() {
+                BERT_SZX
+            } else {
+                block.szx.min(limits.szx)
+            };
             return ClientStep::Send(transfer.next_download(BlockValue::new(
                 next as u32,
                 false,
@@ -825,6 +880,7 @@ impl Blockwise {
             etag: None,
             observe: None,
             restarted: false,
+            bert: 0,
         });
         let at = self.client.len() - 1;
         let step = self.client_step(config, at, first, block_option(first, BLOCK2), limits);
@@ -848,12 +904,17 @@ impl Blockwise {
 impl ClientTransfer {
     /// The block of the body that starts at `offset`, of size exponent `szx`.
     fn next_upload(&mut self, offset: usize, szx: u8) -> Packet {
-        let size = block_size_of(szx);
+        // A BERT block carries several 1024-byte blocks; its NUM counts 1024-byte blocks.
+        let size = if szx == BERT_SZX && self.bert > 0 {
+            self.bert
+        } else {
+            block_size_of(szx)
+        };
         let total = self.request.payload.len();
         let end = (offset + size).min(total);
         let mut next = self.request.clone();
         next.payload = self.request.payload[offset..end].to_vec();
-        let num = (offset / size) as u32;
+        let num = (offset / block_size(szx)) as u32;
         set_option(
             &mut next,
             BLOCK1,
@@ -885,11 +946,17 @@ fn block_size_of(szx: u8) -> usize {
     block_size(szx.min(MAX_SZX))
 }
 
-/// The block at `offset` of `body` (of size exponent `szx`) as a response built on `head`, and
-/// whether more follow. Beyond the end: 4.02 Bad Option (§2.4 leaves the code open; the Block2
-/// value is what is wrong).
-fn slice(head: &Packet, body: &[u8], etag: [u8; 8], offset: usize, szx: u8) -> (Packet, bool) {
-    let size = block_size(szx);
+/// The block at `offset` of `body` (`shape`: its size exponent and the bytes it carries, more
+/// than one 1024-byte block for BERT) as a response built on `head`, and whether more follow.
+/// Beyond the end: 4.02 Bad Option (§2.4 leaves the code open; the Block2 value is what is
+/// wrong).
+fn slice(
+    head: &Packet,
+    body: &[u8],
+    etag: [u8; 8],
+    offset: usize,
+    (szx, size): (u8, usize),
+) -> (Packet, bool) {
     if offset >= body.len() && !(offset == 0 && body.is_empty()) {
         return (
             diagnostic(
@@ -903,10 +970,11 @@ fn slice(head: &Packet, body: &[u8], etag: [u8; 8], offset: usize, szx: u8) -> (
     let more = end < body.len();
     let mut answer = head.clone();
     answer.payload = body[offset..end].to_vec();
+    // NUM counts blocks of the size SZX names (1024 bytes for BERT, RFC 8323 §6).
     set_option(
         &mut answer,
         BLOCK2,
-        BlockValue::new((offset / size) as u32, more, szx).encode(),
+        BlockValue::new((offset / block_size(szx)) as u32, more, szx).encode(),
     );
     set_option(&mut answer, ETAG, etag.to_vec());
     if offset == 0 {

@@ -1334,7 +1334,8 @@ fn limits(config: &BlockwiseConfig) -> Limits {
     Limits {
         whole: config.block_size(),
         szx: blockwise::MAX_SZX,
-        bert: false,
+        bert: None,
+        bert_in: false,
     }
 }
 

@@ -57,6 +57,10 @@ pub struct StreamSession {
     /// Since when an incomplete message has been held (a slow-loris peer never finishes it).
     partial_since: Option<Instant>,
     peer_max_message_size: u32,
+    /// The Max-Message-Size we announced (and the decoder enforces).
+    max_message_size: u32,
+    /// The peer's CSM carried Block-Wise-Transfer (RFC 8323 §5.3.2); ours always does.
+    peer_block_wise: bool,
     /// When the peer's Release arrived (set while draining).
     released_at: Option<Instant>,
     /// Bodies moving in blocks (RFC 7959 over RFC 8323 §6), both roles.
@@ -69,7 +73,9 @@ pub struct StreamSession {
 
 impl StreamSession {
     /// A session whose connection opened at `now`. Our CSM is queued at once: neither side waits
-    /// for the other's (RFC 8323 §5.3).
+    /// for the other's (RFC 8323 §5.3). It announces `max_message_size` and Block-Wise-Transfer
+    /// (RFC 8323 §5.3.2): we do RFC 7959 in both roles, and, with a Max-Message-Size above the
+    /// base 1152 bytes, BERT (§6) too.
     pub fn new(
         config: impl Into<Arc<KeepaliveConfig>>,
         rng: Rng,
@@ -85,6 +91,8 @@ impl StreamSession {
             csm_deadline: Some(now + DEFAULT_INPUT_TIMEOUT),
             partial_since: None,
             peer_max_message_size: BASE_MAX_MESSAGE_SIZE,
+            max_message_size,
+            peer_block_wise: false,
             released_at: None,
             blockwise: Blockwise::default(),
             blockwise_config: None,
@@ -93,7 +101,7 @@ impl StreamSession {
         };
         let csm = Signal::Csm {
             max_message_size: Some(max_message_size),
-            block_wise_transfer: false,
+            block_wise_transfer: true,
         };
         session.transmits.push_back(csm.encode(&[]));
         session
@@ -115,15 +123,28 @@ impl StreamSession {
     }
 
     /// What fits one message to the peer: a body that fits its Max-Message-Size goes whole
-    /// (RFC 8323 §6 needs blocks only beyond it), and blocks are sized to fit it. BERT is not
-    /// announced in our CSM, so SZX 7 is never agreed.
+    /// (RFC 8323 §6 needs blocks only beyond it), and blocks are sized to fit it.
+    ///
+    /// BERT: Block-Wise-Transfer in a CSM offers BERT when the same sender's Max-Message-Size
+    /// is above 1152 bytes (RFC 8323 §5.3.2). We send BERT blocks when the peer offered it,
+    /// as many 1024-byte blocks in one as fit its Max-Message-Size; we take SZX 7 when both
+    /// CSMs carry Block-Wise-Transfer and ours offered BERT. Otherwise SZX 7 stays reserved.
     fn limits(&self) -> Limits {
         let room = (self.peer_max_message_size as usize).saturating_sub(MESSAGE_OVERHEAD);
+        let offered = |size: u32| self.peer_block_wise && size > BASE_MAX_MESSAGE_SIZE;
         Limits {
             whole: room,
             szx: blockwise::szx_for(room),
-            bert: false,
+            bert: offered(self.peer_max_message_size)
+                .then_some(room / 1024 * 1024)
+                .filter(|&bytes| bytes >= 1024),
+            bert_in: offered(self.max_message_size),
         }
+    }
+
+    /// True once the peer's CSM announced Block-Wise-Transfer (RFC 8323 §5.3.2).
+    pub fn peer_block_wise_transfer(&self) -> bool {
+        self.peer_block_wise
     }
 
     /// The keepalive machine (read-only).
@@ -263,11 +284,15 @@ impl StreamSession {
         }
         match signal {
             Signal::Csm {
-                max_message_size, ..
+                max_message_size,
+                block_wise_transfer,
             } => {
                 if let Some(size) = max_message_size {
                     self.peer_max_message_size = size;
                 }
+                // A later CSM without the option takes nothing back: an option absent from a
+                // CSM keeps the value it had (RFC 8323 §5.3).
+                self.peer_block_wise |= block_wise_transfer;
                 if self.phase == Phase::AwaitingCsm {
                     self.phase = Phase::Established;
                     self.csm_deadline = None;
@@ -899,6 +924,7 @@ fn code_name(code: u8) -> String {
 mod tests {
     use super::*;
     use crate::proto::keepalive::PingTransmit;
+    use crate::proto::message::Status;
     use std::time::Duration;
 
     fn session(interval: u64) -> (StreamSession, Instant) {
@@ -916,8 +942,12 @@ mod tests {
     #[test]
     fn csm_goes_out_first_without_waiting() {
         let (mut s, _) = session(0);
-        // 7.01 with Max-Message-Size 1152: 30 e1 22 04 80
-        assert_eq!(s.poll_transmit(), Some(vec![0x30, 0xe1, 0x22, 0x04, 0x80]));
+        // 7.01 with Max-Message-Size 1152 and Block-Wise-Transfer (option 4, empty: delta 2,
+        // length 0): 40 e1 22 04 80 20.
+        assert_eq!(
+            s.poll_transmit(),
+            Some(vec![0x40, 0xe1, 0x22, 0x04, 0x80, 0x20])
+        );
     }
 
     /// RFC 8323 §5.6: nothing follows an Abort, not even the answer to a ping that arrived in
@@ -1363,5 +1393,193 @@ mod tests {
             "no ping handed up, no second terminal event"
         );
         assert_eq!(s.poll_transmit(), None);
+    }
+
+    // ---- BERT (RFC 8323 §6) ----
+
+    #[test]
+    fn our_csm_announces_block_wise_transfer_and_the_peers_is_remembered() {
+        let t0 = Instant::now();
+        let mut s = StreamSession::new(
+            KeepaliveConfig::default(),
+            Rng::seeded(3),
+            t0,
+            DEFAULT_MAX_MESSAGE_SIZE,
+        );
+        // Max-Message-Size 65536 (option 2, 3 bytes: 23 01 00 00) and Block-Wise-Transfer
+        // (option 4, empty: 20); options and payload are 5 bytes: 50 e1.
+        assert_eq!(
+            s.poll_transmit(),
+            Some(vec![0x50, 0xe1, 0x23, 0x01, 0x00, 0x00, 0x20])
+        );
+        assert!(!s.peer_block_wise_transfer());
+        s.handle_bytes(t0, &[0x50, 0xe1, 0x23, 0x80, 0x01, 0x00, 0x20]); // libcoap's CSM
+        assert!(s.peer_block_wise_transfer());
+        // CSM options are cumulative (RFC 8323 §5.3): an empty CSM takes nothing back.
+        s.handle_bytes(t0, &[0x00, 0xe1]);
+        assert!(s.peer_block_wise_transfer());
+        assert!(s.is_established());
+    }
+
+    /// Carries every frame between `client` and `server` until the client has the response to
+    /// `request`. The server stores a PUT's body in `stored` and answers a GET with it. Returns
+    /// the response, the frames each way as sent (CSMs left out), and the handler runs.
+    fn carry(
+        client: &mut StreamSession,
+        server: &mut StreamSession,
+        t0: Instant,
+        request: &Request,
+        stored: &mut Vec<u8>,
+    ) -> (Response, Vec<Vec<u8>>, Vec<Vec<u8>>, usize) {
+        client.send_request(t0, request, Duration::from_secs(60));
+        let (mut up, mut down, mut handled) = (Vec::new(), Vec::new(), 0);
+        for _ in 0..1000 {
+            while let Some(bytes) = client.poll_transmit() {
+                if decode(&bytes).code != CSM {
+                    up.push(bytes.clone());
+                }
+                server.handle_bytes(t0, &bytes);
+            }
+            while let Some(event) = server.poll_event() {
+                if let ProtocolEvent::Request(incoming) = event {
+                    handled += 1;
+                    let response = if incoming.request().payload.is_empty() {
+                        Response::new(Status::Content).with_payload(stored.clone())
+                    } else {
+                        *stored = incoming.request().payload.clone();
+                        Response::new(Status::Changed)
+                    };
+                    server.respond(&incoming, &response);
+                }
+            }
+            while let Some(bytes) = server.poll_transmit() {
+                if decode(&bytes).code != CSM {
+                    down.push(bytes.clone());
+                }
+                client.handle_bytes(t0, &bytes);
+            }
+            while let Some(event) = client.poll_event() {
+                match event {
+                    ProtocolEvent::Response { response, .. } => {
+                        return (*response, up, down, handled)
+                    }
+                    ProtocolEvent::RequestFailed { error, .. } => panic!("{error:?}"),
+                    _ => {}
+                }
+            }
+        }
+        panic!("no response")
+    }
+
+    /// The Block1 or Block2 option `number` of each frame, with its payload's length.
+    fn blocks(frames: &[Vec<u8>], number: u16) -> Vec<(u32, bool, u8, usize)> {
+        frames
+            .iter()
+            .map(|bytes| {
+                let frame = decode(bytes);
+                let block = blockwise::BlockValue::parse(frame.option(number).unwrap()).unwrap();
+                (block.num, block.more, block.szx, frame.payload.len())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn with_bert_offered_both_ways_large_bodies_go_in_bert_blocks_both_ways() {
+        let t0 = Instant::now();
+        let config = KeepaliveConfig::default();
+        let mut client = StreamSession::new(config, Rng::seeded(11), t0, 4096);
+        let mut server = StreamSession::new(config, Rng::seeded(12), t0, 4096);
+        // The CSMs first: a body is sized when its first block goes, by what is known then.
+        server.handle_bytes(t0, &client.poll_transmit().unwrap());
+        client.handle_bytes(t0, &server.poll_transmit().unwrap());
+        assert!(client.peer_block_wise_transfer() && server.peer_block_wise_transfer());
+        let body: Vec<u8> = (0..20_000u32).map(|i| (i % 249) as u8).collect();
+        let mut stored = Vec::new();
+        let put = Request::put("/echo", body.clone());
+        let (response, up, down, handled) = carry(&mut client, &mut server, t0, &put, &mut stored);
+        assert_eq!((response.status, handled), (Status::Changed, 1));
+        assert_eq!(stored, body, "reassembled once, whole");
+        // (4096 - 128) / 1024 = 3: each BERT block carries 3072 bytes, its NUM counting
+        // 1024-byte blocks; the last carries the 1568 left.
+        let mut expected: Vec<_> = (0..6).map(|i| (3 * i, true, 7, 3072)).collect();
+        expected.push((18, false, 7, 1568));
+        assert_eq!(blocks(&up, wire_options::BLOCK1), expected);
+        // The first exactly: Len 14 with 3085 - 269 = 0x0b00, TKL 4; PUT; the token; Uri-Path
+        // "echo" (b4); Block1 (27, delta 16: d1 03) 0/1/BERT = 0f; Size1 (60, delta 33:
+        // d2 14) 20000 = 4e 20; the payload marker.
+        let token = decode(&up[0]).token;
+        let mut head = vec![0xe4, 0x0b, 0x00, 0x03];
+        head.extend_from_slice(&token);
+        head.extend_from_slice(&[0xb4, b'e', b'c', b'h', b'o', 0xd1, 0x03, 0x0f]);
+        head.extend_from_slice(&[0xd2, 0x14, 0x4e, 0x20, 0xff]);
+        assert_eq!(&up[0][..head.len()], head.as_slice());
+        assert_eq!(up[0].len(), head.len() + 3072);
+        // Each 2.31 echoes the BERT block it continues (RFC 8323 §6).
+        let continues: Vec<_> = down[..6]
+            .iter()
+            .map(|b| {
+                (
+                    decode(b).code,
+                    decode(b).option(wire_options::BLOCK1).map(<[u8]>::to_vec),
+                )
+            })
+            .collect();
+        let echoed: Vec<_> = (0..6u8)
+            .map(|i| (0x5f, Some(vec![(3 * i) << 4 | 0x0f])))
+            .collect();
+        assert_eq!(continues, echoed);
+        // And back: the GET's response in BERT blocks of 3072, the client asking for NUM 3, 6..
+        let get = Request::get("/echo");
+        let (response, up, down, handled) = carry(&mut client, &mut server, t0, &get, &mut stored);
+        assert_eq!((response.payload == body, handled), (true, 1));
+        assert_eq!(blocks(&down, wire_options::BLOCK2), expected);
+        let asked: Vec<_> = blocks(&up[1..], wire_options::BLOCK2)
+            .into_iter()
+            .map(|(num, _, szx, _)| (num, szx))
+            .collect();
+        assert_eq!(asked, (1..7).map(|i| (3 * i, 7)).collect::<Vec<_>>());
+        assert!(up.iter().chain(&down).all(|frame| frame.len() <= 4096));
+    }
+
+    #[test]
+    fn without_bert_offered_blocks_are_ordinary_and_szx_7_is_refused() {
+        let t0 = Instant::now();
+        let config = KeepaliveConfig::default();
+        // A peer announcing Max-Message-Size 4096 (22 10 00) but no Block-Wise-Transfer.
+        let mut s = StreamSession::new(config, Rng::seeded(13), t0, 65_536);
+        s.poll_transmit();
+        s.handle_bytes(t0, &[0x30, 0xe1, 0x22, 0x10, 0x00]);
+        s.send_request(
+            t0,
+            &Request::put("/echo", vec![1; 5000]),
+            Duration::from_secs(60),
+        );
+        let first = decode(&s.poll_transmit().unwrap());
+        assert_eq!(
+            first.option(wire_options::BLOCK1),
+            Some(&[0x0e][..]),
+            "0/1/1024"
+        );
+        assert_eq!(first.payload.len(), 1024);
+        // Its PUT with Block1 0/1/BERT: 4.00, SZX 7 being reserved without BERT.
+        let mut put = Frame::new(0x03);
+        put.token = vec![0x01];
+        put.options = vec![(11, b"echo".to_vec()), (wire_options::BLOCK1, vec![0x0f])];
+        put.payload = vec![2; 1024];
+        s.handle_bytes(t0, &put.encode());
+        let answer = decode(&s.poll_transmit().unwrap());
+        assert_eq!((answer.code, answer.token), (0x80, vec![0x01]));
+        // A peer with Block-Wise-Transfer but the base Max-Message-Size offers no BERT (RFC
+        // 8323 §5.3.2): ordinary blocks of 1024.
+        let mut s = StreamSession::new(config, Rng::seeded(14), t0, 65_536);
+        s.poll_transmit();
+        s.handle_bytes(t0, &[0x40, 0xe1, 0x22, 0x04, 0x80, 0x20]);
+        s.send_request(
+            t0,
+            &Request::put("/echo", vec![1; 5000]),
+            Duration::from_secs(60),
+        );
+        let first = decode(&s.poll_transmit().unwrap());
+        assert_eq!(first.option(wire_options::BLOCK1), Some(&[0x0e][..]));
     }
 }
