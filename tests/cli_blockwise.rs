@@ -2,7 +2,8 @@
 //! `get -o FILE` against a `serve` process, byte-identical over UDP and TCP with `-b 64` and the
 //! default block size; `/echo` keeping what was PUT (answering 2.04 alone) up to
 //! `serve --max-body-size`, beyond which the PUT gets 4.13; and the refusals (`-e` with `-f`, a
-//! block size RFC 7959 cannot say, `-f` on a GET, `-o` on observe, a file that cannot be read).
+//! block size RFC 7959 cannot say, `-f` on a GET, `-o` on observe, a file that cannot be read);
+//! `-f -` reading stdin.
 
 mod support;
 
@@ -103,7 +104,7 @@ fn tcp_put_file_then_get_output_in_64_byte_blocks() {
 }
 
 #[test]
-fn tcp_put_file_then_get_output_whole() {
+fn tcp_put_file_then_get_output_in_default_blocks() {
     put_then_get("--tcp", None);
 }
 
@@ -241,4 +242,38 @@ fn block_wise_flags_are_refused_where_they_do_not_fit() {
         text(&output)
     );
     assert!(peer.recv_from(&mut buf).is_err(), "nothing was sent");
+}
+
+#[test]
+fn put_file_dash_reads_stdin() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+
+    let (server, base) = serve(&["--tcp", "127.0.0.1:0"]);
+    let echo = format!("{base}/echo");
+    let sent = body(5_000);
+    let mut put = Command::new(support::cli::BIN)
+        .args(["put", &echo, "-f", "-", "-b", "128", "-t", "20"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    put.stdin.take().unwrap().write_all(&sent).unwrap();
+    // stdin is closed when the handle drops: the command reads to its end.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(put.wait_with_output());
+    });
+    let output = rx
+        .recv_timeout(LIMIT)
+        .expect("put -f - ran too long")
+        .unwrap();
+    assert_eq!(lines(&output), ["2.04 Changed"], "{}", text(&output));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("back.bin");
+    let output = run(&["get", &echo, "-o", path_arg(&out)], LIMIT);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(std::fs::read(&out).unwrap() == sent);
+    stop(server);
 }

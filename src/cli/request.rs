@@ -42,7 +42,8 @@ pub struct RequestArgs {
     /// Send the request Non-confirmable (UDP / DTLS).
     #[arg(long)]
     non: bool,
-    /// Seconds to wait for the response: the whole exchange, every block of it.
+    /// Seconds to wait for the response; block-wise, for each block's (the clock restarts with
+    /// every block, so a large body may take longer in all).
     #[arg(short = 't', long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
     timeout: Duration,
     #[command(flatten)]
