@@ -6,7 +6,8 @@
 //!   100 kB or 1 MB of bytes with no period a misplaced block could hide in; `serve -v` must log
 //!   the PUT once, whole (`PUT /echo with N bytes -> 2.04`), and OUT must equal FILE. coap-client
 //!   is the notls build over `coap://` and `coap+tcp://`, the OpenSSL build over `coaps://`
-//!   (PSK) and the GnuTLS build over `coaps+tcp://` (the server's certificate verified).
+//!   (PSK) and the GnuTLS build over `coaps+tcp://` (the server's certificate verified). Also
+//!   `-m post -f FILE -o OUT`, whose 2.04 echoes the body back in blocks (`*_post_echo`).
 //! - **our CLI → coap-server** (`our_client_*`): `coap-keepalive put -f FILE` then `get -o OUT`
 //!   of 100 kB against `coap-server-* -d 10`, which creates the resource on the PUT (2.01).
 //! - **Observe** (`our_observe_*`): after such a PUT to coap-server's `/example_data`, an
@@ -370,6 +371,52 @@ async fn coap_client_gnutls_tls_b1024_1_mb() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coap_client_gnutls_tls_b64_1_mb() {
     coap_client_put_then_get(Cell::Tls, "64", MB_1).await;
+}
+
+/// coap-client `-b block -m post -f FILE -o OUT` of 100 kB to our `/echo`: Block1 up, and the
+/// 2.04 that echoes the body comes back in Block2 blocks after the last Block1 (RFC 7959 §3.3,
+/// both options in one exchange). OUT equals FILE.
+async fn coap_client_post_echo(cell: Cell, block: &str) {
+    bounded(TEST_LIMIT, async {
+        let pki = Pki::generate();
+        let (server, base) = start_serve(cell, &pki);
+        let echo = format!("{base}/echo");
+        let dir = tempfile::tempdir().unwrap();
+        let (file, out) = (dir.path().join("body.bin"), dir.path().join("echoed.bin"));
+        let sent = body(KB_100, 0xec40);
+        std::fs::write(&file, &sent).unwrap();
+        let args = [
+            "-b",
+            block,
+            "-m",
+            "post",
+            "-f",
+            file.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            &echo,
+        ];
+        let (post, took) = coap_client(cell, &pki, &args).await;
+        let output = stop_serve(server);
+        eprintln!(
+            "{} {cell:?} -b {block} POST echo: {took:.2?}",
+            cell.build().client()
+        );
+        if let Err(why) = compare(&out, &sent) {
+            panic!("POST echo: {why}\n{}\n{}", post.report(), text(&output));
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coap_client_notls_udp_b64_100_kb_post_echo() {
+    coap_client_post_echo(Cell::Udp, "64").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coap_client_notls_tcp_b64_100_kb_post_echo() {
+    coap_client_post_echo(Cell::Tcp, "64").await;
 }
 
 // ---- our client against coap-server ---------------------------------------------------------
