@@ -29,14 +29,14 @@ enum Command {
     /// Ping a CoAP peer like ping(8): one line per ping's fate (numbered by seq), a summary at
     /// the end; exits 1 when no pong came back.
     Ping(cli::ping::PingArgs),
-    /// GET a resource and print the response.
-    Get(cli::request::RequestArgs),
-    /// PUT a payload (-e TEXT) to a resource.
-    Put(cli::request::RequestArgs),
-    /// POST a payload (-e TEXT) to a resource.
-    Post(cli::request::RequestArgs),
+    /// GET a resource and print the response (-o FILE: write its body to FILE).
+    Get(cli::request::ExchangeArgs),
+    /// PUT a payload (-e TEXT, or -f FILE) to a resource.
+    Put(cli::request::ExchangeArgs),
+    /// POST a payload (-e TEXT, or -f FILE) to a resource.
+    Post(cli::request::ExchangeArgs),
     /// DELETE a resource.
-    Delete(cli::request::RequestArgs),
+    Delete(cli::request::ExchangeArgs),
     /// Observe a resource (RFC 7641) and print each notification.
     Observe(cli::request::ObserveArgs),
     /// Run a server and clients on loopback over every transport, show pings and pongs both

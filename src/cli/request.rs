@@ -1,32 +1,64 @@
 //! `coap-keepalive get | put | post | delete | observe`: one request (or an observation) to a
-//! CoAP server, printed for people: the response code, then the payload.
+//! CoAP server, printed for people: the response code, then the payload (or, with `-o FILE`,
+//! the body written to FILE and a line saying so). Bodies larger than a block move block-wise
+//! (RFC 7959) without the user seeing blocks; `-b` picks the block size.
 
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
 use coap_keepalive::Result;
-use coap_keepalive::{CoapUri, Context, Method, Request, Response, Session, SessionState};
+use coap_keepalive::{CoapUri, Context, Method, Request, Response, Session, SessionState, Status};
 
-use super::args::parse_secs;
+use super::args::{parse_block_size, parse_body_size, parse_secs};
 use super::output::{refuse_multicast, usage_error, Signals};
 
-/// Arguments shared by the request subcommands.
+/// Arguments shared by the request subcommands and `observe`.
 #[derive(Debug, Args)]
 pub struct RequestArgs {
     /// The resource: coap://HOST[:PORT]/PATH[?QUERY] or coap+tcp://...
     uri: String,
-    /// Payload to send (PUT / POST).
-    #[arg(short = 'e', long = "payload", value_name = "TEXT")]
+    /// Payload to send, as text (PUT / POST).
+    #[arg(
+        short = 'e',
+        long = "payload",
+        value_name = "TEXT",
+        conflicts_with = "file"
+    )]
     payload: Option<String>,
+    /// Send this file's bytes as the payload (PUT / POST; `-` reads stdin). A body larger than
+    /// a block goes block-wise (RFC 7959 Block1).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// Block size of block-wise transfer (RFC 7959), both ways: 16, 32, 64, 128, 256, 512 or
+    /// 1024 bytes (default 1024). A GET asks the server for blocks this small.
+    #[arg(short = 'b', long = "block-size", value_name = "BYTES", value_parser = parse_block_size)]
+    block_size: Option<usize>,
+    /// The largest response body to fetch block-wise, in bytes (default 1048576, 1 MiB).
+    #[arg(long, value_name = "BYTES", value_parser = parse_body_size)]
+    max_body_size: Option<usize>,
     /// Send the request Non-confirmable (UDP / DTLS).
     #[arg(long)]
     non: bool,
-    /// Seconds to wait for the response.
+    /// Seconds to wait for the response; block-wise, for each block's (the clock restarts with
+    /// every block, so a large body may take longer in all).
     #[arg(short = 't', long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
     timeout: Duration,
     #[command(flatten)]
     security: super::secure::ClientSecurityArgs,
+}
+
+/// Arguments of `get`, `put`, `post` and `delete`: one request and its response.
+#[derive(Debug, Args)]
+pub struct ExchangeArgs {
+    #[command(flatten)]
+    request: RequestArgs,
+    /// Write the body of a 2.xx response to FILE (`-`: print it, as without -o); the body of
+    /// any other response is printed and FILE left alone.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    output: Option<PathBuf>,
 }
 
 /// Arguments of `observe`.
@@ -42,8 +74,12 @@ pub struct ObserveArgs {
     count: u64,
 }
 
-fn build(method: Method, args: &RequestArgs) -> Result<(CoapUri, Request)> {
-    let uri = CoapUri::parse(&args.uri)?;
+/// The request the arguments describe, its body read (from `-e`, `-f FILE` or stdin).
+fn build(
+    method: Method,
+    uri: &CoapUri,
+    args: &RequestArgs,
+) -> std::result::Result<Request, String> {
     let mut request = Request::new(method, &uri.path.join("/"));
     request.query = uri.query.clone();
     if let Some(payload) = &args.payload {
@@ -51,22 +87,47 @@ fn build(method: Method, args: &RequestArgs) -> Result<(CoapUri, Request)> {
             .with_payload(payload.as_bytes().to_vec())
             .with_content_format(coap_keepalive::content_format::TEXT_PLAIN);
     }
+    if let Some(file) = &args.file {
+        // Whatever the file holds: no Content-Format is claimed for it.
+        request = request.with_payload(read_body(file)?);
+    }
+    if let Some(bytes) = args.block_size {
+        request = request.with_block_size(bytes);
+    }
     if args.non {
         request = request.non_confirmable();
     }
-    Ok((uri, request))
+    Ok(request)
+}
+
+/// The bytes of `file`, or of stdin for `-`.
+fn read_body(file: &Path) -> std::result::Result<Vec<u8>, String> {
+    if file == Path::new("-") {
+        let mut body = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut body)
+            .map_err(|e| format!("cannot read the payload from stdin: {e}"))?;
+        return Ok(body);
+    }
+    std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))
 }
 
 /// Connects as the URI and the security options say; prints why on failure.
 async fn connect(uri: &CoapUri, args: &RequestArgs) -> Result<Option<(Context, Session)>> {
     let credentials = args.security.credentials(uri.transport)?;
-    let ctx = Context::builder()
-        .connect_timeout(
-            args.security
-                .handshake_timeout
-                .max(Duration::from_millis(1)),
-        )
-        .build()?;
+    let mut builder = Context::builder().connect_timeout(
+        args.security
+            .handshake_timeout
+            .max(Duration::from_millis(1)),
+    );
+    if let Some(bytes) = args.block_size {
+        // For observe, which has no per-request setting, and for every later block.
+        builder = builder.block_size(bytes);
+    }
+    if let Some(bytes) = args.max_body_size {
+        builder = builder.max_body_size(bytes);
+    }
+    let ctx = builder.build()?;
     match ctx.connect_with(&uri.to_string(), &credentials).await {
         Ok(session) => Ok(Some((ctx, session))),
         Err(error) => {
@@ -82,6 +143,28 @@ fn print_response(response: &Response) {
     if !response.payload.is_empty() {
         println!("{}", response.payload_str());
     }
+    if let Some(limit) = response
+        .size1()
+        .filter(|_| response.status == Status::RequestEntityTooLarge)
+    {
+        println!("(the server takes bodies of at most {limit} bytes: Size1)");
+    }
+}
+
+/// Prints the response; with `output` (not `-`) a 2.xx's body goes to that file instead, and a
+/// line says how many bytes did. Fails when the file cannot be written.
+fn deliver(response: &Response, output: Option<&Path>) -> std::result::Result<(), String> {
+    let Some(path) = output.filter(|p| *p != Path::new("-") && response.is_success()) else {
+        print_response(response);
+        return Ok(());
+    };
+    println!("{}", response.status_line());
+    std::fs::write(path, &response.payload)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    let bytes = response.payload.len();
+    let plural = if bytes == 1 { "" } else { "s" };
+    println!("{bytes} byte{plural} written to {}", path.display());
+    Ok(())
 }
 
 /// What makes this command line wrong although clap accepted it: a payload for a method
@@ -91,10 +174,15 @@ async fn usage_problem(
     args: &RequestArgs,
     uri: &CoapUri,
 ) -> Result<Option<String>> {
-    if args.payload.is_some() && !matches!(method, Method::Put | Method::Post) {
+    let payload = if args.payload.is_some() {
+        Some("-e (--payload)")
+    } else {
+        args.file.as_ref().map(|_| "-f (--file)")
+    };
+    if let Some(flag) = payload.filter(|_| !matches!(method, Method::Put | Method::Post)) {
         let name = format!("{method:?}").to_uppercase();
         return Ok(Some(format!(
-            "-e (--payload) applies to PUT and POST only: a {name} carries no payload"
+            "{flag} applies to PUT and POST only: a {name} carries no payload"
         )));
     }
     if args.non && uri.transport.ping_style() != coap_keepalive::PingStyle::Datagram {
@@ -110,19 +198,30 @@ async fn usage_problem(
     Ok(refuse_multicast(peer.ip()).map(|problem| format!("{uri}: {problem}")))
 }
 
-/// Sends one request and prints the response; exits 1 unless it is a 2.xx, 2 on a usage error.
-pub async fn run(method: Method, args: RequestArgs) -> Result<ExitCode> {
-    let (uri, request) = build(method, &args)?;
+/// Sends one request and prints the response; exits 1 unless it is a 2.xx (or when a file
+/// cannot be read or written), 2 on a usage error.
+pub async fn run(method: Method, args: ExchangeArgs) -> Result<ExitCode> {
+    let ExchangeArgs {
+        request: args,
+        output,
+    } = args;
+    let uri = CoapUri::parse(&args.uri)?;
     if let Some(problem) = usage_problem(method, &args, &uri).await? {
         return Ok(usage_error(&problem));
     }
+    let request = match build(method, &uri, &args) {
+        Ok(request) => request,
+        Err(why) => return Ok(failure(&why)),
+    };
     let Some((ctx, session)) = connect(&uri, &args).await? else {
         return Ok(ExitCode::FAILURE);
     };
     let outcome = session.request_with_timeout(request, args.timeout).await;
     ctx.shutdown().await;
     let response = outcome?;
-    print_response(&response);
+    if let Err(why) = deliver(&response, output.as_deref()) {
+        return Ok(failure(&why));
+    }
     Ok(if response.is_success() {
         ExitCode::SUCCESS
     } else {
@@ -130,11 +229,17 @@ pub async fn run(method: Method, args: RequestArgs) -> Result<ExitCode> {
     })
 }
 
+/// Says why on stderr; exit status 1.
+fn failure(why: &str) -> ExitCode {
+    eprintln!("coap-keepalive: {why}");
+    ExitCode::FAILURE
+}
+
 /// Observes a resource and prints the first response, then each notification, numbered;
 /// the last line counts both alike.
 pub async fn observe(args: ObserveArgs) -> Result<ExitCode> {
     let mut signals = Signals::new();
-    let (uri, request) = build(Method::Get, &args.request)?;
+    let uri = CoapUri::parse(&args.request.uri)?;
     if let Some(problem) = usage_problem(Method::Get, &args.request, &uri).await? {
         return Ok(usage_error(&problem));
     }
@@ -142,7 +247,7 @@ pub async fn observe(args: ObserveArgs) -> Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     };
     session.set_request_timeout(args.request.timeout);
-    let mut observation = session.observe(&request.path_str()).await?;
+    let mut observation = session.observe(&uri.path.join("/")).await?;
     let first = observation.first();
     match first.observe {
         Some(sequence) => println!("{} (registered, observe {sequence})", first.status_line()),

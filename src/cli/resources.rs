@@ -1,12 +1,11 @@
 //! The example resources `serve` offers: `/` (what this is), `/time` (observable, notified
-//! every second by default, as libcoap's example server does), `/echo` (answers what was PUT
-//! or POSTed).
+//! every second by default, as libcoap's example server does), `/echo` (keeps what was PUT or
+//! POSTed, up to the context's maximum body size, and GET returns it).
 
 use std::cell::Cell;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use coap_keepalive::content_format::TEXT_PLAIN;
 use coap_keepalive::observe;
 use coap_keepalive::{Context, Request, Resource, Response, Session, Status};
 
@@ -52,28 +51,31 @@ pub fn install(ctx: &Context, notify_every: Option<Duration>, log: Option<Printe
                 )
             }),
     );
-    let echo = Arc::new(Mutex::new(Vec::<u8>::new()));
+    // The body last PUT or POSTed, with its Content-Format. A PUT is answered 2.04 alone (a
+    // 1 MB upload is not sent back); a POST's 2.04 carries the body back, as an echo does.
+    let echo = Arc::new(Mutex::new(Stored::default()));
     let (get, put, post) = (echo.clone(), echo.clone(), echo);
     ctx.add_resource(
         Resource::new("/echo")
             .get(move |request, session| {
-                let response = Response::new(Status::Content)
-                    .with_payload(get.lock().map(|v| v.clone()).unwrap_or_default())
-                    .with_content_format(TEXT_PLAIN);
+                let stored = lock(&get).clone();
+                let mut response = Response::new(Status::Content).with_payload(stored.body);
+                if let Some(format) = stored.content_format {
+                    response = response.with_content_format(format);
+                }
                 logged(request, session, response)
             })
             .put(move |request, session| {
-                if let Ok(mut stored) = put.lock() {
-                    *stored = request.payload.clone();
-                }
-                let response = Response::new(Status::Changed).with_payload(request.payload.clone());
-                logged(request, session, response)
+                *lock(&put) = Stored::of(request);
+                logged(request, session, Response::new(Status::Changed))
             })
             .post(move |request, session| {
-                if let Ok(mut stored) = post.lock() {
-                    *stored = request.payload.clone();
+                *lock(&post) = Stored::of(request);
+                let mut response =
+                    Response::new(Status::Changed).with_payload(request.payload.clone());
+                if let Some(format) = request.content_format {
+                    response = response.with_content_format(format);
                 }
-                let response = Response::new(Status::Changed).with_payload(request.payload.clone());
                 logged(request, session, response)
             }),
     );
@@ -91,6 +93,28 @@ pub fn install(ctx: &Context, notify_every: Option<Duration>, log: Option<Printe
             }
         });
     }
+}
+
+/// What `/echo` holds: the last body PUT or POSTed to it, and its Content-Format.
+#[derive(Debug, Clone, Default)]
+struct Stored {
+    body: Vec<u8>,
+    content_format: Option<u16>,
+}
+
+impl Stored {
+    fn of(request: &Request) -> Stored {
+        Stored {
+            body: request.payload.clone(),
+            content_format: request.content_format,
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 thread_local! {

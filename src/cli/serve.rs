@@ -59,6 +59,11 @@ pub struct ServeArgs {
     /// server notifies every second too).
     #[arg(long, value_name = "SECS", default_value = "1", value_parser = super::args::parse_secs)]
     notify_every: Duration,
+    /// The largest request body, in bytes, reassembled from a client's blocks (RFC 7959) and
+    /// kept by /echo; a larger one is answered 4.13 Request Entity Too Large. Default 1048576
+    /// (1 MiB); all sessions together hold at most 16 such bodies.
+    #[arg(long, value_name = "BYTES", value_parser = super::args::parse_body_size)]
+    max_body_size: Option<usize>,
     /// Print only the summary, not a line per event (for load tests).
     #[arg(short, long)]
     quiet: bool,
@@ -78,6 +83,7 @@ pub async fn run(args: ServeArgs, verbose: u8) -> Result<ExitCode> {
         tls,
         keepalive,
         notify_every,
+        max_body_size,
         quiet,
         ..
     } = args;
@@ -87,7 +93,11 @@ pub async fn run(args: ServeArgs, verbose: u8) -> Result<ExitCode> {
         tcp.push(default);
     }
     let mut signals = Signals::new();
-    let ctx = Context::new();
+    let mut builder = Context::builder();
+    if let Some(bytes) = max_body_size {
+        builder = builder.max_body_size(bytes);
+    }
+    let ctx = builder.build()?;
     ctx.set_keepalive(keepalive);
     let printer = Printer::new();
     let log_requests = (verbose > 0 && !quiet).then_some(printer);
