@@ -626,24 +626,21 @@ async fn our_observe_example_data(cell: Cell, len: usize) {
     .await
 }
 
-// Ignored until the library reassembles block-wise notifications (RFC 7959 §3.4), which the
-// Observe + Block2 change adds. Found by running them against coap-server-notls 4.3.1 (`-v 7`):
-// the first response, 100 kB fetched in Block2 blocks, is byte-identical; after the second PUT
-// coap-server notifies `CON 2.05 [ETag, Observe:3, Block2:0/M/1024, Size2:100000]`, the first
-// block, as §3.4 says; over UDP our client answers it with an RST, which tells coap-server the
-// observation is over, and the observation ends on our side (over TCP it ends too). The small
-// controls below pass. `--include-ignored` runs them.
+// coap-server-notls 4.3.1 notifies a 100 kB representation as RFC 7959 §3.4 says: the first
+// block only (`CON 2.05 [ETag, Observe:3, Block2:0/M/1024, Size2:100000]`); the library fetches
+// the rest without Observe under a fresh token and hands up the whole notification. Over TCP the
+// 100 kB notification does not reach the observation within 10 s (our CSM offers BERT, so
+// coap-server may send BERT blocks; 3000-byte notifications over TCP pass in
+// tests/libcoap_observe_blocks.rs): not understood yet, so that one stays ignored.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the library does not reassemble a notification sent in blocks yet (RFC 7959 §3.4): \
-            it rejects it and the observation ends"]
 async fn our_observe_100_kb_example_data_of_coap_server_notls_udp() {
     our_observe_example_data(Cell::Udp, KB_100).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the library does not reassemble a notification sent in blocks yet (RFC 7959 §3.4): \
-            it rejects it and the observation ends"]
+#[ignore = "over TCP the 100 kB notification from coap-server does not reach the \
+            observation within 10 s: not understood yet"]
 async fn our_observe_100_kb_example_data_of_coap_server_notls_tcp() {
     our_observe_example_data(Cell::Tcp, KB_100).await;
 }
