@@ -14,7 +14,7 @@ use crate::proto::blockwise::{
 use crate::proto::config::{IcmpPolicy, KeepaliveConfig};
 use crate::proto::error::NackReason;
 use crate::proto::exchange::{
-    Exchanges, Observation, Pending, PendingKind, RequestError, Retransmit,
+    Exchanges, Notified, Observation, Pending, PendingKind, RequestError, Retransmit,
 };
 use crate::proto::keepalive::{Keepalive, PingStyle, SmallQueue};
 use crate::proto::message::{Request, Response};
@@ -604,29 +604,26 @@ impl DatagramSession {
     /// spliced (and the ETag check would catch one that changed under a fetch).
     fn notified(&mut self, now: Instant, packet: &Packet, response: Response) {
         let token = packet.get_token().to_vec();
-        let block = blockwise::block_option(packet, options::BLOCK2);
-        if block.is_some_and(|b| b.num > 0) {
-            // A notification carries block 0; a later block answers no request of ours.
-            self.events.push_back(ProtocolEvent::Rejected(
+        match self
+            .requests
+            .exchanges
+            .judge_notification(now, packet, &response)
+        {
+            Notified::LaterBlock => self.events.push_back(ProtocolEvent::Rejected(
                 "notification carries a later block, not the first".into(),
-            ));
-            return;
-        }
-        let Some(observation) = self.requests.exchanges.observation(&token) else {
-            return;
-        };
-        if !observation.accept(now, &response) {
-            // Older than (or the same as) one we have: RFC 7641 §3.4, not delivered.
-            return;
-        }
-        self.abandon_fetch(now, &token);
-        if block.is_some_and(|b| b.more) {
-            self.fetch_rest(now, &token, packet);
-        } else {
-            self.events.push_back(ProtocolEvent::Response {
-                token,
-                response: Box::new(response),
-            });
+            )),
+            Notified::Ignored => {}
+            Notified::Fresh { more } => {
+                self.abandon_fetch(now, &token);
+                if more {
+                    self.fetch_rest(now, &token, packet);
+                } else {
+                    self.events.push_back(ProtocolEvent::Response {
+                        token,
+                        response: Box::new(response),
+                    });
+                }
+            }
         }
     }
 

@@ -8,6 +8,20 @@ use coap_lite::Packet;
 
 use crate::proto::message::Response;
 
+/// What [`Exchanges::judge_notification`] found a notification to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Notified {
+    /// It carries a later block than the first: it answers no request of ours.
+    LaterBlock,
+    /// No observation of ours, or older than (or the same as) what it had: not delivered.
+    Ignored,
+    /// Fresh; with `more`, only the first block of the representation came (RFC 7959 §3.4).
+    Fresh {
+        /// The rest of the representation is still to be fetched.
+        more: bool,
+    },
+}
+
 /// Why a request of ours ended without a response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -150,6 +164,33 @@ impl Exchanges {
 
     pub fn observation(&mut self, token: &[u8]) -> Option<&mut Observation> {
         self.observations.iter_mut().find(|o| o.token == token)
+    }
+
+    /// Judges a notification (`packet`, read as `response`) of the observation its token
+    /// names, for both session protocols: it carries block 0 or no block (RFC 7959 §3.4: the
+    /// later blocks are fetched, never notified), and it must be fresher than what the
+    /// observation had (RFC 7641 §3.4), which it then becomes.
+    pub(crate) fn judge_notification(
+        &mut self,
+        now: Instant,
+        packet: &Packet,
+        response: &Response,
+    ) -> Notified {
+        let block =
+            crate::proto::blockwise::block_option(packet, crate::proto::wire::options::BLOCK2);
+        if block.is_some_and(|b| b.num > 0) {
+            return Notified::LaterBlock;
+        }
+        let fresh = self
+            .observation(packet.get_token())
+            .is_some_and(|observation| observation.accept(now, response));
+        if fresh {
+            Notified::Fresh {
+                more: block.is_some_and(|b| b.more),
+            }
+        } else {
+            Notified::Ignored
+        }
     }
 
     /// The token for a new request: `preset` when given and free (an Observe deregistration

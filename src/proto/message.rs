@@ -499,29 +499,6 @@ impl Request {
         self
     }
 
-    /// Size1 (RFC 7959 §4): the size of the body in bytes, or (0 in a request) a question for
-    /// the largest body the server accepts. `None` when absent or malformed.
-    pub fn size1(&self) -> Option<u32> {
-        self.others.first(SIZE1).and_then(decode_uint)
-    }
-
-    /// The same request with Size1.
-    pub fn with_size1(mut self, size: u32) -> Request {
-        self.others.replace(SIZE1, encode_uint(size));
-        self
-    }
-
-    /// Size2 (RFC 7959 §4): in a request, 0 asks for the size of the response's body.
-    pub fn size2(&self) -> Option<u32> {
-        self.others.first(SIZE2).and_then(decode_uint)
-    }
-
-    /// The same request with Size2.
-    pub fn with_size2(mut self, size: u32) -> Request {
-        self.others.replace(SIZE2, encode_uint(size));
-        self
-    }
-
     /// Reads a request from a parsed message; `None` when it is not a request.
     pub(crate) fn from_packet(packet: &Packet) -> Option<Request> {
         let method = Method::from_code(code_of(packet))?;
@@ -716,29 +693,6 @@ impl Response {
         self
     }
 
-    /// Size1 (RFC 7959 §4): with 4.13 Request Entity Too Large, the largest body the server
-    /// accepts.
-    pub fn size1(&self) -> Option<u32> {
-        self.others.first(SIZE1).and_then(decode_uint)
-    }
-
-    /// The same response with Size1.
-    pub fn with_size1(mut self, size: u32) -> Response {
-        self.others.replace(SIZE1, encode_uint(size));
-        self
-    }
-
-    /// Size2 (RFC 7959 §4): the size of the whole body, when it comes in blocks.
-    pub fn size2(&self) -> Option<u32> {
-        self.others.first(SIZE2).and_then(decode_uint)
-    }
-
-    /// The same response with Size2.
-    pub fn with_size2(mut self, size: u32) -> Response {
-        self.others.replace(SIZE2, encode_uint(size));
-        self
-    }
-
     /// True for 2.xx codes.
     pub fn is_success(&self) -> bool {
         self.status.class() == 2
@@ -838,6 +792,31 @@ trait HasOptions {
 macro_rules! option_methods {
     ($t:ident) => {
         impl $t {
+            /// Size1 (RFC 7959 §4): the size of a request's body in bytes (0 in a request
+            /// asks for the largest body the server accepts); with 4.13 Request Entity Too
+            /// Large, the largest body the server accepts. `None` when absent or malformed.
+            pub fn size1(&self) -> Option<u32> {
+                self.others.first(SIZE1).and_then(decode_uint)
+            }
+
+            /// The same message with Size1.
+            pub fn with_size1(mut self, size: u32) -> Self {
+                self.others.replace(SIZE1, encode_uint(size));
+                self
+            }
+
+            /// Size2 (RFC 7959 §4): the size of the whole body of a response that comes in
+            /// blocks (0 in a request asks for it). `None` when absent or malformed.
+            pub fn size2(&self) -> Option<u32> {
+                self.others.first(SIZE2).and_then(decode_uint)
+            }
+
+            /// The same message with Size2.
+            pub fn with_size2(mut self, size: u32) -> Self {
+                self.others.replace(SIZE2, encode_uint(size));
+                self
+            }
+
             /// The first value of option `number`, `None` when absent. Options with a field
             /// are seen here too, encoded (Content-Format 0 is an empty value).
             pub fn option(&self, number: u16) -> Option<Cow<'_, [u8]>> {

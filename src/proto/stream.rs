@@ -12,7 +12,9 @@ use crate::proto::blockwise::{
 };
 use crate::proto::config::KeepaliveConfig;
 use crate::proto::error::NackReason;
-use crate::proto::exchange::{Exchanges, Observation, Pending, PendingKind, RequestError};
+use crate::proto::exchange::{
+    Exchanges, Notified, Observation, Pending, PendingKind, RequestError,
+};
 use crate::proto::keepalive::{Keepalive, PingStyle};
 use crate::proto::message::{Request, Response};
 use crate::proto::rng::Rng;
@@ -451,29 +453,22 @@ impl StreamSession {
     /// older one's blocks, so two versions are never spliced.
     fn notified(&mut self, now: Instant, packet: &Packet, response: Response) {
         let token = packet.get_token().to_vec();
-        let block = blockwise::block_option(packet, wire_options::BLOCK2);
-        if block.is_some_and(|b| b.num > 0) {
-            // A notification carries block 0; a later block answers no request of ours.
-            self.events.push_back(ProtocolEvent::Rejected(
+        match self.exchanges.judge_notification(now, packet, &response) {
+            Notified::LaterBlock => self.events.push_back(ProtocolEvent::Rejected(
                 "notification carries a later block, not the first".into(),
-            ));
-            return;
-        }
-        let Some(observation) = self.exchanges.observation(&token) else {
-            return;
-        };
-        if !observation.accept(now, &response) {
-            // Older than (or the same as) one we have: RFC 7641 §3.4, not delivered.
-            return;
-        }
-        self.abandon_fetch(&token);
-        if block.is_some_and(|b| b.more) {
-            self.fetch_rest(now, &token, packet);
-        } else {
-            self.events.push_back(ProtocolEvent::Response {
-                token,
-                response: Box::new(response),
-            });
+            )),
+            Notified::Ignored => {}
+            Notified::Fresh { more } => {
+                self.abandon_fetch(&token);
+                if more {
+                    self.fetch_rest(now, &token, packet);
+                } else {
+                    self.events.push_back(ProtocolEvent::Response {
+                        token,
+                        response: Box::new(response),
+                    });
+                }
+            }
         }
     }
 
