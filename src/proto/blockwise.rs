@@ -73,6 +73,8 @@ pub const DEFAULT_MEMORY_LIMIT: usize = 16 * DEFAULT_MAX_BODY_SIZE;
 pub const MAX_TRANSFERS_PER_SESSION: usize = 4;
 /// Max-Age of the 5.03 sent when the memory budget is exhausted: when to try again.
 const RETRY_AFTER_SECS: u32 = 5;
+/// The unit a BERT block carries a whole number of, and its NUM counts (RFC 8323 §6).
+const BERT_UNIT: usize = 1024;
 
 /// The value of a Block1 or Block2 option (RFC 7959 §2.2): the block number, whether more
 /// blocks follow, and the size exponent (the block holds `2^(SZX + 4)` bytes).
@@ -428,6 +430,9 @@ struct ClientTransfer {
     restarted: bool,
     /// Bytes in one BERT block of the upload (a multiple of 1024), when it goes as BERT.
     bert: usize,
+    /// The whole response, held while the closing request of a BERT download is answered
+    /// (see [`closing_request`]).
+    closing: Option<Packet>,
 }
 
 /// The block-wise state of one session: partial uploads and stored representations as a
@@ -704,6 +709,7 @@ impl Blockwise {
             observe: None,
             restarted: false,
             bert: bert.unwrap_or(0),
+            closing: None,
         };
         let first = if len <= whole {
             let mut first = transfer.request.clone();
@@ -748,6 +754,11 @@ impl Blockwise {
         limits: Limits,
     ) -> ClientStep {
         let transfer = &mut self.client[at];
+        if let Some(whole) = transfer.closing.take() {
+            // The answer to the closing request: the body is already whole and of one ETag,
+            // so whatever the answer says, the response is the one assembled.
+            return ClientStep::Deliver(whole);
+        }
         if let Some((taken, in_flight, szx)) = transfer.upload {
             let block1 = block_option(response, BLOCK1);
             let code = u8::from(response.header.code);
@@ -834,13 +845,20 @@ impl Blockwise {
                 szx,
             )));
         }
+        let closing = closing_request(block, &response.payload, transfer.body.len());
         let mut whole = response.clone();
         whole.payload = std::mem::take(&mut transfer.body);
         whole.clear_option(CoapOption::Block2);
         if let Some(observe) = transfer.observe.take() {
             set_option(&mut whole, OBSERVE, observe);
         }
-        ClientStep::Deliver(whole)
+        match closing {
+            Some(last) => {
+                transfer.closing = Some(whole);
+                ClientStep::Send(transfer.next_download(last))
+            }
+            None => ClientStep::Deliver(whole),
+        }
     }
 
     /// The request (as the application made it) of our transfer under `token`: an Observe
@@ -881,6 +899,7 @@ impl Blockwise {
             observe: None,
             restarted: false,
             bert: 0,
+            closing: None,
         });
         let at = self.client.len() - 1;
         let step = self.client_step(config, at, first, block_option(first, BLOCK2), limits);
@@ -940,6 +959,19 @@ impl ClientTransfer {
         set_option(&mut next, BLOCK2, block.encode());
         next
     }
+}
+
+/// The Block2 of one more request after the last BERT block of a download, when that block
+/// carried more than one 1024-byte unit: the unit that holds the last byte, asked for by its
+/// number. No RFC needs it; libcoap 4.3.1 does. Its server takes a BERT transfer as finished
+/// only when the unit holding the last byte is asked for by number (it counts one 1024-byte
+/// unit per BERT request when it checks), and until then holds back every Observe
+/// notification on that connection: for 2 s after the last block was fetched, and then until
+/// something else wakes it (it sets no timer). One small request, answered from its cache,
+/// lets the notification go at once; any other server just answers it.
+fn closing_request(last: BlockValue, payload: &[u8], total: usize) -> Option<BlockValue> {
+    (last.is_bert() && payload.len() > BERT_UNIT)
+        .then(|| BlockValue::new(((total - 1) / BERT_UNIT) as u32, false, BERT_SZX))
 }
 
 fn block_size_of(szx: u8) -> usize {
@@ -1470,6 +1502,75 @@ mod tests {
         // block 0, and the three blocks of version 2 are what is delivered.
         assert_eq!(handled, 6);
         assert_eq!(response.payload, vec![2; 3000]);
+    }
+
+    #[test]
+    fn a_bert_download_ends_with_one_request_for_the_unit_holding_its_last_byte() {
+        // 100000 bytes as libcoap sends them over TCP: 63 units in block 0, the other 35488
+        // bytes (35 units and 672 bytes) in the last BERT block.
+        let config = BlockwiseConfig::default();
+        let limits = Limits {
+            whole: 65536,
+            szx: MAX_SZX,
+            bert: Some(64512),
+            bert_in: true,
+        };
+        let mut blockwise = Blockwise::default();
+        let token = [9u8; 4];
+        let mut get = Packet::new();
+        get.header.code = MessageClass::from(0x01);
+        get.add_option(CoapOption::UriPath, b"example_data".to_vec());
+        let first = blockwise.client_request(&config, &token, get, None, limits);
+        assert_eq!(block_option(&first, BLOCK2), None);
+        let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let answer = |num: u32, more: bool, range: std::ops::Range<usize>| {
+            let mut p = Packet::new();
+            p.header.code = MessageClass::from(0x45);
+            p.set_token(token.to_vec());
+            p.add_option(CoapOption::ETag, vec![1]);
+            p.add_option(
+                CoapOption::Block2,
+                BlockValue::new(num, more, BERT_SZX).encode(),
+            );
+            p.payload = body[range].to_vec();
+            p
+        };
+        let step = blockwise.client_response(&config, &token, &answer(0, true, 0..64512), limits);
+        let Some(ClientStep::Send(next)) = step else {
+            panic!("the next block is asked for, not {step:?}");
+        };
+        assert_eq!(
+            block_option(&next, BLOCK2),
+            Some(BlockValue::new(63, false, BERT_SZX))
+        );
+        let step =
+            blockwise.client_response(&config, &token, &answer(63, false, 64512..100_000), limits);
+        let Some(ClientStep::Send(closing)) = step else {
+            panic!("the closing request, not {step:?}");
+        };
+        assert_eq!(
+            block_option(&closing, BLOCK2),
+            Some(BlockValue::new(97, false, BERT_SZX)),
+            "the unit at 99328..100000"
+        );
+        let step =
+            blockwise.client_response(&config, &token, &answer(97, false, 99328..100_000), limits);
+        let Some(ClientStep::Deliver(whole)) = step else {
+            panic!("the whole body, not {step:?}");
+        };
+        assert!(whole.payload == body);
+        assert_eq!(block_option(&whole, BLOCK2), None);
+        assert!(blockwise.is_empty());
+
+        // A last BERT block of one unit or less is itself the unit of the last byte.
+        let mut blockwise = Blockwise::default();
+        let mut get = Packet::new();
+        get.header.code = MessageClass::from(0x01);
+        blockwise.client_request(&config, &token, get, None, limits);
+        blockwise.client_response(&config, &token, &answer(0, true, 0..64512), limits);
+        let short = answer(63, false, 64512..65000);
+        let step = blockwise.client_response(&config, &token, &short, limits);
+        assert!(matches!(step, Some(ClientStep::Deliver(_))), "{step:?}");
     }
 
     #[test]
