@@ -1,7 +1,9 @@
 //! Block-wise transfer (RFC 7959) over real loopback sockets, our client against our server:
-//! a 100 kB PUT to `/echo` and a GET of it back, byte-identical, over UDP and TCP; the handler
+//! a 100 kB PUT to `/echo` and a GET of it back, byte-identical, over UDP, DTLS, TCP and TLS
+//! (over TCP / TLS in BERT blocks, RFC 8323 §6, unless a block size is asked for); the handler
 //! sees the body once, whole. Also the 4.13 a body above the maximum gets, and an observation
-//! of a representation larger than a block (RFC 7959 §3.4), each notification handed up whole.
+//! of a representation larger than a block (RFC 7959 §3.4), each notification handed up whole,
+//! on all four transports.
 
 mod support;
 
@@ -9,7 +11,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use coap_keepalive::{Context, Error, Request, Resource, Response, Status};
+use coap_keepalive::credentials::{
+    CertificateSet, ClientCredentials, PskCredentials, ServerCredentials,
+};
+use coap_keepalive::{Context, Endpoint, Error, Request, Resource, Response, Session, Status};
 use support::bounded;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -32,13 +37,56 @@ async fn echo_server(scheme: &str, max_body: usize) -> (Context, String, Arc<Ato
                 Response::new(Status::Changed)
             }),
     );
-    let any = "127.0.0.1:0".parse().unwrap();
-    let endpoint = match scheme {
-        "coap" => ctx.listen_udp(any).await.unwrap(),
-        _ => ctx.listen_tcp(any).await.unwrap(),
-    };
-    let uri = format!("{scheme}://{}", endpoint.local_addr);
+    let uri = listen(&ctx, scheme).await;
     (ctx, uri, puts)
+}
+
+/// The PSK of the DTLS listeners here.
+fn psk() -> PskCredentials {
+    PskCredentials::new("blockwise", "blocks of secrets")
+}
+
+thread_local! {
+    /// One certificate set per test thread: generating one per listener would cost more than
+    /// the transfers.
+    static CERTS: CertificateSet = CertificateSet::generate().unwrap();
+}
+
+/// `ctx` listens on a free loopback port for `scheme`; returns its URI (without a path).
+async fn listen(ctx: &Context, scheme: &str) -> String {
+    let any = "127.0.0.1:0".parse().unwrap();
+    let endpoint: Endpoint = match scheme {
+        "coap" => ctx.listen_udp(any).await,
+        "coap+tcp" => ctx.listen_tcp(any).await,
+        "coaps" => ctx.listen_dtls(any, ServerCredentials::Psk(psk())).await,
+        "coaps+tcp" => {
+            let identity = CERTS.with(|c| c.server_identity());
+            let credentials = ServerCredentials::Certificate {
+                identity,
+                client_ca_pem: None,
+            };
+            ctx.listen_tls(any, credentials).await
+        }
+        other => panic!("no listener for {other}"),
+    }
+    .unwrap();
+    format!("{scheme}://{}", endpoint.local_addr)
+}
+
+/// `ctx` connects to `uri` with the credentials its scheme needs here.
+async fn connect(ctx: &Context, uri: &str) -> Session {
+    let credentials = if uri.starts_with("coaps+tcp://") {
+        ClientCredentials::Certificate {
+            ca_pem: Some(CERTS.with(|c| c.ca_cert_pem.clone())),
+            identity: None,
+            insecure: false,
+        }
+    } else if uri.starts_with("coaps://") {
+        ClientCredentials::Psk(psk())
+    } else {
+        ClientCredentials::None
+    };
+    ctx.connect_with(uri, &credentials).await.unwrap()
 }
 
 fn body(len: usize) -> Vec<u8> {
@@ -49,7 +97,7 @@ async fn put_then_get(scheme: &str, request_block_size: Option<usize>) {
     bounded(LIMIT, async {
         let (server, uri, puts) = echo_server(scheme, 1 << 20).await;
         let client = Context::new();
-        let session = client.connect(&uri).await.unwrap();
+        let session = connect(&client, &uri).await;
         let sent = body(100_000);
         let mut put = Request::put("/echo", sent.clone());
         let mut get = Request::get("/echo");
@@ -93,12 +141,32 @@ async fn tcp_100_kb_put_then_get_is_byte_identical() {
 }
 
 #[tokio::test]
-async fn a_body_above_the_maximum_gets_4_13_over_udp_and_tcp() {
-    for scheme in ["coap", "coap+tcp"] {
+async fn tcp_100_kb_in_256_byte_blocks() {
+    put_then_get("coap+tcp", Some(256)).await;
+}
+
+#[tokio::test]
+async fn dtls_100_kb_put_then_get_is_byte_identical() {
+    put_then_get("coaps", None).await;
+}
+
+#[tokio::test]
+async fn tls_100_kb_put_then_get_is_byte_identical() {
+    put_then_get("coaps+tcp", None).await;
+}
+
+#[tokio::test]
+async fn tls_100_kb_in_256_byte_blocks() {
+    put_then_get("coaps+tcp", Some(256)).await;
+}
+
+#[tokio::test]
+async fn a_body_above_the_maximum_gets_4_13_on_every_transport() {
+    for scheme in ["coap", "coap+tcp", "coaps", "coaps+tcp"] {
         bounded(LIMIT, async {
             let (server, uri, puts) = echo_server(scheme, 10_000).await;
             let client = Context::new();
-            let session = client.connect(&uri).await.unwrap();
+            let session = connect(&client, &uri).await;
             let answer = session.put("/echo", body(20_000)).await.unwrap();
             assert_eq!(answer.status, Status::RequestEntityTooLarge, "{scheme}");
             assert_eq!(puts.load(Ordering::SeqCst), 0);
@@ -150,15 +218,10 @@ async fn observe_in_blocks(scheme: &str) {
             let n = current.load(Ordering::SeqCst) as u8;
             Response::new(Status::Content).with_payload(representation(n))
         }));
-        let any = "127.0.0.1:0".parse().unwrap();
-        let endpoint = match scheme {
-            "coap" => server.listen_udp(any).await.unwrap(),
-            _ => server.listen_tcp(any).await.unwrap(),
-        };
+        let uri = listen(&server, scheme).await;
         // Over TCP a client announcing the base Max-Message-Size gets 3000 bytes in blocks.
         let client = Context::builder().max_message_size(1152).build().unwrap();
-        let uri = format!("{scheme}://{}", endpoint.local_addr);
-        let session = client.connect(&uri).await.unwrap();
+        let session = connect(&client, &uri).await;
         let mut observation = session.observe("/big").await.unwrap();
         assert!(
             observation.first().observe.is_some(),
@@ -194,4 +257,14 @@ async fn udp_notifications_in_blocks_arrive_whole() {
 #[tokio::test]
 async fn tcp_notifications_in_blocks_arrive_whole() {
     observe_in_blocks("coap+tcp").await;
+}
+
+#[tokio::test]
+async fn dtls_notifications_in_blocks_arrive_whole() {
+    observe_in_blocks("coaps").await;
+}
+
+#[tokio::test]
+async fn tls_notifications_in_blocks_arrive_whole() {
+    observe_in_blocks("coaps+tcp").await;
 }

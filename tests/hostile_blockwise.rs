@@ -1,5 +1,6 @@
-//! Hostile block-wise input (RFC 7959) over real UDP sockets: blocks out of order, with gaps, an
-//! endless Block1 stream, and many peers opening partial uploads at once. Each gets the RFC's
+//! Hostile block-wise input (RFC 7959) over real UDP sockets and TCP connections: blocks out of
+//! order, with gaps, an endless Block1 stream (over TCP also in BERT blocks, RFC 8323 §6), and
+//! many peers opening partial uploads at once. Each gets the RFC's
 //! answer, the memory the server holds for peers stays within its budget (the peak is printed),
 //! and the server keeps serving everyone else.
 
@@ -9,8 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coap_keepalive::proto::blockwise::BlockValue;
+use coap_keepalive::proto::wire::tcp::{Frame, FrameDecoder};
 use coap_keepalive::{Context, Resource, Response, Status};
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
 
 /// 2.31 Continue, 2.04 Changed, 4.08 Request Entity Incomplete, 4.13 Request Entity Too Large,
@@ -188,5 +191,148 @@ async fn many_partial_uploads_stay_within_the_budget_and_others_are_still_served
     let (code, _) = exchange(&socket, &put.to_bytes().unwrap()).await;
     assert_eq!(code, CHANGED);
     assert_eq!(bodies.load(Ordering::SeqCst), 1);
+    ctx.shutdown().await;
+}
+
+// ---- over TCP (RFC 8323): the same limits on a stream, BERT included -----------------------
+
+/// Block-Wise-Transfer, the CSM option (RFC 8323 §5.3.2) that offers BERT.
+const BLOCK_WISE_TRANSFER: u16 = 4;
+
+/// A raw RFC 8323 connection to a TCP listener of a server like `server`'s: our CSM sent (with
+/// Block-Wise-Transfer when `bert`), the server's read.
+struct RawTcp {
+    stream: tokio::net::TcpStream,
+    decoder: FrameDecoder,
+}
+
+impl RawTcp {
+    async fn open(addr: SocketAddr, bert: bool) -> RawTcp {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut raw = RawTcp {
+            stream,
+            decoder: FrameDecoder::new(1 << 20),
+        };
+        let mut csm = Frame::new(0xe1);
+        if bert {
+            csm.options.push((BLOCK_WISE_TRANSFER, Vec::new()));
+        }
+        raw.send(&csm).await;
+        assert_eq!(raw.frame().await.code, 0xe1, "the server's CSM");
+        raw
+    }
+
+    async fn send(&mut self, frame: &Frame) {
+        self.stream.write_all(&frame.encode()).await.unwrap();
+    }
+
+    async fn frame(&mut self) -> Frame {
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(frame) = self.decoder.next_frame().unwrap() {
+                return frame;
+            }
+            let n = tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut buf))
+                .await
+                .expect("an answer within 5 s")
+                .unwrap();
+            assert!(n > 0, "the server closed the connection");
+            self.decoder.push(&buf[..n]);
+        }
+    }
+
+    /// PUT block `num` of an upload to `/store` under `token`; the answer.
+    async fn block(&mut self, token: &[u8], num: u32, more: bool, szx: u8, len: usize) -> Frame {
+        let mut put = Frame::new(0x03);
+        put.token = token.to_vec();
+        put.options.push((11, b"store".to_vec()));
+        put.options
+            .push((27, BlockValue::new(num, more, szx).encode()));
+        put.payload = vec![b'b'; len];
+        self.send(&put).await;
+        self.frame().await
+    }
+}
+
+/// A `server` with a TCP listener as well; its address.
+async fn tcp_server(block_size: usize) -> (Context, SocketAddr, Arc<AtomicUsize>) {
+    let (ctx, _, bodies) = server(block_size).await;
+    let endpoint = ctx
+        .listen_tcp("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    (ctx, endpoint.local_addr, bodies)
+}
+
+fn size1_of(frame: &Frame) -> usize {
+    let value = frame
+        .options
+        .iter()
+        .find(|(number, _)| *number == 60)
+        .map(|(_, value)| value.clone())
+        .expect("4.13 carries Size1");
+    value.iter().fold(0usize, |n, b| n << 8 | usize::from(*b))
+}
+
+#[tokio::test]
+async fn tcp_an_endless_block1_stream_gets_4_13_with_size1_at_the_maximum() {
+    let (ctx, addr, bodies) = tcp_server(64).await;
+    let mut raw = RawTcp::open(addr, false).await;
+    let mut accepted = 0usize;
+    let mut last = None;
+    for num in 0..1000u32 {
+        let answer = raw.block(b"t", num, true, 2, 64).await;
+        if answer.code == CONTINUE {
+            accepted += 64;
+            continue;
+        }
+        last = Some(answer);
+        break;
+    }
+    let answer = last.expect("the stream was cut off");
+    assert_eq!(answer.code, TOO_LARGE);
+    assert_eq!(size1_of(&answer), MAX_BODY);
+    assert!(accepted <= MAX_BODY, "took {accepted} bytes");
+    assert_eq!(bodies.load(Ordering::SeqCst), 0);
+    let memory = ctx.body_memory();
+    println!(
+        "tcp endless stream: {accepted} bytes taken before 4.13; peak held {} of {} bytes",
+        memory.peak, memory.limit
+    );
+    assert!(memory.peak <= MAX_BODY, "peak {} bytes", memory.peak);
+    // The connection lives on: a whole small body is taken.
+    let answer = raw.block(b"u", 0, false, 2, 10).await;
+    assert_eq!(answer.code, CHANGED);
+    ctx.shutdown().await;
+}
+
+#[tokio::test]
+async fn tcp_an_endless_bert_stream_gets_4_13_and_a_gap_gets_4_08() {
+    let (ctx, addr, bodies) = tcp_server(1024).await;
+    let mut raw = RawTcp::open(addr, true).await;
+    // BERT blocks of two 1024-byte units: NUM counts units (RFC 8323 §6).
+    let first = raw.block(b"b", 0, true, 7, 2048).await;
+    assert_eq!(first.code, CONTINUE);
+    let second = raw.block(b"b", 2, true, 7, 2048).await;
+    assert_eq!(
+        second.code, CONTINUE,
+        "4096 bytes: the maximum, not above it"
+    );
+    let third = raw.block(b"b", 4, true, 7, 2048).await;
+    assert_eq!(third.code, TOO_LARGE, "6144 bytes are above the maximum");
+    assert_eq!(size1_of(&third), MAX_BODY);
+
+    // A gap: unit 4 after unit 0 (whose block held two units) of a new upload.
+    let start = raw.block(b"g", 0, true, 7, 2048).await;
+    assert_eq!(start.code, CONTINUE);
+    let gap = raw.block(b"g", 4, true, 7, 1024).await;
+    assert_eq!(gap.code, INCOMPLETE);
+    assert_eq!(bodies.load(Ordering::SeqCst), 0);
+    let memory = ctx.body_memory();
+    println!(
+        "tcp BERT: peak held {} of {} bytes",
+        memory.peak, memory.limit
+    );
+    assert!(memory.peak <= MAX_BODY, "peak {} bytes", memory.peak);
     ctx.shutdown().await;
 }
