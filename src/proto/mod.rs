@@ -8,7 +8,8 @@
 //!
 //! - [`wire`]: the codecs — UDP messages, RFC 8323 framing, signalling, and which options the
 //!   stack recognises (RFC 7252 §5.4.1).
-//! - [`keepalive`]: the keepalive state machine of one session.
+//! - [`keepalive`]: the keepalive state machine of one session; [`adaptive`]: the search for
+//!   the longest interval a path keeps alive, over the probe resource of [`keepalive_probe`].
 //! - [`datagram`] and [`stream`]: the protocol of one session over UDP / DTLS and over
 //!   TCP / TLS, built on the keepalive machine; [`exchange`]: their request / response
 //!   bookkeeping.
@@ -19,6 +20,7 @@
 //! - [`ProtocolEvent`] and [`SessionProtocol`]: what a core reports to its driver, and what a
 //!   driver asks of a core whatever its transport.
 
+pub mod adaptive;
 pub mod blockwise;
 pub mod config;
 pub mod datagram;
@@ -26,6 +28,7 @@ pub mod error;
 mod event;
 pub mod exchange;
 pub mod keepalive;
+pub mod keepalive_probe;
 pub mod message;
 pub mod option;
 pub mod rng;
