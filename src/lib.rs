@@ -79,7 +79,7 @@ mod uri;
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
-pub use context::{BodyMemory, Context, ContextBuilder};
+pub use context::{AdaptiveKeepalive, BodyMemory, Context, ContextBuilder};
 pub use credentials::{ClientCredentials, PemIdentity, PskCredentials, ServerCredentials};
 pub use proto::config::{IcmpPolicy, KeepaliveConfig, TransmissionParams};
 pub use proto::error::{Error, NackReason, Result};
@@ -91,6 +91,7 @@ pub use proto::PeerPing;
 pub use runtime::events::EVENTS_CAPACITY;
 pub use runtime::events::{Event, EventKind, Events, Lagged};
 pub use runtime::handlers::{PingDecision, SessionEvent};
+pub use runtime::probe_resource::ProbeLimits;
 pub use runtime::resource::{Resource, Responder};
 pub use runtime::session::{
     Observation, Ping, Role, Session, SessionId, SessionState, Transport, DEFAULT_REQUEST_TIMEOUT,

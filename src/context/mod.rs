@@ -3,6 +3,7 @@
 //! (every `listen_*` / `connect*` is in `connect.rs`, the builder in `builder.rs`). What it
 //! does is done by the runtime below it; this layer only gives it a public shape.
 
+mod adaptive;
 mod builder;
 mod connect;
 
@@ -17,11 +18,13 @@ use crate::runtime::events::Events;
 use crate::runtime::handlers::{
     EventHandler, NackHandler, PingDecision, PingHandler, PongHandler, SessionEvent,
 };
+use crate::runtime::probe_resource::ProbeLimits;
 use crate::runtime::resource::Resource;
 use crate::runtime::session::Session;
 use crate::runtime::settings::ContextSettings;
 use crate::runtime::{Runtime, SessionCounts};
 
+pub use adaptive::AdaptiveKeepalive;
 pub use builder::ContextBuilder;
 
 /// Bytes a context holds for peers' block-wise transfers ([`Context::body_memory`]).
@@ -212,6 +215,30 @@ impl Context {
     /// Adds (or replaces) a resource served to every session of this context.
     pub fn add_resource(&self, resource: Resource) {
         self.rt.router.add(resource);
+    }
+
+    /// Serves the keepalive probe resource, `POST /.well-known/keepalive-probe`, within
+    /// `limits`: a client measuring how long its NAT keeps a binding (the adaptive keepalive,
+    /// [`crate::proto::adaptive`]) asks for one Non-confirmable 2.04 back after an idle delay
+    /// of its choosing. Off unless called; the resource is bounded and sends back, only to the
+    /// requesting address, less than it received (see [`crate::proto::keepalive_probe`]).
+    ///
+    /// ```
+    /// use coap_keepalive::{Context, ProbeLimits};
+    /// use std::time::Duration;
+    ///
+    /// let ctx = Context::new();
+    /// ctx.serve_keepalive_probes(ProbeLimits::default().with_max_delay(Duration::from_secs(180)))?;
+    /// # Ok::<(), coap_keepalive::Error>(())
+    /// ```
+    pub fn serve_keepalive_probes(&self, limits: ProbeLimits) -> Result<()> {
+        limits.validate()?;
+        let idle_timeout = self.rt.settings.idle_timeout;
+        self.add_resource(crate::runtime::probe_resource::resource(
+            limits,
+            idle_timeout,
+        ));
+        Ok(())
     }
 
     /// Sends every observer of the observable resource at `path` its current representation

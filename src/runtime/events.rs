@@ -15,6 +15,7 @@ use std::time::Duration;
 use futures_core::Stream;
 use tokio::sync::{broadcast, watch};
 
+use crate::proto::adaptive::AdaptiveEvent;
 use crate::proto::error::NackReason;
 use crate::proto::PeerPing;
 use crate::runtime::session::Session;
@@ -66,6 +67,9 @@ pub enum EventKind {
     Closed,
     /// The session failed for this reason (the nack handler's); it has left the table.
     Failed(NackReason),
+    /// The session's adaptive keepalive interval ([`AdaptiveKeepalive`](crate::AdaptiveKeepalive))
+    /// probed, found, changed its interval or fell back.
+    Adaptive(AdaptiveEvent),
 }
 
 impl EventKind {
@@ -100,6 +104,7 @@ impl fmt::Display for EventKind {
             }
             EventKind::Closed => f.write_str("closed"),
             EventKind::Failed(reason) => write!(f, "failed: {reason}"),
+            EventKind::Adaptive(event) => write!(f, "adaptive keepalive: {event}"),
         }
     }
 }

@@ -159,6 +159,12 @@ impl Handlers {
         self.events.emit(session, || EventKind::Failed(reason));
     }
 
+    /// An event of the session's adaptive keepalive: to the event receivers (and tracing).
+    pub(crate) fn adaptive(&self, session: &Session, event: crate::proto::adaptive::AdaptiveEvent) {
+        tracing::debug!(session = %session, %event, "adaptive keepalive");
+        self.events.emit(session, || EventKind::Adaptive(event));
+    }
+
     /// Any other session event; for [`SessionEvent::Closed`] `unregister` runs between the
     /// handler and the event, as for [`Handlers::failed`].
     pub(crate) fn event(&self, session: &Session, event: SessionEvent, unregister: impl FnOnce()) {

@@ -10,6 +10,7 @@
 pub(crate) mod dispatch;
 pub(crate) mod events;
 pub(crate) mod handlers;
+pub(crate) mod probe_resource;
 mod registry;
 pub(crate) mod resource;
 pub(crate) mod session;

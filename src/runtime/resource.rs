@@ -16,10 +16,22 @@ pub type Handler = Arc<dyn Fn(&Request, &Session) -> Response + Send + Sync>;
 /// Answers a request later, through the [`Responder`] (a separate response).
 pub type DeferredHandler = Arc<dyn Fn(&Request, &Session, Responder) + Send + Sync>;
 
+/// Answers now or later, as it decides for each request (the built-in resources' kind).
+pub(crate) type DecidingHandler = Arc<dyn Fn(&Request, &Session) -> Reply + Send + Sync>;
+
+/// What a [`DecidingHandler`] chose.
+pub(crate) enum Reply {
+    /// Answer with this now (piggybacked on the ACK).
+    Now(Response),
+    /// Acknowledge now and answer through the [`Responder`] later.
+    Later(Box<dyn FnOnce(Responder) + Send>),
+}
+
 #[derive(Clone)]
 enum MethodHandler {
     Now(Handler),
     Later(DeferredHandler),
+    Deciding(DecidingHandler),
 }
 
 /// A resource: a path, a handler per method, and whether it can be observed.
@@ -64,6 +76,14 @@ impl Resource {
         self.handlers.retain(|(m, _)| *m != method);
         self.handlers
             .push((method, MethodHandler::Later(Arc::new(handler))));
+        self
+    }
+
+    /// Handles `method` with a handler that answers some requests now and others later.
+    pub(crate) fn method_deciding(mut self, method: Method, handler: DecidingHandler) -> Resource {
+        self.handlers.retain(|(m, _)| *m != method);
+        self.handlers
+            .push((method, MethodHandler::Deciding(handler)));
         self
     }
 
@@ -166,8 +186,25 @@ pub struct Responder {
 }
 
 impl Responder {
+    fn to(request: &Request, session: &Session) -> Responder {
+        Responder {
+            session: session.clone(),
+            token: request.token.clone(),
+            confirmable: request.confirmable,
+            answered: false,
+        }
+    }
+
     /// Sends `response` as the separate response.
     pub fn respond(mut self, response: Response) {
+        self.send(response);
+    }
+
+    /// Sends `response` as a Non-confirmable separate response, even to a Confirmable request
+    /// (RFC 7252 §5.2.3 allows it): one datagram, never retransmitted, for an answer whose
+    /// loss the client tolerates (or, as the keepalive probe-back, measures).
+    pub fn respond_non_confirmable(mut self, response: Response) {
+        self.confirmable = false;
         self.send(response);
     }
 
@@ -305,15 +342,16 @@ impl Router {
                 Routed::Now(response)
             }
             MethodHandler::Later(handler) => {
-                let responder = Responder {
-                    session: session.clone(),
-                    token: request.token.clone(),
-                    confirmable: request.confirmable,
-                    answered: false,
-                };
-                handler(request, session, responder);
+                handler(request, session, Responder::to(request, session));
                 Routed::Later
             }
+            MethodHandler::Deciding(handler) => match handler(request, session) {
+                Reply::Now(response) => Routed::Now(checked(response, session)),
+                Reply::Later(answer) => {
+                    answer(Responder::to(request, session));
+                    Routed::Later
+                }
+            },
         }
     }
 

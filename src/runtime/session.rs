@@ -202,6 +202,8 @@ pub(crate) struct Shared {
     pub(crate) next_request: AtomicU64,
     pub(crate) commands: CommandSender,
     pub(crate) ended: tokio::sync::watch::Sender<Option<SessionState>>,
+    /// The adaptive keepalive's state and findings, once one runs for this session.
+    pub(crate) adaptive: Mutex<Option<crate::proto::adaptive::AdaptiveStats>>,
 }
 
 /// What the driver last published of its session's keepalive machine, and the pings asked for
@@ -260,6 +262,7 @@ impl Session {
                 next_request: AtomicU64::new(1),
                 commands,
                 ended,
+                adaptive: Mutex::new(None),
             }),
         }
     }
@@ -305,6 +308,18 @@ impl Session {
         let mut stats = published.stats;
         stats.pings_sent += published.requested_pings;
         stats
+    }
+
+    /// The state and findings of the adaptive keepalive interval running for this session
+    /// ([`AdaptiveKeepalive`](crate::AdaptiveKeepalive)), as live as [`Session::stats`]:
+    /// searching, settled or fallback, the bounds on the NAT binding's lifetime, the probes
+    /// spent and the interval in use. `None` when none was started.
+    pub fn adaptive(&self) -> Option<crate::proto::adaptive::AdaptiveStats> {
+        *lock(&self.shared.adaptive)
+    }
+
+    pub(crate) fn publish_adaptive(&self, stats: crate::proto::adaptive::AdaptiveStats) {
+        *lock(&self.shared.adaptive) = Some(stats);
     }
 
     /// How long nothing has been received from the peer.

@@ -14,6 +14,7 @@ pub mod configs;
 pub mod dtls;
 pub mod libcoap;
 pub mod pair;
+pub mod udp_nat;
 
 use std::future::Future;
 use std::net::SocketAddr;
