@@ -1,6 +1,7 @@
 //! The subcommands of the `coap-keepalive` binary, one per file, and the credential handling
 //! `serve` and `ping` share.
 
+pub mod adaptive;
 pub mod args;
 pub mod certs;
 pub mod demo;

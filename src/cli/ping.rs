@@ -57,6 +57,8 @@ pub struct PingArgs {
     max_unanswered: Option<u32>,
     #[command(flatten)]
     security: secure::ClientSecurityArgs,
+    #[command(flatten)]
+    adaptive: super::adaptive::AdaptiveArgs,
 }
 
 /// What the library reported about the session.
@@ -90,6 +92,9 @@ pub async fn run(args: PingArgs) -> Result<ExitCode> {
     let deadline = args.deadline.map(|d| started + d);
     let uri = CoapUri::parse(&args.uri)?;
     if let Some(problem) = ignored_flag(&args, &uri) {
+        return Ok(usage_error(&problem));
+    }
+    if let Some(problem) = args.adaptive.problem(uri.transport) {
         return Ok(usage_error(&problem));
     }
     let peer = uri.resolve().await?;
@@ -154,6 +159,13 @@ pub async fn run(args: PingArgs) -> Result<ExitCode> {
         }
         _ = signals.recv() => return Ok(ExitCode::FAILURE),
     };
+    if let Some(adaptive) = args.adaptive.config(args.interval) {
+        let code =
+            super::adaptive::run(&ctx, &session, adaptive, deadline, &mut signals, args.quiet);
+        let code = code.await;
+        ctx.shutdown().await;
+        return code;
+    }
     println!(
         "PING {uri} ({} {}) every {}s",
         uri.transport.name(),

@@ -67,6 +67,8 @@ pub struct ServeArgs {
     /// Print only the summary, not a line per event (for load tests).
     #[arg(short, long)]
     quiet: bool,
+    #[command(flatten)]
+    probes: super::adaptive::ProbeServeArgs,
 }
 
 /// Runs the server until Ctrl-C or SIGTERM, then prints a summary. `verbose` (`-v`) adds a
@@ -85,6 +87,7 @@ pub async fn run(args: ServeArgs, verbose: u8) -> Result<ExitCode> {
         notify_every,
         max_body_size,
         quiet,
+        probes,
         ..
     } = args;
     if udp.is_empty() && tcp.is_empty() && dtls.is_empty() && tls.is_empty() {
@@ -102,6 +105,7 @@ pub async fn run(args: ServeArgs, verbose: u8) -> Result<ExitCode> {
     let printer = Printer::new();
     let log_requests = (verbose > 0 && !quiet).then_some(printer);
     super::resources::install(&ctx, Some(notify_every), log_requests);
+    let probing = probes.install(&ctx)?;
     let tally = Arc::new(Mutex::new(Tally::default()));
     install_handlers(&ctx, printer, quiet, tally.clone());
     let listeners = udp
@@ -145,6 +149,9 @@ pub async fn run(args: ServeArgs, verbose: u8) -> Result<ExitCode> {
     }
     if keepalive > 0 {
         println!("pinging clients after {keepalive} idle seconds");
+    }
+    if probing {
+        println!("answering keepalive probes at /.well-known/keepalive-probe");
     }
     signals.recv().await;
     // What the sessions were when the signal came: shutting down closes the open ones.
