@@ -262,3 +262,30 @@ async fn the_resource_caps_probe_backs_per_ip_address() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_servers_own_pings_do_not_refresh_the_binding_under_test() {
+    bounded(Duration::from_secs(10), async {
+        let (server, server_addr) = probe_server(ProbeLimits::default()).await;
+        // The server pings idle clients every 40 ms: were the probe socket among them, its
+        // binding (200 ms) would never expire and every probe-back would arrive.
+        server.set_keepalive_interval(Some(ms(40)));
+        let nat = UdpNat::start(server_addr, ms(200)).await;
+        let client = Context::new();
+        let probe = client.connect_udp(nat.addr).await.unwrap();
+        let short = probe
+            .request_with_timeout(probe_request(ms(100)), ms(400))
+            .await
+            .unwrap();
+        assert_eq!(short.status, Status::Changed);
+        let long = probe
+            .request_with_timeout(probe_request(ms(300)), ms(500))
+            .await;
+        assert!(long.is_err(), "{long:?}");
+        assert_eq!(probe.stats().pings_received, 0);
+        assert!(nat.dropped_down() >= 1);
+        client.shutdown().await;
+        server.shutdown().await;
+    })
+    .await;
+}

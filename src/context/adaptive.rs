@@ -6,11 +6,13 @@
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::context::Context;
-use crate::proto::adaptive::{AdaptiveConfig, AdaptiveStats, IntervalSearch, ProbeOutcome};
+use crate::proto::adaptive::{
+    AdaptiveConfig, AdaptiveState, AdaptiveStats, IntervalSearch, ProbeOutcome,
+};
 use crate::proto::error::{Error, Result};
 use crate::proto::keepalive_probe::{classify_probe_response, probe_request, ProbeAnswer};
 use crate::runtime::events::{EventKind, Events};
@@ -38,8 +40,9 @@ enum Notice {
 /// search over.
 ///
 /// Its state is [`Session::adaptive`]; each step is an [`EventKind::Adaptive`] on
-/// [`Context::events`]. It runs until the session ends, the context shuts down, or this
-/// handle is dropped.
+/// [`Context::events`] (it listens there for the session's unanswered pings, so the context
+/// makes its events from then on). It runs until the session ends, the context shuts down, or
+/// this handle is dropped.
 ///
 /// ```
 /// use std::time::Duration;
@@ -66,8 +69,9 @@ enum Notice {
 /// # Ok(()) }
 /// ```
 pub struct AdaptiveKeepalive {
-    session: Session,
     notices: mpsc::UnboundedSender<Notice>,
+    /// What the driver last published (also in the session's statistics).
+    stats: watch::Receiver<AdaptiveStats>,
     task: JoinHandle<()>,
 }
 
@@ -91,7 +95,9 @@ impl AdaptiveKeepalive {
         let probes = Context::new();
         probes.set_keepalive_config(ctx.keepalive_config().with_interval(None))?;
         let (notices, rx) = mpsc::unbounded_channel();
+        let (published, stats) = watch::channel(search.stats());
         let driver = Driver {
+            published,
             search,
             session: session.clone(),
             ctx: ctx.clone(),
@@ -103,15 +109,15 @@ impl AdaptiveKeepalive {
         session.publish_adaptive(driver.search.stats());
         let task = tokio::spawn(driver.run(rx));
         Ok(AdaptiveKeepalive {
-            session: session.clone(),
             notices,
+            stats,
             task,
         })
     }
 
     /// The search's state and findings (the same as [`Session::adaptive`]).
     pub fn stats(&self) -> AdaptiveStats {
-        self.session.adaptive().unwrap_or_default()
+        *self.stats.borrow()
     }
 
     /// Tells the search the network changed (the application learnt it from the system):
@@ -126,17 +132,14 @@ impl AdaptiveKeepalive {
         let _ = self.notices.send(Notice::KeepaliveFailed);
     }
 
-    /// Waits until the search is no longer searching (settled, or fallen back), or has stopped.
+    /// Waits until the search is no longer searching (settled, or fallen back), or has
+    /// stopped (its session ended); returns its state then.
     pub async fn settled(&self) -> AdaptiveStats {
-        let mut tick = tokio::time::interval(Duration::from_millis(5));
-        loop {
-            let stats = self.stats();
-            let searching = stats.state == crate::proto::adaptive::AdaptiveState::Searching;
-            if !searching || self.task.is_finished() {
-                return stats;
-            }
-            tick.tick().await;
-        }
+        let mut stats = self.stats.clone();
+        let searching = |s: &AdaptiveStats| s.state == AdaptiveState::Searching;
+        let found = stats.wait_for(|s| !searching(s)).await.map(|found| *found);
+        // Err: the driver is gone; what it last published.
+        found.unwrap_or_else(|_| *stats.borrow())
     }
 }
 
@@ -148,6 +151,7 @@ impl Drop for AdaptiveKeepalive {
 
 /// The task: the search, its probes, and what it hears of the session.
 struct Driver {
+    published: watch::Sender<AdaptiveStats>,
     search: IntervalSearch,
     session: Session,
     ctx: Context,
@@ -265,7 +269,13 @@ impl Driver {
             }
             self.ctx.rt.handlers.adaptive(&self.session, event);
         }
-        self.session.publish_adaptive(self.search.stats());
+        let stats = self.search.stats();
+        self.session.publish_adaptive(stats);
+        self.published.send_if_modified(|last| {
+            let changed = *last != stats;
+            *last = stats;
+            changed
+        });
     }
 }
 

@@ -205,6 +205,21 @@ mod tests {
         assert_eq!(refused.response().status, Status::UnsupportedContentFormat);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_payload_parses_or_is_refused_without_panic(payload: Vec<u8>, format: Option<u16>) {
+            let mut request = with_payload(&payload);
+            request.content_format = format;
+            let _ = parse_probe_delay(&request, MAX);
+        }
+
+        #[test]
+        fn every_delay_round_trips(millis in 1u64..=240_000) {
+            let delay = Duration::from_millis(millis);
+            proptest::prop_assert_eq!(parse_probe_delay(&probe_request(delay), MAX), Ok(delay));
+        }
+    }
+
     #[test]
     fn classifies_answers() {
         assert_eq!(
