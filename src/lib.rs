@@ -80,6 +80,13 @@ mod uri;
 pub struct ReadmeDoctests;
 
 pub use context::{BodyMemory, Context, ContextBuilder};
+pub use context::{MetricsCollector, OPENMETRICS_CONTENT_TYPE};
+/// The Prometheus project's Rust client, whose registry [`Context::metrics_collector`] joins.
+pub use prometheus_client;
+pub use runtime::metrics::{
+    HandshakeFailure, Metrics, RequestCount, RttHistogram, SessionGroup, TransportMetrics,
+    RTT_BUCKETS,
+};
 pub use credentials::{ClientCredentials, PemIdentity, PskCredentials, ServerCredentials};
 pub use proto::config::{IcmpPolicy, KeepaliveConfig, TransmissionParams};
 pub use proto::error::{Error, NackReason, Result};
@@ -96,7 +103,7 @@ pub use runtime::session::{
     Observation, Ping, Role, Session, SessionId, SessionState, Transport, DEFAULT_REQUEST_TIMEOUT,
 };
 pub use runtime::settings::ContextSettings;
-pub use runtime::SessionCounts;
+pub use runtime::{SessionCounts, SessionInfo, RECENTLY_ENDED};
 pub use transport::Endpoint;
 pub use uri::{CoapUri, COAPS_PORT, COAP_PORT};
 
