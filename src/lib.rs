@@ -81,13 +81,9 @@ pub struct ReadmeDoctests;
 
 pub use context::{BodyMemory, Context, ContextBuilder};
 pub use context::{MetricsCollector, OPENMETRICS_CONTENT_TYPE};
+pub use credentials::{ClientCredentials, PemIdentity, PskCredentials, ServerCredentials};
 /// The Prometheus project's Rust client, whose registry [`Context::metrics_collector`] joins.
 pub use prometheus_client;
-pub use runtime::metrics::{
-    HandshakeFailure, Metrics, RequestCount, RttHistogram, SessionGroup, TransportMetrics,
-    RTT_BUCKETS,
-};
-pub use credentials::{ClientCredentials, PemIdentity, PskCredentials, ServerCredentials};
 pub use proto::config::{IcmpPolicy, KeepaliveConfig, TransmissionParams};
 pub use proto::error::{Error, NackReason, Result};
 pub use proto::keepalive::{PingStyle, RttStats, Stats};
@@ -98,6 +94,10 @@ pub use proto::PeerPing;
 pub use runtime::events::EVENTS_CAPACITY;
 pub use runtime::events::{Event, EventKind, Events, Lagged};
 pub use runtime::handlers::{PingDecision, SessionEvent};
+pub use runtime::metrics::{
+    HandshakeFailure, Metrics, RequestCount, RttHistogram, SessionGroup, TransportMetrics,
+    RTT_BUCKETS,
+};
 pub use runtime::resource::{Resource, Responder};
 pub use runtime::session::{
     Observation, Ping, Role, Session, SessionId, SessionState, Transport, DEFAULT_REQUEST_TIMEOUT,

@@ -18,10 +18,10 @@ use crate::runtime::events::Events;
 use crate::runtime::handlers::{
     EventHandler, NackHandler, PingDecision, PingHandler, PongHandler, SessionEvent,
 };
+use crate::runtime::metrics::Metrics;
 use crate::runtime::resource::Resource;
 use crate::runtime::session::Session;
 use crate::runtime::settings::ContextSettings;
-use crate::runtime::metrics::Metrics;
 use crate::runtime::{Runtime, SessionCounts, SessionInfo};
 
 pub use builder::ContextBuilder;

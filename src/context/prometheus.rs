@@ -114,16 +114,28 @@ fn encode(metrics: &Metrics, encoder: &mut DescriptorEncoder) -> Result<(), std:
         for group in &metrics.sessions {
             let labels: &Labels = &[
                 ("transport", group.transport.name()),
-                ("role", if group.role == crate::Role::Client { "client" } else { "server" }),
+                (
+                    "role",
+                    if group.role == crate::Role::Client {
+                        "client"
+                    } else {
+                        "server"
+                    },
+                ),
                 ("state", state_name(group.state)),
             ];
             let count = i64::try_from(group.count).unwrap_or(i64::MAX);
             ConstGauge::new(count).encode(family.encode_family(&labels)?)?;
         }
     }
-    per_transport(encoder, metrics, "coap_sessions_opened", "Sessions created.", None, |t| {
-        t.sessions_opened
-    })?;
+    per_transport(
+        encoder,
+        metrics,
+        "coap_sessions_opened",
+        "Sessions created.",
+        None,
+        |t| t.sessions_opened,
+    )?;
     counters(
         encoder,
         "coap_sessions_ended",
@@ -131,8 +143,14 @@ fn encode(metrics: &Metrics, encoder: &mut DescriptorEncoder) -> Result<(), std:
         None,
         metrics.transports.iter().flat_map(|t| {
             [
-                (vec![("transport", t.transport.name()), ("outcome", "closed")], t.sessions_closed),
-                (vec![("transport", t.transport.name()), ("outcome", "failed")], t.sessions_failed),
+                (
+                    vec![("transport", t.transport.name()), ("outcome", "closed")],
+                    t.sessions_closed,
+                ),
+                (
+                    vec![("transport", t.transport.name()), ("outcome", "failed")],
+                    t.sessions_failed,
+                ),
             ]
         }),
     )?;
@@ -193,12 +211,14 @@ fn encode(metrics: &Metrics, encoder: &mut DescriptorEncoder) -> Result<(), std:
         )?;
         for t in &metrics.transports {
             let labels: &Labels = &[("transport", t.transport.name())];
-            family.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
-                t.rtt.sum.as_secs_f64(),
-                t.rtt.count,
-                &t.rtt.buckets,
-                None,
-            )?;
+            family
+                .encode_family(&labels)?
+                .encode_histogram::<NoLabelSet>(
+                    t.rtt.sum.as_secs_f64(),
+                    t.rtt.count,
+                    &t.rtt.buckets,
+                    None,
+                )?;
         }
     }
     counters(
@@ -208,7 +228,13 @@ fn encode(metrics: &Metrics, encoder: &mut DescriptorEncoder) -> Result<(), std:
         None,
         metrics.transports.iter().flat_map(|t| {
             t.nacks.iter().map(|(reason, n)| {
-                (vec![("transport", t.transport.name()), ("reason", nack_label(*reason))], *n)
+                (
+                    vec![
+                        ("transport", t.transport.name()),
+                        ("reason", reason.label()),
+                    ],
+                    *n,
+                )
             })
         }),
     )?;
@@ -234,7 +260,10 @@ fn encode(metrics: &Metrics, encoder: &mut DescriptorEncoder) -> Result<(), std:
             .filter(|t| t.transport.is_secure())
             .flat_map(|t| {
                 t.handshake_failures.iter().map(|(cause, n)| {
-                    (vec![("transport", t.transport.name()), ("cause", cause.as_str())], *n)
+                    (
+                        vec![("transport", t.transport.name()), ("cause", cause.as_str())],
+                        *n,
+                    )
                 })
             }),
     )?;
@@ -273,8 +302,14 @@ fn encode(metrics: &Metrics, encoder: &mut DescriptorEncoder) -> Result<(), std:
         None,
         metrics.transports.iter().flat_map(|t| {
             [
-                (vec![("transport", t.transport.name()), ("action", "evicted")], t.evictions),
-                (vec![("transport", t.transport.name()), ("action", "refused")], t.refusals),
+                (
+                    vec![("transport", t.transport.name()), ("action", "evicted")],
+                    t.evictions,
+                ),
+                (
+                    vec![("transport", t.transport.name()), ("action", "refused")],
+                    t.refusals,
+                ),
             ]
         }),
     )?;
@@ -295,17 +330,4 @@ fn encode(metrics: &Metrics, encoder: &mut DescriptorEncoder) -> Result<(), std:
         |t| t.bytes_sent,
     )?;
     Ok(())
-}
-
-/// The label value of a nack reason: snake case.
-pub(crate) fn nack_label(reason: crate::NackReason) -> &'static str {
-    use crate::NackReason::*;
-    match reason {
-        TooManyRetries => "too_many_retries",
-        NotDeliverable => "not_deliverable",
-        Rst => "rst",
-        TlsFailed => "tls_failed",
-        IcmpError => "icmp_error",
-        ProtocolError => "protocol_error",
-    }
 }

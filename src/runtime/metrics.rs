@@ -13,8 +13,12 @@ use crate::proto::message::{Method, Status};
 use crate::runtime::session::{Role, SessionState, Transport};
 
 /// The four transports, in the order of every per-transport array.
-pub(crate) const TRANSPORTS: [Transport; 4] =
-    [Transport::Udp, Transport::Dtls, Transport::Tcp, Transport::Tls];
+pub(crate) const TRANSPORTS: [Transport; 4] = [
+    Transport::Udp,
+    Transport::Dtls,
+    Transport::Tcp,
+    Transport::Tls,
+];
 
 /// Every nack reason, in the order of the per-reason arrays.
 const NACK_REASONS: [NackReason; 6] = [
@@ -144,7 +148,10 @@ impl AtomicHistogram {
         let mut buckets = Vec::with_capacity(RTT_BUCKETS.len() + 1);
         for (i, count) in self.buckets.iter().enumerate() {
             cumulative += count.load(Ordering::Relaxed);
-            buckets.push((RTT_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY), cumulative));
+            buckets.push((
+                RTT_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY),
+                cumulative,
+            ));
         }
         RttHistogram {
             buckets,
@@ -461,8 +468,16 @@ mod tests {
         assert_eq!(
             s.requests,
             vec![
-                RequestCount { method: "GET", class: "2.xx", count: 2 },
-                RequestCount { method: "PUT", class: "4.xx", count: 1 },
+                RequestCount {
+                    method: "GET",
+                    class: "2.xx",
+                    count: 2
+                },
+                RequestCount {
+                    method: "PUT",
+                    class: "4.xx",
+                    count: 1
+                },
             ]
         );
         assert!(c.snapshot(Transport::Udp).requests.is_empty());

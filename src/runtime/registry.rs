@@ -269,10 +269,7 @@ impl Registry {
 
 /// The index of `transport` in `TRANSPORTS`.
 fn index(transport: Transport) -> usize {
-    TRANSPORTS
-        .iter()
-        .position(|t| *t == transport)
-        .unwrap_or(0)
+    TRANSPORTS.iter().position(|t| *t == transport).unwrap_or(0)
 }
 
 /// A live session as the listing shows it.

@@ -407,7 +407,14 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
         };
         let now = Instant::now();
         if let Some(p) = self.table.get_mut(key) {
-            apply_command(&self.rt, &mut p.core, &mut p.waiters, &p.handle, now, command);
+            apply_command(
+                &self.rt,
+                &mut p.core,
+                &mut p.waiters,
+                &p.handle,
+                now,
+                command,
+            );
         }
         self.flush(key, now).await;
     }
