@@ -4,9 +4,13 @@
 pub mod args;
 pub mod certs;
 pub mod demo;
+pub mod http;
+pub mod json;
 pub mod output;
 pub mod ping;
 pub mod request;
 pub mod resources;
 pub mod secure;
 pub mod serve;
+pub mod sessions;
+pub mod settings;
