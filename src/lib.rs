@@ -80,7 +80,10 @@ mod uri;
 pub struct ReadmeDoctests;
 
 pub use context::{AdaptiveKeepalive, BodyMemory, Context, ContextBuilder};
+pub use context::{MetricsCollector, OPENMETRICS_CONTENT_TYPE};
 pub use credentials::{ClientCredentials, PemIdentity, PskCredentials, ServerCredentials};
+/// The Prometheus project's Rust client, whose registry [`Context::metrics_collector`] joins.
+pub use prometheus_client;
 pub use proto::config::{IcmpPolicy, KeepaliveConfig, TransmissionParams};
 pub use proto::error::{Error, NackReason, Result};
 pub use proto::keepalive::{PingStyle, RttStats, Stats};
@@ -91,13 +94,17 @@ pub use proto::PeerPing;
 pub use runtime::events::EVENTS_CAPACITY;
 pub use runtime::events::{Event, EventKind, Events, Lagged};
 pub use runtime::handlers::{PingDecision, SessionEvent};
+pub use runtime::metrics::{
+    HandshakeFailure, Metrics, RequestCount, RttHistogram, SessionGroup, TransportMetrics,
+    RTT_BUCKETS,
+};
 pub use runtime::probe_resource::ProbeLimits;
 pub use runtime::resource::{Resource, Responder};
 pub use runtime::session::{
     Observation, Ping, Role, Session, SessionId, SessionState, Transport, DEFAULT_REQUEST_TIMEOUT,
 };
 pub use runtime::settings::ContextSettings;
-pub use runtime::SessionCounts;
+pub use runtime::{SessionCounts, SessionInfo, RECENTLY_ENDED};
 pub use transport::Endpoint;
 pub use uri::{CoapUri, COAPS_PORT, COAP_PORT};
 

@@ -43,6 +43,9 @@ enum Command {
     /// ways (the server pings the quiet clients), then silence the server: the pinging clients
     /// nack, the quiet ones notice nothing. Needs no arguments and no setup.
     Demo(cli::demo::DemoArgs),
+    /// List the sessions of a `serve --metrics ADDR` like ss(8): transport, role, state
+    /// (a failed one with its reason), peer, idle time, RTT, pings; filter with -t / -s.
+    Sessions(cli::sessions::SessionsArgs),
     /// Write a CA, a server certificate (localhost, 127.0.0.1, ::1) and a client certificate
     /// with their keys, as PEM, for trying DTLS and TLS out.
     Certs(cli::certs::CertsArgs),
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
             Command::Delete(a) => cli::request::run(coap_keepalive::Method::Delete, a).await,
             Command::Observe(a) => cli::request::observe(a).await,
             Command::Certs(a) => cli::certs::run(a),
+            Command::Sessions(a) => cli::sessions::run(a).await,
         }
     });
     match result {

@@ -28,7 +28,10 @@ fn product_binary_lists_the_user_commands_only() {
     let commands = subcommands(&help_of(env!("CARGO_BIN_EXE_coap-keepalive")));
     assert_eq!(
         commands,
-        ["serve", "ping", "get", "put", "post", "delete", "observe", "demo", "certs", "help"]
+        [
+            "serve", "ping", "get", "put", "post", "delete", "observe", "demo", "sessions",
+            "certs", "help"
+        ]
     );
 }
 

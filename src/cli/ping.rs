@@ -12,17 +12,20 @@ use std::time::Duration;
 use clap::Args;
 use coap_keepalive::CoapUri;
 use coap_keepalive::Context;
+use coap_keepalive::KeepaliveConfig;
 use coap_keepalive::PingStyle;
 use coap_keepalive::Session;
 use coap_keepalive::SessionEvent;
-use coap_keepalive::{KeepaliveConfig, TransmissionParams};
 use coap_keepalive::{NackReason, Result};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::args::parse_secs;
+use super::json;
 use super::output::{ms, refuse_multicast, usage_error, Signals};
 use super::secure;
+use super::settings::KeepaliveArgs;
+use serde_json::json;
 
 /// Arguments of `ping`.
 #[derive(Debug, Args)]
@@ -41,20 +44,17 @@ pub struct PingArgs {
     /// Quiet: print the PING line and the summary only, no line per ping.
     #[arg(short, long)]
     quiet: bool,
-    /// UDP / DTLS: ACK_TIMEOUT, seconds before the first retransmission (RFC 7252 default 2).
-    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
-    ack_timeout: Option<Duration>,
-    /// UDP / DTLS: MAX_RETRANSMIT, retransmissions before giving up (RFC 7252 default 4).
-    #[arg(long, value_name = "N")]
-    max_retransmit: Option<u32>,
-    /// TCP / TLS: seconds to wait for a Pong (default: the interval, at least 1).
-    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
-    pong_timeout: Option<Duration>,
-    /// Consecutive unanswered pings before the session is declared dead (default 1): a UDP /
-    /// DTLS ping is unanswered when its retransmissions are exhausted, a TCP / TLS one at its
-    /// pong timeout. Raise it to keep pinging through loss.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    max_unanswered: Option<u32>,
+    /// Print one JSON object per ping's fate and one for the summary, instead of lines for
+    /// people.
+    #[arg(long)]
+    json: bool,
+    /// The keepalive and transmission settings. `--pong-timeout` defaults to the interval
+    /// (at least 1 s); `--max-unanswered` counts a UDP / DTLS ping unanswered when its
+    /// retransmissions are exhausted, a TCP / TLS one at its pong timeout (raise it to keep
+    /// pinging through loss). `-K` and `--jitter` are refused: this command sends every ping
+    /// itself, every `-i` seconds.
+    #[command(flatten)]
+    settings: KeepaliveArgs,
     #[command(flatten)]
     security: secure::ClientSecurityArgs,
     #[command(flatten)]
@@ -101,33 +101,29 @@ pub async fn run(args: PingArgs) -> Result<ExitCode> {
     if let Some(problem) = refuse_multicast(peer.ip()) {
         return Ok(usage_error(&format!("{uri}: {problem}")));
     }
-    let mut transmission = TransmissionParams::default();
-    if let Some(t) = args.ack_timeout {
-        transmission = transmission.with_ack_timeout(t);
-    }
-    if let Some(n) = args.max_retransmit {
-        transmission = transmission.with_max_retransmit(n);
-    }
-    // Keepalive off: this command sends every ping itself, so that it can number them.
-    let mut config = KeepaliveConfig::default()
-        .with_interval(None)
-        .with_transmission(transmission)
-        .with_pong_timeout(
-            args.pong_timeout
-                .unwrap_or(args.interval.max(Duration::from_secs(1))),
-        );
-    if let Some(n) = args.max_unanswered {
-        config = config.with_max_unanswered(n);
-    }
+    // Keepalive off (-K is refused): this command sends every ping itself, so that it can
+    // number them.
     let credentials = args.security.credentials(uri.transport)?;
-    let ctx = Context::builder()
-        .keepalive_config(config)
+    let built = args
+        .settings
+        .apply(Context::builder())
+        .keepalive(Duration::ZERO)
+        .pong_timeout(
+            args.settings
+                .pong_timeout
+                .unwrap_or(args.interval.max(Duration::from_secs(1))),
+        )
         .connect_timeout(
             args.security
                 .handshake_timeout
                 .max(Duration::from_millis(1)),
         )
-        .build()?;
+        .build();
+    let ctx = match built {
+        Ok(ctx) => ctx,
+        Err(error) => return Ok(usage_error(&error.to_string())),
+    };
+    let config: KeepaliveConfig = ctx.keepalive_config();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let pongs = tx.clone();
     ctx.register_pong_handler(move |_, rtt| {
@@ -166,14 +162,25 @@ pub async fn run(args: PingArgs) -> Result<ExitCode> {
         ctx.shutdown().await;
         return code;
     }
-    println!(
-        "PING {uri} ({} {}) every {}s",
-        uri.transport.name(),
-        session.peer(),
-        args.interval.as_secs_f64()
-    );
+    if args.json {
+        let start = json!({
+            "uri": uri.to_string(),
+            "transport": uri.transport.name(),
+            "peer": session.peer().to_string(),
+            "interval_s": args.interval.as_secs_f64(),
+        });
+        println!("{}", json::event("start", started.elapsed(), None, start));
+    } else {
+        println!(
+            "PING {uri} ({} {}) every {}s",
+            uri.transport.name(),
+            session.peer(),
+            args.interval.as_secs_f64()
+        );
+    }
     let mut tally = Tally::default();
     ping_loop(
+        started,
         &args,
         &config,
         &session,
@@ -187,20 +194,41 @@ pub async fn run(args: PingArgs) -> Result<ExitCode> {
     ctx.shutdown().await;
     let received = tally.received();
     let lost = tally.sent.saturating_sub(received);
-    println!("--- {uri} ping statistics ---");
-    println!(
-        "{} pings sent, {received} pongs received, {} retransmissions, {:.0}% loss, time {:.0}ms",
-        tally.sent,
-        stats.retransmissions,
-        if tally.sent == 0 {
-            0.0
-        } else {
-            100.0 * lost as f64 / tally.sent as f64
-        },
-        started.elapsed().as_secs_f64() * 1e3
-    );
-    if let Some(rtt) = RttSummary::of(&tally.rtts) {
-        println!("{rtt}");
+    let loss = if tally.sent == 0 {
+        0.0
+    } else {
+        100.0 * lost as f64 / tally.sent as f64
+    };
+    let rtt = RttSummary::of(&tally.rtts);
+    if args.json {
+        let mut summary = json!({
+            "sent": tally.sent,
+            "received": received,
+            "retransmissions": stats.retransmissions,
+            "loss_percent": loss,
+            "failed": tally.failure.map(|r| r.label()),
+        });
+        if let Some(rtt) = &rtt {
+            summary["rtt_min_ms"] = json::ms(rtt.min);
+            summary["rtt_avg_ms"] = json::ms(rtt.avg);
+            summary["rtt_max_ms"] = json::ms(rtt.max);
+            summary["rtt_mdev_ms"] = json::ms(rtt.mdev);
+        }
+        println!(
+            "{}",
+            json::event("summary", started.elapsed(), None, summary)
+        );
+    } else {
+        println!("--- {uri} ping statistics ---");
+        println!(
+            "{} pings sent, {received} pongs received, {} retransmissions, {loss:.0}% loss, time {:.0}ms",
+            tally.sent,
+            stats.retransmissions,
+            started.elapsed().as_secs_f64() * 1e3
+        );
+        if let Some(rtt) = rtt {
+            println!("{rtt}");
+        }
     }
     let incomplete = args.count > 0 && deadline.is_some() && received < args.count;
     Ok(if tally.failure.is_some() || received == 0 || incomplete {
@@ -215,15 +243,32 @@ fn ignored_flag(args: &PingArgs, uri: &CoapUri) -> Option<String> {
     if let Some(problem) = args.security.ignored_by(uri.transport) {
         return Some(problem);
     }
+    if args.settings.keepalive.is_some() || args.settings.jitter.is_some() {
+        let flag = if args.settings.keepalive.is_some() {
+            "-K"
+        } else {
+            "--jitter"
+        };
+        return Some(format!(
+            "{flag} does not apply to ping: it sends every ping itself, every -i SECS"
+        ));
+    }
+    let settings = &args.settings;
     let scheme = uri.transport.scheme();
     match uri.transport.ping_style() {
-        PingStyle::Datagram if args.pong_timeout.is_some() => Some(format!(
+        PingStyle::Datagram if settings.pong_timeout.is_some() => Some(format!(
             "--pong-timeout applies to coap+tcp:// and coaps+tcp:// only: over {scheme}:// a \
              ping is retransmitted (--ack-timeout, --max-retransmit)"
         )),
-        PingStyle::Stream if args.ack_timeout.is_some() || args.max_retransmit.is_some() => {
-            let flag = if args.ack_timeout.is_some() {
+        PingStyle::Stream
+            if settings.ack_timeout.is_some()
+                || settings.max_retransmit.is_some()
+                || settings.ack_random_factor.is_some() =>
+        {
+            let flag = if settings.ack_timeout.is_some() {
                 "--ack-timeout"
+            } else if settings.ack_random_factor.is_some() {
+                "--ack-random-factor"
             } else {
                 "--max-retransmit"
             };
@@ -238,7 +283,9 @@ fn ignored_flag(args: &PingArgs, uri: &CoapUri) -> Option<String> {
 
 /// Sends the pings and prints a line for each, until the count, the deadline, a signal or the
 /// session's failure.
+#[allow(clippy::too_many_arguments)] // the loop's whole state, passed once
 async fn ping_loop(
+    started: Instant,
     args: &PingArgs,
     config: &KeepaliveConfig,
     session: &Session,
@@ -269,7 +316,10 @@ async fn ping_loop(
                 outcome = rx.recv() => match outcome {
                     Some(Outcome::Pong(rtt)) => {
                         tally.rtts.push(rtt);
-                        if !args.quiet {
+                        if args.json && !args.quiet {
+                            let fields = json!({ "seq": seq, "peer": peer.to_string(), "rtt_ms": json::ms(rtt) });
+                            println!("{}", json::event("pong", started.elapsed(), None, fields));
+                        } else if !args.quiet {
                             println!("pong from {peer}: seq={seq} time={}", ms(rtt));
                         }
                         break;
@@ -277,7 +327,10 @@ async fn ping_loop(
                     // Over TCP / TLS the last unanswered ping is reported just before the
                     // nack: the nack line says it.
                     Some(Outcome::Unanswered(count)) if count < config.max_unanswered => {
-                        if !args.quiet {
+                        if args.json && !args.quiet {
+                            let fields = json!({ "seq": seq, "peer": peer.to_string(), "count": count, "max_unanswered": config.max_unanswered });
+                            println!("{}", json::event("unanswered", started.elapsed(), None, fields));
+                        } else if !args.quiet {
                             println!(
                                 "no answer from {peer}: seq={seq} ({count} of {} unanswered)",
                                 config.max_unanswered
@@ -287,13 +340,16 @@ async fn ping_loop(
                     }
                     Some(Outcome::Unanswered(_)) => {}
                     Some(Outcome::Nack(reason)) => {
-                        nack(args, tally, peer, seq, reason);
+                        nack(started, args, tally, peer, seq, reason);
                         return;
                     }
                     None => return,
                 },
                 _ = &mut no_answer => {
-                    if !args.quiet {
+                    if args.json && !args.quiet {
+                        let fields = json!({ "seq": seq, "peer": peer.to_string(), "waited_s": give_up.as_secs_f64() });
+                        println!("{}", json::event("no_answer", started.elapsed(), None, fields));
+                    } else if !args.quiet {
                         println!("no answer from {peer}: seq={seq} (none within {}s)", give_up.as_secs_f64());
                     }
                     break;
@@ -313,7 +369,7 @@ async fn ping_loop(
                 _ = &mut pause => break,
                 outcome = rx.recv() => match outcome {
                     Some(Outcome::Nack(reason)) => {
-                        nack(args, tally, peer, seq, reason);
+                        nack(started, args, tally, peer, seq, reason);
                         return;
                     }
                     Some(_) => {}
@@ -328,6 +384,7 @@ async fn ping_loop(
 
 /// Records and prints the session's failure: it ends the run, so with `-q` too, on stderr.
 fn nack(
+    started: Instant,
     args: &PingArgs,
     tally: &mut Tally,
     peer: std::net::SocketAddr,
@@ -335,7 +392,10 @@ fn nack(
     reason: NackReason,
 ) {
     let line = format!("{peer}: seq={seq}: {reason}, the session failed");
-    if args.quiet {
+    if args.json {
+        let fields = json!({ "seq": seq, "peer": peer.to_string(), "reason": reason.label() });
+        println!("{}", json::event("nack", started.elapsed(), None, fields));
+    } else if args.quiet {
         eprintln!("coap-keepalive: {line}");
     } else {
         println!("{line}");

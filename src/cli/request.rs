@@ -48,6 +48,9 @@ pub struct RequestArgs {
     timeout: Duration,
     #[command(flatten)]
     security: super::secure::ClientSecurityArgs,
+    /// The keepalive and transmission settings (`-K` keeps an observation's session pinged).
+    #[command(flatten)]
+    settings: super::settings::KeepaliveArgs,
 }
 
 /// Arguments of `get`, `put`, `post` and `delete`: one request and its response.
@@ -115,7 +118,7 @@ fn read_body(file: &Path) -> std::result::Result<Vec<u8>, String> {
 /// Connects as the URI and the security options say; prints why on failure.
 async fn connect(uri: &CoapUri, args: &RequestArgs) -> Result<Option<(Context, Session)>> {
     let credentials = args.security.credentials(uri.transport)?;
-    let mut builder = Context::builder().connect_timeout(
+    let mut builder = args.settings.apply(Context::builder()).connect_timeout(
         args.security
             .handshake_timeout
             .max(Duration::from_millis(1)),

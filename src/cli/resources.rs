@@ -39,6 +39,14 @@ pub fn install(ctx: &Context, notify_every: Option<Duration>, log: Option<Printe
             })
             .attribute("title=\"coap-keepalive\""),
     );
+    // Fresh until the next notification is due, and a second more (RFC 7641 §4.3.1: a
+    // notification comes before Max-Age runs out): a client whose notifications stop coming,
+    // because a NAT forgot its binding say, registers again soon after (§3.3.1).
+    let time_max_age = notify_every
+        .filter(|every| !every.is_zero())
+        .map_or(60, |every| {
+            every.as_secs().saturating_add(1).min(u64::from(u32::MAX)) as u32
+        });
     ctx.add_resource(
         Resource::new("/time")
             .observable()
@@ -47,7 +55,7 @@ pub fn install(ctx: &Context, notify_every: Option<Duration>, log: Option<Printe
                 logged(
                     request,
                     session,
-                    Response::content_text(utc_now()).with_max_age(60),
+                    Response::content_text(utc_now()).with_max_age(time_max_age),
                 )
             }),
     );

@@ -16,6 +16,9 @@ use coap_keepalive::{Session, SessionId, Stats, Transport};
 
 use super::output::{ms, refuse_multicast, Printer, Signals};
 use super::secure;
+use super::settings::{read_config, KeepaliveArgs, TableArgs};
+use super::{http, json};
+use serde_json::json;
 
 /// Arguments of `serve`.
 #[derive(Debug, Args)]
@@ -47,14 +50,24 @@ pub struct ServeArgs {
     /// Require clients to present a certificate signed by this CA (PEM).
     #[arg(long, value_name = "PEM", requires = "cert")]
     ca: Option<PathBuf>,
-    /// Ping each client after this many idle seconds (0: only answer pings).
-    #[arg(
-        short = 'K',
-        long = "keepalive",
-        value_name = "SECS",
-        default_value_t = 0
-    )]
-    keepalive: u64,
+    #[command(flatten)]
+    keepalive: KeepaliveArgs,
+    #[command(flatten)]
+    table: TableArgs,
+    /// Read the keepalive, transmission and session-table settings from this TOML file, keys
+    /// named as the flags (`keepalive = 30`, `ack-timeout = 2`, `max-sessions = 1000`); the
+    /// flags given win.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics and the session listing at /sessions
+    /// (JSON; `coap-keepalive sessions ADDR` prints it). ADDR is PORT (on 127.0.0.1) or
+    /// HOST:PORT. Unauthenticated: anyone who reaches it reads every peer's address. Off
+    /// unless given.
+    #[arg(long, value_name = "ADDR", value_parser = http::parse_listen_addr)]
+    metrics: Option<SocketAddr>,
+    /// Print one JSON object per event and one for the summary, instead of lines for people.
+    #[arg(long)]
+    json: bool,
     /// Seconds between notifications to the observers of /time (0: never; libcoap's example
     /// server notifies every second too).
     #[arg(long, value_name = "SECS", default_value = "1", value_parser = super::args::parse_secs)]
@@ -73,9 +86,14 @@ pub struct ServeArgs {
 
 /// Runs the server until Ctrl-C or SIGTERM, then prints a summary. `verbose` (`-v`) adds a
 /// line per request.
-pub async fn run(args: ServeArgs, verbose: u8) -> Result<ExitCode> {
+pub async fn run(mut args: ServeArgs, verbose: u8) -> Result<ExitCode> {
     if let Some(problem) = usage_problem(&args) {
         return Ok(super::output::usage_error(&problem));
+    }
+    if let Some(file) = args.config.clone() {
+        if let Err(why) = read_config(&file, &mut args.keepalive, &mut args.table) {
+            return Ok(super::output::usage_error(&why));
+        }
     }
     let (dtls_credentials, tls_credentials) = credentials(&args)?;
     let ServeArgs {
@@ -83,31 +101,57 @@ pub async fn run(args: ServeArgs, verbose: u8) -> Result<ExitCode> {
         mut tcp,
         dtls,
         tls,
-        keepalive,
+        keepalive: keepalive_args,
+        table,
         notify_every,
         max_body_size,
         quiet,
+        metrics,
+        json,
         probes,
         ..
     } = args;
+    let keepalive = keepalive_args.keepalive.unwrap_or_default();
     if udp.is_empty() && tcp.is_empty() && dtls.is_empty() && tls.is_empty() {
         let default: SocketAddr = ([0, 0, 0, 0], coap_keepalive::COAP_PORT).into();
         udp.push(default);
         tcp.push(default);
     }
     let mut signals = Signals::new();
-    let mut builder = Context::builder();
+    let mut builder = table.apply(keepalive_args.apply(Context::builder()));
     if let Some(bytes) = max_body_size {
         builder = builder.max_body_size(bytes);
     }
-    let ctx = builder.build()?;
-    ctx.set_keepalive(keepalive);
+    let ctx = match builder.build() {
+        Ok(ctx) => ctx,
+        Err(error) => return Ok(super::output::usage_error(&error.to_string())),
+    };
     let printer = Printer::new();
-    let log_requests = (verbose > 0 && !quiet).then_some(printer);
+    let out = Out { printer, json };
+    let log_requests = (verbose > 0 && !quiet && !json).then_some(printer);
     super::resources::install(&ctx, Some(notify_every), log_requests);
     let probing = probes.install(&ctx)?;
     let tally = Arc::new(Mutex::new(Tally::default()));
-    install_handlers(&ctx, printer, quiet, tally.clone());
+    install_handlers(&ctx, out, quiet, tally.clone());
+    if let Some(addr) = metrics {
+        match http::bind(addr).await {
+            Ok(listener) => {
+                let bound = listener.local_addr().unwrap_or(addr);
+                if json {
+                    out.event("metrics", None, json!({ "url": format!("http://{bound}/metrics"), "sessions_url": format!("http://{bound}/sessions") }));
+                } else {
+                    println!(
+                        "serving metrics http://{bound}/metrics and /sessions (no authentication)"
+                    );
+                }
+                tokio::spawn(http::serve(listener, ctx.clone()));
+            }
+            Err(error) => {
+                eprintln!("coap-keepalive: cannot serve metrics on {addr}: {error}");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
     let listeners = udp
         .into_iter()
         .map(|a| (Transport::Udp, a))
@@ -137,6 +181,15 @@ pub async fn run(args: ServeArgs, verbose: u8) -> Result<ExitCode> {
                     Transport::Tls => tls_credentials.as_ref().map(mode),
                     _ => None,
                 };
+                if json {
+                    let uri = format!("{scheme}://{}", endpoint.local_addr);
+                    out.event(
+                        "listening",
+                        None,
+                        json!({ "uri": uri, "transport": name, "mode": mode }),
+                    );
+                    continue;
+                }
                 let mode = mode.map(|m| format!(", {m}")).unwrap_or_default();
                 println!("serving {scheme}://{} ({name}{mode})", endpoint.local_addr);
             }
@@ -147,8 +200,11 @@ pub async fn run(args: ServeArgs, verbose: u8) -> Result<ExitCode> {
             }
         }
     }
-    if keepalive > 0 {
-        println!("pinging clients after {keepalive} idle seconds");
+    if !keepalive.is_zero() && !json {
+        println!(
+            "pinging clients after {} idle seconds",
+            keepalive.as_secs_f64()
+        );
     }
     if probing {
         println!("answering keepalive probes at /.well-known/keepalive-probe");
@@ -157,8 +213,59 @@ pub async fn run(args: ServeArgs, verbose: u8) -> Result<ExitCode> {
     // What the sessions were when the signal came: shutting down closes the open ones.
     let ended = lock(&tally).clone();
     ctx.shutdown().await;
-    println!("{}", summary(&ended, printer.elapsed(), &ctx.stats()));
+    let stats = ctx.stats();
+    if json {
+        println!("{}", summary_json(&ended, printer.elapsed(), &stats));
+    } else {
+        println!("{}", summary(&ended, printer.elapsed(), &stats));
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The summary as one JSON object (`"event": "summary"`), with the figures of [`summary`].
+fn summary_json(tally: &Tally, elapsed: Duration, stats: &Stats) -> String {
+    json::event(
+        "summary",
+        elapsed,
+        None,
+        json!({
+            "sessions_served": tally.served,
+            "closed": tally.closed,
+            "open_at_exit": tally.open.len(),
+            "failed": tally.failed,
+            "failed_before_session": tally.failed_early,
+            "pings_received": stats.pings_received,
+            "pings_sent": stats.pings_sent,
+            "pongs": stats.pongs,
+            "retransmissions": stats.retransmissions,
+        }),
+    )
+}
+
+/// Where events go: lines for people, or one JSON object each.
+#[derive(Debug, Clone, Copy)]
+struct Out {
+    printer: Printer,
+    json: bool,
+}
+
+impl Out {
+    /// One event about `session`: `text` for people, `name` and `fields` in JSON.
+    fn session(&self, session: &Session, text: &str, name: &str, fields: serde_json::Value) {
+        if self.json {
+            self.event(name, Some(session), fields);
+        } else {
+            self.printer.session(session, text);
+        }
+    }
+
+    /// One JSON event line.
+    fn event(&self, name: &str, session: Option<&Session>, fields: serde_json::Value) {
+        println!(
+            "{}",
+            json::event(name, self.printer.elapsed(), session, fields)
+        );
+    }
 }
 
 /// How the sessions of a run ended, from the handlers' reports (each session counts once).
@@ -267,30 +374,36 @@ fn mode(credentials: &ServerCredentials) -> &'static str {
 }
 
 /// Prints a line per event (unless `quiet`) and keeps the tally.
-fn install_handlers(ctx: &Context, printer: Printer, quiet: bool, tally: Arc<Mutex<Tally>>) {
-    let say = move |session: &Session, text: &str| {
+fn install_handlers(ctx: &Context, out: Out, quiet: bool, tally: Arc<Mutex<Tally>>) {
+    let say = move |session: &Session, text: &str, name: &str, fields: serde_json::Value| {
         if !quiet {
-            printer.session(session, text);
+            out.session(session, text, name, fields);
         }
     };
     ctx.register_ping_handler(move |session, ping| {
         if quiet {
             return PingDecision::Answer;
         }
-        let what = match ping {
-            PeerPing::Datagram { message_id } => {
-                format!("ping received (MID {message_id:#06x}), answered")
-            }
-            PeerPing::Stream { custody, .. } if *custody => {
-                "ping received (custody), answered".into()
-            }
-            _ => "ping received, answered".into(),
+        let (what, fields) = match ping {
+            PeerPing::Datagram { message_id } => (
+                format!("ping received (MID {message_id:#06x}), answered"),
+                json!({ "message_id": message_id, "answered": true }),
+            ),
+            PeerPing::Stream { custody, .. } if *custody => (
+                "ping received (custody), answered".into(),
+                json!({ "custody": true, "answered": true }),
+            ),
+            _ => (
+                "ping received, answered".into(),
+                json!({ "custody": false, "answered": true }),
+            ),
         };
-        say(session, &what);
+        say(session, &what, "ping_received", fields);
         PingDecision::Answer
     });
     ctx.register_pong_handler(move |session, rtt| {
-        say(session, &format!("pong in {}", ms(rtt)));
+        let fields = json!({ "rtt_ms": json::ms(rtt) });
+        say(session, &format!("pong in {}", ms(rtt)), "pong", fields);
     });
     let failures = tally.clone();
     ctx.register_nack_handler(move |session, reason| {
@@ -302,13 +415,21 @@ fn install_handlers(ctx: &Context, printer: Printer, quiet: bool, tally: Arc<Mut
             tally.failed_early += 1;
         }
         drop(tally);
+        let fields = json!({ "reason": reason.label(), "established": established });
         if established {
-            say(session, &format!("session failed: {reason}"));
+            say(
+                session,
+                &format!("session failed: {reason}"),
+                "failed",
+                fields,
+            );
         } else {
             // Counted apart in the summary: it never became a session.
             say(
                 session,
                 &format!("connection failed before it became a session: {reason}"),
+                "failed",
+                fields,
             );
         }
     });
@@ -330,11 +451,26 @@ fn install_handlers(ctx: &Context, printer: Printer, quiet: bool, tally: Arc<Mut
         if quiet {
             return;
         }
-        let line = match event {
-            SessionEvent::Established | SessionEvent::Closed => format!("session {event}"),
-            _ => event.to_string(),
+        let (line, name, fields) = match event {
+            SessionEvent::Established => (format!("session {event}"), "established", json!({})),
+            SessionEvent::Closed => (format!("session {event}"), "closed", json!({})),
+            SessionEvent::PingSent { retransmission } => (
+                event.to_string(),
+                "ping_sent",
+                json!({ "retransmission": retransmission }),
+            ),
+            SessionEvent::PingUnanswered { count } => (
+                event.to_string(),
+                "ping_unanswered",
+                json!({ "count": count }),
+            ),
+            _ => (
+                event.to_string(),
+                "event",
+                json!({ "what": event.to_string() }),
+            ),
         };
-        say(session, &line);
+        say(session, &line, name, fields);
     });
 }
 

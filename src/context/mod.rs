@@ -6,6 +6,7 @@
 mod adaptive;
 mod builder;
 mod connect;
+mod prometheus;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,14 +19,16 @@ use crate::runtime::events::Events;
 use crate::runtime::handlers::{
     EventHandler, NackHandler, PingDecision, PingHandler, PongHandler, SessionEvent,
 };
+use crate::runtime::metrics::Metrics;
 use crate::runtime::probe_resource::ProbeLimits;
 use crate::runtime::resource::Resource;
 use crate::runtime::session::Session;
 use crate::runtime::settings::ContextSettings;
-use crate::runtime::{Runtime, SessionCounts};
+use crate::runtime::{Runtime, SessionCounts, SessionInfo};
 
 pub use adaptive::AdaptiveKeepalive;
 pub use builder::ContextBuilder;
+pub use prometheus::{MetricsCollector, OPENMETRICS_CONTENT_TYPE};
 
 /// Bytes a context holds for peers' block-wise transfers ([`Context::body_memory`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -281,6 +284,55 @@ impl Context {
     /// How many sessions this context has had and how they ended.
     pub fn session_counts(&self) -> SessionCounts {
         self.rt.registry.counts()
+    }
+
+    /// A snapshot of the context's operational figures: live sessions by transport, role and
+    /// state, and per transport the ping, pong, RTT, nack, handshake, request, session-limit
+    /// and byte counters. The ping counters are the sums of [`Context::stats`], per transport.
+    pub fn metrics(&self) -> Metrics {
+        self.rt.metrics()
+    }
+
+    /// The same figures as Prometheus metrics, in the OpenMetrics text format (serve it with
+    /// the Content-Type [`OPENMETRICS_CONTENT_TYPE`]): `coap_sessions`, `coap_pings_sent_total`,
+    /// `coap_ping_rtt_seconds`... README's *Metrics* section lists every family.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() {
+    /// let ctx = coap_keepalive::Context::new();
+    /// let text = ctx.metrics_text();
+    /// assert!(text.contains("coap_pings_sent_total{transport=\"udp\"} 0"));
+    /// assert!(text.ends_with("# EOF\n"));
+    /// # }
+    /// ```
+    pub fn metrics_text(&self) -> String {
+        prometheus::text(&self.rt)
+    }
+
+    /// The context's metrics for an application's own `prometheus_client` registry
+    /// (re-exported as [`coap_keepalive::prometheus_client`](crate::prometheus_client)).
+    ///
+    /// ```
+    /// use coap_keepalive::prometheus_client::registry::Registry;
+    ///
+    /// # #[tokio::main] async fn main() {
+    /// let ctx = coap_keepalive::Context::new();
+    /// let mut registry = Registry::default();
+    /// registry.register_collector(Box::new(ctx.metrics_collector()));
+    /// let mut text = String::new();
+    /// coap_keepalive::prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    /// assert!(text.contains("# TYPE coap_sessions gauge"));
+    /// # }
+    /// ```
+    pub fn metrics_collector(&self) -> MetricsCollector {
+        MetricsCollector::new(Arc::clone(&self.rt))
+    }
+
+    /// What an operator's session listing shows: every live session by id, then the
+    /// [`RECENTLY_ENDED`](crate::RECENTLY_ENDED) sessions that ended last, newest first, with
+    /// their final state (a failed one with its nack reason).
+    pub fn session_listing(&self) -> Vec<SessionInfo> {
+        self.rt.session_listing()
     }
 
     /// Closes every session gracefully and stops every endpoint, waiting at most `deadline`.

@@ -728,17 +728,19 @@ impl Blockwise {
     }
 
     /// A response to our request with `token`; `None` when it is no business of the block-wise
-    /// layer (deliver it as it is).
+    /// layer (deliver it as it is). `observing`: the session has observations of ours, whose
+    /// notifications a BERT download could hold up at libcoap (see [`closing_request`]).
     pub fn client_response(
         &mut self,
         config: &BlockwiseConfig,
         token: &[u8],
         response: &Packet,
         limits: Limits,
+        observing: bool,
     ) -> Option<ClientStep> {
         let block2 = block_option(response, BLOCK2);
         let at = self.client.iter().position(|t| t.token == token)?;
-        let step = self.client_step(config, at, response, block2, limits);
+        let step = self.client_step(config, at, response, block2, limits, observing);
         if !matches!(step, ClientStep::Send(_)) {
             self.client.remove(at);
         }
@@ -752,6 +754,7 @@ impl Blockwise {
         response: &Packet,
         block2: Option<BlockValue>,
         limits: Limits,
+        observing: bool,
     ) -> ClientStep {
         let transfer = &mut self.client[at];
         if let Some(whole) = transfer.closing.take() {
@@ -845,7 +848,8 @@ impl Blockwise {
                 szx,
             )));
         }
-        let closing = closing_request(block, &response.payload, transfer.body.len());
+        let closing =
+            closing_request(block, &response.payload, transfer.body.len()).filter(|_| observing);
         let mut whole = response.clone();
         whole.payload = std::mem::take(&mut transfer.body);
         whole.clear_option(CoapOption::Block2);
@@ -902,7 +906,8 @@ impl Blockwise {
             closing: None,
         });
         let at = self.client.len() - 1;
-        let step = self.client_step(config, at, first, block_option(first, BLOCK2), limits);
+        let block2 = block_option(first, BLOCK2);
+        let step = self.client_step(config, at, first, block2, limits, true);
         if !matches!(step, ClientStep::Send(_)) {
             self.client.remove(at);
         }
@@ -968,7 +973,8 @@ impl ClientTransfer {
 /// unit per BERT request when it checks), and until then holds back every Observe
 /// notification on that connection: for 2 s after the last block was fetched, and then until
 /// something else wakes it (it sets no timer). One small request, answered from its cache,
-/// lets the notification go at once; any other server just answers it.
+/// lets the notification go at once; any other server just answers it. Sent only on sessions
+/// with observations of ours, the only ones whose traffic it changes.
 fn closing_request(last: BlockValue, payload: &[u8], total: usize) -> Option<BlockValue> {
     (last.is_bert() && payload.len() > BERT_UNIT)
         .then(|| BlockValue::new(((total - 1) / BERT_UNIT) as u32, false, BERT_SZX))
@@ -1535,7 +1541,8 @@ mod tests {
             p.payload = body[range].to_vec();
             p
         };
-        let step = blockwise.client_response(&config, &token, &answer(0, true, 0..64512), limits);
+        let step =
+            blockwise.client_response(&config, &token, &answer(0, true, 0..64512), limits, true);
         let Some(ClientStep::Send(next)) = step else {
             panic!("the next block is asked for, not {step:?}");
         };
@@ -1543,8 +1550,13 @@ mod tests {
             block_option(&next, BLOCK2),
             Some(BlockValue::new(63, false, BERT_SZX))
         );
-        let step =
-            blockwise.client_response(&config, &token, &answer(63, false, 64512..100_000), limits);
+        let step = blockwise.client_response(
+            &config,
+            &token,
+            &answer(63, false, 64512..100_000),
+            limits,
+            true,
+        );
         let Some(ClientStep::Send(closing)) = step else {
             panic!("the closing request, not {step:?}");
         };
@@ -1553,8 +1565,13 @@ mod tests {
             Some(BlockValue::new(97, false, BERT_SZX)),
             "the unit at 99328..100000"
         );
-        let step =
-            blockwise.client_response(&config, &token, &answer(97, false, 99328..100_000), limits);
+        let step = blockwise.client_response(
+            &config,
+            &token,
+            &answer(97, false, 99328..100_000),
+            limits,
+            true,
+        );
         let Some(ClientStep::Deliver(whole)) = step else {
             panic!("the whole body, not {step:?}");
         };
@@ -1567,9 +1584,9 @@ mod tests {
         let mut get = Packet::new();
         get.header.code = MessageClass::from(0x01);
         blockwise.client_request(&config, &token, get, None, limits);
-        blockwise.client_response(&config, &token, &answer(0, true, 0..64512), limits);
+        blockwise.client_response(&config, &token, &answer(0, true, 0..64512), limits, true);
         let short = answer(63, false, 64512..65000);
-        let step = blockwise.client_response(&config, &token, &short, limits);
+        let step = blockwise.client_response(&config, &token, &short, limits, true);
         assert!(matches!(step, Some(ClientStep::Deliver(_))), "{step:?}");
     }
 

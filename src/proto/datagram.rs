@@ -13,9 +13,7 @@ use crate::proto::blockwise::{
 };
 use crate::proto::config::{IcmpPolicy, KeepaliveConfig};
 use crate::proto::error::NackReason;
-use crate::proto::exchange::{
-    Exchanges, Notified, Observation, Pending, PendingKind, RequestError, Retransmit,
-};
+use crate::proto::exchange::{Exchanges, Notified, Pending, PendingKind, RequestError, Retransmit};
 use crate::proto::keepalive::{Keepalive, PingStyle, SmallQueue};
 use crate::proto::message::{Request, Response};
 use crate::proto::rng::Rng;
@@ -789,18 +787,26 @@ impl DatagramSession {
             // not take the fetch for a deregistration (RFC 7959 §3.4, RFC 7641 §4.1).
             let pending = self.requests.exchanges.pending.remove(index);
             self.requests.blockwise.client_forget(&token);
-            let mut observation = Observation::new(token.clone(), registration, pending.timeout);
-            observation.accept(now, &response);
-            self.requests.exchanges.observations.push(observation);
+            self.requests.exchanges.registered(
+                now,
+                &token,
+                registration,
+                pending.timeout,
+                &response,
+            );
             self.fetch_rest(now, &token, packet);
             self.confirmable_done(now);
             return;
         }
         let config = block_config(&self.blockwise);
-        let step = self
-            .requests
-            .blockwise
-            .client_response(config, &token, packet, limits(config));
+        let observing = !self.requests.exchanges.observations.is_empty();
+        let step = self.requests.blockwise.client_response(
+            config,
+            &token,
+            packet,
+            limits(config),
+            observing,
+        );
         match step {
             None => self.deliver(now, index, response, registration),
             Some(ClientStep::Deliver(whole)) => match Response::from_packet(&whole) {
@@ -858,15 +864,49 @@ impl DatagramSession {
             return;
         }
         if pending.observe && response.observe.is_some() {
-            let mut observation =
-                Observation::new(pending.token.clone(), registration, pending.timeout);
-            observation.accept(now, &response);
-            self.requests.exchanges.observations.push(observation);
+            self.requests.exchanges.registered(
+                now,
+                &pending.token,
+                registration,
+                pending.timeout,
+                &response,
+            );
+        } else if pending.observe {
+            // Not (or no longer) observed: a re-registration's observation is over.
+            self.requests.exchanges.forget_observation(&pending.token);
         }
         self.events.push_back(ProtocolEvent::Response {
             token: pending.token,
             response: Box::new(response),
         });
+    }
+
+    /// Sends again the registrations of observations whose representation went stale with no
+    /// notification (RFC 7641 §3.3.1), under their own tokens. The response comes back as a
+    /// notification of the same observation; a failure ends it.
+    fn reregister(&mut self, now: Instant) {
+        for (token, registration, timeout) in self.requests.exchanges.due_reregistrations(now) {
+            self.requests.exchanges.pending.push(Pending {
+                kind: PendingKind::Request,
+                token: token.clone(),
+                message_id: None,
+                observe: true,
+                acknowledged: false,
+                deadline: now + timeout,
+                timeout,
+                retransmit: None,
+                notification: None,
+            });
+            if registration.header.get_type() == MessageType::Confirmable
+                && (self.requests.exchanges.confirmable_in_flight()
+                    || !self.requests.queued.is_empty())
+            {
+                self.requests.queued.push_back((token, registration));
+            } else {
+                self.transmit_request(now, &token, registration);
+            }
+        }
+        self.pump();
     }
 
     /// Sends `request`; the response comes back as a [`ProtocolEvent::Response`] with the
@@ -1203,6 +1243,9 @@ impl DatagramSession {
             let lifetime = self.keepalive.config().transmission.exchange_lifetime();
             self.requests.dedup.expire(now, lifetime, DEDUP_CAPACITY);
         }
+        if !self.requests.exchanges.observations.is_empty() {
+            self.reregister(now);
+        }
         if let Some(state) = self.requests.0.as_deref_mut() {
             if !state.blockwise.is_empty() {
                 let lifetime = self.keepalive.config().transmission.exchange_lifetime();
@@ -1339,6 +1382,7 @@ fn limits(config: &BlockwiseConfig) -> Limits {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::exchange::{MIN_REREGISTER_AFTER, REREGISTER_GRACE};
     use crate::proto::keepalive::PingTransmit;
     use crate::proto::message::Status;
     use std::time::Duration;
@@ -1854,6 +1898,108 @@ mod tests {
             .iter()
             .any(|e| matches!(e, ProtocolEvent::Response { .. })));
         assert_eq!(s.observations(), 0);
+    }
+
+    #[test]
+    fn a_stale_observation_registers_again_under_its_token_after_max_age() {
+        // No keepalive: the timers are the observation's alone.
+        let t0 = Instant::now();
+        let mut s = DatagramSession::new(KeepaliveConfig::default(), Rng::seeded(5), t0);
+        let token = s.send_request(t0, &Request::get("/t").observing(), Duration::from_secs(60));
+        let registration = drain(&mut s);
+        let answer = |kind: MessageType, mid: u16, observe: u8, max_age: u8, text: &str| {
+            let mut p = Response::content_text(text).to_packet();
+            p.header.set_type(kind);
+            p.header.message_id = mid;
+            p.set_token(token.clone());
+            p.add_option(coap_lite::CoapOption::Observe, vec![observe]);
+            p.add_option(coap_lite::CoapOption::MaxAge, vec![max_age]);
+            p.to_bytes().unwrap()
+        };
+        let ack = MessageType::Acknowledgement;
+        s.handle_datagram(t0, &answer(ack, mid(&registration[0]), 7, 10, "1"));
+        events(&mut s);
+        // Max-Age 10 s, and 2 s of grace for the notification that replaces it.
+        let stale = t0 + Duration::from_secs(12);
+        assert_eq!(s.poll_timeout(), Some(stale));
+        s.handle_timeout(stale - Duration::from_millis(1));
+        assert!(drain(&mut s).is_empty());
+        // A fresh notification at 5 s moves the re-registration to 17 s.
+        let at5 = t0 + Duration::from_secs(5);
+        s.handle_datagram(
+            at5,
+            &answer(MessageType::NonConfirmable, 0x7001, 8, 10, "2"),
+        );
+        assert_eq!(events(&mut s).len(), 1);
+        let stale = at5 + Duration::from_secs(12);
+        assert_eq!(s.poll_timeout(), Some(stale));
+        s.handle_timeout(stale);
+        let again = drain(&mut s);
+        assert_eq!(again.len(), 1, "the registration goes again");
+        let again = Packet::from_bytes(&again[0]).unwrap();
+        assert_eq!(again.header.get_type(), MessageType::Confirmable);
+        assert_eq!(
+            again.get_token(),
+            &token[..],
+            "under the observation's token"
+        );
+        assert_eq!(
+            again.get_observe_value(),
+            Some(Ok(0)),
+            "Observe 0: a registration"
+        );
+        assert_eq!(s.observations(), 1);
+        // The server saw us anew (through another NAT binding, say) and numbers from 1: the
+        // answer is fresh all the same, handed up as the observation's next notification.
+        s.handle_datagram(stale, &answer(ack, again.header.message_id, 1, 10, "3"));
+        let delivered: Vec<_> = events(&mut s)
+            .into_iter()
+            .filter_map(|e| match e {
+                ProtocolEvent::Response { token: t, response } => Some((t, response.payload)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(delivered, vec![(token.clone(), b"3".to_vec())]);
+        assert_eq!(s.observations(), 1);
+        // And a later notification numbered after it is fresh too.
+        s.handle_datagram(
+            stale,
+            &answer(MessageType::NonConfirmable, 0x7002, 2, 10, "4"),
+        );
+        assert_eq!(events(&mut s).len(), 1);
+        assert_eq!(s.poll_timeout(), Some(stale + Duration::from_secs(12)));
+    }
+
+    #[test]
+    fn a_re_registration_without_observe_ends_the_observation() {
+        // No keepalive: the timers are the observation's alone.
+        let t0 = Instant::now();
+        let mut s = DatagramSession::new(KeepaliveConfig::default(), Rng::seeded(5), t0);
+        let token = s.send_request(t0, &Request::get("/t").observing(), Duration::from_secs(60));
+        let registration = drain(&mut s);
+        let mut first = Response::content_text("1").to_packet();
+        first.header.set_type(MessageType::Acknowledgement);
+        first.header.message_id = mid(&registration[0]);
+        first.set_token(token.clone());
+        first.add_option(coap_lite::CoapOption::Observe, vec![1]);
+        first.add_option(coap_lite::CoapOption::MaxAge, vec![0]);
+        s.handle_datagram(t0, &first.to_bytes().unwrap());
+        events(&mut s);
+        // Max-Age 0 waits the minimum, not nothing: no re-registration loop.
+        let stale = t0 + MIN_REREGISTER_AFTER + REREGISTER_GRACE;
+        assert_eq!(s.poll_timeout(), Some(stale));
+        s.handle_timeout(stale);
+        let again = Packet::from_bytes(&drain(&mut s)[0]).unwrap();
+        let mut gone = Response::new(Status::NotFound).to_packet();
+        gone.header.set_type(MessageType::Acknowledgement);
+        gone.header.message_id = again.header.message_id;
+        gone.set_token(token.clone());
+        s.handle_datagram(stale, &gone.to_bytes().unwrap());
+        assert!(events(&mut s)
+            .iter()
+            .any(|e| matches!(e, ProtocolEvent::Response { .. })));
+        assert_eq!(s.observations(), 0, "the server no longer observes for us");
+        assert!(drain(&mut s).is_empty());
     }
 
     #[test]

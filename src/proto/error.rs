@@ -45,6 +45,19 @@ impl NackReason {
             NackReason::ProtocolError => "protocol error",
         }
     }
+
+    /// A short machine-readable name, in snake case (`too_many_retries`): the label value of
+    /// the `coap_nacks_total` metric and the `reason` of the command line's JSON output.
+    pub fn label(self) -> &'static str {
+        match self {
+            NackReason::TooManyRetries => "too_many_retries",
+            NackReason::NotDeliverable => "not_deliverable",
+            NackReason::Rst => "rst",
+            NackReason::TlsFailed => "tls_failed",
+            NackReason::IcmpError => "icmp_error",
+            NackReason::ProtocolError => "protocol_error",
+        }
+    }
 }
 
 impl fmt::Display for NackReason {

@@ -105,6 +105,25 @@ pub(crate) struct Observation {
     /// The request timeout of the registration, which each fetch of later blocks gets anew.
     pub timeout: Duration,
     last: Option<(u32, Instant)>,
+    /// When the last fresh representation goes stale (its Max-Age, see [`reregister_after`])
+    /// and the registration is sent again; `None` while a re-registration is out.
+    stale_at: Option<Instant>,
+}
+
+/// The shortest wait before a re-registration, whatever Max-Age says: a representation with
+/// Max-Age 0 ("do not cache") must not make the client re-register in a loop.
+pub const MIN_REREGISTER_AFTER: Duration = Duration::from_secs(5);
+
+/// How long past a representation's Max-Age a client waits for a notification before it
+/// registers again: room for the notification that replaces it to be sent and retransmitted.
+pub const REREGISTER_GRACE: Duration = Duration::from_secs(2);
+
+/// RFC 7641 §3.3.1: a client re-registers when the representation it has is no longer fresh
+/// (its Max-Age passed) and no notification came. That is also what finds a server again
+/// when a NAT forgot the client's binding: the server's notifications to the old mapping are
+/// lost, and the re-registration, sent from the client, reaches it through a new one.
+pub fn reregister_after(max_age_secs: u32) -> Duration {
+    Duration::from_secs(u64::from(max_age_secs)).max(MIN_REREGISTER_AFTER) + REREGISTER_GRACE
 }
 
 impl Observation {
@@ -114,6 +133,7 @@ impl Observation {
             registration,
             timeout,
             last: None,
+            stale_at: None,
         }
     }
 
@@ -129,6 +149,7 @@ impl Observation {
         };
         if fresh {
             self.last = Some((sequence, now));
+            self.stale_at = Some(now + reregister_after(response.max_age_or_default()));
         }
         fresh
     }
@@ -218,7 +239,58 @@ impl Exchanges {
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.pending.iter().map(Pending::next_deadline).min()
+        let pending = self.pending.iter().map(Pending::next_deadline);
+        pending
+            .chain(self.observations.iter().filter_map(|o| o.stale_at))
+            .min()
+    }
+
+    /// The response to a registration (Observe = 0) that the peer accepted: a new observation,
+    /// or, for a re-registration of one we have, the same observation with this response as
+    /// its current representation. A re-registration's response answers our request, so it is
+    /// fresh whatever its sequence number (a server that lost us, or sees us through a new NAT
+    /// binding, numbers from anew). `registration` is kept unless `None`.
+    pub fn registered(
+        &mut self,
+        now: Instant,
+        token: &[u8],
+        registration: Option<Packet>,
+        timeout: Duration,
+        response: &Response,
+    ) {
+        if let Some(observation) = self.observation(token) {
+            observation.last = None;
+            if registration.is_some() {
+                observation.registration = registration;
+            }
+            observation.accept(now, response);
+            return;
+        }
+        let mut observation = Observation::new(token.to_vec(), registration, timeout);
+        observation.accept(now, response);
+        self.observations.push(observation);
+    }
+
+    /// Observations whose representation went stale at `now` with no notification since
+    /// (RFC 7641 §3.3.1), and with no request of ours under their token: their registrations
+    /// to send again, with their tokens and request timeouts. Each is marked as re-registering
+    /// until its response comes ([`Exchanges::registered`]).
+    pub fn due_reregistrations(&mut self, now: Instant) -> Vec<(Vec<u8>, Packet, Duration)> {
+        let mut due = Vec::new();
+        for index in 0..self.observations.len() {
+            if self.observations[index].stale_at.is_none_or(|at| at > now) {
+                continue;
+            }
+            self.observations[index].stale_at = None;
+            let observation = &self.observations[index];
+            // A request of ours under the token already asks (its response renews the
+            // observation), and a registration the block-wise layer lost cannot be sent.
+            let asking = self.pending.iter().any(|p| p.token == observation.token);
+            if let Some(registration) = observation.registration.clone().filter(|_| !asking) {
+                due.push((observation.token.clone(), registration, observation.timeout));
+            }
+        }
+        due
     }
 
     pub fn forget_observation(&mut self, token: &[u8]) {
@@ -238,7 +310,13 @@ impl Exchanges {
     /// observation is already gone: nobody waits.
     pub fn failure_token(&mut self, pending: Pending) -> Option<Vec<u8>> {
         match pending.notification {
-            None => Some(pending.token),
+            None => {
+                if pending.observe {
+                    // A re-registration that failed ends its observation.
+                    self.forget_observation(&pending.token);
+                }
+                Some(pending.token)
+            }
             Some(owner) => {
                 let known = self.observations.iter().any(|o| o.token == owner);
                 self.forget_observation(&owner);

@@ -12,9 +12,7 @@ use crate::proto::blockwise::{
 };
 use crate::proto::config::KeepaliveConfig;
 use crate::proto::error::NackReason;
-use crate::proto::exchange::{
-    Exchanges, Notified, Observation, Pending, PendingKind, RequestError,
-};
+use crate::proto::exchange::{Exchanges, Notified, Pending, PendingKind, RequestError};
 use crate::proto::keepalive::{Keepalive, PingStyle};
 use crate::proto::message::{Request, Response};
 use crate::proto::rng::Rng;
@@ -388,17 +386,17 @@ impl StreamSession {
             // §4.1).
             let pending = self.exchanges.pending.remove(index);
             self.blockwise.client_forget(&token);
-            let mut observation = Observation::new(token.clone(), registration, pending.timeout);
-            observation.accept(now, &response);
-            self.exchanges.observations.push(observation);
+            self.exchanges
+                .registered(now, &token, registration, pending.timeout, &response);
             self.fetch_rest(now, &token, packet);
             return;
         }
         let limits = self.limits();
         let config = block_config(&self.blockwise_config);
+        let observing = !self.exchanges.observations.is_empty();
         let response = match self
             .blockwise
-            .client_response(config, &token, packet, limits)
+            .client_response(config, &token, packet, limits, observing)
         {
             None => response,
             Some(ClientStep::Deliver(whole)) => Response::from_packet(&whole).unwrap_or(response),
@@ -437,9 +435,11 @@ impl StreamSession {
             return;
         }
         if pending.observe && response.observe.is_some() {
-            let mut observation = Observation::new(token.clone(), registration, pending.timeout);
-            observation.accept(now, &response);
-            self.exchanges.observations.push(observation);
+            self.exchanges
+                .registered(now, &token, registration, pending.timeout, &response);
+        } else if pending.observe {
+            // Not (or no longer) observed: a re-registration's observation is over.
+            self.exchanges.forget_observation(&token);
         }
         self.events.push_back(ProtocolEvent::Response {
             token,
@@ -783,6 +783,28 @@ impl StreamSession {
                 index += 1;
             }
         }
+        if !self.exchanges.observations.is_empty() {
+            // RFC 7641 §3.3.1: registrations of stale observations go again, under their
+            // tokens; the responses come back as their notifications. Not once the peer
+            // released the connection: nothing new of ours goes out then.
+            let due = self.exchanges.due_reregistrations(now);
+            let due = due.into_iter().filter(|_| self.phase == Phase::Established);
+            for (token, registration, timeout) in due.collect::<Vec<_>>() {
+                self.exchanges.pending.push(Pending {
+                    kind: PendingKind::Request,
+                    token,
+                    message_id: None,
+                    observe: true,
+                    acknowledged: false,
+                    deadline: now + timeout,
+                    timeout,
+                    retransmit: None,
+                    notification: None,
+                });
+                self.transmits
+                    .push_back(Frame::from_packet(&registration).encode());
+            }
+        }
         self.pump();
     }
 
@@ -1084,6 +1106,40 @@ mod tests {
         s.handle_bytes(t0, &[0x00, 0xe1]);
         assert_eq!(s.poll_event(), Some(ProtocolEvent::Established));
         (s, t0)
+    }
+
+    #[test]
+    fn a_stale_observation_registers_again_on_the_connection() {
+        let (mut s, t0) = established(0);
+        let token = s.send_request(t0, &Request::get("/t").observing(), Duration::from_secs(60));
+        let sent: Vec<_> = std::iter::from_fn(|| s.poll_transmit()).collect();
+        let registration = decode(sent.last().unwrap());
+        assert_eq!(registration.token, token);
+        let answer = |observe: u8| {
+            let mut frame = Frame::new(0x45);
+            frame.token = token.clone();
+            frame.options = vec![(6, vec![observe]), (14, vec![20])];
+            frame.payload = vec![observe];
+            frame.encode()
+        };
+        s.handle_bytes(t0, &answer(4));
+        std::iter::from_fn(|| s.poll_event()).for_each(drop);
+        assert_eq!(s.observations(), 1);
+        // Max-Age 20 s and 2 s of grace: then the registration goes again, same token.
+        let stale = t0 + Duration::from_secs(22);
+        assert_eq!(s.poll_timeout(), Some(stale));
+        s.handle_timeout(stale);
+        let again = decode(&s.poll_transmit().expect("the registration again"));
+        assert_eq!((again.code, &again.token), (0x01, &token));
+        assert_eq!(again.option(6), Some(&[][..]), "Observe 0 (empty value)");
+        // Its answer, numbered anew, is the next notification.
+        s.handle_bytes(stale, &answer(1));
+        let notified = std::iter::from_fn(|| s.poll_event()).any(|e| {
+            matches!(e, ProtocolEvent::Response { token: ref t, ref response }
+                if *t == token && response.payload == [1])
+        });
+        assert!(notified);
+        assert_eq!(s.observations(), 1);
     }
 
     #[test]

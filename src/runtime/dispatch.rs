@@ -17,6 +17,7 @@ use crate::runtime::Runtime;
 
 /// Applies one command of the application to the session's protocol.
 pub(crate) fn apply_command<P: SessionProtocol>(
+    rt: &Runtime,
     core: &mut P,
     waiters: &mut Waiters,
     session: &Session,
@@ -67,10 +68,15 @@ pub(crate) fn apply_command<P: SessionProtocol>(
         }
         Command::Notify { token, response } => core.notify(&token, &response),
         Command::SeparateResponse {
+            method,
             token,
             confirmable,
             response,
-        } => core.respond_separate(now, &token, confirmable, &response),
+        } => {
+            rt.counters
+                .request(session.transport(), method, response.status);
+            core.respond_separate(now, &token, confirmable, &response);
+        }
     }
 }
 
@@ -98,16 +104,20 @@ pub(crate) fn react<P: SessionProtocol>(
     event: ProtocolEvent,
 ) -> Option<Error> {
     let handlers = &rt.handlers;
+    let transport = session.transport();
     match event {
         ProtocolEvent::PeerPing(ping) => {
             session.note_receipt(now);
             // Queued by the protocol: it leaves through `poll_transmit` like every other
             // transmission, under the same send-error rule.
-            handlers.ping(session, &ping, || core.answer_ping(&ping));
+            if handlers.ping(session, &ping, || core.answer_ping(&ping)) {
+                rt.counters.peer_ping_answered(transport);
+            }
         }
         ProtocolEvent::Pong { rtt } => {
             session.note_receipt(now);
             rt.registry.note_rtt(rtt);
+            rt.counters.pong(transport, rtt);
             handlers.pong(session, rtt);
             session.settle_pings(|| Ok(rtt));
         }
@@ -122,6 +132,7 @@ pub(crate) fn react<P: SessionProtocol>(
             handlers.event(session, SessionEvent::PingSent { retransmission }, || {});
         }
         ProtocolEvent::PingUnanswered { count } => {
+            rt.counters.ping_unanswered(transport);
             handlers.event(session, SessionEvent::PingUnanswered { count }, || {});
             session.settle_unanswered_pings(count);
         }
@@ -134,7 +145,11 @@ pub(crate) fn react<P: SessionProtocol>(
             let request = incoming.request();
             tracing::debug!(session = %session, method = ?request.method, path = %request.path_str(), "request");
             match rt.router.route(request, session) {
-                Routed::Now(response) => core.respond(&incoming, &response),
+                Routed::Now(response) => {
+                    rt.counters
+                        .request(transport, request.method, response.status);
+                    core.respond(&incoming, &response);
+                }
                 Routed::Later => core.respond_later(&incoming),
             }
         }
@@ -174,6 +189,7 @@ pub(crate) fn react<P: SessionProtocol>(
             // At info: what a peer was refused (4.02, an Abort, an RST) is what an operator
             // running `serve -v` needs to see.
             tracing::info!(session = %session, %why, "input rejected");
+            rt.counters.rejected_input(transport);
         }
     }
     None
@@ -184,6 +200,7 @@ pub(crate) fn react<P: SessionProtocol>(
 /// session that failed before it started (a handshake that failed), which has no protocol.
 pub(crate) fn session_failed(rt: &Runtime, session: &Session, reason: NackReason) -> Error {
     let state = SessionState::Failed(reason);
+    rt.counters.nack(session.transport(), reason);
     session.record_state(state);
     rt.handlers
         .failed(session, reason, || rt.remove(session, state));

@@ -127,7 +127,13 @@ impl Handlers {
     /// A peer's ping: the ping handler decides, `answer` queues the protocol's answer when it
     /// said so (false when the session is past answering), then the event tells whether the
     /// ping was answered.
-    pub(crate) fn ping(&self, session: &Session, ping: &PeerPing, answer: impl FnOnce() -> bool) {
+    /// The peer's ping: the handler decides, `answer` queues the answer; true when it was.
+    pub(crate) fn ping(
+        &self,
+        session: &Session,
+        ping: &PeerPing,
+        answer: impl FnOnce() -> bool,
+    ) -> bool {
         tracing::debug!(session = %session, ?ping, "ping received");
         let decision = match read(&self.ping) {
             Some(handler) => handler(session, ping),
@@ -138,6 +144,7 @@ impl Handlers {
             ping: ping.clone(),
             answered,
         });
+        answered
     }
 
     pub(crate) fn pong(&self, session: &Session, rtt: Duration) {

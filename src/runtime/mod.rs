@@ -10,6 +10,7 @@
 pub(crate) mod dispatch;
 pub(crate) mod events;
 pub(crate) mod handlers;
+pub(crate) mod metrics;
 pub(crate) mod probe_resource;
 mod registry;
 pub(crate) mod resource;
@@ -29,7 +30,7 @@ use crate::proto::config::KeepaliveConfig;
 use crate::proto::rng::Rng;
 use handlers::Handlers;
 pub(crate) use registry::Registry;
-pub use registry::SessionCounts;
+pub use registry::{SessionCounts, SessionInfo, RECENTLY_ENDED};
 use resource::Router;
 use session::{lock, Command, Session, SessionId, SessionState};
 use settings::ContextSettings;
@@ -44,6 +45,8 @@ pub(crate) struct Runtime {
     pub(crate) handlers: Handlers,
     pub(crate) router: Router,
     pub(crate) registry: Registry,
+    /// The operational counters (see [`metrics`]).
+    pub(crate) counters: metrics::Counters,
     next_id: AtomicU64,
     rng: Mutex<Rng>,
     shutdown: watch::Sender<bool>,
@@ -74,6 +77,7 @@ impl Runtime {
             handlers: Handlers::default(),
             router: Router::default(),
             registry: Registry::default(),
+            counters: metrics::Counters::default(),
             next_id: AtomicU64::new(1),
             rng: Mutex::new(rng),
             shutdown,
@@ -158,6 +162,26 @@ impl Runtime {
 }
 
 impl Runtime {
+    // ---- figures ----
+
+    /// A snapshot of the context's figures.
+    pub(crate) fn metrics(&self) -> metrics::Metrics {
+        let mut transports: Vec<metrics::TransportMetrics> = metrics::TRANSPORTS
+            .iter()
+            .map(|t| self.counters.snapshot(*t))
+            .collect();
+        let sessions = self.registry.fill_metrics(&mut transports);
+        metrics::Metrics {
+            sessions,
+            transports,
+        }
+    }
+
+    /// The live sessions, then the ones that ended recently.
+    pub(crate) fn session_listing(&self) -> Vec<SessionInfo> {
+        self.registry.listing(&self.router.observation_counts())
+    }
+
     // ---- the session registry ----
 
     /// Adds a new session to the registry.

@@ -180,6 +180,7 @@ impl Resource {
 /// 5.00 Internal Server Error, so the client is never left waiting.
 pub struct Responder {
     session: Session,
+    method: Method,
     token: Vec<u8>,
     confirmable: bool,
     answered: bool,
@@ -189,6 +190,7 @@ impl Responder {
     fn to(request: &Request, session: &Session) -> Responder {
         Responder {
             session: session.clone(),
+            method: request.method,
             token: request.token.clone(),
             confirmable: request.confirmable,
             answered: false,
@@ -211,6 +213,7 @@ impl Responder {
     fn send(&mut self, response: Response) {
         self.answered = true;
         self.session.command(Command::SeparateResponse {
+            method: self.method,
             token: self.token.clone(),
             confirmable: self.confirmable,
             response: checked(response, &self.session),
@@ -380,6 +383,17 @@ impl Router {
             list.retain(|o| o.session.id() != session);
         }
         observers.retain(|_, list| !list.is_empty());
+    }
+
+    /// How many observations each session holds.
+    pub(crate) fn observation_counts(&self) -> std::collections::HashMap<SessionId, usize> {
+        let mut counts = std::collections::HashMap::new();
+        for list in lock(&self.observers).values() {
+            for observer in list {
+                *counts.entry(observer.session.id()).or_insert(0) += 1;
+            }
+        }
+        counts
     }
 
     /// Number of observers of `path`.

@@ -171,8 +171,9 @@ pub(crate) enum Command {
     },
     /// Send a notification to the observer whose registration carried `token`.
     Notify { token: Vec<u8>, response: Response },
-    /// Send the separate response to the request that carried `token`.
+    /// Send the separate response to the `method` request that carried `token`.
     SeparateResponse {
+        method: crate::proto::message::Method,
         token: Vec<u8>,
         confirmable: bool,
         response: Response,
@@ -324,9 +325,13 @@ impl Session {
 
     /// How long nothing has been received from the peer.
     pub fn idle(&self) -> Duration {
-        let last = self.shared.created
-            + Duration::from_micros(self.shared.last_rx_micros.load(Ordering::Relaxed));
-        Instant::now().saturating_duration_since(last)
+        Instant::now().saturating_duration_since(self.last_receipt())
+    }
+
+    /// When the peer was last heard from (the session's creation before that).
+    pub(crate) fn last_receipt(&self) -> Instant {
+        self.shared.created
+            + Duration::from_micros(self.shared.last_rx_micros.load(Ordering::Relaxed))
     }
 
     /// Overrides the keepalive interval of this session only, in seconds (0 turns its pings

@@ -16,6 +16,7 @@ use webrtc_util::conn::Conn;
 
 use crate::credentials::{ClientCredentials, ServerCredentials};
 use crate::proto::error::{Error, NackReason, Result};
+use crate::runtime::metrics::{AtLimit, HandshakeFailure};
 use crate::runtime::session::{Role, Session, Transport};
 use crate::runtime::Runtime;
 use crate::transport::dtls_conn::{dtls_connect, dtls_recv, dtls_send, DtlsAccept, DtlsListener};
@@ -98,6 +99,7 @@ pub(crate) async fn listen(
                 accepted = listener.accept() => match accepted {
                     Ok(DtlsAccept::Established(conn, peer)) => match limit.admit() {
                         Some(place) => {
+                            accept_rt.counters.handshake(Transport::Dtls);
                             let mut driver = DatagramDriver::new(
                                 &accept_rt,
                                 DtlsIo::new(conn, peer),
@@ -113,6 +115,7 @@ pub(crate) async fn listen(
                         }
                         None => {
                             tracing::debug!(%peer, "session limit reached: dtls connection closed");
+                            accept_rt.counters.at_limit(Transport::Dtls, AtLimit::Refused);
                             // close_notify: the peer learns at once rather than by its keepalive.
                             tokio::spawn(async move {
                                 let _ = conn.close().await;
@@ -121,6 +124,9 @@ pub(crate) async fn listen(
                     },
                     Ok(DtlsAccept::Failed { peer, error }) => {
                         tracing::debug!(%peer, %error, "dtls handshake failed");
+                        accept_rt
+                            .counters
+                            .handshake_failed(Transport::Dtls, HandshakeFailure::of(&error));
                         report_failed_start(
                             &accept_rt,
                             peer,
@@ -160,6 +166,8 @@ pub(crate) async fn connect(
         Ok(conn) => conn,
         Err(error) => {
             tracing::debug!(%peer, %error, "dtls connect failed");
+            rt.counters
+                .handshake_failed(Transport::Dtls, HandshakeFailure::of(&error));
             report_failed_start(
                 rt,
                 peer,
@@ -171,6 +179,7 @@ pub(crate) async fn connect(
             return Err(error);
         }
     };
+    rt.counters.handshake(Transport::Dtls);
     let mut driver = DatagramDriver::new(rt, DtlsIo::new(conn, peer), Transport::Dtls, false);
     let session = driver.add_session(peer, Role::Client, Instant::now());
     rt.spawn(driver.run());

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use crate::proto::error::{Error, NackReason, Result};
 use crate::proto::stream::StreamSession;
 use crate::runtime::dispatch::{apply_command, publish_stats, react};
+use crate::runtime::metrics::AtLimit;
 use crate::runtime::session::{Command, CommandSender, Role, Session, SessionState, Transport};
 use crate::runtime::waiters::Waiters;
 use crate::runtime::Runtime;
@@ -71,7 +72,10 @@ pub(crate) async fn listen(rt: &Arc<Runtime>, addr: SocketAddr) -> Result<Endpoi
                                 drop(place);
                             });
                         }
-                        None => tracing::debug!(%peer, "session limit reached: tcp connection refused"),
+                        None => {
+                            tracing::debug!(%peer, "session limit reached: tcp connection refused");
+                            accept_rt.counters.at_limit(Transport::Tcp, AtLimit::Refused);
+                        }
                     },
                     Err(error) => {
                         // Out of descriptors or similar: keep serving the others.
@@ -213,9 +217,12 @@ async fn run<S>(
         // Flush what the protocol queued and react to its events until both are drained.
         loop {
             if let Some(bytes) = core.poll_transmit() {
-                if let Err(error) = stream.write_all(&bytes).await {
-                    tracing::debug!(session = %session, %error, "write failed");
-                    core.fail(NackReason::NotDeliverable);
+                match stream.write_all(&bytes).await {
+                    Ok(()) => rt.counters.sent(session.transport(), bytes.len()),
+                    Err(error) => {
+                        tracing::debug!(session = %session, %error, "write failed");
+                        core.fail(NackReason::NotDeliverable);
+                    }
                 }
                 continue;
             }
@@ -259,7 +266,10 @@ async fn run<S>(
                 let now = Instant::now();
                 match read {
                     Ok(0) => core.handle_eof(now),
-                    Ok(n) => core.handle_bytes(now, &buf[..n]),
+                    Ok(n) => {
+                        rt.counters.received(session.transport(), n);
+                        core.handle_bytes(now, &buf[..n]);
+                    }
                     Err(error) => {
                         tracing::debug!(session = %session, %error, "read failed");
                         if crate::transport::tls_conn::is_tls_error(&error) {
@@ -272,7 +282,7 @@ async fn run<S>(
             }
             _ = sleep => core.handle_timeout(Instant::now()),
             Some(command) = commands.recv() => {
-                apply_command(&mut core, &mut waiters, &session, Instant::now(), command);
+                apply_command(&rt, &mut core, &mut waiters, &session, Instant::now(), command);
             }
             _ = shutdown.changed(), if draining.is_none() => {
                 // Requests in flight may finish until the drain deadline; then Release.

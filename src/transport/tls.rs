@@ -17,6 +17,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::credentials::{ClientCredentials, ServerCredentials};
 use crate::proto::error::{Error, NackReason, Result};
+use crate::runtime::metrics::{AtLimit, HandshakeFailure};
 use crate::runtime::session::{lock, Role, Session, Transport};
 use crate::runtime::Runtime;
 use crate::transport::tcp::{bind_listener, configure, start, wait_established};
@@ -56,7 +57,10 @@ pub(crate) async fn listen(
                                 drop(place);
                             });
                         }
-                        None => tracing::debug!(%peer, "session limit reached: tls connection refused"),
+                        None => {
+                            tracing::debug!(%peer, "session limit reached: tls connection refused");
+                            accept_rt.counters.at_limit(Transport::Tls, AtLimit::Refused);
+                        }
                     },
                     Err(error) => {
                         // Out of descriptors or similar: keep serving the others.
@@ -94,12 +98,15 @@ async fn serve_connection(
     };
     match accepted {
         Ok(tls) => {
+            rt.counters.handshake(Transport::Tls);
             let (session, run) = start(&rt, tls, peer, local, Transport::Tls, Role::Server);
             tracing::debug!(session = %session, "tls handshake completed");
             run.await;
         }
         Err(error) => {
             tracing::debug!(%peer, %error, "tls handshake failed");
+            rt.counters
+                .handshake_failed(Transport::Tls, HandshakeFailure::of(&error));
             report_failed_start(
                 &rt,
                 peer,
@@ -150,12 +157,19 @@ pub(crate) async fn connect(
         Ok(Ok(tls)) => tls,
         // A name that is not a valid server name is the caller's mistake too.
         Ok(Err(error @ Error::Config(_))) => return Err(error),
-        Ok(Err(error)) => return Err(fail(error, local, NackReason::TlsFailed)),
+        Ok(Err(error)) => {
+            rt.counters
+                .handshake_failed(Transport::Tls, HandshakeFailure::of(&error));
+            return Err(fail(error, local, NackReason::TlsFailed));
+        }
         Err(_) => {
             let error = Error::Tls(format!("handshake with {peer} timed out after {timeout:?}"));
+            rt.counters
+                .handshake_failed(Transport::Tls, HandshakeFailure::Timeout);
             return Err(fail(error, local, NackReason::TlsFailed));
         }
     };
+    rt.counters.handshake(Transport::Tls);
 
     let stream = FirstError::new(tls);
     let first_error = stream.error.clone();

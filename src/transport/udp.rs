@@ -19,6 +19,7 @@ use crate::proto::error::{NackReason, Result};
 use crate::proto::table::{Key, SessionTable, Timed};
 use crate::proto::ProtocolEvent;
 use crate::runtime::dispatch::{apply_command, publish_stats, react};
+use crate::runtime::metrics::AtLimit;
 use crate::runtime::session::{
     Command, CommandSender, Role, Session, SessionId, SessionState, Transport,
 };
@@ -307,6 +308,7 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
 
     async fn on_datagram(&mut self, peer: SocketAddr, bytes: &[u8]) {
         let now = Instant::now();
+        self.rt.counters.received(self.transport, bytes.len());
         if let Some(key) = self.table.key_of(&peer) {
             if let Some(p) = self.table.get_mut(key) {
                 p.core.handle_datagram(now, bytes);
@@ -323,8 +325,10 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
             Stranger::Open(first) => first,
             Stranger::Reject { rst, why } => {
                 tracing::debug!(%peer, %why, "rejected without a session");
-                if let Err(error) = self.socket.send_to(&rst, peer).await {
-                    tracing::debug!(%error, %peer, "udp send failed");
+                self.rt.counters.rejected_input(self.transport);
+                match self.socket.send_to(&rst, peer).await {
+                    Ok(()) => self.rt.counters.sent(self.transport, rst.len()),
+                    Err(error) => tracing::debug!(%error, %peer, "udp send failed"),
                 }
                 return;
             }
@@ -335,6 +339,7 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
         };
         if self.table.len() >= self.rt.settings.max_sessions && !self.evict_unproven(now).await {
             tracing::debug!(%peer, "session table full: datagram dropped");
+            self.rt.counters.at_limit(self.transport, AtLimit::Refused);
             return;
         }
         self.add_session(peer, Role::Server, now);
@@ -378,6 +383,7 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
                 continue;
             }
             tracing::debug!(session = %p.handle, "evicted from a full session table");
+            self.rt.counters.at_limit(self.transport, AtLimit::Evicted);
             p.core.close();
             self.flush(key, now).await;
             return true;
@@ -401,7 +407,14 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
         };
         let now = Instant::now();
         if let Some(p) = self.table.get_mut(key) {
-            apply_command(&mut p.core, &mut p.waiters, &p.handle, now, command);
+            apply_command(
+                &self.rt,
+                &mut p.core,
+                &mut p.waiters,
+                &p.handle,
+                now,
+                command,
+            );
         }
         self.flush(key, now).await;
     }
@@ -418,7 +431,11 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
                 return;
             };
             if let Some(bytes) = p.core.poll_transmit() {
-                if let Err(error) = self.socket.send_to(&bytes, peer).await {
+                let sent = self.socket.send_to(&bytes, peer).await;
+                if sent.is_ok() {
+                    self.rt.counters.sent(self.transport, bytes.len());
+                }
+                if let Err(error) = sent {
                     if is_unreachable(&error) && self.socket.connected_peer() == Some(peer) {
                         // A connected socket reports an earlier datagram's ICMP error here too.
                         p.core.handle_unreachable(now, &error.to_string());

@@ -12,8 +12,10 @@
 pub mod cli;
 pub mod configs;
 pub mod dtls;
+pub mod http;
 pub mod libcoap;
 pub mod pair;
+pub mod serve;
 pub mod udp_nat;
 
 use std::future::Future;
