@@ -129,3 +129,40 @@ fn ping_adaptive_refuses_other_transports_and_bad_ranges() {
         assert_eq!(output.status.code(), Some(2), "{bad}: {}", text(&output));
     }
 }
+
+#[test]
+fn ping_adaptive_json_prints_one_object_per_step() {
+    let (mut server, uri) = serve(&[]);
+    let output = Running::spawn(&[
+        "ping",
+        &uri,
+        "--adaptive",
+        "0.05..0.1",
+        "--probe-grace",
+        "0.1",
+        "-i",
+        "0.1",
+        "-w",
+        "1",
+        "--json",
+    ])
+    .wait(LIMIT);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let objects: Vec<serde_json::Value> = lines(&output)
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    let named = |name: &str| objects.iter().find(|o| o["event"] == name).cloned();
+    assert_eq!(named("adaptive_start").unwrap()["min_s"], 0.05);
+    assert_eq!(named("adaptive_probe_sent").unwrap()["delay_ms"], 50.0);
+    let settled = named("adaptive_settled").expect("settled");
+    assert_eq!(settled["lifetime_ms"], 100.0);
+    assert_eq!(settled["interval_ms"], 80.0);
+    assert_eq!(settled["probes"], 2);
+    let summary = named("adaptive_summary").expect("summary");
+    assert_eq!(summary["state"], "settled");
+    assert_eq!(summary["interval_ms"], 80.0);
+    assert_eq!(summary["probes_arrived"], 2);
+    server.interrupt();
+    server.wait(LIMIT);
+}

@@ -6,11 +6,15 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use coap_keepalive::proto::adaptive::{AdaptiveConfig, AdaptiveState, AdaptiveStats};
+use coap_keepalive::proto::adaptive::{
+    AdaptiveConfig, AdaptiveEvent, AdaptiveState, AdaptiveStats, FallbackReason, RestartReason,
+};
 use coap_keepalive::{AdaptiveKeepalive, Context, EventKind, ProbeLimits, Result, Session};
+use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::args::parse_secs;
+use super::json;
 use super::output::{ms, Signals};
 
 /// The adaptive flags of `ping`.
@@ -107,6 +111,30 @@ impl ProbeServeArgs {
     }
 }
 
+/// How `run` prints: lines for people, or (`--json`) one JSON object per line.
+#[derive(Debug, Clone, Copy)]
+pub struct Output {
+    /// `--json`.
+    pub json: bool,
+    /// `-q`: the first line and the summary only.
+    pub quiet: bool,
+    /// When the command started, for JSON's `time_s`.
+    pub started: Instant,
+}
+
+impl Output {
+    fn print(&self, name: &str, fields: Value, text: impl FnOnce() -> String) {
+        if self.json {
+            println!(
+                "{}",
+                json::event(name, self.started.elapsed(), None, fields)
+            );
+        } else {
+            println!("{}", text());
+        }
+    }
+}
+
 /// Runs the adaptive keepalive of `session` until the deadline, a signal or the session's
 /// failure, printing each step of the search and each pong; then a summary. Exits 1 when the
 /// session failed.
@@ -116,17 +144,26 @@ pub async fn run(
     config: AdaptiveConfig,
     deadline: Option<Instant>,
     signals: &mut Signals,
-    quiet: bool,
+    out: Output,
 ) -> Result<ExitCode> {
     let mut events = ctx.events();
     let adaptive = AdaptiveKeepalive::start(ctx, session, config)?;
     let peer = session.peer();
-    println!(
-        "ADAPTIVE PING coap://{peer}: searching {}..{} (fixed {} meanwhile)",
-        secs(config.min()),
-        secs(config.max()),
-        secs(config.fallback_interval())
-    );
+    let start = json!({
+        "peer": peer.to_string(),
+        "min_s": json::secs(config.min()),
+        "max_s": json::secs(config.max()),
+        "fixed_interval_s": json::secs(config.fallback_interval()),
+    });
+    out.print("adaptive_start", start, || {
+        format!(
+            "ADAPTIVE PING coap://{peer}: searching {}..{} (fixed {} meanwhile)",
+            secs(config.min()),
+            secs(config.max()),
+            secs(config.fallback_interval())
+        )
+    });
+    let quiet = out.quiet;
     let mut failed = false;
     loop {
         tokio::select! {
@@ -136,13 +173,22 @@ pub async fn run(
                     continue;
                 }
                 match &event.kind {
-                    EventKind::Adaptive(step) if !quiet => println!("adaptive: {step}"),
-                    EventKind::Pong { rtt } if !quiet => println!("pong from {peer}: time={}", ms(*rtt)),
+                    EventKind::Adaptive(step) if !quiet => {
+                        let (name, fields) = step_json(step);
+                        let name = format!("adaptive_{name}");
+                        out.print(&name, fields, || format!("adaptive: {step}"));
+                    }
+                    EventKind::Pong { rtt } if !quiet => {
+                        let fields = json!({ "peer": peer.to_string(), "rtt_ms": json::ms(*rtt) });
+                        out.print("pong", fields, || format!("pong from {peer}: time={}", ms(*rtt)));
+                    }
                     EventKind::PingUnanswered { count } if !quiet => {
-                        println!("no answer from {peer} ({count} unanswered)");
+                        let fields = json!({ "peer": peer.to_string(), "count": count });
+                        out.print("unanswered", fields, || format!("no answer from {peer} ({count} unanswered)"));
                     }
                     EventKind::Failed(reason) => {
-                        println!("{peer}: {reason}, the session failed");
+                        let fields = json!({ "peer": peer.to_string(), "reason": reason.label() });
+                        out.print("failed", fields, || format!("{peer}: {reason}, the session failed"));
                         failed = true;
                         break;
                     }
@@ -156,18 +202,84 @@ pub async fn run(
     }
     let stats = adaptive.stats();
     drop(adaptive);
-    println!("--- coap://{peer} adaptive keepalive ---");
-    println!("{}", summary(&stats));
     let pings = session.stats();
-    println!(
-        "{} pings sent, {} pongs received",
-        pings.pings_sent, pings.pongs
-    );
+    let fields = json!({
+        "peer": peer.to_string(),
+        "state": stats.state.to_string(),
+        "lower_ms": stats.lower.map(json::ms),
+        "upper_ms": stats.upper.map(json::ms),
+        "interval_ms": json::ms(stats.interval),
+        "search_probes": stats.search_probes,
+        "probes_sent": stats.probes_sent,
+        "probes_arrived": stats.probes_arrived,
+        "pings_sent": pings.pings_sent,
+        "pongs": pings.pongs,
+    });
+    out.print("adaptive_summary", fields, || {
+        format!(
+            "--- coap://{peer} adaptive keepalive ---\n{}\n{} pings sent, {} pongs received",
+            summary(&stats),
+            pings.pings_sent,
+            pings.pongs
+        )
+    });
     Ok(if failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The JSON event of one step of the search: its name and fields.
+fn step_json(step: &AdaptiveEvent) -> (&'static str, Value) {
+    match step {
+        AdaptiveEvent::ProbeSent { delay } => {
+            ("probe_sent", json!({ "delay_ms": json::ms(*delay) }))
+        }
+        AdaptiveEvent::ProbeArrived { delay } => {
+            ("probe_arrived", json!({ "delay_ms": json::ms(*delay) }))
+        }
+        AdaptiveEvent::ProbeLost { delay } => {
+            ("probe_lost", json!({ "delay_ms": json::ms(*delay) }))
+        }
+        AdaptiveEvent::Settled {
+            lifetime,
+            interval,
+            probes,
+        } => (
+            "settled",
+            json!({
+                "lifetime_ms": lifetime.map(json::ms),
+                "interval_ms": json::ms(*interval),
+                "probes": probes,
+            }),
+        ),
+        AdaptiveEvent::Fallback { reason } => {
+            let reason = match reason {
+                FallbackReason::Unsupported => "unsupported",
+                _ => "no_answer",
+            };
+            ("fallback", json!({ "reason": reason }))
+        }
+        AdaptiveEvent::Restarted { reason } => {
+            let (reason, interval) = match reason {
+                RestartReason::KeepaliveFailed { interval } => {
+                    ("keepalive_failed", Some(*interval))
+                }
+                RestartReason::NetworkChanged => ("network_changed", None),
+                RestartReason::RecheckFailed => ("recheck_failed", None),
+                _ => ("periodic", None),
+            };
+            (
+                "restarted",
+                json!({ "reason": reason, "interval_ms": interval.map(json::ms) }),
+            )
+        }
+        AdaptiveEvent::IntervalChanged { interval } => {
+            ("interval", json!({ "interval_ms": json::ms(*interval) }))
+        }
+        _ => ("adaptive", json!({ "text": step.to_string() })),
+    }
 }
 
 /// `settled: lifetime 30.000 s (lost at 32.500 s), interval 24.000 s, 7 probes (7 sent, 4 arrived)`.

@@ -156,8 +156,12 @@ pub async fn run(args: PingArgs) -> Result<ExitCode> {
         _ = signals.recv() => return Ok(ExitCode::FAILURE),
     };
     if let Some(adaptive) = args.adaptive.config(args.interval) {
-        let code =
-            super::adaptive::run(&ctx, &session, adaptive, deadline, &mut signals, args.quiet);
+        let out = super::adaptive::Output {
+            json: args.json,
+            quiet: args.quiet,
+            started,
+        };
+        let code = super::adaptive::run(&ctx, &session, adaptive, deadline, &mut signals, out);
         let code = code.await;
         ctx.shutdown().await;
         return code;
