@@ -206,7 +206,7 @@ pub async fn run(mut args: ServeArgs, verbose: u8) -> Result<ExitCode> {
             keepalive.as_secs_f64()
         );
     }
-    if probing {
+    if probing && !json {
         println!("answering keepalive probes at /.well-known/keepalive-probe");
     }
     signals.recv().await;
