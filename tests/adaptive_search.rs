@@ -452,3 +452,46 @@ fn invalid_settings_name_the_field() {
         assert!(error.to_string().contains("adaptive"), "{error}");
     }
 }
+
+/// The figures of the BENCHMARKS.md table (virtual time, default settings: 5..180 s, 80 %,
+/// 10 % tolerance, 12 probes an hour, 2 s grace): against NAT bindings of 10, 30 and 60 s, the
+/// interval the search settles on, the probes and the time it spends, and the pings an hour
+/// that follow, beside a fixed 15 s interval (240 an hour, and dead behind the 10 s NAT).
+#[test]
+fn the_benchmark_table() {
+    let expected = [
+        // lifetime s, interval ms, probes, settled after ms
+        (10, 8_000, 7, 94_415),
+        (30, 24_000, 7, 178_580),
+        (60, 48_000, 8, 356_100),
+    ];
+    println!("| NAT binding | settles on | probes | time to settle | pings / hour | fixed 15 s |");
+    println!("|---|---|---|---|---|---|");
+    for (lifetime, interval_ms, probes, settled_ms) in expected {
+        let config = AdaptiveConfig::new(secs(5), secs(180));
+        let mut sim = Sim::new(config, Path::Nat(secs(lifetime)));
+        sim.run_until_settled(secs(3600));
+        let stats = sim.search.stats();
+        let settled_at = sim
+            .events
+            .iter()
+            .find(|(_, e)| matches!(e, AdaptiveEvent::Settled { .. }))
+            .map(|(at, _)| *at)
+            .unwrap();
+        let per_hour = 3600_000 / stats.interval.as_millis();
+        let fixed = if lifetime <= 15 {
+            "240 / h, binding lost"
+        } else {
+            "240 / h"
+        };
+        println!(
+            "| {lifetime} s | {:.1} s | {} | {:.1} s | {per_hour} | {fixed} |",
+            stats.interval.as_secs_f64(),
+            stats.search_probes,
+            settled_at.as_secs_f64()
+        );
+        assert_eq!(stats.interval, Duration::from_millis(interval_ms));
+        assert_eq!(stats.search_probes, probes);
+        assert_eq!(settled_at, Duration::from_millis(settled_ms));
+    }
+}
