@@ -61,7 +61,9 @@ async fn finds_the_binding_lifetime_of_a_forgetful_relay_and_keeps_the_session_a
         let client = quick_client();
         let mut events = client.events();
         let session = client.connect_udp(nat.addr).await.unwrap();
-        let adaptive = AdaptiveKeepalive::start(&client, &session, search_config()).unwrap();
+        // 60 %: room for a ping delayed on a busy machine, so the binding is never lost below.
+        let config = search_config().with_safety_percent(60);
+        let adaptive = AdaptiveKeepalive::start(&client, &session, config).unwrap();
         let found = bounded(Duration::from_secs(20), adaptive.settled()).await;
         assert_eq!(found.state, AdaptiveState::Settled, "{found:?}");
         let lower = found.lower.expect("a lifetime found");
@@ -71,7 +73,7 @@ async fn finds_the_binding_lifetime_of_a_forgetful_relay_and_keeps_the_session_a
         // Loss on loopback is nil; only a late timer on a busy machine can cost a step.
         assert!(lower >= lifetime * 7 / 10, "{found:?}");
         assert!(found.upper.is_some_and(|u| u > lower), "{found:?}");
-        assert_eq!(found.interval, lower * 80 / 100);
+        assert_eq!(found.interval, lower * 60 / 100);
         assert_eq!(session.adaptive(), Some(adaptive.stats()));
         println!(
             "lifetime {lifetime:?}: settled at {lower:?} (interval {:?}) after {} probes",
@@ -284,6 +286,49 @@ async fn the_servers_own_pings_do_not_refresh_the_binding_under_test() {
         assert!(long.is_err(), "{long:?}");
         assert_eq!(probe.stats().pings_received, 0);
         assert!(nat.dropped_down() >= 1);
+        client.shutdown().await;
+        server.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_change_of_network_searches_again_from_nothing() {
+    bounded(Duration::from_secs(30), async {
+        let (server, server_addr) = probe_server(ProbeLimits::default()).await;
+        let nat = UdpNat::start(server_addr, ms(330)).await;
+        let client = quick_client();
+        let mut events = client.events();
+        let session = client.connect_udp(nat.addr).await.unwrap();
+        let config = AdaptiveConfig::new(ms(40), ms(640))
+            .with_grace(ms(60))
+            .with_fallback_interval(ms(100))
+            .with_probe_budget(100, Duration::from_secs(3600));
+        let adaptive = AdaptiveKeepalive::start(&client, &session, config).unwrap();
+        let first = bounded(Duration::from_secs(20), adaptive.settled()).await;
+        assert_eq!(first.state, AdaptiveState::Settled, "{first:?}");
+        // The new network keeps bindings for 150 ms only.
+        nat.set_lifetime(ms(150));
+        adaptive.network_changed();
+        loop {
+            let event = events.recv().await.unwrap().unwrap();
+            if event.kind
+                == EventKind::Adaptive(AdaptiveEvent::Restarted {
+                    reason: RestartReason::NetworkChanged,
+                })
+            {
+                break;
+            }
+        }
+        let stats = adaptive.stats();
+        assert_eq!((stats.lower, stats.upper), (None, None), "{stats:?}");
+        // Nothing known yet: the fixed interval.
+        assert_eq!(stats.interval, ms(100));
+        let again = bounded(Duration::from_secs(20), adaptive.settled()).await;
+        assert_eq!(again.state, AdaptiveState::Settled, "{again:?}");
+        let lower = again.lower.expect("a lifetime");
+        assert!(lower <= ms(152) && lower >= ms(100), "{again:?}");
+        drop(adaptive);
         client.shutdown().await;
         server.shutdown().await;
     })
