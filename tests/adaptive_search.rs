@@ -478,7 +478,7 @@ fn the_benchmark_table() {
             .find(|(_, e)| matches!(e, AdaptiveEvent::Settled { .. }))
             .map(|(at, _)| *at)
             .unwrap();
-        let per_hour = 3600_000 / stats.interval.as_millis();
+        let per_hour = 3_600_000 / stats.interval.as_millis();
         let fixed = if lifetime <= 15 {
             "240 / h, binding lost"
         } else {
