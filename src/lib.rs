@@ -46,6 +46,14 @@
 //!
 //! The README's examples are complete programs, run as doc tests too.
 //!
+//! ## The adaptive keepalive interval
+//! A NAT forgets an idle UDP binding after some seconds or minutes, and no fixed interval suits
+//! every path. [`AdaptiveKeepalive`] finds the longest idle time the path to a server keeps
+//! alive — on a socket of its own it asks the server's probe resource
+//! ([`Context::serve_keepalive_probes`]) for a message back after a chosen delay — and keeps
+//! the session's interval at a safety fraction of it ([`Session::adaptive`] has its state).
+//! The search is the sans-IO [`proto::adaptive::IntervalSearch`].
+//!
 //! ## Layout
 //! The crate is four layers; each imports only the ones below it.
 //!

@@ -190,10 +190,14 @@ impl Driver {
             }
             self.report();
             let wake = self.search.poll_timeout();
+            let probe_done = async {
+                match in_flight.as_mut() {
+                    Some(probe) => probe.await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                (id, outcome) = async { in_flight.as_mut().expect("guarded").await },
-                    if in_flight.is_some() =>
-                {
+                (id, outcome) = probe_done => {
                     in_flight = None;
                     self.search.handle_outcome(Instant::now(), id, outcome);
                 }
