@@ -196,13 +196,10 @@ async fn the_resource_refuses_bad_input_and_caps_each_address() {
 
         let answer = session.request(post("soon")).await.unwrap();
         assert_eq!(answer.status, Status::BadRequest);
-        assert_eq!(
-            answer.payload_str(),
-            "the payload must be the delay in milliseconds, as decimal digits"
-        );
+        assert_eq!(answer.payload_str(), "delay: ms as digits");
         let answer = session.request(post("501")).await.unwrap();
         assert_eq!(answer.status, Status::BadRequest);
-        assert_eq!(answer.payload_str(), "the delay must be at most 500 ms");
+        assert_eq!(answer.payload_str(), "max delay 0.5 s");
         let answer = session.request(post("0")).await.unwrap();
         assert_eq!(answer.status, Status::BadRequest);
         let answer = session
@@ -330,6 +327,70 @@ async fn a_change_of_network_searches_again_from_nothing() {
         assert!(lower <= ms(152) && lower >= ms(100), "{again:?}");
         drop(adaptive);
         client.shutdown().await;
+        server.shutdown().await;
+    })
+    .await;
+}
+
+/// The smallest probe request: CON POST, no token, Uri-Path ".well-known" and
+/// "keepalive-probe" (33 bytes), then the payload.
+fn raw_probe(message_id: u16, payload: &[u8]) -> Vec<u8> {
+    let mut bytes = vec![0x40, 0x02];
+    bytes.extend_from_slice(&message_id.to_be_bytes());
+    bytes.push(0xbb); // Uri-Path (11), 11 bytes
+    bytes.extend_from_slice(b".well-known");
+    bytes.extend_from_slice(&[0x0d, 0x02]); // Uri-Path again, 13 + 2 = 15 bytes
+    bytes.extend_from_slice(b"keepalive-probe");
+    if !payload.is_empty() {
+        bytes.push(0xff);
+        bytes.extend_from_slice(payload);
+    }
+    bytes
+}
+
+#[tokio::test]
+async fn no_answer_is_larger_than_its_request() {
+    bounded(Duration::from_secs(10), async {
+        let (server, server_addr) = probe_server(ProbeLimits::default()).await;
+        let peer = support::RawDatagram::udp(server_addr, Duration::from_secs(2)).await;
+        let cases: [(&[u8], u8); 4] = [
+            (b"", 0x80),       // 4.00: no delay
+            (b"x", 0x80),      // 4.00: not digits
+            (b"0", 0x80),      // 4.00: zero
+            (b"999999", 0x80), // 4.00: longer than the maximum
+        ];
+        for (i, (payload, code)) in cases.into_iter().enumerate() {
+            let request = raw_probe(0x1000 + i as u16, payload);
+            peer.send(&request).await;
+            let answer = peer.recv().await;
+            assert_eq!(answer[0], 0x60, "a piggybacked ACK: {answer:02x?}");
+            assert_eq!(answer[1], code, "{answer:02x?}");
+            assert_eq!(&answer[2..4], &(0x1000 + i as u16).to_be_bytes());
+            assert!(
+                answer.len() < request.len(),
+                "{} >= {}",
+                answer.len(),
+                request.len()
+            );
+        }
+        // Accepted: an empty ACK now, one NON 2.04 (no token, no payload) after the delay.
+        peer.send(&raw_probe(0x2000, b"50")).await;
+        assert_eq!(peer.recv().await, [0x60, 0x00, 0x20, 0x00]);
+        let back = peer.recv().await;
+        assert_eq!(
+            (back[0], back[1], back.len()),
+            (0x50, 0x44, 4),
+            "{back:02x?}"
+        );
+        // A second probe while one is out: 4.29 with Max-Age 1, still shorter.
+        let long = raw_probe(0x2001, b"300");
+        peer.send(&long).await;
+        assert_eq!(peer.recv().await, [0x60, 0x00, 0x20, 0x01]);
+        let busy = raw_probe(0x2002, b"5");
+        peer.send(&busy).await;
+        let answer = peer.recv().await;
+        assert_eq!((answer[0], answer[1]), (0x60, 0x9d), "{answer:02x?}");
+        assert!(answer.len() < busy.len(), "{answer:02x?}");
         server.shutdown().await;
     })
     .await;

@@ -18,7 +18,8 @@
 //!    shorter interval, never the longer).
 //!
 //! Refusals come piggybacked on the ACK, at once: `4.00 Bad Request` for a payload that is not
-//! a delay in `1..=max` milliseconds (the diagnostic payload names the maximum),
+//! a delay in `1..=max` milliseconds (the diagnostic payload, at most [`MAX_DIAGNOSTIC`] bytes,
+//! names the maximum in seconds: `max delay 240 s`),
 //! `4.15 Unsupported Content-Format` for a Content-Format other than text/plain,
 //! `4.29 Too Many Requests` while this address already has a probe outstanding, and
 //! `5.03 Service Unavailable` when the server's caps per IP address or in all are reached;
@@ -53,25 +54,30 @@ pub fn probe_request(delay: Duration) -> Request {
     Request::post(PROBE_PATH, millis.to_string()).with_content_format(TEXT_PLAIN)
 }
 
-/// Why a probe request was refused as bad input; its text is the diagnostic payload of the
-/// 4.xx answer.
+/// The longest diagnostic payload of a refusal. The smallest probe request is 33 bytes (its
+/// header and the two Uri-Path options, with no token and no payload); a refusal with the same
+/// token, a Max-Age and this much text is at most 28, so no answer outgrows its request.
+pub const MAX_DIAGNOSTIC: usize = 20;
+
+/// Why a probe request was refused as bad input; its text (at most [`MAX_DIAGNOSTIC`] bytes
+/// for any delay this side of 10^17 s) is the diagnostic payload of the 4.xx answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProbeInputError {
     /// The payload is not decimal digits (or is empty, or too long to be a delay).
-    #[error("the payload must be the delay in milliseconds, as decimal digits")]
+    #[error("delay: ms as digits")]
     NotADelay,
     /// The delay is zero.
-    #[error("the delay must be at least 1 ms")]
+    #[error("delay: at least 1 ms")]
     Zero,
     /// The delay is longer than the server allows.
-    #[error("the delay must be at most {} ms", .max.as_millis())]
+    #[error("max delay {} s", seconds(.max))]
     TooLong {
         /// The longest delay this server accepts.
         max: Duration,
     },
     /// The Content-Format is not text/plain.
-    #[error("the payload must be text/plain (Content-Format 0)")]
+    #[error("text/plain only")]
     ContentFormat,
 }
 
@@ -85,6 +91,11 @@ impl ProbeInputError {
         };
         Response::new(status).with_payload(self.to_string())
     }
+}
+
+/// Seconds with as many decimals as needed, to the millisecond: `240`, `0.5`.
+fn seconds(d: &Duration) -> String {
+    (d.as_millis() as f64 / 1000.0).to_string()
 }
 
 /// The delay a probe request asks for, if it is one `max` allows.
@@ -196,10 +207,7 @@ mod tests {
         let too_long = parse_probe_delay(&with_payload(b"240001"), MAX).unwrap_err();
         assert_eq!(too_long, ProbeInputError::TooLong { max: MAX });
         assert_eq!(too_long.response().status, Status::BadRequest);
-        assert_eq!(
-            too_long.response().payload_str(),
-            "the delay must be at most 240000 ms"
-        );
+        assert_eq!(too_long.response().payload_str(), "max delay 240 s");
         let json = with_payload(b"5").with_content_format(50);
         let refused = parse_probe_delay(&json, MAX).unwrap_err();
         assert_eq!(refused.response().status, Status::UnsupportedContentFormat);
@@ -217,6 +225,21 @@ mod tests {
         fn every_delay_round_trips(millis in 1u64..=240_000) {
             let delay = Duration::from_millis(millis);
             proptest::prop_assert_eq!(parse_probe_delay(&probe_request(delay), MAX), Ok(delay));
+        }
+    }
+
+    #[test]
+    fn diagnostics_stay_short() {
+        let all = [
+            ProbeInputError::NotADelay,
+            ProbeInputError::Zero,
+            ProbeInputError::TooLong {
+                max: Duration::from_secs(99_999_999),
+            },
+            ProbeInputError::ContentFormat,
+        ];
+        for problem in all {
+            assert!(problem.to_string().len() <= MAX_DIAGNOSTIC, "{problem}");
         }
     }
 

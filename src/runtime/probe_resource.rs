@@ -158,7 +158,7 @@ fn answer(
             return Reply::Now(
                 Response::new(Status::TooManyRequests)
                     .with_max_age(wait)
-                    .with_payload("a probe-back to this address is outstanding"),
+                    .with_payload("one at a time"),
             );
         }
         let of_ip = entries.by_ip.get(&address.ip()).copied().unwrap_or(0);
@@ -167,7 +167,7 @@ fn answer(
             return Reply::Now(
                 Response::new(Status::ServiceUnavailable)
                     .with_max_age(wait)
-                    .with_payload("too many probe-backs outstanding"),
+                    .with_payload("probes busy"),
             );
         }
         entries.by_address.insert(address, now + delay);
