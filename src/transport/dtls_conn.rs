@@ -1275,7 +1275,7 @@ mod tests {
             .unwrap();
         let silent = UdpSocket::bind(loopback()).await.unwrap();
         silent
-            .send_to(&TRUNCATED_CLIENT_HELLO, listener.local_addr())
+            .send_to(&client_hello().await, listener.local_addr())
             .await
             .unwrap();
         within(5, async {
@@ -1310,7 +1310,7 @@ mod tests {
         );
         let silent = UdpSocket::bind(loopback()).await.unwrap();
         silent
-            .send_to(&TRUNCATED_CLIENT_HELLO, listener.local_addr())
+            .send_to(&client_hello().await, listener.local_addr())
             .await
             .unwrap();
         // The silent peer's handshake takes the only slot, so this one is not even started.
@@ -1332,7 +1332,10 @@ mod tests {
             DtlsAccept::Failed { peer, error } => {
                 assert_eq!(peer, silent.local_addr().unwrap());
                 assert!(
-                    error.to_string().contains("timed out after 1.5s"),
+                    error.to_string().contains(
+                        "handshake timeout: the client sent its ClientHello, then nothing more \
+                         (timed out after 1.5s)"
+                    ),
                     "{error}"
                 );
             }
@@ -1548,7 +1551,7 @@ mod tests {
             panic!("handshake without a client certificate succeeded");
         };
         assert!(
-            error.to_string().contains("required client verification"),
+            error.to_string().contains("missing client certificate"),
             "{error}"
         );
     }
@@ -1612,6 +1615,230 @@ mod tests {
         let (client, accepted) = cert_handshake(server, client).await;
         client.unwrap();
         assert!(matches!(accepted, DtlsAccept::Established(..)));
+    }
+
+    /// The failure a listener reports for its next handshake.
+    async fn next_failure(listener: &DtlsListener) -> String {
+        match within(10, listener.accept()).await.unwrap() {
+            DtlsAccept::Failed { error, .. } => error.to_string(),
+            DtlsAccept::Established(_, peer) => panic!("{peer} established"),
+        }
+    }
+
+    /// Sends `datagram` from a fresh socket; returns the listener's answer, if one comes.
+    async fn answer_to(listener: &DtlsListener, datagram: &[u8]) -> Option<Vec<u8>> {
+        let socket = UdpSocket::bind(loopback()).await.unwrap();
+        socket.send_to(datagram, listener.local_addr()).await.unwrap();
+        let mut buf = [0u8; 2048];
+        let n = tokio::time::timeout(Duration::from_secs(2), socket.recv(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        Some(buf[..n].to_vec())
+    }
+
+    #[tokio::test]
+    async fn unservable_hellos_are_refused_with_an_alert_and_a_cause() {
+        let listener = Arc::new(
+            DtlsListener::bind(loopback(), DtlsServerConfigs::psk_only(&psk("secret")), TIMEOUT, 8)
+                .await
+                .unwrap(),
+        );
+        // Truncated: decode_error.
+        let answer = answer_to(&listener, &TRUNCATED_CLIENT_HELLO).await.unwrap();
+        assert_eq!(wire::plaintext_alert(&answer).unwrap().description, 50);
+        let cause = next_failure(&listener).await;
+        assert!(cause.contains("malformed ClientHello"), "{cause}");
+
+        // node-coap-client's: no extensions block. internal_error: the limitation is ours.
+        let bare = wire::test_client_hello(&[0xc0a8], None);
+        let answer = answer_to(&listener, &bare).await.unwrap();
+        assert_eq!(wire::plaintext_alert(&answer).unwrap().description, 80);
+        let cause = next_failure(&listener).await;
+        assert!(
+            cause.contains(
+                "ClientHello without extensions (RFC 5246 §7.4.1.2 allows it; node-coap-client \
+                 sends it): webrtc-dtls 0.12 cannot parse it (failed to fill whole buffer)"
+            ),
+            "{cause}"
+        );
+
+        // Only RSA suites: handshake_failure.
+        let rsa = wire::test_client_hello(&[0x002f, 0x009c], Some(&[]));
+        let answer = answer_to(&listener, &rsa).await.unwrap();
+        assert_eq!(wire::plaintext_alert(&answer).unwrap().description, 40);
+        let cause = next_failure(&listener).await;
+        assert!(cause.contains("no shared cipher suite"), "{cause}");
+        assert_eq!(listener.peer_count(), 0);
+
+        // And the listener serves a good client all the same.
+        let server = echo_server(Arc::clone(&listener));
+        let client = dtls_connect(
+            listener.local_addr(),
+            dtls_psk_client_config(&psk("secret")),
+            TIMEOUT,
+        )
+        .await
+        .unwrap();
+        assert_eq!(ping(&client).await, PING);
+        client.close().await.unwrap();
+        within(5, server).await.unwrap().unwrap();
+    }
+
+    /// Runs one handshake against `configs`; the client's error and the server's cause.
+    async fn failed_handshake(configs: DtlsServerConfigs, client: Config) -> (String, String) {
+        let listener = DtlsListener::bind(loopback(), configs, TIMEOUT, 8)
+            .await
+            .unwrap();
+        let connect = dtls_connect(listener.local_addr(), client, Duration::from_secs(3));
+        let (client, accepted) =
+            within(10, async { tokio::join!(connect, listener.accept()) }).await;
+        let server = match accepted.unwrap() {
+            DtlsAccept::Failed { error, .. } => error.to_string(),
+            DtlsAccept::Established(..) => panic!("established"),
+        };
+        (expect_err(client).to_string(), server)
+    }
+
+    #[tokio::test]
+    async fn certificate_client_at_a_psk_only_endpoint() {
+        let set = CertificateSet::generate().unwrap();
+        let client =
+            dtls_cert_client_config(Some(&set.ca_cert_pem), None, false, "127.0.0.1").unwrap();
+        let (client, server) =
+            failed_handshake(DtlsServerConfigs::psk_only(&psk("secret")), client).await;
+        assert!(
+            client.contains(
+                "no shared cipher suite: the server does not serve certificate (ECDHE-ECDSA) \
+                 clients on this port"
+            ),
+            "{client}"
+        );
+        assert!(
+            server.contains(
+                "no shared cipher suite: the client offered certificate (ECDHE-ECDSA) suites"
+            ),
+            "{server}"
+        );
+        assert!(server.contains("this endpoint serves PSK suites only"), "{server}");
+    }
+
+    #[tokio::test]
+    async fn psk_client_at_a_certificate_only_endpoint() {
+        let set = CertificateSet::generate().unwrap();
+        let configs = DtlsServerConfigs::certificate_only(
+            dtls_cert_server_config(&set.server_identity(), None).unwrap(),
+        );
+        let (client, server) =
+            failed_handshake(configs, dtls_psk_client_config(&psk("secret"))).await;
+        assert!(
+            client.contains("the server does not serve PSK clients on this port"),
+            "{client}"
+        );
+        assert!(
+            server.contains("serves certificate (ECDHE-ECDSA) suites only"),
+            "{server}"
+        );
+    }
+
+    fn identities() -> DtlsServerConfigs {
+        let keys = crate::credentials::ServerPsk::from_pairs([("alpha", "ka"), ("beta", "kb")]);
+        crate::credentials::ServerCredentials::PskIdentities(keys)
+            .dtls_configs()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn unknown_identity_named_on_both_sides() {
+        let client = dtls_psk_client_config(&PskCredentials::new("nobody", "ka"));
+        let (client, server) = failed_handshake(identities(), client).await;
+        assert!(client.contains("unknown PSK identity"), "{client}");
+        assert!(client.contains("unknown_psk_identity (115)"), "{client}");
+        assert!(server.contains(r#"unknown PSK identity "nobody""#), "{server}");
+    }
+
+    #[tokio::test]
+    async fn bad_psk_named_on_both_sides() {
+        let client = dtls_psk_client_config(&PskCredentials::new("beta", "ka"));
+        let (client, server) = failed_handshake(identities(), client).await;
+        assert!(client.contains("wrong PSK"), "{client}");
+        assert!(client.contains("bad_record_mac (20)"), "{client}");
+        assert!(server.contains(r#"bad PSK"#), "{server}");
+        assert!(server.contains(r#""beta""#), "{server}");
+        assert!(!server.contains("kb") && !client.contains("kb"));
+    }
+
+    #[tokio::test]
+    async fn psk_and_certificate_clients_on_one_endpoint() {
+        let set = CertificateSet::generate().unwrap();
+        let keys = crate::credentials::ServerPsk::from_pairs([("alpha", "ka")]);
+        let configs = crate::credentials::ServerCredentials::PskAndCertificate {
+            psk: keys,
+            identity: set.server_identity(),
+            client_ca_pem: None,
+        }
+        .dtls_configs()
+        .unwrap();
+        let listener = DtlsListener::bind(loopback(), configs, TIMEOUT, 8)
+            .await
+            .unwrap();
+        let psk_client = dtls_psk_client_config(&PskCredentials::new("alpha", "ka"));
+        let cert_client =
+            dtls_cert_client_config(Some(&set.ca_cert_pem), None, false, "127.0.0.1").unwrap();
+        for client in [psk_client, cert_client] {
+            let connect = dtls_connect(listener.local_addr(), client, TIMEOUT);
+            let (client, accepted) =
+                within(10, async { tokio::join!(connect, listener.accept()) }).await;
+            client.unwrap();
+            assert!(
+                matches!(accepted.unwrap(), DtlsAccept::Established(..)),
+                "established"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn dtls_to_a_plain_coap_port_is_named() {
+        // A CoAP-over-UDP endpoint answers what it cannot parse with a Reset (or nothing).
+        let plain = UdpSocket::bind(loopback()).await.unwrap();
+        let addr = plain.local_addr().unwrap();
+        let answerer = tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            loop {
+                let (_, from) = plain.recv_from(&mut buf).await.unwrap();
+                plain.send_to(&[0x70, 0x00, 0x00, 0x01], from).await.unwrap();
+            }
+        });
+        let error = expect_err(
+            dtls_connect(
+                addr,
+                dtls_psk_client_config(&psk("secret")),
+                Duration::from_millis(700),
+            )
+            .await,
+        );
+        answerer.abort();
+        let error = error.to_string();
+        assert!(
+            error.contains("not a DTLS server: a plain CoAP (UDP) endpoint answered"),
+            "{error}"
+        );
+        assert!(!error.contains("PSK"), "{error}");
+
+        // Nothing listening: the ICMP port unreachable says so.
+        let closed = UdpSocket::bind(loopback()).await.unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let error = expect_err(
+            dtls_connect(
+                addr,
+                dtls_psk_client_config(&psk("secret")),
+                Duration::from_millis(700),
+            )
+            .await,
+        )
+        .to_string();
+        assert!(error.contains("nothing listens there"), "{error}");
     }
 
     #[test]
