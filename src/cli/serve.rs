@@ -247,10 +247,12 @@ fn usage_problem(args: &ServeArgs) -> Option<String> {
 fn credentials(args: &ServeArgs) -> Result<(Option<ServerCredentials>, Option<ServerCredentials>)> {
     let identity = secure::identity(args.cert.as_deref(), args.key.as_deref())?;
     let client_ca_pem = secure::ca(args.ca.as_deref())?;
-    let certificate = identity.clone().map(|identity| ServerCredentials::Certificate {
-        identity,
-        client_ca_pem: client_ca_pem.clone(),
-    });
+    let certificate = identity
+        .clone()
+        .map(|identity| ServerCredentials::Certificate {
+            identity,
+            client_ca_pem: client_ca_pem.clone(),
+        });
     let psk = match (&args.psk_file, &args.psk_key) {
         (Some(file), _) => Some(ServerPsk::from_file(file)?),
         (None, Some(key)) => {

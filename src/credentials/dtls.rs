@@ -58,10 +58,7 @@ impl ServerCredentials {
                 client_ca_pem,
             } => Ok(DtlsServerConfigs {
                 psk: None,
-                certificate: Some(dtls_cert_server_config(
-                    identity,
-                    client_ca_pem.as_deref(),
-                )?),
+                certificate: Some(dtls_cert_server_config(identity, client_ca_pem.as_deref())?),
             }),
             ServerCredentials::PskAndCertificate {
                 psk: keys,
@@ -69,10 +66,7 @@ impl ServerCredentials {
                 client_ca_pem,
             } => Ok(DtlsServerConfigs {
                 psk: psk(keys.clone()),
-                certificate: Some(dtls_cert_server_config(
-                    identity,
-                    client_ca_pem.as_deref(),
-                )?),
+                certificate: Some(dtls_cert_server_config(identity, client_ca_pem.as_deref())?),
             }),
             ServerCredentials::Rustls(_) => Err(rustls_config_for_dtls()),
         }

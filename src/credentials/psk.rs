@@ -109,7 +109,9 @@ impl ServerPsk {
         if map.is_empty() {
             return Err(Error::Config("no identity:key line".into()));
         }
-        Ok(ServerPsk::from_fn(move |identity| map.get(identity).cloned()))
+        Ok(ServerPsk::from_fn(move |identity| {
+            map.get(identity).cloned()
+        }))
     }
 
     /// Sends `hint` as the PSK identity hint (RFC 4279 §2) instead of `CoAP`; an empty hint

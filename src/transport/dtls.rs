@@ -37,7 +37,7 @@ const MAX_HANDSHAKES_IN_PROGRESS: usize = 256;
 /// reader holds a buffer this big for as long as it lives. A CoAP message over DTLS fits one
 /// datagram (RFC 7252 §4.6: 1152 bytes unless the path MTU is known, a 1024-byte block and its
 /// header); a larger record is dropped, as an oversized datagram would be.
-const MAX_RECORD: usize = 2048;
+const MAX_RECORD: usize = 1536;
 
 /// Decrypted records and closes queued from all connections for the driver.
 const READER_QUEUE: usize = 256;
@@ -178,7 +178,13 @@ impl DtlsEndpointIo {
     }
 
     /// A record from a reader; `None` when it is from a connection that is no longer live.
-    fn on_record(&self, peer: SocketAddr, id: u64, record: Record, buf: &mut [u8]) -> Option<Received> {
+    fn on_record(
+        &self,
+        peer: SocketAddr,
+        id: u64,
+        record: Record,
+        buf: &mut [u8],
+    ) -> Option<Received> {
         let mut live = self.live();
         if live.get(&peer).is_none_or(|l| l.id != id) {
             return None;
@@ -321,12 +327,7 @@ pub(crate) async fn listen(
     )
     .await?;
     let local_addr = listener.local_addr();
-    let driver = DatagramDriver::new(
-        rt,
-        DtlsEndpointIo::new(rt, listener),
-        Transport::Dtls,
-        true,
-    );
+    let driver = DatagramDriver::new(rt, DtlsEndpointIo::new(rt, listener), Transport::Dtls, true);
     rt.spawn(driver.run());
     tracing::info!(%local_addr, "listening on dtls");
     Ok(Endpoint {

@@ -120,6 +120,8 @@ struct ClientSeen {
     alert: Option<Alert>,
     /// The server's ServerHelloDone arrived: its first flight was whole.
     server_hello_done: bool,
+    /// The server asked for our certificate (a CertificateRequest).
+    certificate_requested: bool,
     /// We sent an encrypted record (our Finished).
     sent_finished: bool,
 }
@@ -129,7 +131,7 @@ impl ClientSeen {
     fn diagnose(&self, mode: Mode, error: Option<&str>, timeout: Duration) -> String {
         let detail = error.map(|e| format!(" ({e})")).unwrap_or_default();
         if let Some(alert) = self.alert.filter(|a| a.is_fatal()) {
-            return format!("{}{detail}", alert_cause(alert, mode, self.server_hello_done));
+            return format!("{}{detail}", alert_cause(alert, mode, self));
         }
         if let Some(e) = error {
             if e.contains("not valid for name") {
@@ -177,21 +179,40 @@ impl ClientSeen {
 }
 
 /// What a fatal alert from the server means for a client in `mode`.
-fn alert_cause(alert: Alert, mode: Mode, server_hello_done: bool) -> String {
+fn alert_cause(alert: Alert, mode: Mode, seen: &ClientSeen) -> String {
     let psk = mode == Mode::Psk;
     let presents = matches!(mode, Mode::Certificate { presents: true });
-    let offered = if psk { "PSK" } else { "certificate (ECDHE-ECDSA)" };
+    let server_hello_done = seen.server_hello_done;
+    // A certificate-mode server that asked for our certificate and then failed the handshake
+    // (OpenSSL sends handshake_failure for a missing one, RFC 5246 §7.4.6).
+    if !psk && seen.certificate_requested && alert.description != wire::ALERT_INTERNAL_ERROR {
+        let cause = if presents {
+            "client certificate rejected by the server"
+        } else {
+            "missing client certificate (the server requires one: --cert and --key)"
+        };
+        return format!("{cause}: the server sent alert {alert}");
+    }
+    let offered = if psk {
+        "PSK"
+    } else {
+        "certificate (ECDHE-ECDSA)"
+    };
     let cause = match alert.description {
         wire::ALERT_HANDSHAKE_FAILURE | 71 if !server_hello_done => format!(
             "no shared cipher suite: the server does not serve {offered} clients on this port"
         ),
-        wire::ALERT_UNKNOWN_PSK_IDENTITY => "unknown PSK identity (the server does not know it)".into(),
+        wire::ALERT_UNKNOWN_PSK_IDENTITY => {
+            "unknown PSK identity (the server does not know it)".into()
+        }
         wire::ALERT_BAD_RECORD_MAC | 51 if psk => {
             "wrong PSK (the server could not decrypt our Finished)".into()
         }
         41 | 116 => "missing client certificate (the server requires one: --cert and --key)".into(),
         42..=46 | 48 if presents => "client certificate rejected by the server".into(),
-        42..=46 | 48 => "missing client certificate (the server requires one: --cert and --key)".into(),
+        42..=46 | 48 => {
+            "missing client certificate (the server requires one: --cert and --key)".into()
+        }
         wire::ALERT_DECODE_ERROR => "the server could not decode our handshake".into(),
         wire::ALERT_INTERNAL_ERROR => {
             "the server failed the handshake on its side (internal_error)".into()
@@ -404,7 +425,9 @@ impl Demux {
                 tracing::debug!(%peer, "too many DTLS handshakes in progress; dropping a ClientHello");
                 continue;
             };
-            let conn = self.peers.insert(&self.socket, peer, datagram, Arc::clone(&notes));
+            let conn = self
+                .peers
+                .insert(&self.socket, peer, datagram, Arc::clone(&notes));
             tokio::spawn(handshake(
                 conn,
                 config,
@@ -467,11 +490,13 @@ impl Demux {
             (_, _, Some(certificate)) => certificate.clone(),
             // DtlsServerConfigs always holds one; a PSK-only endpoint chose PSK above.
             (_, Some(psk), None) => psk.config(|_| {}),
-            (_, None, None) => return Err(Refusal::NoSharedSuite(ClientHello {
-                cipher_suites: Vec::new(),
-                has_extensions: true,
-                has_cookie: false,
-            })),
+            (_, None, None) => {
+                return Err(Refusal::NoSharedSuite(ClientHello {
+                    cipher_suites: Vec::new(),
+                    has_extensions: true,
+                    has_cookie: false,
+                }))
+            }
         };
         Ok((config, notes))
     }
@@ -494,14 +519,14 @@ impl Demux {
                     (Some(_), None) => "PSK suites only",
                     _ => "certificate (ECDHE-ECDSA) suites only",
                 };
-                let offered = if hello.offers(SuiteKind::EcdheEcdsa) && !hello.offers(SuiteKind::Psk)
-                {
-                    "certificate (ECDHE-ECDSA) suites"
-                } else if hello.offers(SuiteKind::Psk) {
-                    "PSK suites we do not serve"
-                } else {
-                    "neither PSK nor ECDHE-ECDSA suites"
-                };
+                let offered =
+                    if hello.offers(SuiteKind::EcdheEcdsa) && !hello.offers(SuiteKind::Psk) {
+                        "certificate (ECDHE-ECDSA) suites"
+                    } else if hello.offers(SuiteKind::Psk) {
+                        "PSK suites we do not serve"
+                    } else {
+                        "neither PSK nor ECDHE-ECDSA suites"
+                    };
                 (
                     wire::ALERT_HANDSHAKE_FAILURE,
                     format!(
@@ -604,7 +629,11 @@ impl Notes {
             _ => {}
         }
         match error {
-            Some(e) if !self.psk && (e.contains("ClientCertificate") || e.contains("required client verification")) => {
+            Some(e)
+                if !self.psk
+                    && (e.contains("ClientCertificate")
+                        || e.contains("required client verification")) =>
+            {
                 format!("missing client certificate (this endpoint requires one) ({e})")
             }
             Some(e) if !self.psk && (e.contains("certificate") || e.contains("Certificate")) => {
@@ -684,7 +713,25 @@ struct PeerTable {
 struct Route {
     /// Tells this route from a later one for the same address.
     id: u64,
-    datagrams: mpsc::Sender<Vec<u8>>,
+    /// Gone once the peer's connection is dropped.
+    queue: std::sync::Weak<PeerQueue>,
+}
+
+/// The datagrams waiting for one peer's connection. Unlike a tokio channel, which allocates 32
+/// slots at its first message, it holds only as much as it was ever used for: a live
+/// connection costs its few bytes for as long as it lives.
+#[derive(Default)]
+struct PeerQueue {
+    datagrams: Mutex<std::collections::VecDeque<Vec<u8>>>,
+    ready: Notify,
+}
+
+impl PeerQueue {
+    fn datagrams(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Vec<u8>>> {
+        self.datagrams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl PeerTable {
@@ -712,17 +759,20 @@ impl PeerTable {
         let Some(route) = routes.get(&peer) else {
             return false;
         };
-        match route.datagrams.try_send(datagram.to_vec()) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::trace!(%peer, "DTLS peer queue full; dropping a datagram");
-                true
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                routes.remove(&peer);
-                false
-            }
+        let Some(queue) = route.queue.upgrade() else {
+            routes.remove(&peer);
+            return false;
+        };
+        drop(routes);
+        let mut datagrams = queue.datagrams();
+        if datagrams.len() >= PEER_QUEUE_DATAGRAMS {
+            tracing::trace!(%peer, "DTLS peer queue full; dropping a datagram");
+        } else {
+            datagrams.push_back(datagram.to_vec());
+            drop(datagrams);
+            queue.ready.notify_one();
         }
+        true
     }
 
     /// Adds a route for a new peer, with `first` already queued.
@@ -733,15 +783,19 @@ impl PeerTable {
         first: &[u8],
         notes: Arc<Notes>,
     ) -> Arc<PeerConn> {
-        let (tx, rx) = mpsc::channel(PEER_QUEUE_DATAGRAMS);
-        let _ = tx.try_send(first.to_vec());
+        let queue = Arc::new(PeerQueue::default());
+        queue.datagrams().push_back(first.to_vec());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.routes().insert(peer, Route { id, datagrams: tx });
+        let route = Route {
+            id,
+            queue: Arc::downgrade(&queue),
+        };
+        self.routes().insert(peer, route);
         Arc::new(PeerConn {
             socket: Arc::clone(socket),
             peer,
             id,
-            datagrams: tokio::sync::Mutex::new(rx),
+            queue,
             table: Arc::clone(self),
             notes,
         })
@@ -762,24 +816,27 @@ struct PeerConn {
     socket: Arc<UdpSocket>,
     peer: SocketAddr,
     id: u64,
-    datagrams: tokio::sync::Mutex<mpsc::Receiver<Vec<u8>>>,
+    queue: Arc<PeerQueue>,
     table: Arc<PeerTable>,
     notes: Arc<Notes>,
 }
 
 impl PeerConn {
+    /// The next datagram for this peer. Once its route is gone nothing more comes: the wait
+    /// never ends (webrtc-dtls's reader retries failed reads at once, so an error here would
+    /// make it spin until the DTLS connection stops it).
     async fn recv_datagram(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
-        match self.datagrams.lock().await.recv().await {
-            Some(datagram) => {
+        loop {
+            let next = self.queue.datagrams().pop_front();
+            if let Some(datagram) = next {
                 self.notes.datagrams_in.fetch_add(1, Ordering::Relaxed);
                 // Like a UDP socket: a datagram longer than the buffer is truncated.
                 let n = datagram.len().min(buf.len());
                 buf[..n].copy_from_slice(&datagram[..n]);
-                Ok(n)
+                return Ok(n);
             }
-            // Closed. webrtc-dtls's reader retries failed reads at once, so an error here would
-            // make it spin until the DTLS connection stops it; waiting does no harm.
-            None => std::future::pending().await,
+            // A notify_one with nobody waiting leaves a permit: no datagram is missed.
+            self.queue.ready.notified().await;
         }
     }
 }
@@ -934,10 +991,12 @@ impl ClientConn {
             if seen.alert.is_none() {
                 seen.alert = wire::plaintext_alert(datagram);
             }
-            if wire::plaintext_handshake_types(datagram)
-                .any(|t| t == wire::HANDSHAKE_SERVER_HELLO_DONE)
-            {
-                seen.server_hello_done = true;
+            for message in wire::plaintext_handshake_types(datagram) {
+                match message {
+                    wire::HANDSHAKE_SERVER_HELLO_DONE => seen.server_hello_done = true,
+                    wire::HANDSHAKE_CERTIFICATE_REQUEST => seen.certificate_requested = true,
+                    _ => {}
+                }
             }
         } else {
             if seen.not_dtls == 0 {
@@ -1628,7 +1687,10 @@ mod tests {
     /// Sends `datagram` from a fresh socket; returns the listener's answer, if one comes.
     async fn answer_to(listener: &DtlsListener, datagram: &[u8]) -> Option<Vec<u8>> {
         let socket = UdpSocket::bind(loopback()).await.unwrap();
-        socket.send_to(datagram, listener.local_addr()).await.unwrap();
+        socket
+            .send_to(datagram, listener.local_addr())
+            .await
+            .unwrap();
         let mut buf = [0u8; 2048];
         let n = tokio::time::timeout(Duration::from_secs(2), socket.recv(&mut buf))
             .await
@@ -1640,9 +1702,14 @@ mod tests {
     #[tokio::test]
     async fn unservable_hellos_are_refused_with_an_alert_and_a_cause() {
         let listener = Arc::new(
-            DtlsListener::bind(loopback(), DtlsServerConfigs::psk_only(&psk("secret")), TIMEOUT, 8)
-                .await
-                .unwrap(),
+            DtlsListener::bind(
+                loopback(),
+                DtlsServerConfigs::psk_only(&psk("secret")),
+                TIMEOUT,
+                8,
+            )
+            .await
+            .unwrap(),
         );
         // Truncated: decode_error.
         let answer = answer_to(&listener, &TRUNCATED_CLIENT_HELLO).await.unwrap();
@@ -1720,7 +1787,10 @@ mod tests {
             ),
             "{server}"
         );
-        assert!(server.contains("this endpoint serves PSK suites only"), "{server}");
+        assert!(
+            server.contains("this endpoint serves PSK suites only"),
+            "{server}"
+        );
     }
 
     #[tokio::test]
@@ -1754,7 +1824,10 @@ mod tests {
         let (client, server) = failed_handshake(identities(), client).await;
         assert!(client.contains("unknown PSK identity"), "{client}");
         assert!(client.contains("unknown_psk_identity (115)"), "{client}");
-        assert!(server.contains(r#"unknown PSK identity "nobody""#), "{server}");
+        assert!(
+            server.contains(r#"unknown PSK identity "nobody""#),
+            "{server}"
+        );
     }
 
     #[tokio::test]
@@ -1806,7 +1879,10 @@ mod tests {
             let mut buf = [0u8; 2048];
             loop {
                 let (_, from) = plain.recv_from(&mut buf).await.unwrap();
-                plain.send_to(&[0x70, 0x00, 0x00, 0x01], from).await.unwrap();
+                plain
+                    .send_to(&[0x70, 0x00, 0x00, 0x01], from)
+                    .await
+                    .unwrap();
             }
         });
         let error = expect_err(

@@ -401,7 +401,9 @@ async fn coap_client_against_dtls_psk_listener(client_program: &str, hint: Optio
         Some(b"secret".to_vec())
     })
     .with_identity_hint(hint.unwrap_or_default());
-    let config = ServerCredentials::PskIdentities(keys).dtls_configs().unwrap();
+    let config = ServerCredentials::PskIdentities(keys)
+        .dtls_configs()
+        .unwrap();
     let args = ["-k", "secret", "-u", "id"];
     let (accepted, client) = coap_client_against_dtls_listener(client_program, config, &args).await;
     assert!(

@@ -29,6 +29,8 @@ pub const HANDSHAKE_CLIENT_HELLO: u8 = 1;
 pub const HANDSHAKE_SERVER_HELLO: u8 = 2;
 /// Handshake message type of a HelloVerifyRequest (RFC 6347 §4.2.1).
 pub const HANDSHAKE_HELLO_VERIFY_REQUEST: u8 = 3;
+/// Handshake message type of a CertificateRequest.
+pub const HANDSHAKE_CERTIFICATE_REQUEST: u8 = 13;
 /// Handshake message type of a ServerHelloDone.
 pub const HANDSHAKE_SERVER_HELLO_DONE: u8 = 14;
 /// Handshake message type of a ClientKeyExchange.
@@ -449,10 +451,7 @@ mod tests {
         let n = fragmented.len();
         fragmented[11..13].copy_from_slice(&((n - RECORD_HEADER_LEN - 1) as u16).to_be_bytes());
         fragmented.pop();
-        assert_eq!(
-            parse_client_hello(&fragmented),
-            Err(HelloError::Fragmented)
-        );
+        assert_eq!(parse_client_hello(&fragmented), Err(HelloError::Fragmented));
         // An odd cipher-suite length.
         let mut odd = hello(&[0xc0a8], Some(&[]));
         let at = RECORD_HEADER_LEN + HANDSHAKE_HEADER_LEN + 2 + 32 + 2 + 1;
@@ -478,7 +477,10 @@ mod tests {
             "handshake_failure (40)"
         );
         let mut rewritten = alert;
-        assert!(rewrite_lone_alert(&mut rewritten, ALERT_UNKNOWN_PSK_IDENTITY));
+        assert!(rewrite_lone_alert(
+            &mut rewritten,
+            ALERT_UNKNOWN_PSK_IDENTITY
+        ));
         assert_eq!(plaintext_alert(&rewritten).unwrap().description, 115);
         let mut two = alert.to_vec();
         two.extend(alert);
