@@ -1008,7 +1008,7 @@ impl ClientConn {
     }
 
     async fn send_noted(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
-        if wire::record_header(buf).is_some_and(|h| h.epoch > 0) {
+        if wire::has_encrypted_record(buf) {
             self.seen().sent_finished = true;
         }
         Ok(self.socket.send(buf).await?)

@@ -90,6 +90,22 @@ pub fn plaintext_records(datagram: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
     })
 }
 
+/// True when any record of `datagram` is of an epoch above 0 (encrypted), such as a Finished
+/// sent behind the ClientKeyExchange and ChangeCipherSpec of the same flight.
+pub fn has_encrypted_record(datagram: &[u8]) -> bool {
+    let mut rest = datagram;
+    while let Some(header) = record_header(rest) {
+        if header.epoch > 0 {
+            return true;
+        }
+        match rest.get(RECORD_HEADER_LEN + header.length..) {
+            Some(next) => rest = next,
+            None => return false,
+        }
+    }
+    false
+}
+
 /// The first plaintext alert in `datagram`, if any.
 pub fn plaintext_alert(datagram: &[u8]) -> Option<Alert> {
     plaintext_records(datagram)
@@ -493,9 +509,13 @@ mod tests {
             plaintext_handshake_types(&both).collect::<Vec<_>>(),
             [HANDSHAKE_CLIENT_HELLO]
         );
-        // Encrypted records are opaque.
+        // Encrypted records are opaque, but seen.
         let mut epoch1 = alert;
         epoch1[4] = 1;
+        let mut flight = hello(&[0xc0a8], None);
+        assert!(!has_encrypted_record(&flight));
+        flight.extend(epoch1);
+        assert!(has_encrypted_record(&flight));
         assert_eq!(plaintext_alert(&epoch1), None);
         assert_eq!(plaintext_alert(b"\x40\x00\x12\x34"), None);
     }
