@@ -6,6 +6,7 @@
 mod builder;
 mod connect;
 mod prometheus;
+mod reconnect;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +27,7 @@ use crate::runtime::{Runtime, SessionCounts, SessionInfo};
 
 pub use builder::ContextBuilder;
 pub use prometheus::{MetricsCollector, OPENMETRICS_CONTENT_TYPE};
+pub use reconnect::{ReconnectingObservation, ReconnectingSession};
 
 /// Bytes a context holds for peers' block-wise transfers ([`Context::body_memory`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

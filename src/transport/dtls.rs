@@ -288,7 +288,8 @@ async fn read_records(
         let record = match conn.read(&mut buf, None).await {
             Ok(len) => Record::Data(buf[..len].to_vec()),
             Err(webrtc_dtls::Error::ErrBufferTooSmall) => {
-                tracing::debug!(%peer, "a DTLS record above {MAX_RECORD} bytes dropped");
+                // At info, as other refused input: an operator running `serve -v` sees it.
+                tracing::info!(%peer, "a DTLS record above {MAX_RECORD} bytes dropped");
                 continue;
             }
             Err(error) => {
