@@ -89,9 +89,11 @@ pub struct ReadmeDoctests;
 
 pub use context::{AdaptiveKeepalive, BodyMemory, Context, ContextBuilder};
 pub use context::{MetricsCollector, OPENMETRICS_CONTENT_TYPE};
+pub use context::{ReconnectingObservation, ReconnectingSession};
 pub use credentials::{ClientCredentials, PemIdentity, PskCredentials, ServerCredentials};
 /// The Prometheus project's Rust client, whose registry [`Context::metrics_collector`] joins.
 pub use prometheus_client;
+pub use proto::backoff::ReconnectPolicy;
 pub use proto::config::{IcmpPolicy, KeepaliveConfig, TransmissionParams};
 pub use proto::error::{Error, NackReason, Result};
 pub use proto::keepalive::{PingStyle, RttStats, Stats};

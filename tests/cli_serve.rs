@@ -178,7 +178,7 @@ fn serve_refuses_multicast_and_unused_credentials() {
     );
     assert_refused(
         &["serve", "--udp", "127.0.0.1:0", "--psk-key", "k"],
-        "--psk-key applies to --dtls only",
+        "--psk-key and --psk-file apply to --dtls only",
     );
     assert_refused(
         &["serve", "--dtls", "127.0.0.1:0"],

@@ -249,19 +249,24 @@ async fn dtls_truncated_token_or_option_in_a_con_gets_rst() {
     datagrams_get_rst(Transport::Dtls, &truncated_in_con()).await
 }
 
-/// webrtc-dtls reads datagrams into an 8 KiB buffer: a record that fills most of it is a CoAP
-/// message like any other, and a larger one — up to what one UDP datagram carries — is dropped
-/// by the DTLS layer without harming the connection.
+/// A DTLS server reads each record into a 1,536-byte buffer (RFC 7252 §4.6: a message goes
+/// in one datagram of at most 1,152 bytes unless more is known to fit; libcoap's is 1,472): a
+/// record that fills most of it is a CoAP message like any other, and larger ones — up to what
+/// one UDP datagram carries — are dropped (and logged) without harming the connection.
 #[tokio::test]
 async fn dtls_largest_records_do_not_kill_the_session() {
     bounded(TEST_LIMIT, async {
         let server = DatagramServer::start(Transport::Dtls).await;
         let peer = server.peer().await;
-        // A CON POST with an 8,000-byte payload: a 4.04 piggybacked (no resource here).
+        // A CON POST with a 1,500-byte payload: a 4.04 piggybacked (no resource here).
         let mut post = vec![0x40, 0x02, 0x77, 0x01, 0xff];
-        post.resize(8_000, b'a');
+        post.resize(1_500, b'a');
         peer.send(&post).await;
         assert_eq!(peer.recv().await, vec![0x60, 0x84, 0x77, 0x01]);
+        // 8,000 bytes of CON POST: above the buffer, dropped.
+        let mut big = vec![0x40, 0x02, 0x77, 0x05, 0xff];
+        big.resize(8_000, b'a');
+        peer.send(&big).await;
         // 60,000 bytes of CON POST and of garbage behind a CON header (within one UDP datagram
         // once encrypted): too large for the DTLS layer, dropped.
         let mut huge = vec![0x40, 0x02, 0x77, 0x02, 0xff];

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Args;
-use coap_keepalive::credentials::ServerCredentials;
+use coap_keepalive::credentials::{ServerCredentials, ServerPsk};
 use coap_keepalive::Context;
 use coap_keepalive::{Error, Result};
 use coap_keepalive::{PeerPing, PingDecision, SessionEvent};
@@ -29,7 +29,8 @@ pub struct ServeArgs {
     /// Serve CoAP over TCP on this address (repeatable).
     #[arg(long, value_name = "ADDR")]
     tcp: Vec<SocketAddr>,
-    /// Serve CoAP over DTLS on this address (repeatable); needs --psk-key, or --cert and --key.
+    /// Serve CoAP over DTLS on this address (repeatable); needs --psk-key or --psk-file, or
+    /// --cert and --key, or both: PSK clients and certificate clients on one port.
     #[arg(long, value_name = "ADDR")]
     dtls: Vec<SocketAddr>,
     /// Serve CoAP over TLS on this address (repeatable); needs --cert and --key.
@@ -38,10 +39,18 @@ pub struct ServeArgs {
     /// DTLS: the PSK identity clients use (any identity is given the key, as libcoap's -k does).
     #[arg(long, value_name = "ID", requires = "psk_key")]
     psk_identity: Option<String>,
-    /// DTLS: the pre-shared key, as text. DTLS uses it instead of --cert when both are given.
-    #[arg(long, value_name = "KEY")]
+    /// DTLS: the pre-shared key, as text, for any client identity.
+    #[arg(long, value_name = "KEY", conflicts_with = "psk_file")]
     psk_key: Option<String>,
-    /// The server's certificate chain (PEM), for TLS and (without --psk-key) DTLS.
+    /// DTLS: a key per client identity, one `identity:key` a line (the key as text, or hex
+    /// after 0x; # starts a comment); an unknown identity is refused.
+    #[arg(long, value_name = "FILE")]
+    psk_file: Option<PathBuf>,
+    /// DTLS: the PSK identity hint sent to clients (default CoAP, as libcoap; "" sends none).
+    #[arg(long, value_name = "HINT")]
+    psk_hint: Option<String>,
+    /// The server's certificate chain (PEM), for TLS and DTLS (with a PSK too, DTLS serves
+    /// both kinds of client, each by the cipher suites its ClientHello offers).
     #[arg(long, value_name = "PEM", requires = "key")]
     cert: Option<PathBuf>,
     /// The private key of --cert (PEM; ECDSA P-256 for DTLS).
@@ -322,9 +331,12 @@ fn usage_problem(args: &ServeArgs) -> Option<String> {
         }
     }
     let certificate = args.cert.is_some();
-    let psk = args.psk_key.is_some();
+    let psk = args.psk_key.is_some() || args.psk_file.is_some();
     if !args.dtls.is_empty() && !psk && !certificate {
-        return Some("--dtls needs --psk-key, or --cert and --key".into());
+        return Some("--dtls needs --psk-key or --psk-file, or --cert and --key".into());
+    }
+    if args.psk_hint.is_some() && !psk {
+        return Some("--psk-hint needs --psk-key or --psk-file".into());
     }
     if !args.tls.is_empty() && !certificate {
         return Some(
@@ -334,37 +346,61 @@ fn usage_problem(args: &ServeArgs) -> Option<String> {
         );
     }
     if psk && args.dtls.is_empty() {
-        return Some("--psk-key applies to --dtls only (TLS has no PSK mode here)".into());
-    }
-    if certificate && args.tls.is_empty() && (args.dtls.is_empty() || psk) {
         return Some(
-            "--cert applies to --tls, and to --dtls without --psk-key: here nothing would use it"
-                .into(),
+            "--psk-key and --psk-file apply to --dtls only (TLS has no PSK mode here)".into(),
         );
+    }
+    if certificate && args.tls.is_empty() && args.dtls.is_empty() {
+        return Some("--cert applies to --tls and --dtls: here nothing would use it".into());
     }
     None
 }
 
-/// The credentials of the DTLS and the TLS endpoints, from the options given: DTLS prefers the
-/// PSK; TLS takes only certificates.
+/// The credentials of the DTLS and the TLS endpoints, from the options given: DTLS serves the
+/// PSK, the certificate, or both; TLS takes only certificates.
 fn credentials(args: &ServeArgs) -> Result<(Option<ServerCredentials>, Option<ServerCredentials>)> {
-    let certificate = match secure::identity(args.cert.as_deref(), args.key.as_deref())? {
-        Some(identity) => Some(ServerCredentials::Certificate {
+    let identity = secure::identity(args.cert.as_deref(), args.key.as_deref())?;
+    let client_ca_pem = secure::ca(args.ca.as_deref())?;
+    let certificate = identity
+        .clone()
+        .map(|identity| ServerCredentials::Certificate {
             identity,
-            client_ca_pem: secure::ca(args.ca.as_deref())?,
-        }),
-        None => None,
+            client_ca_pem: client_ca_pem.clone(),
+        });
+    let psk = match (&args.psk_file, &args.psk_key) {
+        (Some(file), _) => Some(ServerPsk::from_file(file)?),
+        (None, Some(key)) => {
+            // As libcoap's -k: whatever identity a client sends, --psk-identity included.
+            tracing::debug!(identity = ?args.psk_identity, "every PSK identity gets --psk-key");
+            Some(ServerPsk::any_identity(key.as_bytes()))
+        }
+        (None, None) => None,
     };
-    let dtls = secure::psk(args.psk_identity.as_deref(), args.psk_key.as_deref())
-        .map(ServerCredentials::Psk)
-        .or_else(|| certificate.clone());
+    let psk = match &args.psk_hint {
+        Some(hint) => psk.map(|keys| keys.with_identity_hint(hint.as_bytes())),
+        None => psk,
+    };
+    let dtls = match (psk, identity) {
+        (Some(psk), Some(identity)) => Some(ServerCredentials::PskAndCertificate {
+            psk,
+            identity,
+            client_ca_pem,
+        }),
+        (Some(psk), None) => Some(ServerCredentials::PskIdentities(psk)),
+        (None, _) => certificate.clone(),
+    };
     Ok((dtls, certificate))
 }
 
 /// How an endpoint authenticates, for its "serving" line.
 fn mode(credentials: &ServerCredentials) -> &'static str {
     match credentials {
-        ServerCredentials::Psk(_) => "PSK",
+        ServerCredentials::Psk(_) | ServerCredentials::PskIdentities(_) => "PSK",
+        ServerCredentials::PskAndCertificate {
+            client_ca_pem: Some(_),
+            ..
+        } => "PSK and certificate, client certificate required",
+        ServerCredentials::PskAndCertificate { .. } => "PSK and certificate",
         ServerCredentials::Certificate {
             client_ca_pem: Some(_),
             ..
@@ -415,7 +451,12 @@ fn install_handlers(ctx: &Context, out: Out, quiet: bool, tally: Arc<Mutex<Tally
             tally.failed_early += 1;
         }
         drop(tally);
-        let fields = json!({ "reason": reason.label(), "established": established });
+        let cause = session.failure_cause();
+        let fields = json!({
+            "reason": reason.label(),
+            "established": established,
+            "cause": cause,
+        });
         if established {
             say(
                 session,
@@ -425,9 +466,10 @@ fn install_handlers(ctx: &Context, out: Out, quiet: bool, tally: Arc<Mutex<Tally
             );
         } else {
             // Counted apart in the summary: it never became a session.
+            let cause = cause.map(|cause| format!(": {cause}")).unwrap_or_default();
             say(
                 session,
-                &format!("connection failed before it became a session: {reason}"),
+                &format!("connection failed before it became a session: {reason}{cause}"),
                 "failed",
                 fields,
             );

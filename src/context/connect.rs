@@ -21,9 +21,15 @@ impl Context {
         tcp::listen(&self.rt, addr).await
     }
 
-    /// Serves CoAP over DTLS on `addr` with a PSK or a certificate. Each peer's handshake runs in
-    /// its own task within the connect timeout; a handshake that fails reaches the nack handler
-    /// as [`NackReason::TlsFailed`](crate::NackReason::TlsFailed).
+    /// Serves CoAP over DTLS on `addr` with a PSK, PSK identities, a certificate, or a PSK and a
+    /// certificate ([`ServerCredentials::PskAndCertificate`]): then each client's ClientHello
+    /// chooses, by the first cipher suite in its list (the client's preference) that one of the
+    /// two serves. A ClientHello that cannot be served (malformed, no extensions block, no
+    /// shared cipher suite) is refused at once with a fatal alert. Each peer's handshake runs in
+    /// its own task within the connect timeout, and one driver serves all the endpoint's
+    /// sessions; a handshake that fails reaches the nack handler as
+    /// [`NackReason::TlsFailed`](crate::NackReason::TlsFailed), its cause in
+    /// [`Session::failure_cause`](crate::Session::failure_cause).
     pub async fn listen_dtls(
         &self,
         addr: SocketAddr,

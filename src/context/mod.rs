@@ -7,6 +7,7 @@ mod adaptive;
 mod builder;
 mod connect;
 mod prometheus;
+mod reconnect;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,7 @@ use crate::runtime::{Runtime, SessionCounts, SessionInfo};
 pub use adaptive::AdaptiveKeepalive;
 pub use builder::ContextBuilder;
 pub use prometheus::{MetricsCollector, OPENMETRICS_CONTENT_TYPE};
+pub use reconnect::{ReconnectingObservation, ReconnectingSession};
 
 /// Bytes a context holds for peers' block-wise transfers ([`Context::body_memory`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,6 +3,10 @@
 //!
 //! They set their cipher suites explicitly (webrtc-dtls offers no PSK suite by default) and put
 //! the client's PSK identity in `psk_identity_hint`, which is where webrtc-dtls takes it from.
+//!
+//! webrtc-dtls refuses a configuration holding both a PSK and a certificate
+//! (`ErrPskAndCertificate`), so a server endpoint has up to two ([`DtlsServerConfigs`]) and the
+//! DTLS listener picks one per client from its ClientHello's cipher suites.
 
 use std::sync::Arc;
 
@@ -15,11 +19,9 @@ use webrtc_dtls::crypto::{Certificate as DtlsCertificate, CryptoPrivateKey, Cryp
 use super::rustls::root_store;
 use super::{
     no_client_credentials, ClientCredentials, PemIdentity, PskCredentials, ServerCredentials,
+    ServerPsk,
 };
 use crate::proto::error::{Error, Result};
-
-/// The PSK identity hint a DTLS server sends, the same as libcoap's `coap-server -k`.
-pub const DTLS_PSK_IDENTITY_HINT: &[u8] = b"CoAP";
 
 /// PSK suites offered in DTLS-PSK mode, in order of preference. CCM_8 is the suite RFC 7252
 /// §9.1.3.1 makes mandatory; libcoap's OpenSSL and GnuTLS builds choose it.
@@ -39,17 +41,134 @@ const DTLS_CERT_CIPHER_SUITES: [CipherSuiteId; 4] = [
 ];
 
 impl ServerCredentials {
-    /// The webrtc-dtls server configuration; an [`Error::Config`] for a rustls configuration.
-    pub(crate) fn dtls_config(&self) -> Result<DtlsConfig> {
+    /// The webrtc-dtls server configurations; an [`Error::Config`] for a rustls configuration.
+    pub(crate) fn dtls_configs(&self) -> Result<DtlsServerConfigs> {
+        let psk = |keys: ServerPsk| Some(PskServer::new(keys));
         match self {
-            ServerCredentials::Psk(psk) => Ok(dtls_psk_server_config(psk)),
+            ServerCredentials::Psk(credentials) => Ok(DtlsServerConfigs {
+                psk: psk(ServerPsk::from(credentials.clone())),
+                certificate: None,
+            }),
+            ServerCredentials::PskIdentities(keys) => Ok(DtlsServerConfigs {
+                psk: psk(keys.clone()),
+                certificate: None,
+            }),
             ServerCredentials::Certificate {
                 identity,
                 client_ca_pem,
-            } => dtls_cert_server_config(identity, client_ca_pem.as_deref()),
+            } => Ok(DtlsServerConfigs {
+                psk: None,
+                certificate: Some(dtls_cert_server_config(identity, client_ca_pem.as_deref())?),
+            }),
+            ServerCredentials::PskAndCertificate {
+                psk: keys,
+                identity,
+                client_ca_pem,
+            } => Ok(DtlsServerConfigs {
+                psk: psk(keys.clone()),
+                certificate: Some(dtls_cert_server_config(identity, client_ca_pem.as_deref())?),
+            }),
             ServerCredentials::Rustls(_) => Err(rustls_config_for_dtls()),
         }
     }
+}
+
+/// The configurations of one DTLS server endpoint: for PSK clients, for certificate clients,
+/// or both (never neither).
+#[derive(Clone)]
+pub(crate) struct DtlsServerConfigs {
+    /// PSK mode.
+    pub(crate) psk: Option<PskServer>,
+    /// Certificate mode.
+    pub(crate) certificate: Option<DtlsConfig>,
+}
+
+impl DtlsServerConfigs {
+    /// The PSK configuration alone, for tests: any identity gets `psk.key`.
+    #[cfg(test)]
+    pub(crate) fn psk_only(psk: &PskCredentials) -> DtlsServerConfigs {
+        DtlsServerConfigs {
+            psk: Some(PskServer::new(ServerPsk::from(psk.clone()))),
+            certificate: None,
+        }
+    }
+
+    /// The certificate configuration alone.
+    #[cfg(test)]
+    pub(crate) fn certificate_only(config: DtlsConfig) -> DtlsServerConfigs {
+        DtlsServerConfigs {
+            psk: None,
+            certificate: Some(config),
+        }
+    }
+}
+
+/// The PSK mode of a server endpoint: its keys, and the rest of its configuration.
+#[derive(Clone)]
+pub(crate) struct PskServer {
+    keys: ServerPsk,
+    base: DtlsConfig,
+}
+
+/// What one PSK handshake's key lookup found, for the diagnosis of a failed handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum IdentityLookup {
+    /// The client's identity is known; its key was used.
+    Known(Vec<u8>),
+    /// The client's identity is not known; the handshake was refused.
+    Unknown(Vec<u8>),
+}
+
+impl PskServer {
+    fn new(keys: ServerPsk) -> PskServer {
+        // An empty hint is none: no ServerKeyExchange (RFC 4279 §2).
+        let hint = keys.identity_hint();
+        let base = DtlsConfig {
+            psk_identity_hint: (!hint.is_empty()).then(|| hint.to_vec()),
+            cipher_suites: DTLS_PSK_CIPHER_SUITES.to_vec(),
+            ..DtlsConfig::default()
+        };
+        PskServer { keys, base }
+    }
+
+    /// True when this mode serves the cipher suite numbered `suite`.
+    pub(crate) fn serves(&self, suite: u16) -> bool {
+        serves(&self.base, suite)
+    }
+
+    /// The configuration of one handshake: `seen` is told what the lookup of the client's
+    /// identity found. The key itself is never logged.
+    pub(crate) fn config(
+        &self,
+        seen: impl Fn(IdentityLookup) + Send + Sync + 'static,
+    ) -> DtlsConfig {
+        let keys = self.keys.clone();
+        DtlsConfig {
+            psk: Some(Arc::new(move |identity: &[u8]| {
+                let shown = String::from_utf8_lossy(identity);
+                match keys.key_for(identity) {
+                    Some(key) => {
+                        tracing::debug!(identity = %shown, "DTLS-PSK client identity known");
+                        seen(IdentityLookup::Known(identity.to_vec()));
+                        Ok(key)
+                    }
+                    None => {
+                        tracing::debug!(identity = %shown, "DTLS-PSK client identity unknown");
+                        seen(IdentityLookup::Unknown(identity.to_vec()));
+                        Err(webrtc_dtls::Error::Other(format!(
+                            "unknown PSK identity {shown:?}"
+                        )))
+                    }
+                }
+            })),
+            ..self.base.clone()
+        }
+    }
+}
+
+/// True when `config` offers the cipher suite numbered `suite`.
+pub(crate) fn serves(config: &DtlsConfig, suite: u16) -> bool {
+    config.cipher_suites.iter().any(|id| *id as u16 == suite)
 }
 
 impl ClientCredentials {
@@ -86,20 +205,9 @@ fn rustls_config_for_dtls() -> Error {
 
 /// A webrtc-dtls server configuration for DTLS-PSK: any client identity gets `psk.key`, and the
 /// server sends the identity hint `CoAP`, as libcoap does.
+#[cfg(test)]
 pub(crate) fn dtls_psk_server_config(psk: &PskCredentials) -> DtlsConfig {
-    let key = psk.key.clone();
-    DtlsConfig {
-        psk: Some(Arc::new(move |identity: &[u8]| {
-            tracing::debug!(
-                identity = %String::from_utf8_lossy(identity),
-                "DTLS-PSK client identity"
-            );
-            Ok(key.clone())
-        })),
-        psk_identity_hint: Some(DTLS_PSK_IDENTITY_HINT.to_vec()),
-        cipher_suites: DTLS_PSK_CIPHER_SUITES.to_vec(),
-        ..DtlsConfig::default()
-    }
+    PskServer::new(ServerPsk::from(psk.clone())).config(|_| {})
 }
 
 /// A webrtc-dtls client configuration for DTLS-PSK: sends `psk.identity` and uses `psk.key`
@@ -336,6 +444,24 @@ mod tests {
         let server = dtls_psk_server_config(&psk);
         assert_eq!(server.psk_identity_hint.as_deref(), Some(&b"CoAP"[..]));
         assert_eq!((server.psk.unwrap())(b"anyone").unwrap(), b"secret");
+
+        let keys = ServerPsk::from_pairs([("a", "ka")]).with_identity_hint("hint");
+        let server = PskServer::new(keys);
+        assert!(server.serves(0xc0a8) && !server.serves(0xc0ae));
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        let config = server.config(move |found| log.lock().unwrap().push(found));
+        assert_eq!(config.psk_identity_hint.as_deref(), Some(&b"hint"[..]));
+        let lookup = config.psk.unwrap();
+        assert_eq!(lookup(b"a").unwrap(), b"ka");
+        assert!(lookup(b"b").is_err());
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                IdentityLookup::Known(b"a".to_vec()),
+                IdentityLookup::Unknown(b"b".to_vec())
+            ]
+        );
     }
 
     /// Standard base64 with padding, for building PEM in tests.

@@ -8,6 +8,8 @@
 //!
 //! One job per file:
 //! - `mod.rs` (this one): the public credential types, PEM reading and checking.
+//! - `psk.rs`: [`ServerPsk`], a DTLS server's PSK identities (a lookup from identity to key,
+//!   the identity hint) and the `identity:key` file format.
 //! - `test_certs.rs`: `CertificateSet`, a test CA with a server and a client certificate made
 //!   in memory (rcgen). Only with the `test-certs` feature, on by default.
 //! - `rustls.rs`: the rustls server and client configurations built from credentials (ALPN
@@ -30,11 +32,12 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use crate::proto::error::{Error, Result};
 
 pub(crate) mod dtls;
+mod psk;
 pub(crate) mod rustls;
 #[cfg(feature = "test-certs")]
 mod test_certs;
 
-pub use self::dtls::DTLS_PSK_IDENTITY_HINT;
+pub use self::psk::{PskLookup, ServerPsk, DTLS_PSK_IDENTITY_HINT};
 pub use self::rustls::{RustlsClientConfig, RustlsServerConfig, COAP_ALPN};
 #[cfg(feature = "test-certs")]
 pub use self::test_certs::CertificateSet;
@@ -42,7 +45,8 @@ pub use self::test_certs::CertificateSet;
 /// A pre-shared key and the identity it is known by (DTLS-PSK, RFC 4279).
 #[derive(Clone, PartialEq, Eq)]
 pub struct PskCredentials {
-    /// The PSK identity a client sends (libcoap's `-u`). A server accepts any identity.
+    /// The PSK identity a client sends (libcoap's `-u`). A server given these credentials
+    /// accepts any identity ([`ServerPsk`] tells identities apart).
     pub identity: Vec<u8>,
     /// The key itself (libcoap's `-k`).
     pub key: Vec<u8>,
@@ -122,6 +126,22 @@ pub enum ServerCredentials {
     /// DTLS with a pre-shared key; any client identity is accepted, as libcoap's `-k` does.
     /// TLS has no PSK mode here (rustls has no PSK cipher suites).
     Psk(PskCredentials),
+    /// DTLS with a key per client identity, found by [`ServerPsk`]'s lookup; an unknown
+    /// identity is refused. TLS has no PSK mode here.
+    PskIdentities(ServerPsk),
+    /// DTLS serving PSK clients and certificate clients on one endpoint, as libcoap's
+    /// `coap-server -k KEY -c CERT -j KEY` does: each client's ClientHello chooses, by the
+    /// first cipher suite in its list (the client's preference) that one of the two serves.
+    /// TLS uses the certificate alone.
+    PskAndCertificate {
+        /// The PSK identities and their keys.
+        psk: ServerPsk,
+        /// The server's certificate chain and key (ECDSA P-256).
+        identity: PemIdentity,
+        /// With a CA, certificate clients must present a certificate it signed; PSK clients
+        /// are not asked for one.
+        client_ca_pem: Option<String>,
+    },
     /// A certificate and its key (ECDSA P-256 for DTLS).
     Certificate {
         /// The server's certificate chain and key.
@@ -282,11 +302,8 @@ mod tests {
             .dtls_config("localhost")
             .unwrap();
         assert_eq!(client.psk_identity_hint.as_deref(), Some(&b"id"[..]));
-        let server = ServerCredentials::Psk(psk).dtls_config().unwrap();
-        assert_eq!(
-            server.psk_identity_hint.as_deref(),
-            Some(DTLS_PSK_IDENTITY_HINT)
-        );
+        let server = ServerCredentials::Psk(psk).dtls_configs().unwrap();
+        assert!(server.psk.is_some() && server.certificate.is_none());
 
         let set = CertificateSet::generate().unwrap();
         let server = ServerCredentials::Certificate {
@@ -294,8 +311,16 @@ mod tests {
             client_ca_pem: Some(set.ca_cert_pem.clone()),
         };
         server.tls_config().unwrap();
-        let dtls = server.dtls_config().unwrap();
+        let dtls = server.dtls_configs().unwrap().certificate.unwrap();
         assert!(dtls.client_auth == ClientAuthType::RequireAndVerifyClientCert);
+        let both = ServerCredentials::PskAndCertificate {
+            psk: ServerPsk::from_pairs([("id", "key")]),
+            identity: set.server_identity(),
+            client_ca_pem: None,
+        };
+        both.tls_config().unwrap();
+        let configs = both.dtls_configs().unwrap();
+        assert!(configs.psk.is_some() && configs.certificate.is_some());
         let client = ClientCredentials::Certificate {
             ca_pem: Some(set.ca_cert_pem.clone()),
             identity: Some(set.client_identity()),
@@ -325,7 +350,7 @@ mod tests {
         // Equal is the same configuration, not an equal one.
         let rebuilt = certificate.tls_config().unwrap();
         assert_ne!(server, ServerCredentials::from_rustls_config(rebuilt));
-        let error = server.dtls_config().err().unwrap();
+        let error = server.dtls_configs().err().unwrap();
         assert!(matches!(error, Error::Config(_)), "{error}");
         assert!(error.to_string().contains("TLS only"), "{error}");
 

@@ -41,10 +41,17 @@ impl ServerCredentials {
     /// The rustls server configuration; an [`Error::Config`] for a PSK.
     pub(crate) fn tls_config(&self) -> Result<Arc<rustls::ServerConfig>> {
         match self {
-            ServerCredentials::Psk(_) => Err(tls_psk_unsupported()),
+            ServerCredentials::Psk(_) | ServerCredentials::PskIdentities(_) => {
+                Err(tls_psk_unsupported())
+            }
             ServerCredentials::Certificate {
                 identity,
                 client_ca_pem,
+            }
+            | ServerCredentials::PskAndCertificate {
+                identity,
+                client_ca_pem,
+                ..
             } => tls_server_config(identity, client_ca_pem.as_deref()),
             ServerCredentials::Rustls(RustlsServerConfig(config)) => Ok(Arc::clone(config)),
         }

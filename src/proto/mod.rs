@@ -17,10 +17,13 @@
 //!   for all its sessions.
 //! - [`config`], [`error`], [`message`], [`option`], [`rng`]: settings, errors, requests and
 //!   responses, the options they carry, and the seedable random source they all share.
+//! - [`backoff`]: how long a client waits before it connects again (exponential backoff with
+//!   full jitter).
 //! - [`ProtocolEvent`] and [`SessionProtocol`]: what a core reports to its driver, and what a
 //!   driver asks of a core whatever its transport.
 
 pub mod adaptive;
+pub mod backoff;
 pub mod blockwise;
 pub mod config;
 pub mod datagram;

@@ -18,7 +18,7 @@ use tokio::sync::{broadcast, watch};
 use crate::proto::adaptive::AdaptiveEvent;
 use crate::proto::error::NackReason;
 use crate::proto::PeerPing;
-use crate::runtime::session::Session;
+use crate::runtime::session::{Session, SessionId};
 
 /// How many events a receiver may fall behind before it loses the oldest ones (and is told so
 /// with [`Lagged`]).
@@ -70,6 +70,28 @@ pub enum EventKind {
     /// The session's adaptive keepalive interval ([`AdaptiveKeepalive`](crate::AdaptiveKeepalive))
     /// probed, found, changed its interval or fell back.
     Adaptive(AdaptiveEvent),
+    /// A [`ReconnectingSession`](crate::ReconnectingSession)'s session (this one) ended, and
+    /// it connects again after `delay`: attempt `attempt`, from 1, of this outage.
+    Reconnecting {
+        /// The attempt about to be made, from 1.
+        attempt: u32,
+        /// The wait before it, drawn from the policy's backoff.
+        delay: Duration,
+    },
+    /// A [`ReconnectingSession`](crate::ReconnectingSession) connected again: this session
+    /// replaces `previous`, and `restored` observations were registered on it again.
+    Reconnected {
+        /// The session that had ended.
+        previous: SessionId,
+        /// Observations registered again on this session.
+        restored: usize,
+    },
+    /// A [`ReconnectingSession`](crate::ReconnectingSession) stopped trying after `attempts`
+    /// failed attempts (its policy's `max_attempts`); this is the session that ended.
+    ReconnectGaveUp {
+        /// Attempts made.
+        attempts: u32,
+    },
 }
 
 impl EventKind {
@@ -105,6 +127,18 @@ impl fmt::Display for EventKind {
             EventKind::Closed => f.write_str("closed"),
             EventKind::Failed(reason) => write!(f, "failed: {reason}"),
             EventKind::Adaptive(event) => write!(f, "adaptive keepalive: {event}"),
+            EventKind::Reconnecting { attempt, delay } => write!(
+                f,
+                "reconnecting in {:.2} s (attempt {attempt})",
+                delay.as_secs_f64()
+            ),
+            EventKind::Reconnected { previous, restored } => write!(
+                f,
+                "reconnected, replacing {previous} ({restored} observations restored)"
+            ),
+            EventKind::ReconnectGaveUp { attempts } => {
+                write!(f, "reconnect gave up after {attempts} attempts")
+            }
         }
     }
 }

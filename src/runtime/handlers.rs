@@ -120,6 +120,11 @@ impl Handlers {
     }
 
     /// The context shut down: event receivers end after what they hold.
+    /// Hands `kind` to the event receivers, with no handler of its own (reconnection).
+    pub(crate) fn emit(&self, session: &Session, kind: EventKind) {
+        self.events.emit(session, || kind);
+    }
+
     pub(crate) fn finish(&self) {
         self.events.finish();
     }

@@ -205,6 +205,8 @@ pub(crate) struct Shared {
     pub(crate) ended: tokio::sync::watch::Sender<Option<SessionState>>,
     /// The adaptive keepalive's state and findings, once one runs for this session.
     pub(crate) adaptive: Mutex<Option<crate::proto::adaptive::AdaptiveStats>>,
+    /// Why a session failed before it started (a handshake's cause), when known.
+    pub(crate) failure_cause: std::sync::OnceLock<Box<str>>,
 }
 
 /// What the driver last published of its session's keepalive machine, and the pings asked for
@@ -264,6 +266,7 @@ impl Session {
                 commands,
                 ended,
                 adaptive: Mutex::new(None),
+                failure_cause: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -286,6 +289,13 @@ impl Session {
     /// The transport.
     pub fn transport(&self) -> Transport {
         self.shared.transport
+    }
+
+    /// Why the session failed before it became one, when that is known: the cause of a failed
+    /// (D)TLS handshake, such as `unknown PSK identity "x"` or `no shared cipher suite: ...`,
+    /// set before the nack handler runs. `None` for every other session.
+    pub fn failure_cause(&self) -> Option<&str> {
+        self.shared.failure_cause.get().map(|c| &**c)
     }
 
     /// Client (we connected) or server (the peer did).

@@ -9,6 +9,11 @@
 //! address that opens with a ClientHello starts a server handshake in a task of its own, under a
 //! deadline and a bound on the handshakes in progress, and a peer is forgotten as soon as its
 //! connection is closed or dropped.
+//!
+//! The listener also reads each new peer's ClientHello itself (`proto::wire::dtls`): its cipher
+//! suites choose the configuration (PSK or certificate, [`DtlsServerConfigs`]), and a hello
+//! that cannot be served is refused at once with a fatal alert naming why. Every failed
+//! handshake, on either side, is reported with its cause (`Diagnosis`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -24,7 +29,11 @@ use webrtc_dtls::config::Config;
 use webrtc_dtls::conn::DTLSConn;
 use webrtc_util::conn::Conn;
 
+use crate::credentials::dtls::{serves, DtlsServerConfigs, IdentityLookup};
 use crate::proto::error::{Error, Result};
+use crate::proto::wire::dtls::{
+    self as wire, is_client_hello, parse_client_hello, Alert, ClientHello, HelloError, SuiteKind,
+};
 
 /// Datagrams queued for one peer's connection before more are dropped, as a full socket buffer
 /// would.
@@ -33,19 +42,18 @@ const PEER_QUEUE_DATAGRAMS: usize = 64;
 const ACCEPT_QUEUE: usize = 32;
 /// Large enough for any UDP datagram.
 const MAX_DATAGRAM: usize = 65_535;
-/// DTLS record header: type, version, epoch, sequence number, length.
-const RECORD_HEADER_LEN: usize = 13;
-/// Content type of a handshake record.
-const CONTENT_HANDSHAKE: u8 = 22;
-/// Handshake message type of a ClientHello.
-const HANDSHAKE_CLIENT_HELLO: u8 = 1;
+/// Refusals (a ClientHello answered with a fatal alert) reported per second at most; beyond,
+/// they are refused all the same but only counted in the log.
+const REFUSALS_REPORTED_PER_SEC: u32 = 64;
 
 /// Connects to a DTLS server at `peer` from an ephemeral UDP port and runs the client handshake
 /// within `timeout`.
 ///
 /// When `config.server_name` is empty it is set to the peer's IP address (what webrtc-dtls
 /// would pick itself if it knew the address). Every failure, the deadline included, is an
-/// [`Error::Tls`].
+/// [`Error::Tls`] that names its cause (`handshake with PEER failed: CAUSE`), read from what
+/// the server sent: a plaintext alert, nothing at all, something that is not DTLS, or silence
+/// after our Finished.
 pub async fn dtls_connect(
     peer: SocketAddr,
     mut config: Config,
@@ -61,24 +69,157 @@ pub async fn dtls_connect(
     if config.server_name.is_empty() {
         config.server_name = peer.ip().to_string();
     }
+    let mode = if config.psk.is_some() {
+        Mode::Psk
+    } else {
+        Mode::Certificate {
+            presents: !config.certificates.is_empty(),
+        }
+    };
     let socket = Arc::new(ClientConn {
         socket,
-        received: AtomicU64::new(0),
+        seen: Mutex::new(ClientSeen::default()),
     });
     let conn: Arc<dyn Conn + Send + Sync> = socket.clone();
-    match tokio::time::timeout(timeout, DTLSConn::new(conn, config, true, None)).await {
+    let outcome = tokio::time::timeout(timeout, DTLSConn::new(conn, config, true, None)).await;
+    let seen = socket.seen().clone();
+    match outcome {
         Ok(Ok(conn)) => Ok(Arc::new(conn)),
-        Ok(Err(e)) => Err(Error::Tls(format!("handshake with {peer} failed: {e}"))),
-        // DTLS servers drop records they cannot decrypt (RFC 6347 §4.1.2.7): with a wrong PSK
-        // the server answers the ClientHello, then ignores our Finished. Say which it was.
+        Ok(Err(e)) => Err(Error::Tls(format!(
+            "handshake with {peer} failed: {}",
+            seen.diagnose(mode, Some(&e.to_string()), timeout)
+        ))),
         Err(_) => Err(Error::Tls(format!(
-            "handshake with {peer} timed out after {timeout:?} ({})",
-            match socket.received.load(Ordering::Relaxed) {
-                0 => "no answer from the server",
-                _ => "the server answered, then fell silent mid-handshake",
-            }
+            "handshake with {peer} failed: {}",
+            seen.diagnose(mode, None, timeout)
         ))),
     }
+}
+
+/// What a handshake authenticates with, as far as its diagnosis goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Psk,
+    Certificate {
+        /// Whether we have a certificate of our own to present.
+        presents: bool,
+    },
+}
+
+/// What a client saw of its handshake on the wire, for the diagnosis of a failure.
+#[derive(Debug, Clone, Default)]
+struct ClientSeen {
+    /// Datagrams that were DTLS records.
+    dtls: u64,
+    /// Datagrams that were not; and whether the first of them looked like CoAP (version 1).
+    not_dtls: u64,
+    coap: bool,
+    /// An ICMP port (or host) unreachable came back.
+    unreachable: bool,
+    /// The first plaintext alert the server sent.
+    alert: Option<Alert>,
+    /// The server's ServerHelloDone arrived: its first flight was whole.
+    server_hello_done: bool,
+    /// The server asked for our certificate (a CertificateRequest).
+    certificate_requested: bool,
+    /// We sent an encrypted record (our Finished).
+    sent_finished: bool,
+}
+
+impl ClientSeen {
+    /// The cause of a failed handshake: `error` is webrtc-dtls's (none for our deadline).
+    fn diagnose(&self, mode: Mode, error: Option<&str>, timeout: Duration) -> String {
+        let detail = error.map(|e| format!(" ({e})")).unwrap_or_default();
+        if let Some(alert) = self.alert.filter(|a| a.is_fatal()) {
+            return format!("{}{detail}", alert_cause(alert, mode, self));
+        }
+        if let Some(e) = error {
+            if e.contains("not valid for name") {
+                return format!("the server's certificate does not name this host ({e})");
+            }
+            if e.contains("invalid peer certificate") {
+                return format!("untrusted server certificate (not signed by the CA given) ({e})");
+            }
+        }
+        let waited = format!("timed out after {timeout:?}");
+        if self.dtls == 0 && self.not_dtls > 0 {
+            let what = if self.coap {
+                "a plain CoAP (UDP) endpoint answered: this port does not speak DTLS (use coap://)"
+            } else {
+                "the server answered with datagrams that are not DTLS"
+            };
+            return format!("not a DTLS server: {what}{detail}");
+        }
+        if self.dtls == 0 && self.unreachable {
+            return format!(
+                "nothing listens there: the server's host reported the port unreachable (ICMP){detail}"
+            );
+        }
+        if self.dtls == 0 {
+            return format!(
+                "handshake timeout: no answer from the server ({waited}; nothing listens there, \
+                 or it is not a DTLS server){detail}"
+            );
+        }
+        if self.sent_finished && mode == Mode::Psk && error.is_none() {
+            // DTLS servers drop records they cannot decrypt (RFC 6347 §4.1.2.7): with a wrong
+            // PSK, libcoap's OpenSSL server answers the ClientHello, then ignores our Finished.
+            return format!(
+                "wrong PSK, most likely: the server answered, then ignored our Finished (it \
+                 could not decrypt it) and {waited}"
+            );
+        }
+        match error {
+            Some(e) => format!("cause unknown: {e}"),
+            None => format!(
+                "handshake timeout: the server answered, then fell silent mid-handshake ({waited})"
+            ),
+        }
+    }
+}
+
+/// What a fatal alert from the server means for a client in `mode`.
+fn alert_cause(alert: Alert, mode: Mode, seen: &ClientSeen) -> String {
+    let psk = mode == Mode::Psk;
+    let presents = matches!(mode, Mode::Certificate { presents: true });
+    let server_hello_done = seen.server_hello_done;
+    // A certificate-mode server that asked for our certificate and then failed the handshake
+    // (OpenSSL sends handshake_failure for a missing one, RFC 5246 §7.4.6).
+    if !psk && seen.certificate_requested && alert.description != wire::ALERT_INTERNAL_ERROR {
+        let cause = if presents {
+            "client certificate rejected by the server"
+        } else {
+            "missing client certificate (the server requires one: --cert and --key)"
+        };
+        return format!("{cause}: the server sent alert {alert}");
+    }
+    let offered = if psk {
+        "PSK"
+    } else {
+        "certificate (ECDHE-ECDSA)"
+    };
+    let cause = match alert.description {
+        wire::ALERT_HANDSHAKE_FAILURE | 71 if !server_hello_done => format!(
+            "no shared cipher suite: the server does not serve {offered} clients on this port"
+        ),
+        wire::ALERT_UNKNOWN_PSK_IDENTITY => {
+            "unknown PSK identity (the server does not know it)".into()
+        }
+        wire::ALERT_BAD_RECORD_MAC | 51 if psk => {
+            "wrong PSK (the server could not decrypt our Finished)".into()
+        }
+        41 | 116 => "missing client certificate (the server requires one: --cert and --key)".into(),
+        42..=46 | 48 if presents => "client certificate rejected by the server".into(),
+        42..=46 | 48 => {
+            "missing client certificate (the server requires one: --cert and --key)".into()
+        }
+        wire::ALERT_DECODE_ERROR => "the server could not decode our handshake".into(),
+        wire::ALERT_INTERNAL_ERROR => {
+            "the server failed the handshake on its side (internal_error)".into()
+        }
+        _ => "the server refused the handshake".into(),
+    };
+    format!("{cause}: the server sent alert {alert}")
 }
 
 /// Reads one datagram's worth of application data; `Ok(None)` when the peer has closed the
@@ -158,11 +299,11 @@ pub struct DtlsListener {
 }
 
 impl DtlsListener {
-    /// Binds a UDP socket to `addr` and starts serving DTLS handshakes with `config`.
-    /// `max_handshakes_in_progress` is at least 1.
+    /// Binds a UDP socket to `addr` and starts serving DTLS handshakes with `configs`, the one
+    /// each client's ClientHello chooses. `max_handshakes_in_progress` is at least 1.
     pub async fn bind(
         addr: SocketAddr,
-        config: Config,
+        configs: DtlsServerConfigs,
         handshake_timeout: Duration,
         max_handshakes_in_progress: usize,
     ) -> Result<DtlsListener> {
@@ -173,8 +314,9 @@ impl DtlsListener {
         let demux = Demux {
             socket,
             peers: Arc::clone(&peers),
-            config,
+            configs,
             handshake_timeout,
+            refusals: RefusalBudget::default(),
             handshakes: Arc::new(Semaphore::new(max_handshakes_in_progress.max(1))),
             accepted: accepted_tx,
         };
@@ -228,14 +370,15 @@ impl std::fmt::Debug for DtlsListener {
 struct Demux {
     socket: Arc<UdpSocket>,
     peers: Arc<PeerTable>,
-    config: Config,
+    configs: DtlsServerConfigs,
     handshake_timeout: Duration,
+    refusals: RefusalBudget,
     handshakes: Arc<Semaphore>,
     accepted: mpsc::Sender<Result<DtlsAccept>>,
 }
 
 impl Demux {
-    async fn run(self) {
+    async fn run(mut self) {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         loop {
             if self.peers.is_closed() && self.peers.len() == 0 {
@@ -271,18 +414,243 @@ impl Demux {
                 tracing::trace!(%peer, len = n, "dropping a datagram from an unknown peer");
                 continue;
             }
+            let (config, notes) = match self.choose(datagram) {
+                Ok(chosen) => chosen,
+                Err(refusal) => {
+                    self.refuse(peer, refusal).await;
+                    continue;
+                }
+            };
             let Ok(permit) = Arc::clone(&self.handshakes).try_acquire_owned() else {
                 tracing::debug!(%peer, "too many DTLS handshakes in progress; dropping a ClientHello");
                 continue;
             };
-            let conn = self.peers.insert(&self.socket, peer, datagram);
+            let conn = self
+                .peers
+                .insert(&self.socket, peer, datagram, Arc::clone(&notes));
             tokio::spawn(handshake(
                 conn,
-                self.config.clone(),
+                config,
+                notes,
                 self.handshake_timeout,
                 permit,
                 self.accepted.clone(),
             ));
+        }
+    }
+
+    /// The configuration for a new peer whose first datagram is the ClientHello `datagram`,
+    /// chosen by the first cipher suite in the client's list that one of ours serves; or why
+    /// the hello cannot be served.
+    fn choose(&self, datagram: &[u8]) -> std::result::Result<(Config, Arc<Notes>), Refusal> {
+        let hello = match parse_client_hello(datagram) {
+            Ok(hello) => Some(hello),
+            // Its suites are in a later fragment: webrtc-dtls reassembles it, in the mode we
+            // have (PSK when both: the common case on constrained networks).
+            Err(HelloError::Fragmented) => None,
+            Err(error) => return Err(Refusal::Malformed(error)),
+        };
+        if let Some(hello) = &hello {
+            if !hello.has_extensions {
+                return Err(Refusal::NoExtensions);
+            }
+        }
+        let psk_first = match &hello {
+            Some(hello) => {
+                let psk = self.configs.psk.as_ref();
+                let cert = self.configs.certificate.as_ref();
+                let first = hello.cipher_suites.iter().find_map(|&suite| {
+                    if psk.is_some_and(|p| p.serves(suite)) {
+                        Some(true)
+                    } else if cert.is_some_and(|c| serves(c, suite)) {
+                        Some(false)
+                    } else {
+                        None
+                    }
+                });
+                match first {
+                    Some(psk_first) => psk_first,
+                    None => return Err(Refusal::NoSharedSuite(hello.clone())),
+                }
+            }
+            None => self.configs.psk.is_some(),
+        };
+        let notes = Arc::new(Notes {
+            psk: psk_first,
+            lookup: Mutex::new(None),
+            datagrams_in: AtomicU64::new(0),
+        });
+        let config = match (psk_first, &self.configs.psk, &self.configs.certificate) {
+            (true, Some(psk), _) => {
+                let seen = Arc::clone(&notes);
+                psk.config(move |found| {
+                    *seen.lookup.lock().unwrap_or_else(PoisonError::into_inner) = Some(found);
+                })
+            }
+            (_, _, Some(certificate)) => certificate.clone(),
+            // DtlsServerConfigs always holds one; a PSK-only endpoint chose PSK above.
+            (_, Some(psk), None) => psk.config(|_| {}),
+            (_, None, None) => {
+                return Err(Refusal::NoSharedSuite(ClientHello {
+                    cipher_suites: Vec::new(),
+                    has_extensions: true,
+                    has_cookie: false,
+                }))
+            }
+        };
+        Ok((config, notes))
+    }
+
+    /// Answers a ClientHello that cannot be served with a fatal alert naming why, and reports
+    /// the failed handshake (at most `REFUSALS_REPORTED_PER_SEC` a second).
+    async fn refuse(&mut self, peer: SocketAddr, refusal: Refusal) {
+        let (alert, cause) = match &refusal {
+            Refusal::Malformed(error) => (wire::ALERT_DECODE_ERROR, error.to_string()),
+            Refusal::NoExtensions => (
+                wire::ALERT_INTERNAL_ERROR,
+                "ClientHello without extensions (RFC 5246 §7.4.1.2 allows it; node-coap-client \
+                 sends it): webrtc-dtls 0.12 cannot parse it (failed to fill whole buffer), a \
+                 limitation of the DTLS library"
+                    .to_string(),
+            ),
+            Refusal::NoSharedSuite(hello) => {
+                let serves = match (&self.configs.psk, &self.configs.certificate) {
+                    (Some(_), Some(_)) => "PSK and certificate (ECDHE-ECDSA) suites",
+                    (Some(_), None) => "PSK suites only",
+                    _ => "certificate (ECDHE-ECDSA) suites only",
+                };
+                let offered =
+                    if hello.offers(SuiteKind::EcdheEcdsa) && !hello.offers(SuiteKind::Psk) {
+                        "certificate (ECDHE-ECDSA) suites"
+                    } else if hello.offers(SuiteKind::Psk) {
+                        "PSK suites we do not serve"
+                    } else {
+                        "neither PSK nor ECDHE-ECDSA suites"
+                    };
+                (
+                    wire::ALERT_HANDSHAKE_FAILURE,
+                    format!(
+                        "no shared cipher suite: the client offered {offered} ({}), this endpoint \
+                         serves {serves}",
+                        hello.suites_hex()
+                    ),
+                )
+            }
+        };
+        if let Err(error) = self.socket.send_to(&wire::fatal_alert(alert), peer).await {
+            tracing::debug!(%peer, %error, "DTLS alert not sent");
+        }
+        if !self.refusals.take() {
+            tracing::debug!(%peer, %cause, "DTLS ClientHello refused (not reported: too many)");
+            return;
+        }
+        tracing::debug!(%peer, %cause, "DTLS ClientHello refused");
+        let failed = DtlsAccept::Failed {
+            peer,
+            error: Error::Tls(format!("handshake with {peer} failed: {cause}")),
+        };
+        // Never waits: a flood of bad hellos must not stall the socket.
+        let _ = self.accepted.try_send(Ok(failed));
+    }
+}
+
+/// Why a ClientHello is refused before any handshake starts.
+enum Refusal {
+    /// It could not be read.
+    Malformed(HelloError),
+    /// It has no extensions block, which webrtc-dtls cannot parse.
+    NoExtensions,
+    /// None of its cipher suites is one we serve.
+    NoSharedSuite(ClientHello),
+}
+
+/// A budget of refusal reports, refilled each second.
+#[derive(Default)]
+struct RefusalBudget {
+    second: Option<tokio::time::Instant>,
+    used: u32,
+}
+
+impl RefusalBudget {
+    fn take(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        if self
+            .second
+            .is_none_or(|start| now.duration_since(start) >= Duration::from_secs(1))
+        {
+            self.second = Some(now);
+            self.used = 0;
+        }
+        self.used += 1;
+        self.used <= REFUSALS_REPORTED_PER_SEC
+    }
+}
+
+/// What the listener notes of one server handshake, for its diagnosis.
+struct Notes {
+    /// PSK mode (else certificate mode).
+    psk: bool,
+    /// What the lookup of the client's PSK identity found.
+    lookup: Mutex<Option<IdentityLookup>>,
+    /// Datagrams from the client handed to webrtc-dtls, its first (the ClientHello) included.
+    datagrams_in: AtomicU64,
+}
+
+impl Notes {
+    fn lookup(&self) -> Option<IdentityLookup> {
+        self.lookup
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The cause of a failed server handshake: `error` is webrtc-dtls's (none for our
+    /// deadline).
+    fn diagnose(&self, error: Option<&str>, timeout: Duration) -> String {
+        let shown = |id: &[u8]| String::from_utf8_lossy(id).into_owned();
+        match (self.lookup(), error) {
+            (Some(IdentityLookup::Unknown(id)), _) => {
+                return format!("unknown PSK identity {:?}", shown(&id))
+            }
+            (Some(IdentityLookup::Known(id)), None) => {
+                return format!(
+                    "bad PSK, most likely: identity {:?} is known, but the client fell silent \
+                     after its key exchange (timed out after {timeout:?})",
+                    shown(&id)
+                )
+            }
+            (Some(IdentityLookup::Known(id)), Some(e)) if e.contains("Alert") => {
+                return format!(
+                    "bad PSK for identity {:?}: the client's Finished could not be decrypted \
+                     ({e})",
+                    shown(&id)
+                )
+            }
+            _ => {}
+        }
+        match error {
+            Some(e)
+                if !self.psk
+                    && (e.contains("ClientCertificate")
+                        || e.contains("required client verification")) =>
+            {
+                format!("missing client certificate (this endpoint requires one) ({e})")
+            }
+            Some(e) if !self.psk && (e.contains("certificate") || e.contains("Certificate")) => {
+                format!("bad client certificate ({e})")
+            }
+            Some(e) if e.contains("Alert") => {
+                format!("the client aborted the handshake with a fatal alert ({e})")
+            }
+            Some(e) => format!("cause unknown ({e})"),
+            None if self.datagrams_in.load(Ordering::Relaxed) <= 1 => format!(
+                "handshake timeout: the client sent its ClientHello, then nothing more (timed \
+                 out after {timeout:?})"
+            ),
+            None => format!(
+                "handshake timeout: the client fell silent mid-handshake (timed out after \
+                 {timeout:?})"
+            ),
         }
     }
 }
@@ -291,6 +659,7 @@ impl Demux {
 async fn handshake(
     conn: Arc<PeerConn>,
     config: Config,
+    notes: Arc<Notes>,
     timeout: Duration,
     permit: OwnedSemaphorePermit,
     accepted: mpsc::Sender<Result<DtlsAccept>>,
@@ -305,11 +674,17 @@ async fn handshake(
         }
         Ok(Err(e)) => DtlsAccept::Failed {
             peer,
-            error: Error::Tls(format!("handshake with {peer} failed: {e}")),
+            error: Error::Tls(format!(
+                "handshake with {peer} failed: {}",
+                notes.diagnose(Some(&e.to_string()), timeout)
+            )),
         },
         Err(_) => DtlsAccept::Failed {
             peer,
-            error: Error::Tls(format!("handshake with {peer} timed out after {timeout:?}")),
+            error: Error::Tls(format!(
+                "handshake with {peer} failed: {}",
+                notes.diagnose(None, timeout)
+            )),
         },
     };
     if let DtlsAccept::Failed { error, .. } = &event {
@@ -321,15 +696,6 @@ async fn handshake(
         // The listener is gone: nobody will use this connection.
         let _ = conn.close().await;
     }
-}
-
-/// True when `datagram` opens with an epoch-0 handshake record holding a ClientHello.
-fn is_client_hello(datagram: &[u8]) -> bool {
-    datagram.len() > RECORD_HEADER_LEN
-        && datagram[0] == CONTENT_HANDSHAKE
-        && datagram[1] == 0xfe
-        && datagram[3..5] == [0, 0]
-        && datagram[RECORD_HEADER_LEN] == HANDSHAKE_CLIENT_HELLO
 }
 
 /// The peers a listener routes datagrams to, by address.
@@ -347,7 +713,25 @@ struct PeerTable {
 struct Route {
     /// Tells this route from a later one for the same address.
     id: u64,
-    datagrams: mpsc::Sender<Vec<u8>>,
+    /// Gone once the peer's connection is dropped.
+    queue: std::sync::Weak<PeerQueue>,
+}
+
+/// The datagrams waiting for one peer's connection. Unlike a tokio channel, which allocates 32
+/// slots at its first message, it holds only as much as it was ever used for: a live
+/// connection costs its few bytes for as long as it lives.
+#[derive(Default)]
+struct PeerQueue {
+    datagrams: Mutex<std::collections::VecDeque<Vec<u8>>>,
+    ready: Notify,
+}
+
+impl PeerQueue {
+    fn datagrams(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Vec<u8>>> {
+        self.datagrams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl PeerTable {
@@ -375,17 +759,20 @@ impl PeerTable {
         let Some(route) = routes.get(&peer) else {
             return false;
         };
-        match route.datagrams.try_send(datagram.to_vec()) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::trace!(%peer, "DTLS peer queue full; dropping a datagram");
-                true
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                routes.remove(&peer);
-                false
-            }
+        let Some(queue) = route.queue.upgrade() else {
+            routes.remove(&peer);
+            return false;
+        };
+        drop(routes);
+        let mut datagrams = queue.datagrams();
+        if datagrams.len() >= PEER_QUEUE_DATAGRAMS {
+            tracing::trace!(%peer, "DTLS peer queue full; dropping a datagram");
+        } else {
+            datagrams.push_back(datagram.to_vec());
+            drop(datagrams);
+            queue.ready.notify_one();
         }
+        true
     }
 
     /// Adds a route for a new peer, with `first` already queued.
@@ -394,17 +781,23 @@ impl PeerTable {
         socket: &Arc<UdpSocket>,
         peer: SocketAddr,
         first: &[u8],
+        notes: Arc<Notes>,
     ) -> Arc<PeerConn> {
-        let (tx, rx) = mpsc::channel(PEER_QUEUE_DATAGRAMS);
-        let _ = tx.try_send(first.to_vec());
+        let queue = Arc::new(PeerQueue::default());
+        queue.datagrams().push_back(first.to_vec());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.routes().insert(peer, Route { id, datagrams: tx });
+        let route = Route {
+            id,
+            queue: Arc::downgrade(&queue),
+        };
+        self.routes().insert(peer, route);
         Arc::new(PeerConn {
             socket: Arc::clone(socket),
             peer,
             id,
-            datagrams: tokio::sync::Mutex::new(rx),
+            queue,
             table: Arc::clone(self),
+            notes,
         })
     }
 
@@ -423,23 +816,51 @@ struct PeerConn {
     socket: Arc<UdpSocket>,
     peer: SocketAddr,
     id: u64,
-    datagrams: tokio::sync::Mutex<mpsc::Receiver<Vec<u8>>>,
+    queue: Arc<PeerQueue>,
     table: Arc<PeerTable>,
+    notes: Arc<Notes>,
 }
 
 impl PeerConn {
+    /// The next datagram for this peer. Once its route is gone nothing more comes: the wait
+    /// never ends (webrtc-dtls's reader retries failed reads at once, so an error here would
+    /// make it spin until the DTLS connection stops it).
     async fn recv_datagram(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
-        match self.datagrams.lock().await.recv().await {
-            Some(datagram) => {
+        loop {
+            let next = self.queue.datagrams().pop_front();
+            if let Some(datagram) = next {
+                self.notes.datagrams_in.fetch_add(1, Ordering::Relaxed);
                 // Like a UDP socket: a datagram longer than the buffer is truncated.
                 let n = datagram.len().min(buf.len());
                 buf[..n].copy_from_slice(&datagram[..n]);
-                Ok(n)
+                return Ok(n);
             }
-            // Closed. webrtc-dtls's reader retries failed reads at once, so an error here would
-            // make it spin until the DTLS connection stops it; waiting does no harm.
-            None => std::future::pending().await,
+            // A notify_one with nobody waiting leaves a permit: no datagram is missed.
+            self.queue.ready.notified().await;
         }
+    }
+}
+
+impl PeerConn {
+    /// Sends a datagram of webrtc-dtls's to the peer. A fatal alert it sends alone in the
+    /// clear for a PSK handshake gets the description RFC 4279 §2 and RFC 5246 §7.2.2 give the
+    /// cause, known from the identity lookup: webrtc-dtls sends internal_error for an unknown
+    /// identity and unknown_psk_identity for a wrong key.
+    async fn send_datagram(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
+        if self.notes.psk && wire::plaintext_alert(buf).is_some_and(Alert::is_fatal) {
+            let description = match self.notes.lookup() {
+                Some(IdentityLookup::Unknown(_)) => Some(wire::ALERT_UNKNOWN_PSK_IDENTITY),
+                Some(IdentityLookup::Known(_)) => Some(wire::ALERT_BAD_RECORD_MAC),
+                None => None,
+            };
+            if let Some(description) = description {
+                let mut alert = buf.to_vec();
+                if wire::rewrite_lone_alert(&mut alert, description) {
+                    return Ok(self.socket.send_to(&alert, self.peer).await?);
+                }
+            }
+        }
+        Ok(self.socket.send_to(buf, self.peer).await?)
     }
 }
 
@@ -498,7 +919,7 @@ impl Conn for PeerConn {
         'life1: 'async_trait,
         Self: 'async_trait,
     {
-        Box::pin(async move { Ok(self.socket.send_to(buf, self.peer).await?) })
+        Box::pin(self.send_datagram(buf))
     }
 
     fn send_to<'life0, 'life1, 'async_trait>(
@@ -538,18 +959,59 @@ impl Conn for PeerConn {
     }
 }
 
-/// A client's connected UDP socket as webrtc-dtls's transport, counting the datagrams that
-/// arrive so that a handshake that times out can say whether the server ever answered.
+/// A client's connected UDP socket as webrtc-dtls's transport, noting what crosses it (as far
+/// as plaintext records say) so that a failed handshake can be diagnosed.
 struct ClientConn {
     socket: UdpSocket,
-    received: AtomicU64,
+    seen: Mutex<ClientSeen>,
 }
 
 impl ClientConn {
+    fn seen(&self) -> std::sync::MutexGuard<'_, ClientSeen> {
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     async fn recv_counted(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
-        let n = self.socket.recv(buf).await?;
-        self.received.fetch_add(1, Ordering::Relaxed);
+        let n = match self.socket.recv(buf).await {
+            Ok(n) => n,
+            Err(e) => {
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::HostUnreachable
+                ) {
+                    self.seen().unreachable = true;
+                }
+                return Err(e.into());
+            }
+        };
+        let datagram = &buf[..n];
+        let mut seen = self.seen();
+        if wire::record_header(datagram).is_some() {
+            seen.dtls += 1;
+            if seen.alert.is_none() {
+                seen.alert = wire::plaintext_alert(datagram);
+            }
+            for message in wire::plaintext_handshake_types(datagram) {
+                match message {
+                    wire::HANDSHAKE_SERVER_HELLO_DONE => seen.server_hello_done = true,
+                    wire::HANDSHAKE_CERTIFICATE_REQUEST => seen.certificate_requested = true,
+                    _ => {}
+                }
+            }
+        } else {
+            if seen.not_dtls == 0 {
+                seen.coap = datagram.first().is_some_and(|b| b >> 6 == 1);
+            }
+            seen.not_dtls += 1;
+        }
         Ok(n)
+    }
+
+    async fn send_noted(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
+        if wire::has_encrypted_record(buf) {
+            self.seen().sent_finished = true;
+        }
+        Ok(self.socket.send(buf).await?)
     }
 }
 
@@ -602,7 +1064,7 @@ impl Conn for ClientConn {
         'life1: 'async_trait,
         Self: 'async_trait,
     {
-        Box::pin(async move { Ok(self.socket.send(buf).await?) })
+        Box::pin(self.send_noted(buf))
     }
 
     fn send_to<'life0, 'life1, 'async_trait>(
@@ -651,7 +1113,6 @@ mod tests {
     use super::*;
     use crate::credentials::dtls::{
         dtls_cert_client_config, dtls_cert_server_config, dtls_psk_client_config,
-        dtls_psk_server_config,
     };
     use crate::credentials::{CertificateSet, PskCredentials};
 
@@ -719,7 +1180,7 @@ mod tests {
 
     #[tokio::test]
     async fn psk_handshake_echo_and_close() {
-        let config = dtls_psk_server_config(&psk("secret"));
+        let config = DtlsServerConfigs::psk_only(&psk("secret"));
         let listener = Arc::new(
             DtlsListener::bind(loopback(), config, TIMEOUT, 8)
                 .await
@@ -748,7 +1209,7 @@ mod tests {
 
     #[tokio::test]
     async fn local_close_reads_as_end_of_stream() {
-        let config = dtls_psk_server_config(&psk("secret"));
+        let config = DtlsServerConfigs::psk_only(&psk("secret"));
         let listener = DtlsListener::bind(loopback(), config, TIMEOUT, 8)
             .await
             .unwrap();
@@ -773,7 +1234,7 @@ mod tests {
 
     #[tokio::test]
     async fn dropped_connection_is_forgotten() {
-        let config = dtls_psk_server_config(&psk("secret"));
+        let config = DtlsServerConfigs::psk_only(&psk("secret"));
         let listener = DtlsListener::bind(loopback(), config, TIMEOUT, 8)
             .await
             .unwrap();
@@ -790,7 +1251,7 @@ mod tests {
 
     #[tokio::test]
     async fn dropped_listener_serves_its_connections_then_closes_the_socket() {
-        let config = dtls_psk_server_config(&psk("secret"));
+        let config = DtlsServerConfigs::psk_only(&psk("secret"));
         let listener = Arc::new(
             DtlsListener::bind(loopback(), config, TIMEOUT, 8)
                 .await
@@ -828,7 +1289,7 @@ mod tests {
 
     #[tokio::test]
     async fn wrong_psk_fails_on_both_sides() {
-        let config = dtls_psk_server_config(&psk("secret"));
+        let config = DtlsServerConfigs::psk_only(&psk("secret"));
         let listener = DtlsListener::bind(loopback(), config, TIMEOUT, 8)
             .await
             .unwrap();
@@ -859,7 +1320,7 @@ mod tests {
 
     #[tokio::test]
     async fn silent_peers_do_not_block_other_handshakes() {
-        let config = dtls_psk_server_config(&psk("secret"));
+        let config = DtlsServerConfigs::psk_only(&psk("secret"));
         let listener = Arc::new(
             DtlsListener::bind(loopback(), config, Duration::from_secs(30), 8)
                 .await
@@ -873,7 +1334,7 @@ mod tests {
             .unwrap();
         let silent = UdpSocket::bind(loopback()).await.unwrap();
         silent
-            .send_to(&TRUNCATED_CLIENT_HELLO, listener.local_addr())
+            .send_to(&client_hello().await, listener.local_addr())
             .await
             .unwrap();
         within(5, async {
@@ -900,7 +1361,7 @@ mod tests {
 
     #[tokio::test]
     async fn handshakes_beyond_the_bound_are_dropped_and_deadline_frees_them() {
-        let config = dtls_psk_server_config(&psk("secret"));
+        let config = DtlsServerConfigs::psk_only(&psk("secret"));
         let listener = Arc::new(
             DtlsListener::bind(loopback(), config, Duration::from_millis(1500), 1)
                 .await
@@ -908,7 +1369,7 @@ mod tests {
         );
         let silent = UdpSocket::bind(loopback()).await.unwrap();
         silent
-            .send_to(&TRUNCATED_CLIENT_HELLO, listener.local_addr())
+            .send_to(&client_hello().await, listener.local_addr())
             .await
             .unwrap();
         // The silent peer's handshake takes the only slot, so this one is not even started.
@@ -930,7 +1391,10 @@ mod tests {
             DtlsAccept::Failed { peer, error } => {
                 assert_eq!(peer, silent.local_addr().unwrap());
                 assert!(
-                    error.to_string().contains("timed out after 1.5s"),
+                    error.to_string().contains(
+                        "handshake timeout: the client sent its ClientHello, then nothing more \
+                         (timed out after 1.5s)"
+                    ),
                     "{error}"
                 );
             }
@@ -1009,7 +1473,7 @@ mod tests {
         let listener = Arc::new(
             DtlsListener::bind(
                 loopback(),
-                dtls_psk_server_config(&psk("secret")),
+                DtlsServerConfigs::psk_only(&psk("secret")),
                 Duration::from_millis(700),
                 BOUND,
             )
@@ -1079,7 +1543,8 @@ mod tests {
         server_config: Config,
         client_config: Config,
     ) -> (Result<Arc<DTLSConn>>, DtlsAccept) {
-        let listener = DtlsListener::bind(loopback(), server_config, TIMEOUT, 8)
+        let configs = DtlsServerConfigs::certificate_only(server_config);
+        let listener = DtlsListener::bind(loopback(), configs, TIMEOUT, 8)
             .await
             .unwrap();
         let connect = dtls_connect(listener.local_addr(), client_config, Duration::from_secs(3));
@@ -1145,7 +1610,7 @@ mod tests {
             panic!("handshake without a client certificate succeeded");
         };
         assert!(
-            error.to_string().contains("required client verification"),
+            error.to_string().contains("missing client certificate"),
             "{error}"
         );
     }
@@ -1209,6 +1674,247 @@ mod tests {
         let (client, accepted) = cert_handshake(server, client).await;
         client.unwrap();
         assert!(matches!(accepted, DtlsAccept::Established(..)));
+    }
+
+    /// The failure a listener reports for its next handshake.
+    async fn next_failure(listener: &DtlsListener) -> String {
+        match within(10, listener.accept()).await.unwrap() {
+            DtlsAccept::Failed { error, .. } => error.to_string(),
+            DtlsAccept::Established(_, peer) => panic!("{peer} established"),
+        }
+    }
+
+    /// Sends `datagram` from a fresh socket; returns the listener's answer, if one comes.
+    async fn answer_to(listener: &DtlsListener, datagram: &[u8]) -> Option<Vec<u8>> {
+        let socket = UdpSocket::bind(loopback()).await.unwrap();
+        socket
+            .send_to(datagram, listener.local_addr())
+            .await
+            .unwrap();
+        let mut buf = [0u8; 2048];
+        let n = tokio::time::timeout(Duration::from_secs(2), socket.recv(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        Some(buf[..n].to_vec())
+    }
+
+    #[tokio::test]
+    async fn unservable_hellos_are_refused_with_an_alert_and_a_cause() {
+        let listener = Arc::new(
+            DtlsListener::bind(
+                loopback(),
+                DtlsServerConfigs::psk_only(&psk("secret")),
+                TIMEOUT,
+                8,
+            )
+            .await
+            .unwrap(),
+        );
+        // Truncated: decode_error.
+        let answer = answer_to(&listener, &TRUNCATED_CLIENT_HELLO).await.unwrap();
+        assert_eq!(wire::plaintext_alert(&answer).unwrap().description, 50);
+        let cause = next_failure(&listener).await;
+        assert!(cause.contains("malformed ClientHello"), "{cause}");
+
+        // node-coap-client's: no extensions block. internal_error: the limitation is ours.
+        let bare = wire::test_client_hello(&[0xc0a8], None);
+        let answer = answer_to(&listener, &bare).await.unwrap();
+        assert_eq!(wire::plaintext_alert(&answer).unwrap().description, 80);
+        let cause = next_failure(&listener).await;
+        assert!(
+            cause.contains(
+                "ClientHello without extensions (RFC 5246 §7.4.1.2 allows it; node-coap-client \
+                 sends it): webrtc-dtls 0.12 cannot parse it (failed to fill whole buffer)"
+            ),
+            "{cause}"
+        );
+
+        // Only RSA suites: handshake_failure.
+        let rsa = wire::test_client_hello(&[0x002f, 0x009c], Some(&[]));
+        let answer = answer_to(&listener, &rsa).await.unwrap();
+        assert_eq!(wire::plaintext_alert(&answer).unwrap().description, 40);
+        let cause = next_failure(&listener).await;
+        assert!(cause.contains("no shared cipher suite"), "{cause}");
+        assert_eq!(listener.peer_count(), 0);
+
+        // And the listener serves a good client all the same.
+        let server = echo_server(Arc::clone(&listener));
+        let client = dtls_connect(
+            listener.local_addr(),
+            dtls_psk_client_config(&psk("secret")),
+            TIMEOUT,
+        )
+        .await
+        .unwrap();
+        assert_eq!(ping(&client).await, PING);
+        client.close().await.unwrap();
+        within(5, server).await.unwrap().unwrap();
+    }
+
+    /// Runs one handshake against `configs`; the client's error and the server's cause.
+    async fn failed_handshake(configs: DtlsServerConfigs, client: Config) -> (String, String) {
+        let listener = DtlsListener::bind(loopback(), configs, TIMEOUT, 8)
+            .await
+            .unwrap();
+        let connect = dtls_connect(listener.local_addr(), client, Duration::from_secs(3));
+        let (client, accepted) =
+            within(10, async { tokio::join!(connect, listener.accept()) }).await;
+        let server = match accepted.unwrap() {
+            DtlsAccept::Failed { error, .. } => error.to_string(),
+            DtlsAccept::Established(..) => panic!("established"),
+        };
+        (expect_err(client).to_string(), server)
+    }
+
+    #[tokio::test]
+    async fn certificate_client_at_a_psk_only_endpoint() {
+        let set = CertificateSet::generate().unwrap();
+        let client =
+            dtls_cert_client_config(Some(&set.ca_cert_pem), None, false, "127.0.0.1").unwrap();
+        let (client, server) =
+            failed_handshake(DtlsServerConfigs::psk_only(&psk("secret")), client).await;
+        assert!(
+            client.contains(
+                "no shared cipher suite: the server does not serve certificate (ECDHE-ECDSA) \
+                 clients on this port"
+            ),
+            "{client}"
+        );
+        assert!(
+            server.contains(
+                "no shared cipher suite: the client offered certificate (ECDHE-ECDSA) suites"
+            ),
+            "{server}"
+        );
+        assert!(
+            server.contains("this endpoint serves PSK suites only"),
+            "{server}"
+        );
+    }
+
+    #[tokio::test]
+    async fn psk_client_at_a_certificate_only_endpoint() {
+        let set = CertificateSet::generate().unwrap();
+        let configs = DtlsServerConfigs::certificate_only(
+            dtls_cert_server_config(&set.server_identity(), None).unwrap(),
+        );
+        let (client, server) =
+            failed_handshake(configs, dtls_psk_client_config(&psk("secret"))).await;
+        assert!(
+            client.contains("the server does not serve PSK clients on this port"),
+            "{client}"
+        );
+        assert!(
+            server.contains("serves certificate (ECDHE-ECDSA) suites only"),
+            "{server}"
+        );
+    }
+
+    fn identities() -> DtlsServerConfigs {
+        let keys = crate::credentials::ServerPsk::from_pairs([("alpha", "ka"), ("beta", "kb")]);
+        crate::credentials::ServerCredentials::PskIdentities(keys)
+            .dtls_configs()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn unknown_identity_named_on_both_sides() {
+        let client = dtls_psk_client_config(&PskCredentials::new("nobody", "ka"));
+        let (client, server) = failed_handshake(identities(), client).await;
+        assert!(client.contains("unknown PSK identity"), "{client}");
+        assert!(client.contains("unknown_psk_identity (115)"), "{client}");
+        assert!(
+            server.contains(r#"unknown PSK identity "nobody""#),
+            "{server}"
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_psk_named_on_both_sides() {
+        let client = dtls_psk_client_config(&PskCredentials::new("beta", "ka"));
+        let (client, server) = failed_handshake(identities(), client).await;
+        assert!(client.contains("wrong PSK"), "{client}");
+        assert!(client.contains("bad_record_mac (20)"), "{client}");
+        assert!(server.contains(r#"bad PSK"#), "{server}");
+        assert!(server.contains(r#""beta""#), "{server}");
+        assert!(!server.contains("kb") && !client.contains("kb"));
+    }
+
+    #[tokio::test]
+    async fn psk_and_certificate_clients_on_one_endpoint() {
+        let set = CertificateSet::generate().unwrap();
+        let keys = crate::credentials::ServerPsk::from_pairs([("alpha", "ka")]);
+        let configs = crate::credentials::ServerCredentials::PskAndCertificate {
+            psk: keys,
+            identity: set.server_identity(),
+            client_ca_pem: None,
+        }
+        .dtls_configs()
+        .unwrap();
+        let listener = DtlsListener::bind(loopback(), configs, TIMEOUT, 8)
+            .await
+            .unwrap();
+        let psk_client = dtls_psk_client_config(&PskCredentials::new("alpha", "ka"));
+        let cert_client =
+            dtls_cert_client_config(Some(&set.ca_cert_pem), None, false, "127.0.0.1").unwrap();
+        for client in [psk_client, cert_client] {
+            let connect = dtls_connect(listener.local_addr(), client, TIMEOUT);
+            let (client, accepted) =
+                within(10, async { tokio::join!(connect, listener.accept()) }).await;
+            client.unwrap();
+            assert!(
+                matches!(accepted.unwrap(), DtlsAccept::Established(..)),
+                "established"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn dtls_to_a_plain_coap_port_is_named() {
+        // A CoAP-over-UDP endpoint answers what it cannot parse with a Reset (or nothing).
+        let plain = UdpSocket::bind(loopback()).await.unwrap();
+        let addr = plain.local_addr().unwrap();
+        let answerer = tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            loop {
+                let (_, from) = plain.recv_from(&mut buf).await.unwrap();
+                plain
+                    .send_to(&[0x70, 0x00, 0x00, 0x01], from)
+                    .await
+                    .unwrap();
+            }
+        });
+        let error = expect_err(
+            dtls_connect(
+                addr,
+                dtls_psk_client_config(&psk("secret")),
+                Duration::from_millis(700),
+            )
+            .await,
+        );
+        answerer.abort();
+        let error = error.to_string();
+        assert!(
+            error.contains("not a DTLS server: a plain CoAP (UDP) endpoint answered"),
+            "{error}"
+        );
+        assert!(!error.contains("PSK"), "{error}");
+
+        // Nothing listening: the ICMP port unreachable says so.
+        let closed = UdpSocket::bind(loopback()).await.unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let error = expect_err(
+            dtls_connect(
+                addr,
+                dtls_psk_client_config(&psk("secret")),
+                Duration::from_millis(700),
+            )
+            .await,
+        )
+        .to_string();
+        assert!(error.contains("nothing listens there"), "{error}");
     }
 
     #[test]

@@ -22,7 +22,10 @@ use webrtc_dtls::cipher_suite::CipherSuiteId;
 use webrtc_dtls::config::Config;
 use webrtc_dtls::conn::DTLSConn;
 
-use crate::credentials::{dtls, rustls as tls, CertificateSet, PemIdentity, PskCredentials};
+use crate::credentials::dtls::DtlsServerConfigs;
+use crate::credentials::{
+    dtls, rustls as tls, CertificateSet, PemIdentity, PskCredentials, ServerCredentials, ServerPsk,
+};
 use crate::proto::error::Error;
 use crate::transport::dtls_conn::{dtls_connect, dtls_recv, dtls_send, DtlsAccept, DtlsListener};
 use crate::transport::tls_conn::{tls_accept, tls_connect};
@@ -62,8 +65,8 @@ fn dtls_psk_client_config(psk: &PskCredentials) -> Config {
     dtls::dtls_psk_client_config(psk)
 }
 
-fn dtls_psk_server_config(psk: &PskCredentials) -> Config {
-    dtls::dtls_psk_server_config(psk)
+fn certificate_only(config: Config) -> DtlsServerConfigs {
+    DtlsServerConfigs::certificate_only(config)
 }
 
 /// Verifying the server against `ca_pem` and `server_name`, presenting `identity` if asked.
@@ -352,10 +355,10 @@ async fn tls_client_against_coap_server_gnutls() {
 /// `config`; returns the outcome of the handshake and the client.
 async fn coap_client_against_dtls_listener(
     client_program: &str,
-    config: Config,
+    configs: DtlsServerConfigs,
     args: &[&str],
 ) -> (DtlsAccept, LibcoapProcess) {
-    let listener = DtlsListener::bind(loopback(0), config, HANDSHAKE, 4)
+    let listener = DtlsListener::bind(loopback(0), configs, HANDSHAKE, 4)
         .await
         .unwrap();
     let uri = format!("coaps://127.0.0.1:{}/", listener.local_addr().port());
@@ -391,13 +394,16 @@ async fn expect_get(accepted: DtlsAccept, client: &LibcoapProcess) {
 /// coap-client `-k secret -u id` against a DTLS-PSK listener sending identity hint `hint`.
 async fn coap_client_against_dtls_psk_listener(client_program: &str, hint: Option<&[u8]>) {
     let identities = Arc::new(Mutex::new(Vec::new()));
-    let mut config = dtls_psk_server_config(&psk("", "secret"));
-    config.psk_identity_hint = hint.map(<[u8]>::to_vec);
     let seen = Arc::clone(&identities);
-    config.psk = Some(Arc::new(move |identity: &[u8]| {
+    // An empty hint is none: no ServerKeyExchange (RFC 4279 §2).
+    let keys = ServerPsk::from_fn(move |identity| {
         seen.lock().unwrap().push(identity.to_vec());
-        Ok(b"secret".to_vec())
-    }));
+        Some(b"secret".to_vec())
+    })
+    .with_identity_hint(hint.unwrap_or_default());
+    let config = ServerCredentials::PskIdentities(keys)
+        .dtls_configs()
+        .unwrap();
     let args = ["-k", "secret", "-u", "id"];
     let (accepted, client) = coap_client_against_dtls_listener(client_program, config, &args).await;
     assert!(
@@ -439,19 +445,25 @@ async fn coap_client_against_dtls_cert_listener(client_program: &str) {
         pki.path("ca.pem"),
     );
 
-    let config = dtls_cert_server_config(&set.server_identity(), None);
+    let config = certificate_only(dtls_cert_server_config(&set.server_identity(), None));
     let (accepted, client) =
         coap_client_against_dtls_listener(client_program, config, &["-R", &ca]).await;
     expect_get(accepted, &client).await;
     drop(client);
 
-    let config = dtls_cert_server_config(&set.server_identity(), Some(&set.ca_cert_pem));
+    let config = certificate_only(dtls_cert_server_config(
+        &set.server_identity(),
+        Some(&set.ca_cert_pem),
+    ));
     let args = ["-c", &cert, "-j", &key, "-R", &ca];
     let (accepted, client) = coap_client_against_dtls_listener(client_program, config, &args).await;
     expect_get(accepted, &client).await;
     drop(client);
 
-    let config = dtls_cert_server_config(&set.server_identity(), Some(&set.ca_cert_pem));
+    let config = certificate_only(dtls_cert_server_config(
+        &set.server_identity(),
+        Some(&set.ca_cert_pem),
+    ));
     let (accepted, client) =
         coap_client_against_dtls_listener(client_program, config, &["-R", &ca]).await;
     match accepted {

@@ -37,7 +37,7 @@ pub struct Endpoint {
 
 /// Reports a session that failed before it started (a (D)TLS handshake that failed or timed
 /// out, a connection refused) like any other failed session: it is registered, the nack handler
-/// runs with `reason`, and it leaves the table.
+/// runs with `reason` (and `cause` in [`Session::failure_cause`]), and it leaves the table.
 pub(crate) fn report_failed_start(
     rt: &Runtime,
     peer: SocketAddr,
@@ -45,6 +45,7 @@ pub(crate) fn report_failed_start(
     transport: Transport,
     role: Role,
     reason: NackReason,
+    cause: Option<String>,
 ) -> Session {
     let now = Instant::now();
     // Nobody serves its commands: the session is over before anyone could send one.
@@ -58,6 +59,9 @@ pub(crate) fn report_failed_start(
         CommandSender::Own(commands),
         now,
     );
+    if let Some(cause) = cause {
+        let _ = session.shared.failure_cause.set(cause.into_boxed_str());
+    }
     rt.register(&session);
     let stats = Stats {
         failures: 1,

@@ -114,6 +114,7 @@ async fn serve_connection(
                 Transport::Tls,
                 Role::Server,
                 NackReason::TlsFailed,
+                Some(error.to_string()),
             );
         }
     }
@@ -133,7 +134,7 @@ pub(crate) async fn connect(
     let deadline = tokio::time::Instant::now() + timeout;
     let fail = |error: Error, local: SocketAddr, reason: NackReason| {
         tracing::debug!(%peer, %error, "tls connect failed");
-        report_failed_start(rt, peer, local, Transport::Tls, Role::Client, reason);
+        report_failed_start(rt, peer, local, Transport::Tls, Role::Client, reason, None);
         error
     };
 

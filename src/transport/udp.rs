@@ -2,8 +2,8 @@
 //!
 //! It moves datagrams and time in and out of each session's [`DatagramSession`] and hands its
 //! events to the runtime's dispatch; it decides nothing about the protocol. It runs over anything that sends
-//! and receives datagrams (`DatagramIo`): a UDP socket serving many peers, or one DTLS
-//! connection serving its one peer.
+//! and receives datagrams (`DatagramIo`): a UDP socket serving many peers, every DTLS connection
+//! of a server endpoint, or a client's one DTLS connection.
 
 use std::collections::HashMap;
 use std::io;
@@ -30,14 +30,26 @@ use crate::transport::Endpoint;
 /// Largest datagram we read (the UDP maximum).
 const MAX_DATAGRAM: usize = 65_536;
 
+/// What a [`DatagramIo`] received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Received {
+    /// A datagram of this many bytes (in the buffer) from this peer.
+    Datagram(usize, SocketAddr),
+    /// A connection with this peer is ready for a server session (a DTLS handshake
+    /// completed).
+    Connected(SocketAddr),
+    /// The connection with this peer is over (its DTLS close_notify or fatal alert).
+    Closed(SocketAddr),
+}
+
 /// A source and sink of datagrams the driver runs over.
 pub(crate) trait DatagramIo: Send + Sync + 'static {
-    /// Receives one datagram and the address it came from. `UnexpectedEof` means the peer
-    /// closed the connection gracefully (DTLS close_notify).
-    fn recv_from<'a>(
+    /// Receives one datagram, or news of a connection. Cancel-safe: the driver polls it in a
+    /// `select!`.
+    fn recv<'a>(
         &'a self,
         buf: &'a mut [u8],
-    ) -> impl std::future::Future<Output = io::Result<(usize, SocketAddr)>> + Send + 'a;
+    ) -> impl std::future::Future<Output = io::Result<Received>> + Send + 'a;
     /// Sends one datagram to `peer`.
     fn send_to<'a>(
         &'a self,
@@ -52,15 +64,27 @@ pub(crate) trait DatagramIo: Send + Sync + 'static {
     fn connected_peer(&self) -> Option<SocketAddr> {
         None
     }
-    /// Closes the underlying connection, if it is one (DTLS sends close_notify).
+    /// Whether a datagram from a peer without a session may open one (a UDP server); else
+    /// sessions come only from [`Received::Connected`] and `add_session`.
+    fn strangers_open_sessions(&self) -> bool {
+        true
+    }
+    /// The session with `peer` left the endpoint: its connection, if it has one of its own,
+    /// is closed (DTLS sends close_notify).
+    fn release(&self, peer: SocketAddr) -> impl std::future::Future<Output = ()> + Send {
+        let _ = peer;
+        async {}
+    }
+    /// Closes the underlying connections, if any (DTLS sends close_notify).
     fn close(&self) -> impl std::future::Future<Output = ()> + Send {
         async {}
     }
 }
 
 impl DatagramIo for UdpSocket {
-    async fn recv_from<'a>(&'a self, buf: &'a mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        UdpSocket::recv_from(self, buf).await
+    async fn recv<'a>(&'a self, buf: &'a mut [u8]) -> io::Result<Received> {
+        let (len, peer) = UdpSocket::recv_from(self, buf).await?;
+        Ok(Received::Datagram(len, peer))
     }
 
     async fn send_to<'a>(&'a self, buf: &'a [u8], peer: SocketAddr) -> io::Result<()> {
@@ -81,9 +105,9 @@ struct ConnectedUdp {
 }
 
 impl DatagramIo for ConnectedUdp {
-    async fn recv_from<'a>(&'a self, buf: &'a mut [u8]) -> io::Result<(usize, SocketAddr)> {
+    async fn recv<'a>(&'a self, buf: &'a mut [u8]) -> io::Result<Received> {
         let len = self.socket.recv(buf).await?;
-        Ok((len, self.peer))
+        Ok(Received::Datagram(len, self.peer))
     }
 
     async fn send_to<'a>(&'a self, buf: &'a [u8], _peer: SocketAddr) -> io::Result<()> {
@@ -247,8 +271,8 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
     }
 
     async fn serve(&mut self) {
-        // One DTLS connection per driver: webrtc-dtls never hands up more than 8 KiB, and a
-        // server holds thousands of these; a UDP socket can receive the full 64 KiB.
+        // One buffer per endpoint (a DTLS server's one driver serves all its connections):
+        // webrtc-dtls never hands up more than 8 KiB, a UDP socket the full 64 KiB.
         let size = match self.transport {
             Transport::Dtls => 16 * 1024,
             _ => MAX_DATAGRAM,
@@ -268,13 +292,10 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
                 }
             };
             tokio::select! {
-                received = self.socket.recv_from(&mut buf) => match received {
-                    Ok((len, peer)) => self.on_datagram(peer, &buf[..len]).await,
-                    Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => {
-                        // The peer closed the connection gracefully (DTLS close_notify).
-                        self.peer_closed().await;
-                        return;
-                    }
+                received = self.socket.recv(&mut buf) => match received {
+                    Ok(Received::Datagram(len, peer)) => self.on_datagram(peer, &buf[..len]).await,
+                    Ok(Received::Connected(peer)) => self.on_connected(peer).await,
+                    Ok(Received::Closed(peer)) => self.peer_closed(peer).await,
                     Err(error) if is_unreachable(&error) => self.on_unreachable(&error).await,
                     Err(error) if is_transient(&error) => {
                         tracing::trace!(%error, "udp receive error ignored");
@@ -314,8 +335,35 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
                 p.core.handle_datagram(now, bytes);
             }
             self.flush(key, now).await;
-        } else if self.accept {
+        } else if self.accept && self.socket.strangers_open_sessions() {
             self.on_stranger(peer, bytes, now).await;
+        }
+    }
+
+    /// A connection with `peer` is ready (its DTLS handshake completed): a server session
+    /// opens on it, unless the table is full (then the connection is closed at once, and the
+    /// peer learns from its close_notify rather than by its keepalive).
+    async fn on_connected(&mut self, peer: SocketAddr) {
+        let now = Instant::now();
+        if let Some(key) = self.table.key_of(&peer) {
+            // Its old connection is gone, or the listener would not have run a new handshake.
+            if let Some(p) = self.table.get_mut(key) {
+                p.core.handle_peer_closed(now);
+            }
+            self.flush(key, now).await;
+        }
+        if !self.accept || self.table.len() >= self.rt.settings.max_sessions {
+            tracing::debug!(%peer, "session limit reached (or shutting down): connection closed");
+            if self.accept {
+                self.rt.counters.at_limit(self.transport, AtLimit::Refused);
+            }
+            self.socket.release(peer).await;
+            return;
+        }
+        let session = self.add_session(peer, Role::Server, now);
+        tracing::debug!(session = %session, "connection established");
+        if let Some(key) = self.table.key_of(&peer) {
+            self.flush(key, now).await;
         }
     }
 
@@ -460,6 +508,7 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
             if let Some(p) = self.table.remove(key) {
                 self.ids.remove(&p.handle.id());
             }
+            self.socket.release(peer).await;
         } else {
             self.table.reschedule(key);
         }
@@ -478,15 +527,16 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
         }
     }
 
-    /// The connection under every session closed (its one peer's DTLS close_notify).
-    async fn peer_closed(&mut self) {
+    /// The connection under `peer`'s session closed (its DTLS close_notify or fatal alert).
+    async fn peer_closed(&mut self, peer: SocketAddr) {
+        let Some(key) = self.table.key_of(&peer) else {
+            return;
+        };
         let now = Instant::now();
-        for key in self.table.keys() {
-            if let Some(p) = self.table.get_mut(key) {
-                p.core.handle_peer_closed(now);
-            }
-            self.flush(key, now).await;
+        if let Some(p) = self.table.get_mut(key) {
+            p.core.handle_peer_closed(now);
         }
+        self.flush(key, now).await;
     }
 
     async fn fail_all(&mut self, reason: NackReason) {

@@ -3,6 +3,8 @@
 //! - [`udp`]: RFC 7252 datagram classification (pings, resets, empty ACKs, messages).
 //! - [`tcp`]: RFC 8323 framing over a byte stream, with an incremental [`tcp::FrameDecoder`].
 //! - [`signal`]: RFC 8323 signalling messages 7.01–7.05 (CSM, Ping, Pong, Release, Abort).
+//! - [`dtls`]: what the DTLS transport reads of records itself: a ClientHello's cipher suites
+//!   and extensions, plaintext alerts (RFC 6347, RFC 5246).
 //! - [`options`]: which request / response options the stack recognises, and the RFC 7252
 //!   §5.4.1 verdict on a message carrying a critical one it does not.
 //!
@@ -14,6 +16,7 @@
 
 use std::fmt;
 
+pub mod dtls;
 pub mod options;
 pub mod signal;
 pub mod tcp;

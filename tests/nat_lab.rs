@@ -1,0 +1,315 @@
+//! Keepalive through a real Linux NAT: `scripts/natlab` builds a client namespace, a router that
+//! masquerades with nftables (random source ports, as carrier NATs) and forgets idle bindings
+//! after the conntrack timeouts a test sets, and a server namespace; `coap-keepalive` runs on
+//! both sides. What keepalive is for, shown on the wire through that NAT:
+//!
+//! - an interval below the binding timeout keeps the server's notifications and pings reaching
+//!   the client; without it they are lost;
+//! - a server pinging above the binding timeout declares the client dead within its configured
+//!   bound, and the client, on its next ping, shows up as a new session on a new mapped port
+//!   (the old one does not stay behind);
+//! - an observation whose notifications stopped coming registers again (RFC 7641 §3.3.1) and
+//!   is restored on the new binding.
+//!
+//! The tests need root, iproute2 and nftables (scripts/test installs it) and print why they are
+//! skipped where namespaces cannot be made. Every address lives inside the lab's namespaces,
+//! which each test removes again, also when it fails (`Lab`'s drop).
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use support::cli::{Running, BIN};
+
+/// The server's address inside the lab; clients appear to it as the router, 10.200.2.1:PORT.
+const SERVER: &str = "10.200.2.2";
+const ROUTER: &str = "10.200.2.1";
+
+/// One lab: three namespaces named after the test process and a counter.
+struct Lab {
+    name: String,
+}
+
+impl Lab {
+    /// Builds a lab whose NAT forgets idle UDP bindings after `udp` seconds and idle TCP ones
+    /// after `tcp`. `None`, with the reason printed, where this machine cannot make one.
+    fn up(udp: u32, tcp: u32) -> Option<Lab> {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        if let Some(why) = cannot_build_labs() {
+            eprintln!("nat_lab: skipped: {why}");
+            return None;
+        }
+        let name = format!(
+            "kl{}x{}",
+            std::process::id() % 100_000,
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let lab = Lab { name };
+        let status = lab
+            .script(&[
+                "up",
+                &lab.name,
+                "--udp-timeout",
+                &udp.to_string(),
+                "--tcp-timeout",
+                &tcp.to_string(),
+            ])
+            .status()
+            .expect("run scripts/natlab");
+        assert!(status.success(), "scripts/natlab up {} failed", lab.name);
+        Some(lab)
+    }
+
+    fn script(&self, args: &[&str]) -> Command {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/natlab");
+        let mut command = Command::new(script);
+        command.args(args);
+        command
+    }
+
+    /// `coap-keepalive ARGS` in the server namespace.
+    fn server(&self, args: &[&str]) -> Running {
+        self.run_in(&format!("{}-s", self.name), args)
+    }
+
+    /// `coap-keepalive ARGS` in the client namespace.
+    fn client(&self, args: &[&str]) -> Running {
+        self.run_in(&format!("{}-c", self.name), args)
+    }
+
+    fn run_in(&self, namespace: &str, args: &[&str]) -> Running {
+        let mut all = vec!["netns", "exec", namespace, BIN];
+        all.extend_from_slice(args);
+        Running::spawn_program(Path::new("ip"), &all)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = self.script(&["down", &self.name]).status();
+    }
+}
+
+/// Why no lab can be built here, if so.
+fn cannot_build_labs() -> Option<String> {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !root {
+        return Some("network namespaces need root".into());
+    }
+    for tool in ["ip", "nft"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            return Some(format!(
+                "{tool} is not installed (scripts/test installs nftables)"
+            ));
+        }
+    }
+    None
+}
+
+/// The mapped client ports `serve` printed "session established" for, in order.
+fn established_ports(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .filter(|l| l.contains("session established"))
+        .filter_map(|l| port_of(l))
+        .collect()
+}
+
+/// The port of the first `10.200.2.1:PORT` in a line of `serve`.
+fn port_of(line: &str) -> Option<String> {
+    let at = line.find(&format!("{ROUTER}:"))? + ROUTER.len() + 1;
+    let port: String = line[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    (!port.is_empty()).then_some(port)
+}
+
+/// Waits for serve's "serving" line, so that clients start against a listening server.
+fn serving(server: &mut Running) {
+    server.wait_line(Duration::from_secs(10), |l| l.starts_with("serving"));
+}
+
+// ---- UDP ------------------------------------------------------------------------------------
+
+/// Bindings live 3 s; notifications come every 4 s. The client's own pings every second keep
+/// its binding, so every notification gets through, over one session.
+#[test]
+fn udp_client_keepalive_below_the_binding_timeout_keeps_notifications_coming() {
+    let Some(lab) = Lab::up(3, 300) else { return };
+    let udp = format!("{SERVER}:5683");
+    let mut server = lab.server(&["serve", "--udp", &udp, "--notify-every", "4"]);
+    serving(&mut server);
+    let uri = format!("coap://{SERVER}/time");
+    let started = Instant::now();
+    let mut client = lab.client(&["observe", "-K", "1", "-c", "3", "-s", "30", &uri]);
+    let output = client.wait(Duration::from_secs(40));
+    let took = started.elapsed();
+    let text = support::cli::text(&output);
+    assert!(output.status.success(), "{text}");
+    assert_eq!(
+        support::cli::lines(&output)
+            .iter()
+            .filter(|l| l.starts_with("notification"))
+            .count(),
+        3,
+        "{text}"
+    );
+    assert!(took < Duration::from_secs(20), "took {took:?}: {text}");
+    let ports = established_ports(server.seen());
+    assert_eq!(
+        ports.len(),
+        1,
+        "one session throughout: {:?}",
+        server.seen()
+    );
+}
+
+/// The same without keepalive: the binding dies 3 s after the registration and the (NON)
+/// notification at 4 s is lost. The observation comes back only when the client, its
+/// representation stale (Max-Age 5 s, RFC 7641 §3.3.1), registers again, through a new
+/// binding: the server sees a new session on a new port. (The old one, without a keepalive of
+/// the server's, lingers there until its idle timeout: the next test is about that.)
+#[test]
+fn udp_without_keepalive_notifications_are_lost_until_the_observation_registers_again() {
+    let Some(lab) = Lab::up(3, 300) else { return };
+    let udp = format!("{SERVER}:5683");
+    let mut server = lab.server(&["serve", "--udp", &udp, "--notify-every", "4"]);
+    serving(&mut server);
+    let uri = format!("coap://{SERVER}/time");
+    let started = Instant::now();
+    let mut client = lab.client(&["observe", "-c", "1", "-s", "30", &uri]);
+    let output = client.wait(Duration::from_secs(40));
+    let took = started.elapsed();
+    let text = support::cli::text(&output);
+    assert!(output.status.success(), "{text}");
+    // The first notification to arrive is the answer to the re-registration, 5 + 2 s after
+    // the first response: the one at 4 s was lost.
+    assert!(
+        took >= Duration::from_secs(6),
+        "a notification arrived after {took:?}, before the binding could have been renewed: {text}"
+    );
+    server.wait_line(Duration::from_secs(5), |l| {
+        l.contains("session established") && established_ports(&[l.to_owned()]).len() == 1
+    });
+    let ports = established_ports(server.seen());
+    assert!(
+        ports.len() >= 2 && ports[0] != ports[1],
+        "a new session on a new port: {:?}",
+        server.seen()
+    );
+}
+
+/// Bindings live 3 s and the client pings only every 7 s; the server pings after 4 idle
+/// seconds, into a binding that is gone. With ACK_TIMEOUT 0.5 s and 2 retransmissions it
+/// declares the client dead ("too many retries") a few seconds later, and the client's next
+/// ping arrives through a new binding as a new session. The client's every ping is answered.
+#[test]
+fn udp_server_keepalive_above_the_binding_timeout_declares_the_client_dead() {
+    let Some(lab) = Lab::up(3, 300) else { return };
+    let udp = format!("{SERVER}:5683");
+    let mut server = lab.server(&[
+        "serve",
+        "--udp",
+        &udp,
+        "-K",
+        "4",
+        "--ack-timeout",
+        "0.5",
+        "--max-retransmit",
+        "2",
+    ]);
+    serving(&mut server);
+    let uri = format!("coap://{SERVER}");
+    let started = Instant::now();
+    let mut client = lab.client(&["ping", "-i", "7", "-c", "3", &uri]);
+    let dead = server.wait_line(Duration::from_secs(20), |l| {
+        l.contains("session failed") && l.contains("too many retries")
+    });
+    let declared = started.elapsed();
+    let output = client.wait(Duration::from_secs(30));
+    let text = support::cli::text(&output);
+    assert!(output.status.success(), "every ping answered: {text}");
+    assert!(text.contains("3 pings sent, 3 pongs received"), "{text}");
+    // Idle 4 s, then 0.5 + 1 + 2 s of retransmissions: dead by about 7.5 s.
+    assert!(
+        declared < Duration::from_secs(11),
+        "declared dead after {declared:?}"
+    );
+    let ports = established_ports(server.seen());
+    assert!(ports.len() >= 2, "{:?}", server.seen());
+    assert_eq!(port_of(&dead), Some(ports[0].clone()));
+    assert!(
+        ports[1..].iter().all(|p| *p != ports[0]),
+        "new sessions on new ports: {ports:?}"
+    );
+}
+
+// ---- TCP ------------------------------------------------------------------------------------
+
+/// TCP bindings live 3 s; notifications come every 5 s and the client sends nothing. The
+/// server's own pings after 2 idle seconds keep the binding, and both notifications arrive.
+#[test]
+fn tcp_server_keepalive_below_the_binding_timeout_keeps_notifications_coming() {
+    let Some(lab) = Lab::up(30, 3) else { return };
+    let tcp = format!("{SERVER}:5683");
+    let mut server = lab.server(&["serve", "--tcp", &tcp, "-K", "2", "--notify-every", "5"]);
+    serving(&mut server);
+    let uri = format!("coap+tcp://{SERVER}/time");
+    let mut client = lab.client(&["observe", "-c", "2", "-s", "30", &uri]);
+    let output = client.wait(Duration::from_secs(40));
+    let text = support::cli::text(&output);
+    assert!(output.status.success(), "{text}");
+    let pongs = server
+        .seen()
+        .iter()
+        .filter(|l| l.contains("pong in"))
+        .count();
+    assert!(
+        pongs >= 2,
+        "the server's pings were answered: {:?}",
+        server.seen()
+    );
+    assert_eq!(established_ports(server.seen()).len(), 1);
+}
+
+/// TCP bindings live 3 s, the server pings after 5 idle seconds with a pong timeout of 1 s:
+/// its Ping goes into a binding that is gone, and it declares the client dead. The client's
+/// next ping, 10 s on, reaches the server through a new binding on another port, where no
+/// connection exists: the server resets it, and the client learns its connection is gone.
+#[test]
+fn tcp_server_keepalive_above_the_binding_timeout_declares_the_client_dead() {
+    let Some(lab) = Lab::up(30, 3) else { return };
+    let tcp = format!("{SERVER}:5683");
+    let mut server = lab.server(&["serve", "--tcp", &tcp, "-K", "5", "--pong-timeout", "1"]);
+    serving(&mut server);
+    let uri = format!("coap+tcp://{SERVER}");
+    let started = Instant::now();
+    let mut client = lab.client(&["ping", "-i", "10", "-c", "2", &uri]);
+    let dead = server.wait_line(Duration::from_secs(20), |l| l.contains("session failed"));
+    let declared = started.elapsed();
+    assert!(
+        declared < Duration::from_secs(9),
+        "declared dead after {declared:?}: {dead}"
+    );
+    let output = client.wait(Duration::from_secs(30));
+    let text = support::cli::text(&output);
+    assert!(
+        !output.status.success(),
+        "the second ping cannot be answered on the old connection: {text}"
+    );
+    assert!(
+        text.contains("1 pongs received") || text.contains("1 pong received"),
+        "{text}"
+    );
+}
