@@ -124,6 +124,20 @@ fn ping_adaptive_refuses_other_transports_and_bad_ranges() {
         "{}",
         text(&output)
     );
+    let output = Running::spawn(&[
+        "ping",
+        "coap://127.0.0.1:1",
+        "--adaptive",
+        "5..60",
+        "--reconnect",
+    ])
+    .wait(LIMIT);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(
+        text(&output).contains("not supported yet"),
+        "{}",
+        text(&output)
+    );
     for bad in ["60..5", "5", "0..5", "a..b"] {
         let output = Running::spawn(&["ping", "coap://127.0.0.1:1", "--adaptive", bad]).wait(LIMIT);
         assert_eq!(output.status.code(), Some(2), "{bad}: {}", text(&output));

@@ -59,6 +59,11 @@ impl AdaptiveArgs {
 }
 
 impl AdaptiveArgs {
+    /// True when --adaptive was given.
+    pub fn is_on(&self) -> bool {
+        self.adaptive.is_some()
+    }
+
     /// Why --adaptive cannot run against a peer of `transport`, if it cannot.
     pub fn problem(&self, transport: coap_keepalive::Transport) -> Option<String> {
         (self.adaptive.is_some() && transport != coap_keepalive::Transport::Udp).then(|| {

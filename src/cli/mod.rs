@@ -9,6 +9,7 @@ pub mod http;
 pub mod json;
 pub mod output;
 pub mod ping;
+pub mod reconnect;
 pub mod request;
 pub mod resources;
 pub mod secure;

@@ -16,6 +16,7 @@ use coap_keepalive::KeepaliveConfig;
 use coap_keepalive::PingStyle;
 use coap_keepalive::Session;
 use coap_keepalive::SessionEvent;
+use coap_keepalive::{Events, ReconnectingSession};
 use coap_keepalive::{NackReason, Result};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -23,6 +24,7 @@ use tokio::time::Instant;
 use super::args::parse_secs;
 use super::json;
 use super::output::{ms, refuse_multicast, usage_error, Signals};
+use super::reconnect::{self, ReconnectArgs};
 use super::secure;
 use super::settings::KeepaliveArgs;
 use serde_json::json;
@@ -59,6 +61,8 @@ pub struct PingArgs {
     security: secure::ClientSecurityArgs,
     #[command(flatten)]
     adaptive: super::adaptive::AdaptiveArgs,
+    #[command(flatten)]
+    reconnect: ReconnectArgs,
 }
 
 /// What the library reported about the session.
@@ -96,6 +100,11 @@ pub async fn run(args: PingArgs) -> Result<ExitCode> {
     }
     if let Some(problem) = args.adaptive.problem(uri.transport) {
         return Ok(usage_error(&problem));
+    }
+    if args.adaptive.is_on() && args.reconnect.reconnect {
+        return Ok(usage_error(
+            "--adaptive and --reconnect together are not supported yet: the search follows one session",
+        ));
     }
     let peer = uri.resolve().await?;
     if let Some(problem) = refuse_multicast(peer.ip()) {
@@ -139,10 +148,22 @@ pub async fn run(args: PingArgs) -> Result<ExitCode> {
         let _ = tx.send(Outcome::Nack(reason));
     });
 
-    let connecting = ctx.connect_with(&args.uri, &credentials);
-    let session = tokio::select! {
+    let mut events = args.reconnect.reconnect.then(|| ctx.events());
+    let connecting = async {
+        match args.reconnect.policy() {
+            Some(policy) => ctx
+                .connect_reconnecting(&args.uri, &credentials, policy)
+                .await
+                .map(|client| (client.session(), Some(client))),
+            None => ctx
+                .connect_with(&args.uri, &credentials)
+                .await
+                .map(|session| (session, None)),
+        }
+    };
+    let (mut session, client): (Session, Option<ReconnectingSession>) = tokio::select! {
         connected = connecting => match connected {
-            Ok(session) => session,
+            Ok(connected) => connected,
             Err(error) => {
                 let why = secure::explain(&error, uri.transport, &credentials);
                 eprintln!("coap-keepalive: {uri}: {why}");
@@ -183,17 +204,33 @@ pub async fn run(args: PingArgs) -> Result<ExitCode> {
         );
     }
     let mut tally = Tally::default();
-    ping_loop(
-        started,
-        &args,
-        &config,
-        &session,
-        &mut rx,
-        &mut signals,
-        deadline,
-        &mut tally,
-    )
-    .await;
+    loop {
+        ping_loop(
+            started,
+            &args,
+            &config,
+            &session,
+            &mut rx,
+            &mut signals,
+            deadline,
+            &mut tally,
+        )
+        .await;
+        let (Some(client), Some(events)) = (&client, events.as_mut()) else {
+            break;
+        };
+        let done = args.count > 0 && tally.sent >= args.count;
+        if tally.failure.is_none() || done {
+            break;
+        }
+        if !reconnected(started, &args, events, &mut signals, deadline).await {
+            break;
+        }
+        // Back: the failure was recovered from, and pinging goes on on the new session.
+        session = client.session();
+        tally.failure = None;
+    }
+    drop(client);
     let stats = session.stats();
     ctx.shutdown().await;
     let received = tally.received();
@@ -382,6 +419,38 @@ async fn ping_loop(
                 _ = until(deadline) => return,
                 _ = signals.recv() => return,
             }
+        }
+    }
+}
+
+/// With `--reconnect`, after a failure: prints the reconnection's events until the session is
+/// back (true) or will not be, the deadline passed or a signal came (false).
+async fn reconnected(
+    started: Instant,
+    args: &PingArgs,
+    events: &mut Events,
+    signals: &mut Signals,
+    deadline: Option<Instant>,
+) -> bool {
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(Ok(event)) => {
+                    let Some(said) = reconnect::said(&event) else { continue };
+                    if args.json {
+                        println!("{}", json::event(said.name, started.elapsed(), None, said.fields));
+                    } else if !args.quiet {
+                        println!("{}", said.line);
+                    }
+                    if let Some(back) = said.settled {
+                        return back;
+                    }
+                }
+                Some(Err(_lagged)) => {}
+                None => return false,
+            },
+            _ = until(deadline) => return false,
+            _ = signals.recv() => return false,
         }
     }
 }

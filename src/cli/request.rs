@@ -11,9 +11,13 @@ use std::time::Duration;
 use clap::Args;
 use coap_keepalive::Result;
 use coap_keepalive::{CoapUri, Context, Method, Request, Response, Session, SessionState, Status};
+use coap_keepalive::{
+    Event, Events, Observation, ReconnectPolicy, ReconnectingObservation, ReconnectingSession,
+};
 
 use super::args::{parse_block_size, parse_body_size, parse_secs};
 use super::output::{refuse_multicast, usage_error, Signals};
+use super::reconnect::{self, ReconnectArgs};
 
 /// Arguments shared by the request subcommands and `observe`.
 #[derive(Debug, Args)]
@@ -75,6 +79,41 @@ pub struct ObserveArgs {
     /// Stop after this many notifications, the first response not counted (0: no limit).
     #[arg(short = 'c', long, default_value_t = 0)]
     count: u64,
+    #[command(flatten)]
+    reconnect: ReconnectArgs,
+}
+
+/// The notifications `observe` prints: of one session's observation, or, with `--reconnect`,
+/// of one that is registered again on every new session.
+enum Watching {
+    Once(Observation),
+    Reconnecting(ReconnectingObservation),
+}
+
+impl Watching {
+    fn first(&self) -> &Response {
+        match self {
+            Watching::Once(o) => o.first(),
+            Watching::Reconnecting(o) => o.first(),
+        }
+    }
+
+    async fn next(&mut self) -> Option<Response> {
+        match self {
+            Watching::Once(o) => o.next().await,
+            Watching::Reconnecting(o) => o.next().await,
+        }
+    }
+
+    async fn cancel(self) {
+        match self {
+            Watching::Once(o) => {
+                let _ = o.cancel().await;
+            }
+            // Dropping it deregisters at the current session.
+            Watching::Reconnecting(o) => drop(o),
+        }
+    }
 }
 
 /// The request the arguments describe, its body read (from `-e`, `-f FILE` or stdin).
@@ -115,8 +154,19 @@ fn read_body(file: &Path) -> std::result::Result<Vec<u8>, String> {
     std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))
 }
 
-/// Connects as the URI and the security options say; prints why on failure.
+/// Connects as the URI and the security options say; prints why on failure. With a
+/// `reconnect` policy the session connects again whenever it ends.
 async fn connect(uri: &CoapUri, args: &RequestArgs) -> Result<Option<(Context, Session)>> {
+    Ok(connect_with_policy(uri, args, None)
+        .await?
+        .map(|(ctx, session, _)| (ctx, session)))
+}
+
+async fn connect_with_policy(
+    uri: &CoapUri,
+    args: &RequestArgs,
+    reconnect: Option<ReconnectPolicy>,
+) -> Result<Option<(Context, Session, Option<ReconnectingSession>)>> {
     let credentials = args.security.credentials(uri.transport)?;
     let mut builder = args.settings.apply(Context::builder()).connect_timeout(
         args.security
@@ -131,8 +181,18 @@ async fn connect(uri: &CoapUri, args: &RequestArgs) -> Result<Option<(Context, S
         builder = builder.max_body_size(bytes);
     }
     let ctx = builder.build()?;
-    match ctx.connect_with(&uri.to_string(), &credentials).await {
-        Ok(session) => Ok(Some((ctx, session))),
+    let connected = match reconnect {
+        Some(policy) => ctx
+            .connect_reconnecting(&uri.to_string(), &credentials, policy)
+            .await
+            .map(|client| (client.session(), Some(client))),
+        None => ctx
+            .connect_with(&uri.to_string(), &credentials)
+            .await
+            .map(|session| (session, None)),
+    };
+    match connected {
+        Ok((session, client)) => Ok(Some((ctx, session, client))),
         Err(error) => {
             let why = super::secure::explain(&error, uri.transport, &credentials);
             eprintln!("coap-keepalive: {uri}: {why}");
@@ -238,6 +298,20 @@ fn failure(why: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// The next event, when there are events to read; pending forever otherwise.
+async fn next_event(events: &mut Option<Events>) -> Option<Event> {
+    match events {
+        Some(events) => loop {
+            match events.recv().await {
+                Some(Ok(event)) => return Some(event),
+                Some(Err(_lagged)) => continue,
+                None => return std::future::pending().await,
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
 /// Observes a resource and prints the first response, then each notification, numbered;
 /// the last line counts both alike.
 pub async fn observe(args: ObserveArgs) -> Result<ExitCode> {
@@ -246,11 +320,18 @@ pub async fn observe(args: ObserveArgs) -> Result<ExitCode> {
     if let Some(problem) = usage_problem(Method::Get, &args.request, &uri).await? {
         return Ok(usage_error(&problem));
     }
-    let Some((ctx, session)) = connect(&uri, &args.request).await? else {
+    let policy = args.reconnect.policy();
+    let Some((ctx, session, client)) = connect_with_policy(&uri, &args.request, policy).await?
+    else {
         return Ok(ExitCode::FAILURE);
     };
+    let mut events = client.as_ref().map(|_| ctx.events());
     session.set_request_timeout(args.request.timeout);
-    let mut observation = session.observe(&uri.path.join("/")).await?;
+    let path = uri.path.join("/");
+    let mut observation = match &client {
+        Some(client) => Watching::Reconnecting(client.observe(&path).await?),
+        None => Watching::Once(session.observe(&path).await?),
+    };
     let first = observation.first();
     match first.observe {
         Some(sequence) => println!("{} (registered, observe {sequence})", first.status_line()),
@@ -305,11 +386,21 @@ pub async fn observe(args: ObserveArgs) -> Result<ExitCode> {
                     break;
                 }
             },
+            Some(event) = next_event(&mut events) => {
+                if let Some(said) = reconnect::said(&event) {
+                    println!("({})", said.line);
+                    if said.settled == Some(false) {
+                        ended_early = true;
+                        break;
+                    }
+                }
+            }
             _ = &mut deadline => break,
             _ = signals.recv() => break,
         }
     }
-    let _ = observation.cancel().await;
+    observation.cancel().await;
+    drop(client);
     ctx.shutdown().await;
     println!(
         "the first response and {seen} notification{}",
