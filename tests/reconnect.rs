@@ -176,3 +176,96 @@ async fn a_policy_with_a_limit_gives_up_and_says_so() {
     })
     .await
 }
+
+/// 1,000 clients of one server that restarts: every one comes back with its observation, and
+/// the reconnections spread over the backoff window instead of arriving in one stampede. The
+/// server stays down for 300 ms; the first attempts wait up to 200 ms (so most fail and try
+/// again with up to 400 ms, then 800 ms). The histogram of when each client was back is
+/// printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_clients_come_back_after_a_server_restart_spread_over_the_backoff_window() {
+    const CLIENTS: usize = 1000;
+    let (first, _) = server("a");
+    let addr = first
+        .listen_tcp("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+        .local_addr;
+    let client = Context::builder().seed(7).build().unwrap();
+    let policy = ReconnectPolicy::new(ms(200), ms(2_000));
+    let uri = format!("coap+tcp://{addr}");
+    let mut fleet = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        let reconnecting = client
+            .connect_reconnecting(&uri, &ClientCredentials::None, policy)
+            .await
+            .unwrap();
+        let observation = reconnecting.observe("/n").await.unwrap();
+        fleet.push((reconnecting, observation));
+    }
+    assert_eq!(first.observer_count("/n"), CLIENTS);
+
+    let down = tokio::time::Instant::now();
+    // Each client's observation yields the new server's representation when it is back.
+    let mut waiting = Vec::with_capacity(CLIENTS);
+    let mut sessions = Vec::with_capacity(CLIENTS);
+    for (reconnecting, mut observation) in fleet {
+        sessions.push(reconnecting);
+        waiting.push(tokio::spawn(async move {
+            let restored = observation.next().await.expect("the observation goes on");
+            (
+                down.elapsed(),
+                restored.payload_str().to_string(),
+                observation,
+            )
+        }));
+    }
+    first.shutdown().await;
+    tokio::time::sleep(ms(300)).await;
+    let (second, _) = server("b");
+    listen_again(&second, false, addr).await;
+    let back = bounded(LIMIT, async {
+        let mut back = Vec::with_capacity(CLIENTS);
+        let mut observations = Vec::with_capacity(CLIENTS);
+        for task in waiting {
+            let (at, payload, observation) = task.await.unwrap();
+            assert_eq!(payload, "b0");
+            back.push(at);
+            observations.push(observation);
+        }
+        (back, observations)
+    })
+    .await;
+    let (back, _observations) = back;
+    assert_eq!(second.observer_count("/n"), CLIENTS);
+
+    // The histogram, in 100 ms buckets from the moment the server went down.
+    let mut buckets = [0usize; 20];
+    for at in &back {
+        buckets[(at.as_millis() as usize / 100).min(buckets.len() - 1)] += 1;
+    }
+    println!("reconnected after the server went down (it was back at 300 ms):");
+    for (i, n) in buckets.iter().enumerate().filter(|(_, n)| **n > 0) {
+        println!(
+            "  {:>4}-{:<4} ms {:>4} {}",
+            i * 100,
+            i * 100 + 100,
+            n,
+            "#".repeat(n / 10)
+        );
+    }
+    let busiest = *buckets.iter().max().unwrap();
+    assert!(
+        busiest < CLIENTS / 2,
+        "{busiest} of {CLIENTS} clients came back within the same 100 ms: a stampede"
+    );
+    let spread = back
+        .iter()
+        .max()
+        .unwrap()
+        .saturating_sub(*back.iter().min().unwrap());
+    assert!(spread >= ms(300), "back within {spread:?} of each other");
+    drop(sessions);
+    client.shutdown().await;
+    second.shutdown().await;
+}

@@ -130,9 +130,9 @@ impl ClientSeen {
     /// The cause of a failed handshake: `error` is webrtc-dtls's (none for our deadline).
     fn diagnose(&self, mode: Mode, error: Option<&str>, timeout: Duration) -> String {
         let detail = error.map(|e| format!(" ({e})")).unwrap_or_default();
-        if let Some(alert) = self.alert.filter(|a| a.is_fatal()) {
-            return format!("{}{detail}", alert_cause(alert, mode, self));
-        }
+        // Our own verification of the server's certificate comes first: it is what we know for
+        // sure, and an alert of the server's may only answer ours (or race it, when the
+        // server also refuses something of ours).
         if let Some(e) = error {
             if e.contains("not valid for name") {
                 return format!("the server's certificate does not name this host ({e})");
@@ -140,6 +140,9 @@ impl ClientSeen {
             if e.contains("invalid peer certificate") {
                 return format!("untrusted server certificate (not signed by the CA given) ({e})");
             }
+        }
+        if let Some(alert) = self.alert.filter(|a| a.is_fatal()) {
+            return format!("{}{detail}", alert_cause(alert, mode, self));
         }
         let waited = format!("timed out after {timeout:?}");
         if self.dtls == 0 && self.not_dtls > 0 {

@@ -60,7 +60,12 @@ pub(crate) async fn listen(rt: &Arc<Runtime>, addr: SocketAddr) -> Result<Endpoi
     rt.spawn(async move {
         loop {
             tokio::select! {
+                // Shutdown first: a connection accepted after it would start a session that
+                // the shutdown no longer waits for (its task list was already taken).
+                biased;
+                _ = shutdown.changed() => return,
                 accepted = listener.accept() => match accepted {
+                    Ok(_) if *shutdown.borrow() => return,
                     Ok((stream, peer)) => match limit.admit() {
                         Some(place) => {
                             configure(&accept_rt, &stream);
@@ -83,7 +88,6 @@ pub(crate) async fn listen(rt: &Arc<Runtime>, addr: SocketAddr) -> Result<Endpoi
                         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     }
                 },
-                _ = shutdown.changed() => return,
             }
         }
     });

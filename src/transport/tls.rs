@@ -39,8 +39,13 @@ pub(crate) async fn listen(
     rt.spawn(async move {
         loop {
             tokio::select! {
+                // Shutdown first: a connection accepted after it would start a session that
+                // the shutdown no longer waits for (its task list was already taken).
+                biased;
+                _ = shutdown.changed() => return,
                 accepted = listener.accept() => match accepted {
                     // A handshake in progress holds a place too.
+                    Ok(_) if *shutdown.borrow() => return,
                     Ok((stream, peer)) => match limit.admit() {
                         Some(place) => {
                             configure(&accept_rt, &stream);
@@ -68,7 +73,6 @@ pub(crate) async fn listen(
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
-                _ = shutdown.changed() => return,
             }
         }
     });
