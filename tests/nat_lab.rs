@@ -429,3 +429,67 @@ fn tls_client_keepalive_below_the_binding_timeout_keeps_the_connection() {
         server.seen()
     );
 }
+
+// ---- the adaptive interval ------------------------------------------------------------------
+
+/// Bindings live 5 s. `ping --adaptive 1..16` probes from a second socket (1, 2, 4 s arrive,
+/// 8 s is lost, then the gap is halved) and settles on a lifetime between 4 and 5 s; the real
+/// session then pings at 80 % of it, and every ping is answered over one binding.
+#[test]
+fn udp_adaptive_interval_finds_the_binding_timeout_and_keeps_it() {
+    let Some(lab) = Lab::up(5, 300) else { return };
+    let udp = format!("{SERVER}:5683");
+    let mut server = lab.server(&["serve", "--udp", &udp]);
+    serving(&mut server);
+    let uri = format!("coap://{SERVER}");
+    let started = Instant::now();
+    let mut client = lab.client(&["ping", &uri, "--adaptive", "1..16", "-i", "2"]);
+    let settled = client.wait_line(Duration::from_secs(90), |l| {
+        l.starts_with("adaptive: settled")
+    });
+    let found = Instant::now() - started;
+    let lifetime: f64 = settled
+        .split("lifetime ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|secs| secs.parse().ok())
+        .unwrap_or_else(|| panic!("no lifetime in {settled:?}"));
+    assert!(
+        (4.0..=5.0).contains(&lifetime),
+        "the binding lives 5 s; found {lifetime} s: {settled}"
+    );
+    println!("{settled} after {found:?}");
+    // Then the session's own pings, at 80 % of it, all answered.
+    let interval = client.wait_line(Duration::from_secs(10), |l| {
+        l.starts_with("adaptive: keepalive interval")
+    });
+    let pongs_before = client
+        .seen()
+        .iter()
+        .filter(|l| l.starts_with("pong"))
+        .count();
+    std::thread::sleep(Duration::from_secs(12));
+    let pongs = client
+        .seen()
+        .iter()
+        .filter(|l| l.starts_with("pong"))
+        .count()
+        - pongs_before;
+    assert!(
+        pongs >= 2,
+        "{interval}; {pongs} pongs in 12 s: {:?}",
+        client.seen()
+    );
+    assert!(
+        !client
+            .seen()
+            .iter()
+            .any(|l| l.contains("no answer") || l.contains("failed")),
+        "{:?}",
+        client.seen()
+    );
+    client.interrupt();
+    let output = client.wait(Duration::from_secs(10));
+    let text = support::cli::text(&output);
+    assert!(output.status.success(), "{text}");
+}
