@@ -493,3 +493,56 @@ fn udp_adaptive_interval_finds_the_binding_timeout_and_keeps_it() {
     let text = support::cli::text(&output);
     assert!(output.status.success(), "{text}");
 }
+
+/// Bindings live 3 s and notifications come every 4 s (Max-Age 5 s): only the client's own
+/// keepalive can keep the binding. `observe --adaptive 1..8 -K 15` starts at the fixed 15 s,
+/// finds the lifetime and pings at 80 % of it; from then on no notification is missed (the
+/// server's Observe numbers arrive without a gap).
+#[test]
+fn udp_observe_with_the_adaptive_interval_misses_no_notification_in_steady_state() {
+    let Some(lab) = Lab::up(3, 300) else { return };
+    let udp = format!("{SERVER}:5683");
+    let mut server = lab.server(&["serve", "--udp", &udp, "--notify-every", "4", "-q"]);
+    serving(&mut server);
+    let uri = format!("coap://{SERVER}/time");
+    let mut client = lab.client(&[
+        "observe",
+        &uri,
+        "--adaptive",
+        "1..8",
+        "-K",
+        "15",
+        "-s",
+        "55",
+    ]);
+    let output = client.wait(Duration::from_secs(70));
+    let text = support::cli::text(&output);
+    assert!(output.status.success(), "{text}");
+    let lines = support::cli::lines(&output);
+    let settled_at = lines
+        .iter()
+        .position(|l| l.starts_with("(adaptive: settled"))
+        .unwrap_or_else(|| panic!("never settled: {text}"));
+    // The Observe numbers of the notifications after the search settled.
+    let numbers: Vec<u32> = lines[settled_at..]
+        .iter()
+        .filter(|l| l.starts_with("notification"))
+        .filter_map(|l| {
+            l.split("(observe ")
+                .nth(1)
+                .and_then(|rest| rest.trim_end_matches(')').parse().ok())
+        })
+        .collect();
+    assert!(
+        numbers.len() >= 3,
+        "{} notifications after settling: {text}",
+        numbers.len()
+    );
+    let missed: u32 = numbers.windows(2).map(|w| w[1] - w[0] - 1).sum();
+    println!(
+        "{}; {} notifications in steady state, {missed} missed",
+        lines[settled_at],
+        numbers.len()
+    );
+    assert_eq!(missed, 0, "notifications missed in steady state: {text}");
+}

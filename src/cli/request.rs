@@ -12,7 +12,8 @@ use clap::Args;
 use coap_keepalive::Result;
 use coap_keepalive::{CoapUri, Context, Method, Request, Response, Session, SessionState, Status};
 use coap_keepalive::{
-    Event, Events, Observation, ReconnectPolicy, ReconnectingObservation, ReconnectingSession,
+    Event, EventKind, Events, Observation, ReconnectPolicy, ReconnectingObservation,
+    ReconnectingSession,
 };
 
 use super::args::{parse_block_size, parse_body_size, parse_secs};
@@ -81,7 +82,15 @@ pub struct ObserveArgs {
     count: u64,
     #[command(flatten)]
     reconnect: ReconnectArgs,
+    /// coap:// only: the session's keepalive interval found by the adaptive search (as
+    /// `ping --adaptive`; -K is the fixed interval until then, default 15 s), one line per
+    /// step of the search.
+    #[command(flatten)]
+    adaptive: super::adaptive::AdaptiveArgs,
 }
+
+/// The fixed keepalive interval of `observe --adaptive` when no -K is given.
+const ADAPTIVE_FALLBACK: Duration = Duration::from_secs(15);
 
 /// The notifications `observe` prints: of one session's observation, or, with `--reconnect`,
 /// of one that is registered again on every new session.
@@ -320,12 +329,32 @@ pub async fn observe(args: ObserveArgs) -> Result<ExitCode> {
     if let Some(problem) = usage_problem(Method::Get, &args.request, &uri).await? {
         return Ok(usage_error(&problem));
     }
+    if let Some(problem) = args.adaptive.problem(uri.transport) {
+        return Ok(usage_error(&problem));
+    }
+    if args.adaptive.is_on() && args.reconnect.reconnect {
+        return Ok(usage_error(
+            "--adaptive and --reconnect together are not supported yet: the search follows one session",
+        ));
+    }
     let policy = args.reconnect.policy();
     let Some((ctx, session, client)) = connect_with_policy(&uri, &args.request, policy).await?
     else {
         return Ok(ExitCode::FAILURE);
     };
-    let mut events = client.as_ref().map(|_| ctx.events());
+    let fixed = args.request.settings.keepalive.unwrap_or(ADAPTIVE_FALLBACK);
+    let adaptive_config = args.adaptive.config(fixed);
+    let mut events = (client.is_some() || adaptive_config.is_some()).then(|| ctx.events());
+    // Held for the run: dropping it stops the search (the interval found stays).
+    let _adaptive = match adaptive_config {
+        Some(config) => {
+            session.set_keepalive_interval(Some(fixed));
+            Some(coap_keepalive::AdaptiveKeepalive::start(
+                &ctx, &session, config,
+            )?)
+        }
+        None => None,
+    };
     session.set_request_timeout(args.request.timeout);
     let path = uri.path.join("/");
     let mut observation = match &client {
@@ -387,7 +416,11 @@ pub async fn observe(args: ObserveArgs) -> Result<ExitCode> {
                 }
             },
             Some(event) = next_event(&mut events) => {
-                if let Some(said) = reconnect::said(&event) {
+                if let EventKind::Adaptive(step) = &event.kind {
+                    if event.session.id() == session.id() {
+                        println!("(adaptive: {step})");
+                    }
+                } else if let Some(said) = reconnect::said(&event) {
                     println!("({})", said.line);
                     if said.settled == Some(false) {
                         ended_early = true;
