@@ -546,3 +546,152 @@ fn udp_observe_with_the_adaptive_interval_misses_no_notification_in_steady_state
     );
     assert_eq!(missed, 0, "notifications missed in steady state: {text}");
 }
+
+/// DTLS bindings live 3 s, notifications come every 4 s: the client's pings every second keep
+/// the binding, and the notifications arrive over one session.
+#[test]
+fn dtls_client_keepalive_below_the_binding_timeout_keeps_notifications_coming() {
+    let Some(lab) = Lab::up(3, 300) else { return };
+    let dtls = format!("{SERVER}:5684");
+    let mut server = lab.server(&[
+        "serve",
+        "--dtls",
+        &dtls,
+        "--psk-key",
+        "lab-secret",
+        "--notify-every",
+        "4",
+    ]);
+    serving(&mut server);
+    let uri = format!("coaps://{SERVER}/time");
+    let mut client = lab.client(&[
+        "observe",
+        "-K",
+        "1",
+        "-c",
+        "3",
+        "-s",
+        "30",
+        "--psk-identity",
+        "lab",
+        "--psk-key",
+        "lab-secret",
+        &uri,
+    ]);
+    let output = client.wait(Duration::from_secs(40));
+    let text = support::cli::text(&output);
+    assert!(output.status.success(), "{text}");
+    assert!(
+        text.contains("the first response and 3 notifications"),
+        "{text}"
+    );
+    assert_eq!(
+        established_ports(server.seen()).len(),
+        1,
+        "{:?}",
+        server.seen()
+    );
+}
+
+/// TLS bindings live 3 s and the server pings after 5 idle seconds (pong timeout 1 s): it
+/// declares the client dead, the client's next ping meets a reset through a new binding, and
+/// `--reconnect` makes a new handshake, a new session on a new port, whose ping is answered.
+#[test]
+fn tls_server_keepalive_above_the_binding_timeout_declares_the_client_dead_and_it_reconnects() {
+    let Some(lab) = Lab::up(30, 3) else { return };
+    let certs = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
+    let (cert, key) = (certs.join("server.pem"), certs.join("server.key"));
+    let tls = format!("{SERVER}:5684");
+    let mut server = lab.server(&[
+        "serve",
+        "--tls",
+        &tls,
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "-K",
+        "5",
+        "--pong-timeout",
+        "1",
+    ]);
+    serving(&mut server);
+    let uri = format!("coaps+tcp://{SERVER}");
+    let mut client = lab.client(&[
+        "ping",
+        "-i",
+        "10",
+        "-c",
+        "3",
+        "--insecure",
+        "--reconnect",
+        "--reconnect-base",
+        "0.2",
+        "--reconnect-cap",
+        "1",
+        &uri,
+    ]);
+    let dead = server.wait_line(Duration::from_secs(20), |l| l.contains("session failed"));
+    let output = client.wait(Duration::from_secs(40));
+    let text = support::cli::text(&output);
+    assert!(text.contains("reconnected to"), "{text}");
+    assert!(text.contains("3 pings sent, 2 pongs received"), "{text}");
+    let ports = established_ports(server.seen());
+    assert!(
+        ports.len() == 2 && ports[0] != ports[1],
+        "{:?}",
+        server.seen()
+    );
+    assert_eq!(port_of(&dead), Some(ports[0].clone()));
+}
+
+/// TCP bindings live 3 s; the client observes without a keepalive of its own, and the server,
+/// pinging after 5 s, declares it dead. When the client's representation goes stale it
+/// registers again on its old connection, meets a reset through a new binding, and
+/// `--reconnect` brings the observation back on a new session, where notifications come.
+#[test]
+fn tcp_observation_is_restored_on_a_new_connection_after_the_binding_died() {
+    let Some(lab) = Lab::up(30, 3) else { return };
+    let tcp = format!("{SERVER}:5683");
+    let mut server = lab.server(&[
+        "serve",
+        "--tcp",
+        &tcp,
+        "-K",
+        "5",
+        "--pong-timeout",
+        "1",
+        "--notify-every",
+        "4",
+    ]);
+    serving(&mut server);
+    let uri = format!("coap+tcp://{SERVER}/time");
+    let mut client = lab.client(&[
+        "observe",
+        "--reconnect",
+        "--reconnect-base",
+        "0.2",
+        "--reconnect-cap",
+        "1",
+        "-s",
+        "25",
+        &uri,
+    ]);
+    let output = client.wait(Duration::from_secs(40));
+    let text = support::cli::text(&output);
+    let lines = support::cli::lines(&output);
+    let back = lines
+        .iter()
+        .position(|l| l.contains("reconnected to") && l.contains("1 observation restored"))
+        .unwrap_or_else(|| panic!("no reconnection with the observation: {text}"));
+    assert!(
+        lines[back..].iter().any(|l| l.starts_with("notification")),
+        "a notification on the new session: {text}"
+    );
+    let ports = established_ports(server.seen());
+    assert!(
+        ports.len() >= 2 && ports[0] != ports[1],
+        "{:?}",
+        server.seen()
+    );
+}
