@@ -305,6 +305,46 @@ async fn tls_observe_notifications() {
     observe_notifications(Transport::Tls).await;
 }
 
+/// RFC 7641 §3.2: a notification that is not a 2.xx one ends the observation. The server
+/// forgets the observer as it sends it, and the client hands it up as the last item of the
+/// stream, which then ends.
+async fn an_error_notification_ends_the_observation(transport: Transport) {
+    let server = server().await;
+    let (_ctx, session) = client(&server, transport).await;
+    let gone = Arc::new(AtomicUsize::new(0));
+    let seen = gone.clone();
+    server
+        .ctx
+        .add_resource(Resource::new("/fleeting").observable().get(move |_, _| {
+            match seen.load(Ordering::SeqCst) {
+                0 => Response::content_text("here"),
+                _ => Response::new(Status::NotFound),
+            }
+        }));
+    timeout(LIMIT, async {
+        let mut observation = session.observe("/fleeting").await.unwrap();
+        assert!(observation.first().observe.is_some());
+        gone.store(1, Ordering::SeqCst);
+        assert_eq!(server.ctx.notify("/fleeting"), 1);
+        let last = observation.next().await.expect("the 4.04 is handed up");
+        assert_eq!(last.status, Status::NotFound);
+        assert_eq!(observation.next().await, None, "and the stream ends");
+        assert_eq!(server.ctx.observer_count("/fleeting"), 0);
+    })
+    .await
+    .expect("the observation ends");
+}
+
+#[tokio::test]
+async fn udp_an_error_notification_ends_the_observation() {
+    an_error_notification_ends_the_observation(Transport::Udp).await;
+}
+
+#[tokio::test]
+async fn tcp_an_error_notification_ends_the_observation() {
+    an_error_notification_ends_the_observation(Transport::Tcp).await;
+}
+
 #[tokio::test]
 async fn observations_end_with_the_session() {
     let server = server().await;

@@ -205,6 +205,11 @@ impl Exchanges {
         let fresh = self
             .observation(packet.get_token())
             .is_some_and(|observation| observation.accept(now, response));
+        if fresh && (!response.is_success() || response.observe.is_none()) {
+            // RFC 7641 §3.2: a notification that is not a 2.xx one (or, a 2.xx without
+            // Observe, no longer a notification) is the last: the server has removed us.
+            self.forget_observation(packet.get_token());
+        }
         if fresh {
             Notified::Fresh {
                 more: block.is_some_and(|b| b.more),

@@ -65,9 +65,15 @@ impl Waiters {
                     }
                     return Delivery::Delivered;
                 }
+                // A notification that is not a 2.xx one, or has no Observe, is the last (RFC
+                // 7641 §3.2): delivered, then the stream ends.
+                let last = !response.is_success() || response.observe.is_none();
                 if notifications.send(response).is_err() {
                     self.by_token.remove(token);
                     return Delivery::Abandoned;
+                }
+                if last {
+                    self.by_token.remove(token);
                 }
                 Delivery::Delivered
             }
