@@ -20,7 +20,9 @@ use crate::proto::rng::Rng;
 use crate::proto::wire::options::{self, OptionProblem};
 use crate::proto::wire::udp::{self, Datagram};
 use crate::proto::PeerPing;
-use crate::proto::{option_rejection, IncomingRequest, ProtocolEvent};
+use crate::proto::{
+    is_unknown_method, method_not_allowed, option_rejection, IncomingRequest, ProtocolEvent,
+};
 
 /// Message IDs of received requests remembered per session for deduplication.
 const DEDUP_CAPACITY: usize = 64;
@@ -252,6 +254,10 @@ impl DatagramSession {
         };
         match packet.header.code {
             MessageClass::Request(_) if incoming => Stranger::Open(FirstDatagram(datagram)),
+            // A request with a method we do not know: a session answers it 4.05 (§5.8).
+            MessageClass::Reserved(code) if incoming && is_unknown_method(code) => {
+                Stranger::Open(FirstDatagram(datagram))
+            }
             MessageClass::Response(_) if incoming => Stranger::Reject {
                 rst: udp::reset(packet.header.message_id),
                 why: StrangerReason::UnmatchedResponse,
@@ -482,6 +488,21 @@ impl DatagramSession {
                 _ => {}
             },
             MessageClass::Response(_) => self.handle_response(now, packet),
+            MessageClass::Reserved(code)
+                if is_unknown_method(code)
+                    && matches!(
+                        message_type,
+                        MessageType::Confirmable | MessageType::NonConfirmable
+                    ) =>
+            {
+                // RFC 7252 §5.8: a request with a method we do not know gets 4.05 (on the ACK
+                // of a CON); kept for its duplicates like any answer.
+                self.answer(&packet, method_not_allowed());
+                self.events.push_back(ProtocolEvent::Rejected(format!(
+                    "request with unknown method {} answered 4.05",
+                    packet.header.code
+                )));
+            }
             _ => {
                 if message_type == MessageType::Confirmable {
                     self.transmits.push_back(udp::reset(message_id).to_vec());
@@ -2000,6 +2021,22 @@ mod tests {
             .any(|e| matches!(e, ProtocolEvent::Response { .. })));
         assert_eq!(s.observations(), 0, "the server no longer observes for us");
         assert!(drain(&mut s).is_empty());
+    }
+
+    #[test]
+    fn a_request_with_an_unknown_method_gets_4_05() {
+        let (mut s, t0) = session();
+        // CON 0.09 (no such method), MID 0x1234: a piggybacked 4.05 (RFC 7252 §5.8), and the
+        // same again for a duplicate.
+        s.handle_datagram(t0, &[0x40, 0x09, 0x12, 0x34]);
+        assert_eq!(drain(&mut s), vec![vec![0x60, 0x85, 0x12, 0x34]]);
+        s.handle_datagram(t0, &[0x40, 0x09, 0x12, 0x34]);
+        assert_eq!(drain(&mut s), vec![vec![0x60, 0x85, 0x12, 0x34]]);
+        // And as a stranger's first datagram, it opens a session that answers so.
+        assert!(matches!(
+            DatagramSession::screen(&[0x40, 0x1f, 0x00, 0x01]),
+            Stranger::Open(_)
+        ));
     }
 
     #[test]

@@ -264,3 +264,15 @@ pub(crate) fn option_rejection(problem: OptionProblem) -> Packet {
     packet.payload = problem.to_string().into_bytes();
     packet
 }
+
+/// A request code (class 0, not 0.00 Empty) that names no method this stack knows (0.08 to
+/// 0.31): RFC 7252 §5.8 answers it 4.05 Method Not Allowed.
+pub(crate) fn is_unknown_method(code: u8) -> bool {
+    code >> 5 == 0 && code != 0
+}
+
+/// The 4.05 Method Not Allowed of a request whose method is unknown (RFC 7252 §5.8).
+pub(crate) fn method_not_allowed() -> coap_lite::Packet {
+    crate::proto::message::Response::new(crate::proto::message::Status::MethodNotAllowed)
+        .to_packet()
+}

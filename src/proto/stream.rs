@@ -20,7 +20,9 @@ use crate::proto::wire::options::{self as wire_options, OptionProblem};
 use crate::proto::wire::signal::{Signal, SignalError, ABORT, BASE_MAX_MESSAGE_SIZE, CSM};
 use crate::proto::wire::tcp::{Frame, FrameDecoder, FrameError};
 use crate::proto::PeerPing;
-use crate::proto::{option_rejection, IncomingRequest, ProtocolEvent};
+use crate::proto::{
+    is_unknown_method, method_not_allowed, option_rejection, IncomingRequest, ProtocolEvent,
+};
 
 /// The Max-Message-Size we announce and enforce unless told otherwise.
 pub const DEFAULT_MAX_MESSAGE_SIZE: u32 = 65_536;
@@ -243,6 +245,14 @@ impl StreamSession {
                     Ok(()) => self.handle_response(now, &packet),
                     Err(problem) => self.reject_response(&packet, problem),
                 },
+                MessageClass::Reserved(code) if is_unknown_method(code) => {
+                    // RFC 7252 §5.8: a request with a method we do not know gets 4.05.
+                    self.answer(&packet, method_not_allowed());
+                    self.events.push_back(ProtocolEvent::Rejected(format!(
+                        "request with unknown method {} answered 4.05",
+                        packet.header.code
+                    )));
+                }
                 _ => self.events.push_back(ProtocolEvent::Rejected(format!(
                     "unexpected code {} over TCP",
                     packet.header.code
@@ -1140,6 +1150,17 @@ mod tests {
         });
         assert!(notified);
         assert_eq!(s.observations(), 1);
+    }
+
+    #[test]
+    fn a_request_with_an_unknown_method_gets_4_05_and_an_empty_message_nothing() {
+        let (mut s, t0) = established(0);
+        // Code 0.09, TKL 1, token 0x5a: 4.05 under the same token (RFC 7252 §5.8).
+        s.handle_bytes(t0, &[0x01, 0x09, 0x5a]);
+        assert_eq!(s.poll_transmit(), Some(vec![0x01, 0x85, 0x5a]));
+        // 0.00, an empty message (RFC 8323 §4.4): ignored.
+        s.handle_bytes(t0, &[0x00, 0x00]);
+        assert_eq!(s.poll_transmit(), None);
     }
 
     #[test]
