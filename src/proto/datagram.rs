@@ -21,7 +21,8 @@ use crate::proto::wire::options::{self, OptionProblem};
 use crate::proto::wire::udp::{self, Datagram};
 use crate::proto::PeerPing;
 use crate::proto::{
-    is_unknown_method, method_not_allowed, option_rejection, IncomingRequest, ProtocolEvent,
+    is_unknown_method, is_unknown_response, method_not_allowed, option_rejection, IncomingRequest,
+    ProtocolEvent,
 };
 
 /// Message IDs of received requests remembered per session for deduplication.
@@ -488,6 +489,11 @@ impl DatagramSession {
                 _ => {}
             },
             MessageClass::Response(_) => self.handle_response(now, packet),
+            // RFC 7252 §5.9: a response code we do not know (4.17, 2.10 ...) is a response of
+            // its class all the same, handed up with its code.
+            MessageClass::Reserved(code) if is_unknown_response(code) => {
+                self.handle_response(now, packet)
+            }
             MessageClass::Reserved(code)
                 if is_unknown_method(code)
                     && matches!(
@@ -2021,6 +2027,28 @@ mod tests {
             .any(|e| matches!(e, ProtocolEvent::Response { .. })));
         assert_eq!(s.observations(), 0, "the server no longer observes for us");
         assert!(drain(&mut s).is_empty());
+    }
+
+    #[test]
+    fn a_response_with_an_unknown_code_is_handed_up_with_its_class() {
+        let (mut s, t0) = session();
+        let token = s.send_request(t0, &Request::get("/x"), Duration::from_secs(60));
+        let request = drain(&mut s);
+        let message_id = mid(&request[0]);
+        // A piggybacked 4.17 (no such code in RFC 7252): RFC 7252 §5.9 reads it as a 4.xx.
+        let mut ack = vec![0x60 | token.len() as u8, 0x91];
+        ack.extend_from_slice(&message_id.to_be_bytes());
+        ack.extend_from_slice(&token);
+        s.handle_datagram(t0, &ack);
+        let response = events(&mut s).into_iter().find_map(|e| match e {
+            ProtocolEvent::Response { response, .. } => Some(response),
+            _ => None,
+        });
+        let response = response.expect("handed up");
+        assert_eq!(response.code(), "4.17");
+        assert!(!response.is_success());
+        assert!(drain(&mut s).is_empty(), "an ACK is never answered");
+        assert_eq!(s.pending_requests(), 0);
     }
 
     #[test]

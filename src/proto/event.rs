@@ -271,6 +271,12 @@ pub(crate) fn is_unknown_method(code: u8) -> bool {
     code >> 5 == 0 && code != 0
 }
 
+/// A response code of class 2, 4 or 5 that coap-lite does not name (4.17, 2.10 ...): RFC 7252
+/// §5.9 treats it as a response of its class (the generic c.00), so it is handed up as one.
+pub(crate) fn is_unknown_response(code: u8) -> bool {
+    matches!(code >> 5, 2 | 4 | 5)
+}
+
 /// The 4.05 Method Not Allowed of a request whose method is unknown (RFC 7252 §5.8).
 pub(crate) fn method_not_allowed() -> coap_lite::Packet {
     crate::proto::message::Response::new(crate::proto::message::Status::MethodNotAllowed)

@@ -39,5 +39,7 @@ pub mod stream;
 pub mod table;
 pub mod wire;
 
-pub(crate) use event::{is_unknown_method, method_not_allowed, option_rejection};
+pub(crate) use event::{
+    is_unknown_method, is_unknown_response, method_not_allowed, option_rejection,
+};
 pub use event::{IncomingRequest, PeerPing, ProtocolEvent, SessionProtocol};

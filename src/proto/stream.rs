@@ -21,7 +21,8 @@ use crate::proto::wire::signal::{Signal, SignalError, ABORT, BASE_MAX_MESSAGE_SI
 use crate::proto::wire::tcp::{Frame, FrameDecoder, FrameError};
 use crate::proto::PeerPing;
 use crate::proto::{
-    is_unknown_method, method_not_allowed, option_rejection, IncomingRequest, ProtocolEvent,
+    is_unknown_method, is_unknown_response, method_not_allowed, option_rejection, IncomingRequest,
+    ProtocolEvent,
 };
 
 /// The Max-Message-Size we announce and enforce unless told otherwise.
@@ -245,6 +246,13 @@ impl StreamSession {
                     Ok(()) => self.handle_response(now, &packet),
                     Err(problem) => self.reject_response(&packet, problem),
                 },
+                // RFC 7252 §5.9: a response code we do not know is a response of its class.
+                MessageClass::Reserved(code) if is_unknown_response(code) => {
+                    match wire_options::check_response(options) {
+                        Ok(()) => self.handle_response(now, &packet),
+                        Err(problem) => self.reject_response(&packet, problem),
+                    }
+                }
                 MessageClass::Reserved(code) if is_unknown_method(code) => {
                     // RFC 7252 §5.8: a request with a method we do not know gets 4.05.
                     self.answer(&packet, method_not_allowed());
