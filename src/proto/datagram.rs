@@ -683,25 +683,14 @@ impl DatagramSession {
         );
         match step {
             ClientStep::Send(next) => {
-                self.requests.exchanges.pending.push(Pending {
-                    kind: PendingKind::Request,
-                    token: fetch.clone(),
-                    message_id: None,
-                    observe: false,
-                    acknowledged: false,
-                    deadline: now + timeout,
+                self.requests.exchanges.pending.push(Pending::request(
+                    fetch.clone(),
+                    now,
                     timeout,
-                    retransmit: None,
-                    notification: Some(token.to_vec()),
-                });
-                if next.header.get_type() == MessageType::Confirmable
-                    && (self.requests.exchanges.confirmable_in_flight()
-                        || !self.requests.queued.is_empty())
-                {
-                    self.requests.queued.push_back((fetch, next));
-                } else {
-                    self.transmit_request(now, &fetch, next);
-                }
+                    false,
+                    Some(token.to_vec()),
+                ));
+                self.queue_or_transmit(now, fetch, next);
             }
             ClientStep::Deliver(whole) => {
                 if let Some(whole) = Response::from_packet(&whole) {
@@ -913,25 +902,14 @@ impl DatagramSession {
     /// notification of the same observation; a failure ends it.
     fn reregister(&mut self, now: Instant) {
         for (token, registration, timeout) in self.requests.exchanges.due_reregistrations(now) {
-            self.requests.exchanges.pending.push(Pending {
-                kind: PendingKind::Request,
-                token: token.clone(),
-                message_id: None,
-                observe: true,
-                acknowledged: false,
-                deadline: now + timeout,
+            self.requests.exchanges.pending.push(Pending::request(
+                token.clone(),
+                now,
                 timeout,
-                retransmit: None,
-                notification: None,
-            });
-            if registration.header.get_type() == MessageType::Confirmable
-                && (self.requests.exchanges.confirmable_in_flight()
-                    || !self.requests.queued.is_empty())
-            {
-                self.requests.queued.push_back((token, registration));
-            } else {
-                self.transmit_request(now, &token, registration);
-            }
+                true,
+                None,
+            ));
+            self.queue_or_transmit(now, token, registration);
         }
         self.pump();
     }
@@ -963,26 +941,28 @@ impl DatagramSession {
             request.block_size,
             limits(config),
         );
-        self.requests.exchanges.pending.push(Pending {
-            kind: PendingKind::Request,
-            token: token.clone(),
-            message_id: None,
-            observe: request.observe == Some(crate::proto::message::OBSERVE_REGISTER),
-            acknowledged: false,
-            deadline: now + timeout,
+        self.requests.exchanges.pending.push(Pending::request(
+            token.clone(),
+            now,
             timeout,
-            retransmit: None,
-            notification: None,
-        });
-        if request.confirmable
+            request.observe == Some(crate::proto::message::OBSERVE_REGISTER),
+            None,
+        ));
+        self.queue_or_transmit(now, token.clone(), packet);
+        self.pump();
+        token
+    }
+
+    /// Sends the request `packet` under `token` now, or, when it is Confirmable and another
+    /// Confirmable message is unacknowledged or queued (NSTART = 1), queues it behind them.
+    fn queue_or_transmit(&mut self, now: Instant, token: Vec<u8>, packet: Packet) {
+        if packet.header.get_type() == MessageType::Confirmable
             && (self.requests.exchanges.confirmable_in_flight() || !self.requests.queued.is_empty())
         {
-            self.requests.queued.push_back((token.clone(), packet));
+            self.requests.queued.push_back((token, packet));
         } else {
             self.transmit_request(now, &token, packet);
         }
-        self.pump();
-        token
     }
 
     /// Stops waiting for the response to `token` and forgets its observation.

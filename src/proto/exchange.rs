@@ -85,6 +85,29 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
+    /// A request of ours under `token`, sent (or queued) at `now`, waiting up to `timeout` for
+    /// its response. `observe`: it registers an observation (Observe = 0); `notification`: it
+    /// fetches the later blocks of a notification of that observation.
+    pub fn request(
+        token: Vec<u8>,
+        now: Instant,
+        timeout: Duration,
+        observe: bool,
+        notification: Option<Vec<u8>>,
+    ) -> Pending {
+        Pending {
+            kind: PendingKind::Request,
+            token,
+            message_id: None,
+            observe,
+            acknowledged: false,
+            deadline: now + timeout,
+            timeout,
+            retransmit: None,
+            notification,
+        }
+    }
+
     /// The earliest instant this entry needs attention.
     pub fn next_deadline(&self) -> Instant {
         match &self.retransmit {

@@ -514,17 +514,13 @@ impl StreamSession {
             .notification_fetch(config, &fetch, registration, first, limits)
         {
             ClientStep::Send(next) => {
-                self.exchanges.pending.push(Pending {
-                    kind: PendingKind::Request,
-                    token: fetch,
-                    message_id: None,
-                    observe: false,
-                    acknowledged: false,
-                    deadline: now + timeout,
+                self.exchanges.pending.push(Pending::request(
+                    fetch,
+                    now,
                     timeout,
-                    retransmit: None,
-                    notification: Some(token.to_vec()),
-                });
+                    false,
+                    Some(token.to_vec()),
+                ));
                 self.send(&next);
             }
             ClientStep::Deliver(whole) => {
@@ -609,17 +605,13 @@ impl StreamSession {
         let packet =
             self.blockwise
                 .client_request(config, &token, packet, request.block_size, limits);
-        self.exchanges.pending.push(Pending {
-            kind: PendingKind::Request,
-            token: token.clone(),
-            message_id: None,
-            observe: request.observe == Some(crate::proto::message::OBSERVE_REGISTER),
-            acknowledged: false,
-            deadline: now + timeout,
+        self.exchanges.pending.push(Pending::request(
+            token.clone(),
+            now,
             timeout,
-            retransmit: None,
-            notification: None,
-        });
+            request.observe == Some(crate::proto::message::OBSERVE_REGISTER),
+            None,
+        ));
         if matches!(self.phase, Phase::Done | Phase::Draining) {
             // Nothing new goes out once the session ended or the peer released it; the
             // request ends at once, typed.
@@ -808,17 +800,9 @@ impl StreamSession {
             let due = self.exchanges.due_reregistrations(now);
             let due = due.into_iter().filter(|_| self.phase == Phase::Established);
             for (token, registration, timeout) in due.collect::<Vec<_>>() {
-                self.exchanges.pending.push(Pending {
-                    kind: PendingKind::Request,
-                    token,
-                    message_id: None,
-                    observe: true,
-                    acknowledged: false,
-                    deadline: now + timeout,
-                    timeout,
-                    retransmit: None,
-                    notification: None,
-                });
+                self.exchanges
+                    .pending
+                    .push(Pending::request(token, now, timeout, true, None));
                 self.transmits
                     .push_back(Frame::from_packet(&registration).encode());
             }
