@@ -135,6 +135,46 @@ fn port_of(line: &str) -> Option<String> {
     (!port.is_empty()).then_some(port)
 }
 
+/// `--reconnect` with waits short enough for the lab: up to 0.2 s, then 0.4 s, capped at 1 s.
+const FAST_RECONNECT: [&str; 5] = [
+    "--reconnect",
+    "--reconnect-base",
+    "0.2",
+    "--reconnect-cap",
+    "1",
+];
+
+/// Asserts that `serve` saw exactly two sessions, on two mapped ports, and that `dead` (its
+/// line declaring a session failed) was about the first: the client came back through a new
+/// binding, and the old session did not stay behind.
+fn assert_new_session_on_new_port(server: &mut Running, dead: &str) {
+    let ports = established_ports(server.seen());
+    assert!(
+        ports.len() == 2 && ports[0] != ports[1],
+        "the reconnection is a new session on a new port: {:?}",
+        server.seen()
+    );
+    assert_eq!(port_of(dead), Some(ports[0].clone()));
+}
+
+/// `serve --tls ADDR` with certs/'s server certificate, and `extra` flags.
+fn serve_tls(lab: &Lab, extra: &[&str]) -> Running {
+    let certs = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
+    let (cert, key) = (certs.join("server.pem"), certs.join("server.key"));
+    let tls = format!("{SERVER}:5684");
+    let mut args = vec![
+        "serve",
+        "--tls",
+        &tls,
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    lab.server(&args)
+}
+
 /// Waits for serve's "serving" line, so that clients start against a listening server.
 fn serving(server: &mut Running) {
     server.wait_line(Duration::from_secs(10), |l| l.starts_with("serving"));
@@ -296,19 +336,14 @@ fn tcp_server_keepalive_above_the_binding_timeout_declares_the_client_dead_and_i
     serving(&mut server);
     let uri = format!("coap+tcp://{SERVER}");
     let started = Instant::now();
-    let mut client = lab.client(&[
-        "ping",
-        "-i",
-        "10",
-        "-c",
-        "3",
-        "--reconnect",
-        "--reconnect-base",
-        "0.2",
-        "--reconnect-cap",
-        "1",
-        &uri,
-    ]);
+    let mut client = lab.client(
+        &[
+            &["ping", "-i", "10", "-c", "3"][..],
+            &FAST_RECONNECT,
+            &[&uri],
+        ]
+        .concat(),
+    );
     let dead = server.wait_line(Duration::from_secs(20), |l| l.contains("session failed"));
     let declared = started.elapsed();
     assert!(
@@ -322,13 +357,7 @@ fn tcp_server_keepalive_above_the_binding_timeout_declares_the_client_dead_and_i
         text.contains("3 pings sent, 2 pongs received"),
         "the first and the last answered, the one that met the reset not: {text}"
     );
-    let ports = established_ports(server.seen());
-    assert!(
-        ports.len() == 2 && ports[0] != ports[1],
-        "the reconnection is a new session on a new port: {:?}",
-        server.seen()
-    );
-    assert_eq!(port_of(&dead), Some(ports[0].clone()));
+    assert_new_session_on_new_port(&mut server, &dead);
 }
 
 // ---- DTLS and TLS ---------------------------------------------------------------------------
@@ -357,27 +386,28 @@ fn dtls_through_a_nat_the_dead_client_is_declared_and_it_reconnects() {
     ]);
     serving(&mut server);
     let uri = format!("coaps://{SERVER}");
-    let mut client = lab.client(&[
-        "ping",
-        "-i",
-        "7",
-        "-c",
-        "3",
-        "--psk-identity",
-        "lab",
-        "--psk-key",
-        "lab-secret",
-        "--ack-timeout",
-        "0.5",
-        "--max-retransmit",
-        "2",
-        "--reconnect",
-        "--reconnect-base",
-        "0.2",
-        "--reconnect-cap",
-        "1",
-        &uri,
-    ]);
+    let mut client = lab.client(
+        &[
+            &[
+                "ping",
+                "-i",
+                "7",
+                "-c",
+                "3",
+                "--psk-identity",
+                "lab",
+                "--psk-key",
+                "lab-secret",
+                "--ack-timeout",
+                "0.5",
+                "--max-retransmit",
+                "2",
+            ][..],
+            &FAST_RECONNECT,
+            &[&uri],
+        ]
+        .concat(),
+    );
     let dead = server.wait_line(Duration::from_secs(20), |l| {
         l.contains("session failed") && l.contains("too many retries")
     });
@@ -385,13 +415,7 @@ fn dtls_through_a_nat_the_dead_client_is_declared_and_it_reconnects() {
     let text = support::cli::text(&output);
     assert!(text.contains("reconnected to"), "{text}");
     assert!(text.contains("3 pings sent, 2 pongs received"), "{text}");
-    let ports = established_ports(server.seen());
-    assert!(
-        ports.len() == 2 && ports[0] != ports[1],
-        "{:?}",
-        server.seen()
-    );
-    assert_eq!(port_of(&dead), Some(ports[0].clone()));
+    assert_new_session_on_new_port(&mut server, &dead);
 }
 
 /// TLS through the NAT with the client pinging every second, bindings 3 s: the connection
@@ -399,20 +423,7 @@ fn dtls_through_a_nat_the_dead_client_is_declared_and_it_reconnects() {
 #[test]
 fn tls_client_keepalive_below_the_binding_timeout_keeps_the_connection() {
     let Some(lab) = Lab::up(30, 3) else { return };
-    let certs = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
-    let (cert, key) = (certs.join("server.pem"), certs.join("server.key"));
-    let tls = format!("{SERVER}:5684");
-    let mut server = lab.server(&[
-        "serve",
-        "--tls",
-        &tls,
-        "--cert",
-        cert.to_str().unwrap(),
-        "--key",
-        key.to_str().unwrap(),
-        "-K",
-        "5",
-    ]);
+    let mut server = serve_tls(&lab, &["-K", "5"]);
     serving(&mut server);
     let uri = format!("coaps+tcp://{SERVER}");
     // certs/ names localhost, not the lab's address: the client skips verification (and says
@@ -599,50 +610,23 @@ fn dtls_client_keepalive_below_the_binding_timeout_keeps_notifications_coming() 
 #[test]
 fn tls_server_keepalive_above_the_binding_timeout_declares_the_client_dead_and_it_reconnects() {
     let Some(lab) = Lab::up(30, 3) else { return };
-    let certs = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
-    let (cert, key) = (certs.join("server.pem"), certs.join("server.key"));
-    let tls = format!("{SERVER}:5684");
-    let mut server = lab.server(&[
-        "serve",
-        "--tls",
-        &tls,
-        "--cert",
-        cert.to_str().unwrap(),
-        "--key",
-        key.to_str().unwrap(),
-        "-K",
-        "5",
-        "--pong-timeout",
-        "1",
-    ]);
+    let mut server = serve_tls(&lab, &["-K", "5", "--pong-timeout", "1"]);
     serving(&mut server);
     let uri = format!("coaps+tcp://{SERVER}");
-    let mut client = lab.client(&[
-        "ping",
-        "-i",
-        "10",
-        "-c",
-        "3",
-        "--insecure",
-        "--reconnect",
-        "--reconnect-base",
-        "0.2",
-        "--reconnect-cap",
-        "1",
-        &uri,
-    ]);
+    let mut client = lab.client(
+        &[
+            &["ping", "-i", "10", "-c", "3", "--insecure"][..],
+            &FAST_RECONNECT,
+            &[&uri],
+        ]
+        .concat(),
+    );
     let dead = server.wait_line(Duration::from_secs(20), |l| l.contains("session failed"));
     let output = client.wait(Duration::from_secs(40));
     let text = support::cli::text(&output);
     assert!(text.contains("reconnected to"), "{text}");
     assert!(text.contains("3 pings sent, 2 pongs received"), "{text}");
-    let ports = established_ports(server.seen());
-    assert!(
-        ports.len() == 2 && ports[0] != ports[1],
-        "{:?}",
-        server.seen()
-    );
-    assert_eq!(port_of(&dead), Some(ports[0].clone()));
+    assert_new_session_on_new_port(&mut server, &dead);
 }
 
 /// TCP bindings live 3 s; the client observes without a keepalive of its own, and the server,
@@ -666,17 +650,7 @@ fn tcp_observation_is_restored_on_a_new_connection_after_the_binding_died() {
     ]);
     serving(&mut server);
     let uri = format!("coap+tcp://{SERVER}/time");
-    let mut client = lab.client(&[
-        "observe",
-        "--reconnect",
-        "--reconnect-base",
-        "0.2",
-        "--reconnect-cap",
-        "1",
-        "-s",
-        "25",
-        &uri,
-    ]);
+    let mut client = lab.client(&[&["observe"][..], &FAST_RECONNECT, &["-s", "25", &uri]].concat());
     let output = client.wait(Duration::from_secs(40));
     let text = support::cli::text(&output);
     let lines = support::cli::lines(&output);
