@@ -6,13 +6,13 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use futures_core::Stream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::proto::error::{Error, NackReason, Result};
 use crate::proto::keepalive::{PingStyle, Stats};
@@ -202,9 +202,15 @@ pub(crate) struct Shared {
     pub(crate) request_timeout_ms: AtomicU64,
     pub(crate) next_request: AtomicU64,
     pub(crate) commands: CommandSender,
-    pub(crate) ended: tokio::sync::watch::Sender<Option<SessionState>>,
-    /// The adaptive keepalive's state and findings, once one runs for this session.
-    pub(crate) adaptive: Mutex<Option<crate::proto::adaptive::AdaptiveStats>>,
+    /// Set when the session's end is published ([`Session::set_state`] with a terminal state),
+    /// which may be after `state` already holds it (see `Runtime::unregister`).
+    ended: AtomicBool,
+    /// Wakes [`Session::closed`] when `ended` is set. A `Notify` is 32 bytes in place; a
+    /// `watch` channel cost about 340 bytes of heap per session.
+    ended_notify: Notify,
+    /// The adaptive keepalive's state and findings, once one runs for this session (boxed:
+    /// most sessions never run one).
+    pub(crate) adaptive: Mutex<Option<Box<crate::proto::adaptive::AdaptiveStats>>>,
     /// Why a session failed before it started (a handshake's cause), when known.
     pub(crate) failure_cause: std::sync::OnceLock<Box<str>>,
 }
@@ -249,7 +255,6 @@ impl Session {
         commands: CommandSender,
         now: Instant,
     ) -> Session {
-        let (ended, _) = tokio::sync::watch::channel(None);
         Session {
             shared: Arc::new(Shared {
                 id,
@@ -264,7 +269,8 @@ impl Session {
                 request_timeout_ms: AtomicU64::new(DEFAULT_REQUEST_TIMEOUT.as_millis() as u64),
                 next_request: AtomicU64::new(1),
                 commands,
-                ended,
+                ended: AtomicBool::new(false),
+                ended_notify: Notify::new(),
                 adaptive: Mutex::new(None),
                 failure_cause: std::sync::OnceLock::new(),
             }),
@@ -326,11 +332,15 @@ impl Session {
     /// searching, settled or fallback, the bounds on the NAT binding's lifetime, the probes
     /// spent and the interval in use. `None` when none was started.
     pub fn adaptive(&self) -> Option<crate::proto::adaptive::AdaptiveStats> {
-        *lock(&self.shared.adaptive)
+        lock(&self.shared.adaptive).as_deref().copied()
     }
 
     pub(crate) fn publish_adaptive(&self, stats: crate::proto::adaptive::AdaptiveStats) {
-        *lock(&self.shared.adaptive) = Some(stats);
+        let mut adaptive = lock(&self.shared.adaptive);
+        match adaptive.as_deref_mut() {
+            Some(published) => *published = stats,
+            None => *adaptive = Some(Box::new(stats)),
+        }
     }
 
     /// How long nothing has been received from the peer.
@@ -461,14 +471,15 @@ impl Session {
 
     /// Waits until the session has ended and returns how.
     pub async fn closed(&self) -> SessionState {
-        let mut rx = self.shared.ended.subscribe();
         loop {
-            if let Some(state) = *rx.borrow_and_update() {
-                return state;
-            }
-            if rx.changed().await.is_err() {
+            // Registered before the check, so an end published in between still wakes it.
+            let notified = self.shared.ended_notify.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if self.shared.ended.load(Ordering::Acquire) {
                 return self.state();
             }
+            notified.await;
         }
     }
 
@@ -582,7 +593,8 @@ impl Session {
     pub(crate) fn set_state(&self, state: SessionState) {
         self.record_state(state);
         if state.is_terminal() {
-            self.shared.ended.send_replace(Some(state));
+            self.shared.ended.store(true, Ordering::Release);
+            self.shared.ended_notify.notify_waiters();
         }
     }
 

@@ -10,7 +10,9 @@ use crate::runtime::session::Waiter;
 /// The waiters of one session.
 #[derive(Debug, Default)]
 pub(crate) struct Waiters {
-    by_token: HashMap<Vec<u8>, (u64, Waiter)>,
+    /// Allocated by the first request: most server sessions never send one, and an empty
+    /// `HashMap` inline would cost 48 bytes in each of them (a `Box` costs 8).
+    by_token: Option<Box<HashMap<Vec<u8>, (u64, Waiter)>>>,
 }
 
 /// What became of a delivered response.
@@ -26,28 +28,33 @@ pub(crate) enum Delivery {
 
 impl Waiters {
     pub fn add(&mut self, token: Vec<u8>, id: u64, waiter: Waiter) {
-        self.by_token.insert(token, (id, waiter));
+        self.by_token
+            .get_or_insert_with(Box::default)
+            .insert(token, (id, waiter));
     }
 
     /// Removes the waiter of request `id`, returning its token.
     pub fn remove_id(&mut self, id: u64) -> Option<Vec<u8>> {
-        let token = self
-            .by_token
+        let by_token = self.by_token.as_mut()?;
+        let token = by_token
             .iter()
             .find(|(_, (i, _))| *i == id)
             .map(|(t, _)| t.clone())?;
-        self.by_token.remove(&token);
+        by_token.remove(&token);
         Some(token)
     }
 
     /// Hands a response (or a notification) to whoever waits for `token`.
     pub fn deliver(&mut self, token: &[u8], response: Response) -> Delivery {
-        let Some((_, waiter)) = self.by_token.get_mut(token) else {
+        let Some(by_token) = self.by_token.as_mut() else {
+            return Delivery::Unknown;
+        };
+        let Some((_, waiter)) = by_token.get_mut(token) else {
             return Delivery::Unknown;
         };
         match waiter {
             Waiter::Once(_) => {
-                if let Some((_, Waiter::Once(tx))) = self.by_token.remove(token) {
+                if let Some((_, Waiter::Once(tx))) = by_token.remove(token) {
                     let _ = tx.send(Ok(response));
                 }
                 Delivery::Delivered
@@ -61,7 +68,7 @@ impl Waiters {
                     let _ = tx.send(Ok(response));
                     if !accepted {
                         // The server answered without registering us: nothing will follow.
-                        self.by_token.remove(token);
+                        by_token.remove(token);
                     }
                     return Delivery::Delivered;
                 }
@@ -69,11 +76,11 @@ impl Waiters {
                 // 7641 §3.2): delivered, then the stream ends.
                 let last = !response.is_success() || response.observe.is_none();
                 if notifications.send(response).is_err() {
-                    self.by_token.remove(token);
+                    by_token.remove(token);
                     return Delivery::Abandoned;
                 }
                 if last {
-                    self.by_token.remove(token);
+                    by_token.remove(token);
                 }
                 Delivery::Delivered
             }
@@ -82,14 +89,14 @@ impl Waiters {
 
     /// Ends the wait for `token` with `error`.
     pub fn fail(&mut self, token: &[u8], error: Error) {
-        if let Some((_, waiter)) = self.by_token.remove(token) {
+        if let Some((_, waiter)) = self.by_token.as_mut().and_then(|w| w.remove(token)) {
             finish(waiter, Err(error));
         }
     }
 
     /// Ends every wait: the session is over. Nothing is left waiting silently.
     pub fn fail_all(&mut self, error: impl Fn() -> Error) {
-        for (_, (_, waiter)) in self.by_token.drain() {
+        for (_, (_, waiter)) in self.by_token.take().into_iter().flat_map(|w| *w) {
             finish(waiter, Err(error()));
         }
     }

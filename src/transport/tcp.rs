@@ -128,7 +128,6 @@ pub(crate) async fn wait_established(
     timeout: std::time::Duration,
 ) -> Result<()> {
     let wait = async {
-        let mut rx = session.shared.ended.subscribe();
         loop {
             match session.state() {
                 SessionState::Established => return Ok(()),
@@ -137,7 +136,8 @@ pub(crate) async fn wait_established(
                 SessionState::Connecting => {}
             }
             // Woken on the end of the session; otherwise poll briefly for establishment.
-            let _ = tokio::time::timeout(std::time::Duration::from_millis(5), rx.changed()).await;
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_millis(5), session.closed()).await;
         }
     };
     match tokio::time::timeout(timeout, wait).await {
