@@ -23,6 +23,24 @@ use super::{
 };
 use crate::proto::error::{Error, Result};
 
+/// A root certificate whose private key was destroyed when it was made: it can verify nothing.
+/// webrtc-dtls builds a server-certificate verifier from `roots_cas` in every `DTLSConn::new`,
+/// client or server, PSK or not, and when the store is empty it generates a fresh self-signed
+/// certificate (a P-256 key pair) to build it from, once per connection. The configurations
+/// that never verify a server certificate (a server's; a PSK client's, whose suites carry none)
+/// get this one instead: no key generation per handshake, and a smaller verifier per connection.
+const UNVERIFIABLE_ROOT_PEM: &str = include_str!("../../certs/unverifiable-root.pem");
+
+/// [`UNVERIFIABLE_ROOT_PEM`] as a store, parsed once.
+fn unverifiable_roots() -> rustls::RootCertStore {
+    static ROOTS: std::sync::OnceLock<rustls::RootCertStore> = std::sync::OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            root_store(UNVERIFIABLE_ROOT_PEM).unwrap_or_else(|_| rustls::RootCertStore::empty())
+        })
+        .clone()
+}
+
 /// PSK suites offered in DTLS-PSK mode, in order of preference. CCM_8 is the suite RFC 7252
 /// §9.1.3.1 makes mandatory; libcoap's OpenSSL and GnuTLS builds choose it.
 const DTLS_PSK_CIPHER_SUITES: [CipherSuiteId; 3] = [
@@ -126,6 +144,7 @@ impl PskServer {
         let base = DtlsConfig {
             psk_identity_hint: (!hint.is_empty()).then(|| hint.to_vec()),
             cipher_suites: DTLS_PSK_CIPHER_SUITES.to_vec(),
+            roots_cas: unverifiable_roots(),
             ..DtlsConfig::default()
         };
         PskServer { keys, base }
@@ -222,6 +241,7 @@ pub(crate) fn dtls_psk_client_config(psk: &PskCredentials) -> DtlsConfig {
         // webrtc-dtls sends a client's `psk_identity_hint` as its PSK identity.
         psk_identity_hint: Some(psk.identity.clone()),
         cipher_suites: DTLS_PSK_CIPHER_SUITES.to_vec(),
+        roots_cas: unverifiable_roots(),
         ..DtlsConfig::default()
     }
 }
@@ -235,6 +255,7 @@ pub(crate) fn dtls_cert_server_config(
     let mut config = DtlsConfig {
         certificates: vec![dtls_certificate(identity)?],
         cipher_suites: DTLS_CERT_CIPHER_SUITES.to_vec(),
+        roots_cas: unverifiable_roots(),
         ..DtlsConfig::default()
     };
     if let Some(ca_pem) = client_ca_pem {
