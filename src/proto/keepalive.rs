@@ -187,7 +187,7 @@ impl Stats {
 /// [`Stats`] as a session keeps them: RTTs in nanoseconds ([`NO_RTT`] for none), 32 bytes less
 /// per session than four `Option<Duration>`s.
 #[derive(Debug, Clone, Copy)]
-struct Counters {
+pub(crate) struct Counters {
     pings_sent: u64,
     retransmissions: u64,
     pongs: u64,
@@ -234,7 +234,29 @@ impl Counters {
         self.rtt_nanos = [stats.last, stats.min, stats.smoothed, stats.max].map(pack);
     }
 
-    fn snapshot(&self) -> Stats {
+    /// `stats` packed; [`Counters::snapshot`] gives them back unchanged (an RTT above 584
+    /// years excepted).
+    pub(crate) fn pack(stats: &Stats) -> Counters {
+        let pack = |d: Option<Duration>| {
+            d.map_or(NO_RTT, |d| d.as_nanos().min(u128::from(NO_RTT - 1)) as u64)
+        };
+        let rtt = &stats.rtt;
+        Counters {
+            pings_sent: stats.pings_sent,
+            retransmissions: stats.retransmissions,
+            pongs: stats.pongs,
+            pings_received: stats.pings_received,
+            failures: stats.failures,
+            rtt_nanos: [rtt.last, rtt.min, rtt.smoothed, rtt.max].map(pack),
+        }
+    }
+
+    /// True once the session failed.
+    pub(crate) fn failed(&self) -> bool {
+        self.failures > 0
+    }
+
+    pub(crate) fn snapshot(&self) -> Stats {
         Stats {
             pings_sent: self.pings_sent,
             retransmissions: self.retransmissions,

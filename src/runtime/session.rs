@@ -15,7 +15,7 @@ use futures_core::Stream;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::proto::error::{Error, NackReason, Result};
-use crate::proto::keepalive::{PingStyle, Stats};
+use crate::proto::keepalive::{Counters, PingStyle, Stats};
 use crate::proto::message::{Request, Response};
 
 /// How long a request waits for its response unless told otherwise.
@@ -208,18 +208,26 @@ pub(crate) struct Shared {
     /// Wakes [`Session::closed`] when `ended` is set. A `Notify` is 32 bytes in place; a
     /// `watch` channel cost about 340 bytes of heap per session.
     ended_notify: Notify,
-    /// The adaptive keepalive's state and findings, once one runs for this session (boxed:
-    /// most sessions never run one).
-    pub(crate) adaptive: Mutex<Option<Box<crate::proto::adaptive::AdaptiveStats>>>,
+    /// What few sessions have, allocated by the first that needs it: 16 bytes here where the
+    /// fields inline took 40.
+    rare: std::sync::OnceLock<Box<Rare>>,
+}
+
+/// The parts of a session's handle that few sessions use.
+#[derive(Default)]
+struct Rare {
+    /// The adaptive keepalive's state and findings, once one runs for this session.
+    adaptive: Mutex<Option<crate::proto::adaptive::AdaptiveStats>>,
     /// Why a session failed before it started (a handshake's cause), when known.
-    pub(crate) failure_cause: std::sync::OnceLock<Box<str>>,
+    failure_cause: std::sync::OnceLock<Box<str>>,
 }
 
 /// What the driver last published of its session's keepalive machine, and the pings asked for
 /// that it has not handled yet.
 #[derive(Debug, Default)]
 pub(crate) struct Published {
-    stats: Stats,
+    /// Packed as the machine keeps them (72 bytes, where `Stats` takes 104).
+    stats: Counters,
     /// A ping of ours is out (so [`Session::ping`] adds none).
     awaiting_pong: bool,
     /// `Session::ping` calls counted but not yet handled by the driver.
@@ -271,8 +279,7 @@ impl Session {
                 commands,
                 ended: AtomicBool::new(false),
                 ended_notify: Notify::new(),
-                adaptive: Mutex::new(None),
-                failure_cause: std::sync::OnceLock::new(),
+                rare: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -301,7 +308,7 @@ impl Session {
     /// (D)TLS handshake, such as `unknown PSK identity "x"` or `no shared cipher suite: ...`,
     /// set before the nack handler runs. `None` for every other session.
     pub fn failure_cause(&self) -> Option<&str> {
-        self.shared.failure_cause.get().map(|c| &**c)
+        self.shared.rare.get()?.failure_cause.get().map(|c| &**c)
     }
 
     /// Client (we connected) or server (the peer did).
@@ -322,7 +329,7 @@ impl Session {
     /// send: a ping counts from the moment `ping()` returns, not from when the driver got to it.
     pub fn stats(&self) -> Stats {
         let published = lock(&self.shared.stats);
-        let mut stats = published.stats;
+        let mut stats = published.stats.snapshot();
         stats.pings_sent += published.requested_pings;
         stats
     }
@@ -332,15 +339,20 @@ impl Session {
     /// searching, settled or fallback, the bounds on the NAT binding's lifetime, the probes
     /// spent and the interval in use. `None` when none was started.
     pub fn adaptive(&self) -> Option<crate::proto::adaptive::AdaptiveStats> {
-        lock(&self.shared.adaptive).as_deref().copied()
+        *lock(&self.shared.rare.get()?.adaptive)
     }
 
     pub(crate) fn publish_adaptive(&self, stats: crate::proto::adaptive::AdaptiveStats) {
-        let mut adaptive = lock(&self.shared.adaptive);
-        match adaptive.as_deref_mut() {
-            Some(published) => *published = stats,
-            None => *adaptive = Some(Box::new(stats)),
-        }
+        *lock(&self.rare().adaptive) = Some(stats);
+    }
+
+    /// Records why the session failed before it started (see [`Session::failure_cause`]).
+    pub(crate) fn set_failure_cause(&self, cause: String) {
+        let _ = self.rare().failure_cause.set(cause.into_boxed_str());
+    }
+
+    fn rare(&self) -> &Rare {
+        self.shared.rare.get_or_init(Box::default)
     }
 
     /// How long nothing has been received from the peer.
@@ -607,7 +619,7 @@ impl Session {
     /// [`Session::ping`] (the driver has handled its command).
     pub(crate) fn publish_stats(&self, stats: Stats, awaiting_pong: bool, fulfilled: bool) {
         let mut published = lock(&self.shared.stats);
-        published.stats = stats;
+        published.stats = Counters::pack(&stats);
         if fulfilled {
             published.requested_pings = published.requested_pings.saturating_sub(1);
         }
@@ -636,7 +648,7 @@ impl Session {
     pub(crate) fn settle_unanswered_pings(&self, count: u32) {
         let waiters = {
             let mut published = lock(&self.shared.stats);
-            if published.awaiting_pong || published.stats.failures > 0 {
+            if published.awaiting_pong || published.stats.failed() {
                 return;
             }
             std::mem::take(&mut published.ping_waiters)

@@ -7,12 +7,15 @@ use crate::proto::error::{Error, Result};
 use crate::proto::message::Response;
 use crate::runtime::session::Waiter;
 
+/// The waiters of one session's requests by token, with the request's id.
+type ByToken = HashMap<Vec<u8>, (u64, Waiter)>;
+
 /// The waiters of one session.
 #[derive(Debug, Default)]
 pub(crate) struct Waiters {
     /// Allocated by the first request: most server sessions never send one, and an empty
     /// `HashMap` inline would cost 48 bytes in each of them (a `Box` costs 8).
-    by_token: Option<Box<HashMap<Vec<u8>, (u64, Waiter)>>>,
+    by_token: Option<Box<ByToken>>,
 }
 
 /// What became of a delivered response.

@@ -60,7 +60,7 @@ pub(crate) fn report_failed_start(
         now,
     );
     if let Some(cause) = cause {
-        let _ = session.shared.failure_cause.set(cause.into_boxed_str());
+        session.set_failure_cause(cause);
     }
     rt.register(&session);
     let stats = Stats {
