@@ -107,10 +107,11 @@ async fn flood(n: usize, target: Option<SocketAddr>, server_pid: Option<u32>) ->
          {answered} answered",
         elapsed.as_secs_f64()
     );
+    let (rss_after, peak) = (status_of("VmRSS:"), status_of("VmHWM:"));
     println!(
         "flood: server peak rss (VmHWM) {} kB, rss now {} kB (before the flood {} kB)",
-        show(status_of("VmHWM:")),
-        show(status_of("VmRSS:")),
+        show(peak),
+        show(rss_after),
         show(rss_before)
     );
     match &local {
@@ -130,6 +131,13 @@ async fn flood(n: usize, target: Option<SocketAddr>, server_pid: Option<u32>) ->
             "NOT answered"
         }
     );
+    print_result(
+        n,
+        answered,
+        elapsed,
+        [rss_before, rss_after, peak],
+        regular_answered,
+    );
     if let Some((ctx, _)) = local {
         ctx.shutdown().await;
     }
@@ -138,6 +146,35 @@ async fn flood(n: usize, target: Option<SocketAddr>, server_pid: Option<u32>) ->
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The `RESULT key=value ...` line `scripts/bench` reads: the server's RSS before and after
+/// the flood and what each source cost it, `bytes_per_source` = (RSS after − RSS before) /
+/// sources, so a row needs no arithmetic of its own (`-` when the server's /proc was not read).
+/// The RSS figures are VmRSS before and after and VmHWM, in kB.
+fn print_result(
+    n: usize,
+    answered: usize,
+    elapsed: Duration,
+    [rss_before, rss_after, peak]: [Option<u64>; 3],
+    regular_answered: bool,
+) {
+    let per_source = rss_before.zip(rss_after).map_or_else(
+        || "-".to_string(),
+        |(before, after)| {
+            let grown = (after as i64 - before as i64) * 1024;
+            format!("{:.0}", grown as f64 / n as f64)
+        },
+    );
+    println!(
+        "RESULT sources={n} answered={answered} elapsed_s={:.1} rss_before_kb={} \
+         rss_after_kb={} hwm_kb={} bytes_per_source={per_source} regular_answered={}",
+        elapsed.as_secs_f64(),
+        show(rss_before),
+        show(rss_after),
+        show(peak),
+        u8::from(regular_answered),
+    );
 }
 
 fn show(kb: Option<u64>) -> String {
