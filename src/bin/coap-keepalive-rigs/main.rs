@@ -5,7 +5,10 @@
 //!   (`scripts/bench`);
 //! - `soak`: thousands of sessions over every transport connect, ping, fail and reconnect while
 //!   RSS and open descriptors must stay flat (`scripts/soak`, and `--quick` in `scripts/test`);
-//! - `flood`: one datagram from each of N source addresses at a UDP server (`scripts/flood`).
+//! - `flood`: one datagram from each of N source addresses at a UDP server (`scripts/flood`,
+//!   and `scripts/bench`'s flood row);
+//! - `burst`: N sessions start at once, each timed from its first message to its first answer
+//!   (`scripts/bench --burst`).
 
 use std::process::ExitCode;
 
@@ -13,6 +16,7 @@ use clap::{Parser, Subcommand};
 
 #[path = "../../cli/args.rs"]
 mod args;
+mod burst;
 mod flood;
 mod load;
 mod proc;
@@ -37,6 +41,10 @@ enum Command {
     Soak(soak::SoakArgs),
     /// One datagram from each of N distinct source addresses at a UDP server; peak RSS shown.
     Flood(flood::FloodArgs),
+    /// N sessions start at once (TCP connects at one instant, UDP first pings within a
+    /// second), then ping once a second: time from each one's first message to its first
+    /// answer, and the pongs of a fixed window (used by scripts/bench --burst).
+    Burst(burst::BurstArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +64,7 @@ fn main() -> ExitCode {
             Command::Load(a) => load::run(a).await,
             Command::Soak(a) => soak::run(a).await,
             Command::Flood(a) => flood::run(a).await,
+            Command::Burst(a) => burst::run(a).await,
         }
     });
     match result {
