@@ -16,7 +16,7 @@
 //! creating sessions never meet a burst there.
 //!
 //! Bounded as `load` is: loopback peers only, never the CoAP ports 5683 / 5684, at most
-//! [`MAX_SESSIONS`](crate::load::MAX_SESSIONS) sessions and [`MAX_WINDOW`] of measurement.
+//! [`MAX_SESSIONS`] sessions and [`MAX_WINDOW`] of measurement.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -129,6 +129,7 @@ pub async fn run(args: BurstArgs) -> Result<ExitCode> {
         }));
     }
     sleep_until(start.into()).await;
+    let drops_before = kernel_drops(transport);
     let server_cpu_before = args.server_pid.and_then(cpu_secs);
     let own_cpu_before = cpu_secs(std::process::id());
 
@@ -148,6 +149,9 @@ pub async fn run(args: BurstArgs) -> Result<ExitCode> {
     let own_cpu = cpu_secs(std::process::id())
         .zip(own_cpu_before)
         .map(|(after, before)| after - before);
+    let kernel_drops = kernel_drops(transport)
+        .zip(drops_before)
+        .map(|(after, before)| after.saturating_sub(before));
 
     Summary::of(&outcomes, args.prompt).print(&Report {
         transport,
@@ -157,6 +161,7 @@ pub async fn run(args: BurstArgs) -> Result<ExitCode> {
         server_peak_kb,
         server_base_kb,
         own_cpu,
+        kernel_drops,
     });
     Ok(ExitCode::SUCCESS)
 }
@@ -509,7 +514,7 @@ impl Summary {
         println!(
             "burst {} {}: {} sessions in {:.1} s, {tcp}{} answered ({} within {:.0} s, \
              {:.2}%), {} failed; first answer p50 {} p99 {} max {} ms; {} pings, {} pongs in \
-             the {:.0} s window",
+             the {:.0} s window; the kernel dropped {} ({})",
             report.transport,
             report.target,
             self.sessions,
@@ -525,13 +530,21 @@ impl Summary {
             self.pings,
             self.pongs,
             args.window.as_secs_f64(),
+            report
+                .kernel_drops
+                .map_or_else(|| "?".into(), |n| n.to_string()),
+            if report.transport == "tcp" {
+                "TcpExt ListenOverflows"
+            } else {
+                "Udp RcvbufErrors"
+            },
         );
         println!(
             "RESULT transport={} sessions={} spread_s={:.1} window_s={:.1} prompt_s={:.1} \
              connected={} connect_p50_ms={} connect_p99_ms={} established={} answered={} \
              failed={} prompt={} prompt_pct={:.2} first_p50_ms={} first_p99_ms={} \
              first_max_ms={} pings={} pongs={} \
-             server_cpu_s={} server_rss_kb={} server_base_kb={} load_cpu_s={}",
+             server_cpu_s={} server_rss_kb={} server_base_kb={} load_cpu_s={} kernel_drops={}",
             report.transport,
             self.sessions,
             args.spread.as_secs_f64(),
@@ -558,8 +571,41 @@ impl Summary {
             report
                 .own_cpu
                 .map_or_else(|| "-".into(), |s| format!("{s:.2}")),
+            report
+                .kernel_drops
+                .map_or_else(|| "-".into(), |n| n.to_string()),
         );
     }
+}
+
+/// What the kernel dropped before the server saw it, so far: over TCP `ListenOverflows` (a SYN
+/// or a handshake's last ACK dropped because a listener's accept queue was full), over UDP
+/// `RcvbufErrors` (datagrams dropped because a socket's receive buffer was full). Both count
+/// for the whole network namespace, which is why a row says they are the server's only while
+/// nothing else bursts on loopback; they tell a server that is slow to answer from one whose
+/// kernel never handed it the message.
+fn kernel_drops(transport: &str) -> Option<u64> {
+    match transport {
+        "tcp" => kernel_counter("/proc/net/netstat", "TcpExt:", "ListenOverflows"),
+        _ => kernel_counter("/proc/net/snmp", "Udp:", "RcvbufErrors"),
+    }
+}
+
+/// The counter `name` of the `group` (`TcpExt:`, `Udp:`) in `path`, where a line of names is
+/// followed by a line of values with the same prefix.
+fn kernel_counter(path: &str, group: &str, name: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    counter_in(&text, group, name)
+}
+
+fn counter_in(text: &str, group: &str, name: &str) -> Option<u64> {
+    let mut lines = text.lines().filter(|line| line.starts_with(group));
+    let names = lines.next()?.split_whitespace();
+    let values = lines.next()?.split_whitespace();
+    names
+        .zip(values)
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, value)| value.parse().ok())
 }
 
 /// The `q` quantile (0..=1) of `times`, ascending with `None` last: `None` when it falls on one.
@@ -579,6 +625,8 @@ struct Report<'a> {
     /// The server's RSS before the burst.
     server_base_kb: Option<u64>,
     own_cpu: Option<f64>,
+    /// What [`kernel_drops`] counted over the window.
+    kernel_drops: Option<u64>,
 }
 
 #[cfg(test)]
@@ -610,6 +658,17 @@ mod tests {
             "a ping is no answer"
         );
         assert!(!pings.take_pong(&[0x70, 0x00, 0xff]));
+    }
+
+    #[test]
+    fn kernel_counters_are_read_by_name() {
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+                    Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors\n\
+                    Udp: 19432272 233804 1142489 20864710 1142480\n";
+        assert_eq!(counter_in(snmp, "Udp:", "RcvbufErrors"), Some(1_142_480));
+        assert_eq!(counter_in(snmp, "Udp:", "NoSuchCounter"), None);
+        assert_eq!(counter_in(snmp, "TcpExt:", "ListenOverflows"), None);
+        assert!(kernel_drops("tcp").is_some() && kernel_drops("udp").is_some());
     }
 
     #[test]
