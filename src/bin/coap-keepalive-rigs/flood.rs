@@ -14,7 +14,7 @@ use coap_keepalive::Context;
 use coap_keepalive::{Error, Result};
 use tokio::net::UdpSocket;
 
-use crate::proc::status_kb;
+use crate::proc::{net_counter, status_kb};
 
 /// Arguments of `flood`.
 #[derive(Debug, Args)]
@@ -80,6 +80,7 @@ async fn flood(n: usize, target: Option<SocketAddr>, server_pid: Option<u32>) ->
         show(rss_before)
     );
 
+    let drops_before = rcvbuf_errors();
     let started = Instant::now();
     let most_sessions = Arc::new(AtomicU64::new(0));
     let watcher = local.as_ref().map(|(ctx, _)| {
@@ -101,11 +102,15 @@ async fn flood(n: usize, target: Option<SocketAddr>, server_pid: Option<u32>) ->
         watcher.abort();
     }
     let regular_answered = ping_answered(&regular, 3).await;
+    let kernel_drops = rcvbuf_errors()
+        .zip(drops_before)
+        .map(|(after, before)| after.saturating_sub(before));
 
     println!(
         "flood: {n} datagrams from {n} distinct source addresses and ports in {:.1} s, \
-         {answered} answered",
-        elapsed.as_secs_f64()
+         {answered} answered; the kernel dropped {} datagrams (Udp RcvbufErrors)",
+        elapsed.as_secs_f64(),
+        show(kernel_drops)
     );
     let (rss_after, peak) = (status_of("VmRSS:"), status_of("VmHWM:"));
     println!(
@@ -136,6 +141,7 @@ async fn flood(n: usize, target: Option<SocketAddr>, server_pid: Option<u32>) ->
         answered,
         elapsed,
         [rss_before, rss_after, peak],
+        kernel_drops,
         regular_answered,
     );
     if let Some((ctx, _)) = local {
@@ -151,12 +157,14 @@ async fn flood(n: usize, target: Option<SocketAddr>, server_pid: Option<u32>) ->
 /// The `RESULT key=value ...` line `scripts/bench` reads: the server's RSS before and after
 /// the flood and what each source cost it, `bytes_per_source` = (RSS after − RSS before) /
 /// sources, so a row needs no arithmetic of its own (`-` when the server's /proc was not read).
-/// The RSS figures are VmRSS before and after and VmHWM, in kB.
+/// The RSS figures are VmRSS before and after and VmHWM, in kB; `kernel_drops` is what
+/// [`rcvbuf_errors`] counted over the flood.
 fn print_result(
     n: usize,
     answered: usize,
     elapsed: Duration,
     [rss_before, rss_after, peak]: [Option<u64>; 3],
+    kernel_drops: Option<u64>,
     regular_answered: bool,
 ) {
     let per_source = rss_before.zip(rss_after).map_or_else(
@@ -168,13 +176,22 @@ fn print_result(
     );
     println!(
         "RESULT sources={n} answered={answered} elapsed_s={:.1} rss_before_kb={} \
-         rss_after_kb={} hwm_kb={} bytes_per_source={per_source} regular_answered={}",
+         rss_after_kb={} hwm_kb={} bytes_per_source={per_source} kernel_drops={} \
+         regular_answered={}",
         elapsed.as_secs_f64(),
         show(rss_before),
         show(rss_after),
         show(peak),
+        show(kernel_drops),
         u8::from(regular_answered),
     );
+}
+
+/// Datagrams the kernel dropped because a UDP socket's receive buffer was full, machine-wide:
+/// during a flood on loopback they are the server's (the sources' sockets each receive one
+/// answer), and they tell a server that did not answer from one that never got the datagram.
+fn rcvbuf_errors() -> Option<u64> {
+    net_counter("/proc/net/snmp", "Udp:", "RcvbufErrors")
 }
 
 fn show(kb: Option<u64>) -> String {
