@@ -139,7 +139,6 @@ struct Conn<S> {
     core: StreamSession,
     handle: Session,
     waiters: Waiters,
-    span: tracing::Span,
     /// Set right after the connection enters the table, which gives it its key.
     wake: Option<Arc<ConnWaker>>,
     /// Output the stream has not taken yet, in order: empty and unallocated unless the peer
@@ -440,19 +439,11 @@ where
         );
         core.set_input_timeout(rt.settings.input_timeout);
         core.set_blockwise(Arc::clone(&rt.blockwise));
-        let span = tracing::debug_span!(
-            "session",
-            id = handle.id().0,
-            transport = %self.transport,
-            role = %role,
-            peer = %peer
-        );
         let conn = Conn {
             stream,
             core,
             handle: handle.clone(),
             waiters: Waiters::default(),
-            span,
             wake: None,
             unsent: Vec::new(),
             unflushed: false,
@@ -571,11 +562,32 @@ where
 
     /// Gives one connection its turn, then reschedules, requeues or removes it.
     fn drive(&mut self, key: Key, buf: &mut [u8], reads: usize) {
+        self.drive_with(key, buf, reads, |_, _| {});
+    }
+
+    /// Runs `first` on one connection (a command, its timers), then gives it its turn, all in
+    /// the session's span.
+    fn drive_with(
+        &mut self,
+        key: Key,
+        buf: &mut [u8],
+        reads: usize,
+        first: impl FnOnce(&mut Conn<S>, &Runtime),
+    ) {
         let Some(conn) = self.table.get_mut(key) else {
             return;
         };
-        let span = conn.span.clone();
+        // Made for the turn rather than kept: a span per connection would cost its bytes for
+        // as long as the connection lives, and a disabled one costs nothing to make.
+        let span = tracing::debug_span!(
+            "session",
+            id = conn.handle.id().0,
+            transport = %self.transport,
+            role = %conn.handle.role(),
+            peer = %conn.handle.peer()
+        );
         let _entered = span.enter();
+        first(conn, &self.rt);
         match conn.turn(&self.rt, buf, reads, self.draining) {
             Turn::Wait => self.table.reschedule(key),
             Turn::Again => {
@@ -613,8 +625,7 @@ where
                 }
                 continue;
             }
-            conn.core.handle_timeout(now);
-            self.drive(key, buf, 0);
+            self.drive_with(key, buf, 0, |conn, _| conn.core.handle_timeout(now));
         }
     }
 
@@ -623,19 +634,17 @@ where
             // The session ended: nothing left to act on.
             return;
         };
-        let Some(conn) = self.table.get_mut(key) else {
-            return;
-        };
         let now = Instant::now();
-        apply_command(
-            &self.rt,
-            &mut conn.core,
-            &mut conn.waiters,
-            &conn.handle,
-            now,
-            command,
-        );
-        self.drive(key, buf, 0);
+        self.drive_with(key, buf, 0, |conn, rt| {
+            apply_command(
+                rt,
+                &mut conn.core,
+                &mut conn.waiters,
+                &conn.handle,
+                now,
+                command,
+            );
+        });
     }
 
     fn on_accepted(&mut self, accepted: Accepted<S>) {
@@ -647,5 +656,21 @@ where
         } = accepted;
         let session = self.add(stream, peer, local, Role::Server, Some(place));
         tracing::debug!(session = %session, "{} connection accepted", self.transport);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a connection costs in the driver's table beside its heap (the session handle, the
+    /// socket's registration with the runtime): an idle TCP connection should stay well under
+    /// the 2 kB a task per connection took for its read buffer alone.
+    #[test]
+    fn an_idle_connection_is_small() {
+        let conn = std::mem::size_of::<Conn<tokio::net::TcpStream>>();
+        let core = std::mem::size_of::<StreamSession>();
+        println!("Conn<TcpStream> {conn} bytes, of which StreamSession {core}");
+        assert!(conn <= core + 160, "Conn<TcpStream> is {conn} bytes");
     }
 }
