@@ -662,3 +662,43 @@ mod session_limit {
         endpoint_refuses_peers_beyond_max_sessions(Transport::Tls).await
     }
 }
+
+/// One task serves every connection of a TCP listener: a peer that floods its connection with
+/// pings (and reads the pongs) gets a few reads per turn and then waits behind the others, so
+/// another connection's pings are still answered while the flood goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_tcp_connection_does_not_starve_the_others() {
+    let ctx = Context::builder().build().unwrap();
+    let server = ctx.listen_tcp(loopback()).await.unwrap().local_addr;
+    let (mut from_server, mut to_server) = TcpStream::connect(server).await.unwrap().into_split();
+    let drain = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        while matches!(from_server.read(&mut buf).await, Ok(n) if n > 0) {}
+    });
+    let flood = tokio::spawn(async move {
+        to_server.write_all(&[0x00, 0xe1]).await.unwrap();
+        // 8 192 pings (00 e2) a write, as fast as the server takes them.
+        let pings = [0x00u8, 0xe2].repeat(8192);
+        while to_server.write_all(&pings).await.is_ok() {}
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!flood.is_finished(), "the flood stopped");
+
+    let mut quiet = support::RawStream::tcp(server, LIMIT).await;
+    quiet.exchange_csms().await;
+    for _ in 0..3 {
+        let sent = std::time::Instant::now();
+        quiet.send(&[0x00, 0xe2]).await;
+        assert_eq!(quiet.frame().await.code, 0xe3);
+        // A driver that served the flooder until its socket ran dry would never answer.
+        let rtt = sent.elapsed();
+        assert!(
+            rtt < Duration::from_secs(2),
+            "pong after {rtt:?} beside the flood"
+        );
+    }
+    assert!(!flood.is_finished(), "the flood stopped");
+    flood.abort();
+    drain.abort();
+    ctx.shutdown().await;
+}

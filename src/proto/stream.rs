@@ -880,12 +880,23 @@ impl StreamSession {
 
     /// The next bytes to write.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.transmits.pop_front()
+        let next = self.transmits.pop_front();
+        if next.is_none() && self.transmits.capacity() > 0 {
+            // An idle session holds no queue: servers hold thousands of idle sessions, and
+            // a queue kept from the last exchange would cost each its capacity for good.
+            self.transmits = VecDeque::new();
+        }
+        next
     }
 
     /// The next event.
     pub fn poll_event(&mut self) -> Option<ProtocolEvent> {
-        self.events.pop_front()
+        let next = self.events.pop_front();
+        if next.is_none() && self.events.capacity() > 0 {
+            // As in `poll_transmit`: nothing held while idle.
+            self.events = VecDeque::new();
+        }
+        next
     }
 
     /// When [`StreamSession::handle_timeout`] must next be called.

@@ -10,6 +10,7 @@ pub(crate) mod dtls;
 pub(crate) mod dtls_conn;
 #[cfg(test)]
 mod libcoap_handshake_tests;
+pub(crate) mod stream;
 pub(crate) mod tcp;
 pub(crate) mod tls;
 pub(crate) mod tls_conn;

@@ -1,6 +1,6 @@
-//! The TLS driver: CoAP over TLS behaves as over TCP (CSM, 7.02 Ping, 7.03 Pong), so each TLS
-//! connection runs the stream driver of [`super::tcp`] over its encrypted stream once the
-//! handshake is done.
+//! The TLS transport: CoAP over TLS behaves as over TCP (CSM, 7.02 Ping, 7.03 Pong), so once
+//! its handshake is done each TLS connection is served by the stream driver of
+//! [`super::stream`] over its encrypted stream, a listener's connections all by one driver.
 //!
 //! Handshakes run within the context's connect timeout; one that fails is reported as a
 //! session that failed with [`NackReason::TlsFailed`], on either side.
@@ -12,7 +12,8 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
 use crate::credentials::{ClientCredentials, ServerCredentials};
@@ -20,11 +21,14 @@ use crate::proto::error::{Error, NackReason, Result};
 use crate::runtime::metrics::{AtLimit, HandshakeFailure};
 use crate::runtime::session::{lock, Role, Session, Transport};
 use crate::runtime::Runtime;
-use crate::transport::tcp::{bind_listener, configure, start, wait_established};
+use crate::transport::stream::{Accepted, Incoming, StreamDriver};
+use crate::transport::tcp::{bind_listener, configure, wait_established};
 use crate::transport::tls_conn::{tls_accept, tls_handshake};
 use crate::transport::{report_failed_start, unspecified_like, Endpoint, SessionLimit};
 
-/// Binds `addr` and runs a handshake, then a session, for every connection accepted on it.
+/// Binds `addr` and runs a handshake for every connection accepted on it, each in a task of
+/// its own while it lasts; every connection past its handshake is served by the listener's one
+/// stream driver.
 pub(crate) async fn listen(
     rt: &Arc<Runtime>,
     addr: SocketAddr,
@@ -33,38 +37,73 @@ pub(crate) async fn listen(
     let acceptor = TlsAcceptor::from(credentials.tls_config()?);
     let listener = bind_listener(addr)?;
     let local_addr = listener.local_addr()?;
-    let accept_rt = Arc::clone(rt);
-    let limit = SessionLimit::new(rt);
-    let mut shutdown = rt.shutdown_signal();
-    rt.spawn(async move {
+    let (handshaken, established) = mpsc::unbounded_channel();
+    let incoming = TlsIncoming {
+        rt: Arc::clone(rt),
+        listener,
+        local_addr,
+        limit: SessionLimit::new(rt),
+        acceptor,
+        handshaken,
+        established,
+    };
+    let driver = StreamDriver::<ServerTls>::new(rt, Transport::Tls);
+    rt.spawn(driver.run(Some(incoming)));
+    tracing::info!(%local_addr, "listening on tls");
+    Ok(Endpoint {
+        transport: Transport::Tls,
+        local_addr,
+    })
+}
+
+/// A server's TLS connection past its handshake.
+type ServerTls = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// The connections of a TLS listener: accepted and admitted to the endpoint's session limit
+/// (a handshake in progress holds a place too), then handshaken in tasks of their own.
+struct TlsIncoming {
+    rt: Arc<Runtime>,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    limit: SessionLimit,
+    acceptor: TlsAcceptor,
+    handshaken: mpsc::UnboundedSender<Accepted<ServerTls>>,
+    established: mpsc::UnboundedReceiver<Accepted<ServerTls>>,
+}
+
+impl Incoming<ServerTls> for TlsIncoming {
+    async fn next(&mut self) -> Accepted<ServerTls> {
         loop {
             tokio::select! {
-                // Shutdown first: a connection accepted after it would start a session that
-                // the shutdown no longer waits for (its task list was already taken).
-                biased;
-                _ = shutdown.changed() => return,
-                accepted = listener.accept() => match accepted {
-                    // A handshake in progress holds a place too.
-                    Ok(_) if *shutdown.borrow() => return,
-                    Ok((stream, peer)) => match limit.admit() {
+                Some(established) = self.established.recv() => return established,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, peer)) => match self.limit.admit() {
                         Some(place) => {
-                            configure(&accept_rt, &stream);
-                            let local = stream.local_addr().unwrap_or(local_addr);
-                            let serve = serve_connection(
-                                Arc::clone(&accept_rt),
-                                acceptor.clone(),
+                            configure(&self.rt, &stream);
+                            let local = stream.local_addr().unwrap_or(self.local_addr);
+                            let handshake = handshake(
+                                Arc::clone(&self.rt),
+                                self.acceptor.clone(),
                                 stream,
                                 peer,
                                 local,
                             );
-                            accept_rt.spawn(async move {
-                                serve.await;
-                                drop(place);
+                            let handshaken = self.handshaken.clone();
+                            self.rt.spawn(async move {
+                                if let Some(stream) = handshake.await {
+                                    // The driver is gone only once shutdown began.
+                                    let _ = handshaken.send(Accepted {
+                                        stream,
+                                        peer,
+                                        local,
+                                        place,
+                                    });
+                                }
                             });
                         }
                         None => {
                             tracing::debug!(%peer, "session limit reached: tls connection refused");
-                            accept_rt.counters.at_limit(Transport::Tls, AtLimit::Refused);
+                            self.rt.counters.at_limit(Transport::Tls, AtLimit::Refused);
                         }
                     },
                     Err(error) => {
@@ -75,37 +114,32 @@ pub(crate) async fn listen(
                 },
             }
         }
-    });
-    tracing::info!(%local_addr, "listening on tls");
-    Ok(Endpoint {
-        transport: Transport::Tls,
-        local_addr,
-    })
+    }
 }
 
-/// The server side of one connection: the handshake, then the session.
-async fn serve_connection(
+/// The server side of one connection's handshake; a failed one is reported as a session that
+/// failed. `None` too when shutdown began meanwhile.
+async fn handshake(
     rt: Arc<Runtime>,
     acceptor: TlsAcceptor,
     stream: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
-) {
+) -> Option<ServerTls> {
     let mut shutdown = rt.shutdown_signal();
     if *shutdown.borrow_and_update() {
-        return;
+        return None;
     }
     let handshake = tls_accept(&acceptor, stream, rt.settings.connect_timeout);
     let accepted = tokio::select! {
         accepted = handshake => accepted,
-        _ = shutdown.changed() => return,
+        _ = shutdown.changed() => return None,
     };
     match accepted {
         Ok(tls) => {
             rt.counters.handshake(Transport::Tls);
-            let (session, run) = start(&rt, tls, peer, local, Transport::Tls, Role::Server);
-            tracing::debug!(session = %session, "tls handshake completed");
-            run.await;
+            tracing::debug!(%peer, "tls handshake completed");
+            Some(tls)
         }
         Err(error) => {
             tracing::debug!(%peer, %error, "tls handshake failed");
@@ -120,6 +154,7 @@ async fn serve_connection(
                 NackReason::TlsFailed,
                 Some(error.to_string()),
             );
+            None
         }
     }
 }
@@ -178,8 +213,9 @@ pub(crate) async fn connect(
 
     let stream = FirstError::new(tls);
     let first_error = stream.error.clone();
-    let (session, run) = start(rt, stream, peer, local, Transport::Tls, Role::Client);
-    rt.spawn(run);
+    let mut driver = StreamDriver::new(rt, Transport::Tls);
+    let session = driver.add(stream, peer, local, Role::Client, None);
+    rt.spawn(driver.run_client());
     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
     match wait_established(&session, remaining).await {
         Ok(()) => Ok(session),

@@ -55,13 +55,21 @@ pub struct LoadArgs {
     #[arg(
         long,
         value_name = "ADDR",
-        conflicts_with_all = ["tcp", "dtls"],
-        required_unless_present_any = ["tcp", "dtls"]
+        conflicts_with_all = ["tcp", "dtls", "tls"],
+        required_unless_present_any = ["tcp", "dtls", "tls"]
     )]
     udp: Option<SocketAddr>,
     /// Ping the server at this TCP address.
-    #[arg(long, value_name = "ADDR", conflicts_with = "dtls")]
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["dtls", "tls"])]
     tcp: Option<SocketAddr>,
+    /// Ping the server at this TLS address as over --tcp, each connection after its handshake
+    /// (needs --ca: the CA that signed the server's certificate, named localhost).
+    #[arg(long, value_name = "ADDR", conflicts_with = "dtls", requires = "ca")]
+    tls: Option<SocketAddr>,
+    /// The CA certificate (PEM) --tls trusts, e.g. certs/ca.pem for `serve --tls` with
+    /// certs/server.pem.
+    #[arg(long, value_name = "PEM")]
+    ca: Option<std::path::PathBuf>,
     /// Keep DTLS-PSK sessions with the server at this address alive (needs --psk-key). The
     /// sessions are this crate's own DTLS clients: each pings after 1/rate idle seconds.
     #[arg(long, value_name = "ADDR", requires = "psk_key")]
@@ -254,15 +262,20 @@ impl Histogram {
 
 /// Runs the load and prints the report.
 pub async fn run(args: LoadArgs) -> Result<ExitCode> {
-    let (transport, target) = match (args.udp, args.tcp, args.dtls) {
-        (Some(addr), None, None) => ("udp", addr),
-        (None, Some(addr), None) => ("tcp", addr),
-        (None, None, Some(addr)) => ("dtls", addr),
+    let (transport, target) = match (args.udp, args.tcp, args.dtls, args.tls) {
+        (Some(addr), None, None, None) => ("udp", addr),
+        (None, Some(addr), None, None) => ("tcp", addr),
+        (None, None, Some(addr), None) => ("dtls", addr),
+        (None, None, None, Some(addr)) => ("tls", addr),
         _ => {
             return Err(Error::Config(
-                "give one of --udp ADDR, --tcp ADDR or --dtls ADDR".into(),
+                "give one of --udp ADDR, --tcp ADDR, --dtls ADDR or --tls ADDR".into(),
             ))
         }
+    };
+    let tls = match (transport, &args.ca) {
+        ("tls", Some(ca)) => Some(tls_connector(ca)?),
+        _ => None,
     };
     check(&args, target)?;
     let server_base_kb = args.server_pid.and_then(rss_kb);
@@ -286,7 +299,16 @@ pub async fn run(args: LoadArgs) -> Result<ExitCode> {
             .into_iter()
             .map(Opened::Udp)
             .collect::<Vec<_>>(),
-        _ => open_tcp(target, args.sessions, args.connect_concurrency, &counters).await,
+        _ => {
+            open_tcp(
+                target,
+                args.sessions,
+                args.connect_concurrency,
+                tls,
+                &counters,
+            )
+            .await
+        }
     };
     let setup = setup_started.elapsed();
 
@@ -313,6 +335,7 @@ pub async fn run(args: LoadArgs) -> Result<ExitCode> {
             match session {
                 Opened::Udp(socket) => udp_session(index, socket, plan, &counters).await,
                 Opened::Tcp(stream) => tcp_session(index, stream, plan, &counters).await,
+                Opened::Tls(stream) => tcp_session(index, stream, plan, &counters).await,
                 Opened::Failed => {
                     let lost = plan.counted_slots(index);
                     Counters::add(&counters.due, lost);
@@ -388,6 +411,7 @@ fn check(args: &LoadArgs, target: SocketAddr) -> Result<()> {
 enum Opened {
     Udp(UdpSocket),
     Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     /// The connection could not be made: every slot of the session is lost.
     Failed,
 }
@@ -410,11 +434,34 @@ async fn open_udp(target: SocketAddr, n: usize, counters: &Counters) -> Result<V
     Ok(sockets)
 }
 
-/// Opens `n` TCP connections, a bounded number at a time.
+/// A TLS client configuration trusting the CA certificates in `ca` (PEM).
+fn tls_connector(ca: &std::path::Path) -> Result<tokio_rustls::TlsConnector> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = rustls_pki_types::CertificateDer::pem_file_iter(ca)
+        .map_err(|error| Error::Config(format!("--ca {}: {error}", ca.display())))?;
+    for cert in certs {
+        let cert =
+            cert.map_err(|error| Error::Config(format!("--ca {}: {error}", ca.display())))?;
+        roots
+            .add(cert)
+            .map_err(|error| Error::Config(format!("--ca {}: {error}", ca.display())))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| Error::Config(error.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// Opens `n` TCP connections (TLS ones with `tls`), a bounded number at a time.
 async fn open_tcp(
     target: SocketAddr,
     n: usize,
     concurrency: usize,
+    tls: Option<tokio_rustls::TlsConnector>,
     counters: &Arc<Counters>,
 ) -> Vec<Opened> {
     let permits = Arc::new(Semaphore::new(concurrency.clamp(1, 1024)));
@@ -422,9 +469,32 @@ async fn open_tcp(
     for _ in 0..n {
         let permits = permits.clone();
         let counters = counters.clone();
+        let tls = tls.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = permits.acquire().await;
             match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
+                Ok(Ok(stream)) if tls.is_some() => {
+                    let _ = stream.set_nodelay(true);
+                    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                    let (Some(tls), Ok(name)) =
+                        (tls, rustls_pki_types::ServerName::try_from("localhost"))
+                    else {
+                        return Opened::Failed;
+                    };
+                    let handshake = tls.connect(name, stream);
+                    let Ok(Ok(mut stream)) = tokio::time::timeout(CONNECT_TIMEOUT, handshake).await
+                    else {
+                        Counters::add(&counters.errors, 1);
+                        return Opened::Failed;
+                    };
+                    if stream.write_all(&[0x00, CSM]).await.is_err() {
+                        Counters::add(&counters.errors, 1);
+                    }
+                    let _ = stream.flush().await;
+                    let _ = tokio::time::timeout(CSM_WAIT, stream.get_ref().0.readable()).await;
+                    Counters::add(&counters.opened, 1);
+                    Opened::Tls(Box::new(stream))
+                }
                 Ok(Ok(mut stream)) => {
                     let _ = stream.set_nodelay(true);
                     // Close with RST at the end: no TIME_WAIT left to exhaust the ports of the
@@ -625,7 +695,10 @@ async fn udp_session(index: usize, socket: UdpSocket, plan: Plan, counters: &Cou
     }
 }
 
-async fn tcp_session(index: usize, mut stream: TcpStream, plan: Plan, counters: &Counters) {
+async fn tcp_session<S>(index: usize, mut stream: S, plan: Plan, counters: &Counters)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut schedule = Schedule::new(plan, index);
     let mut established = false;
     let mut buf = vec![0u8; 4096];
@@ -637,7 +710,7 @@ async fn tcp_session(index: usize, mut stream: TcpStream, plan: Plan, counters: 
     // the server's arrived (a server that never sends it loses them).
     let open = loop {
         if schedule.on_wake(Instant::now(), 0, counters)
-            && stream.write_all(&[0x00, 0xe2]).await.is_err()
+            && send(&mut stream, &[0x00, 0xe2]).await.is_err()
         {
             Counters::add(&counters.errors, 1);
         }
@@ -679,7 +752,7 @@ async fn tcp_session(index: usize, mut stream: TcpStream, plan: Plan, counters: 
                     }
                 }
                 if !answers.is_empty() {
-                    if stream.write_all(&answers).await.is_err() {
+                    if send(&mut stream, &answers).await.is_err() {
                         Counters::add(&counters.errors, 1);
                     }
                     answers.clear();
@@ -695,6 +768,15 @@ async fn tcp_session(index: usize, mut stream: TcpStream, plan: Plan, counters: 
         Counters::add(&counters.closed_by_peer, 1);
         schedule.abandon(counters);
     }
+}
+
+/// Writes `bytes` and flushes them (a TLS stream may hold records until flushed).
+async fn send<S: tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
 }
 
 /// Largest frame a session accepts from the server (a keepalive peer sends only small ones).

@@ -35,7 +35,7 @@ struct Cli {
 enum Command {
     /// Load-test a server on loopback: N sessions, each from its own port, ping it at a fixed
     /// rate; prints answered %, p50 / p99 RTT and timeouts (used by scripts/bench).
-    Load(load::LoadArgs),
+    Load(Box<load::LoadArgs>),
     /// Soak the stack: thousands of sessions over every transport connect, ping, fail and
     /// reconnect for 10 minutes (1 with --quick) while RSS and open fds must stay flat.
     Soak(soak::SoakArgs),
@@ -61,7 +61,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Load(a) => load::run(a).await,
+            Command::Load(a) => load::run(*a).await,
             Command::Soak(a) => soak::run(a).await,
             Command::Flood(a) => flood::run(a).await,
             Command::Burst(a) => burst::run(a).await,

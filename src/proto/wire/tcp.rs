@@ -268,6 +268,10 @@ pub struct FrameDecoder {
     failed: Option<FrameError>,
 }
 
+/// The capacity a decoder keeps once it holds no partial frame: enough for a read of a few
+/// small frames (pings, pongs), so that a keepalive exchange does not allocate each time.
+const IDLE_CAPACITY: usize = 64;
+
 impl FrameDecoder {
     /// A decoder accepting frames whose token + options + payload take at most
     /// `max_message_size` bytes: the Max-Message-Size this side advertises in its CSM
@@ -316,6 +320,13 @@ impl FrameDecoder {
                 self.buffer = Vec::new();
                 self.read = 0;
                 Err(error)
+            }
+            Ok(None) if self.buffered() == 0 && self.buffer.capacity() > IDLE_CAPACITY => {
+                // Everything pushed was a whole frame: a large read's buffer is not kept for
+                // a connection that may stay idle for hours.
+                self.buffer = Vec::new();
+                self.read = 0;
+                Ok(None)
             }
             ok => ok,
         }
