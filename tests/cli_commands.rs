@@ -36,7 +36,7 @@ fn product_binary_lists_the_user_commands_only() {
 }
 
 #[test]
-fn rigs_binary_holds_load_soak_and_flood() {
+fn rigs_binary_holds_load_soak_flood_and_burst() {
     let commands = subcommands(&help_of(env!("CARGO_BIN_EXE_coap-keepalive-rigs")));
-    assert_eq!(commands, ["load", "soak", "flood", "help"]);
+    assert_eq!(commands, ["load", "soak", "flood", "burst", "help"]);
 }

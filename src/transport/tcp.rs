@@ -17,8 +17,9 @@ use crate::transport::{Endpoint, SessionLimit};
 /// The accept queue of TCP and TLS listeners. `TcpListener::bind` listens with 128, as std
 /// does; a burst of thousands of connections (libcoap-style load) overflows that, and each
 /// dropped SYN costs its client a retransmission a second or more later. The kernel caps the
-/// value at `net.core.somaxconn`.
-pub(crate) const LISTEN_BACKLOG: u32 = 1024;
+/// value at `net.core.somaxconn` (4096 by default since Linux 5.4). With 1024, a burst of 9,000
+/// connections at one instant overflowed it by some 11,000 SYNs (`scripts/bench --burst`).
+pub(crate) const LISTEN_BACKLOG: u32 = 4096;
 
 /// A listener on `addr` with an accept queue of [`LISTEN_BACKLOG`]. An error names the address
 /// and keeps the kind of the I/O error (`AddrInUse`, `PermissionDenied`, ...).
