@@ -240,15 +240,24 @@ pub(crate) struct Published {
 #[derive(Clone)]
 pub(crate) enum CommandSender {
     Own(mpsc::UnboundedSender<Command>),
-    Endpoint(mpsc::UnboundedSender<(SessionId, Command)>),
+    /// The endpoint's channel, and the session's place in the endpoint's table (its key as
+    /// `proto::table::Key::to_bits`): the driver finds the session without a map of its own.
+    Endpoint {
+        tx: mpsc::UnboundedSender<EndpointCommand>,
+        slot: u64,
+    },
 }
+
+/// A command to one session of an endpoint: its table slot, its id (checked against the
+/// slot's session: a slot reused by a later session is not that session), the command.
+pub(crate) type EndpointCommand = (u64, SessionId, Command);
 
 impl CommandSender {
     /// Sends a command; an error when the session's task is gone (the session ended).
     fn send(&self, id: SessionId, command: Command) -> std::result::Result<(), ()> {
         match self {
             CommandSender::Own(tx) => tx.send(command).map_err(|_| ()),
-            CommandSender::Endpoint(tx) => tx.send((id, command)).map_err(|_| ()),
+            CommandSender::Endpoint { tx, slot } => tx.send((*slot, id, command)).map_err(|_| ()),
         }
     }
 }

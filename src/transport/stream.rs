@@ -15,7 +15,6 @@
 //! (a busy connection requeues behind the others instead of starving them), then waits in one
 //! `select!` for more of them, the earliest deadline, a command, a new connection or shutdown.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -34,7 +33,8 @@ use crate::proto::stream::StreamSession;
 use crate::proto::table::{Key, SessionTable, Timed};
 use crate::runtime::dispatch::{apply_command, publish_stats, react};
 use crate::runtime::session::{
-    lock, Command, CommandSender, Role, Session, SessionId, SessionState, Transport,
+    lock, Command, CommandSender, EndpointCommand, Role, Session, SessionId, SessionState,
+    Transport,
 };
 use crate::runtime::waiters::Waiters;
 use crate::runtime::Runtime;
@@ -371,7 +371,7 @@ fn write_some<S: AsyncWrite + Unpin>(
 enum Wakeup<S> {
     Ready,
     Timers,
-    Command(SessionId, Command),
+    Command(u64, SessionId, Command),
     Accepted(Accepted<S>),
     Shutdown,
 }
@@ -381,10 +381,9 @@ pub(crate) struct StreamDriver<S> {
     rt: Arc<Runtime>,
     transport: Transport,
     table: SessionTable<Conn<S>>,
-    ids: HashMap<SessionId, Key>,
     ready: Arc<ReadyQueue>,
-    commands_tx: mpsc::UnboundedSender<(SessionId, Command)>,
-    commands: mpsc::UnboundedReceiver<(SessionId, Command)>,
+    commands_tx: mpsc::UnboundedSender<EndpointCommand>,
+    commands: mpsc::UnboundedReceiver<EndpointCommand>,
     shutdown: watch::Receiver<bool>,
     /// Set once shutdown began: sessions with requests of ours in flight may finish until then.
     draining: Option<Instant>,
@@ -403,7 +402,6 @@ where
             rt: Arc::clone(rt),
             transport,
             table: SessionTable::new(),
-            ids: HashMap::new(),
             ready: Arc::new(ReadyQueue::default()),
             commands_tx,
             commands,
@@ -425,13 +423,17 @@ where
     ) -> Session {
         let rt = &self.rt;
         let now = Instant::now();
+        let slot = self.table.next_key();
         let handle = Session::new(
             rt.next_session_id(),
             peer,
             local,
             self.transport,
             role,
-            CommandSender::Endpoint(self.commands_tx.clone()),
+            CommandSender::Endpoint {
+                tx: self.commands_tx.clone(),
+                slot: slot.to_bits(),
+            },
             now,
         );
         // Registered before the configuration is read: a context-wide keepalive change made
@@ -459,6 +461,7 @@ where
             _place: place,
         };
         let key = self.table.insert(peer, conn);
+        debug_assert_eq!(key, slot, "the handle carries the connection's key");
         let wake = Arc::new(ConnWaker {
             key,
             queued: AtomicBool::new(false),
@@ -468,7 +471,6 @@ where
         if let Some(conn) = self.table.get_mut(key) {
             conn.wake = Some(wake);
         }
-        self.ids.insert(handle.id(), key);
         handle
     }
 
@@ -502,7 +504,9 @@ where
                 match self.wait(incoming.as_mut()).await {
                     Wakeup::Ready => {}
                     Wakeup::Timers => self.on_timers(&mut buf),
-                    Wakeup::Command(id, command) => self.on_command(&mut buf, id, command),
+                    Wakeup::Command(slot, id, command) => {
+                        self.on_command(&mut buf, slot, id, command)
+                    }
                     // A connection accepted after shutdown would start a session the drain
                     // does not close: it is dropped, as the listener is.
                     Wakeup::Accepted(_) | Wakeup::Shutdown if *self.shutdown.borrow() => {
@@ -549,7 +553,7 @@ where
         tokio::select! {
             _ = self.ready.notify.notified() => Wakeup::Ready,
             _ = sleep => Wakeup::Timers,
-            Some((id, command)) = self.commands.recv() => Wakeup::Command(id, command),
+            Some((slot, id, command)) = self.commands.recv() => Wakeup::Command(slot, id, command),
             accepted = accept => Wakeup::Accepted(accepted),
             _ = self.shutdown.changed(), if !draining => Wakeup::Shutdown,
         }
@@ -608,9 +612,7 @@ where
                 self.table.reschedule(key);
             }
             Turn::Over => {
-                if let Some(conn) = self.table.remove(key) {
-                    self.ids.remove(&conn.handle.id());
-                }
+                self.table.remove(key);
             }
         }
     }
@@ -631,20 +633,23 @@ where
             if conn.closing.is_some_and(|until| until <= now) {
                 tracing::debug!(session = %conn.handle, "peer took no last bytes: dropped");
                 conn.end(&self.rt);
-                if let Some(conn) = self.table.remove(key) {
-                    self.ids.remove(&conn.handle.id());
-                }
+                self.table.remove(key);
                 continue;
             }
             self.drive_with(key, buf, 0, |conn, _| conn.core.handle_timeout(now));
         }
     }
 
-    fn on_command(&mut self, buf: &mut [u8], id: SessionId, command: Command) {
-        let Some(&key) = self.ids.get(&id) else {
-            // The session ended: nothing left to act on.
+    fn on_command(&mut self, buf: &mut [u8], slot: u64, id: SessionId, command: Command) {
+        let key = Key::from_bits(slot);
+        if self
+            .table
+            .get(key)
+            .is_none_or(|conn| conn.handle.id() != id)
+        {
+            // The session ended (its slot's generation moved on): nothing left to act on.
             return;
-        };
+        }
         let now = Instant::now();
         self.drive_with(key, buf, 0, |conn, rt| {
             apply_command(

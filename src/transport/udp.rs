@@ -5,7 +5,6 @@
 //! and receives datagrams (`DatagramIo`): a UDP socket serving many peers, every DTLS connection
 //! of a server endpoint, or a client's one DTLS connection.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,7 +20,7 @@ use crate::proto::ProtocolEvent;
 use crate::runtime::dispatch::{apply_command, publish_stats, react};
 use crate::runtime::metrics::AtLimit;
 use crate::runtime::session::{
-    Command, CommandSender, Role, Session, SessionId, SessionState, Transport,
+    Command, CommandSender, EndpointCommand, Role, Session, SessionId, SessionState, Transport,
 };
 use crate::runtime::waiters::Waiters;
 use crate::runtime::Runtime;
@@ -175,11 +174,10 @@ pub(crate) struct DatagramDriver<IO> {
     local: SocketAddr,
     accept: bool,
     table: SessionTable<Peer>,
-    ids: HashMap<SessionId, Key>,
     /// Server sessions in creation order, the candidates for eviction from a full table.
     unproven: std::collections::VecDeque<Key>,
-    commands_tx: mpsc::UnboundedSender<(SessionId, Command)>,
-    commands: mpsc::UnboundedReceiver<(SessionId, Command)>,
+    commands_tx: mpsc::UnboundedSender<EndpointCommand>,
+    commands: mpsc::UnboundedReceiver<EndpointCommand>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -199,7 +197,6 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
             local,
             accept,
             table: SessionTable::new(),
-            ids: HashMap::new(),
             unproven: std::collections::VecDeque::new(),
             commands_tx,
             commands,
@@ -210,13 +207,17 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
     /// Opens a session with `peer`, registered in the context and established at once.
     pub(crate) fn add_session(&mut self, peer: SocketAddr, role: Role, now: Instant) -> Session {
         let id = self.rt.next_session_id();
+        let slot = self.table.next_key();
         let handle = Session::new(
             id,
             peer,
             self.local,
             self.transport,
             role,
-            CommandSender::Endpoint(self.commands_tx.clone()),
+            CommandSender::Endpoint {
+                tx: self.commands_tx.clone(),
+                slot: slot.to_bits(),
+            },
             now,
         );
         handle.set_state(SessionState::Established);
@@ -236,7 +237,7 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
                 waiters: Waiters::default(),
             },
         );
-        self.ids.insert(id, key);
+        debug_assert_eq!(key, slot, "the handle carries the session's key");
         if role == Role::Server {
             self.unproven.push_back(key);
             if self.unproven.len() > 2 * self.table.len() + 64 {
@@ -307,7 +308,7 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
                     }
                 },
                 _ = sleep => self.on_timers().await,
-                Some((id, command)) = self.commands.recv() => self.on_command(id, command).await,
+                Some((slot, id, command)) = self.commands.recv() => self.on_command(slot, id, command).await,
                 _ = self.shutdown.changed(), if draining.is_none() => {
                     draining = Some(self.rt.drain_deadline());
                     self.accept = false;
@@ -449,10 +450,12 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
         }
     }
 
-    async fn on_command(&mut self, id: SessionId, command: Command) {
-        let Some(&key) = self.ids.get(&id) else {
+    async fn on_command(&mut self, slot: u64, id: SessionId, command: Command) {
+        let key = Key::from_bits(slot);
+        // A slot whose session ended (its generation moved on) holds none, or a later one.
+        if self.table.get(key).is_none_or(|p| p.handle.id() != id) {
             return;
-        };
+        }
         let now = Instant::now();
         if let Some(p) = self.table.get_mut(key) {
             apply_command(
@@ -505,9 +508,7 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
         }
         if ended.is_some() {
             // The waiters were told in the dispatch; the session leaves the endpoint.
-            if let Some(p) = self.table.remove(key) {
-                self.ids.remove(&p.handle.id());
-            }
+            self.table.remove(key);
             self.socket.release(peer).await;
         } else {
             self.table.reschedule(key);

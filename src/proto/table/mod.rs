@@ -38,6 +38,21 @@ pub struct Key {
     generation: u32,
 }
 
+impl Key {
+    /// The key as one number, for a handle to carry (see [`Key::from_bits`]).
+    pub fn to_bits(self) -> u64 {
+        u64::from(self.index) << 32 | u64::from(self.generation)
+    }
+
+    /// The key [`Key::to_bits`] gave.
+    pub fn from_bits(bits: u64) -> Key {
+        Key {
+            index: (bits >> 32) as u32,
+            generation: bits as u32,
+        }
+    }
+}
+
 /// A deadline that is not set (`Timing::scheduled`, `Timing::due`).
 const NEVER: u64 = u64::MAX;
 
@@ -213,6 +228,24 @@ impl<S: Timed> SessionTable<S> {
             index,
             generation: self.slots.timing(index as usize)?.generation,
         })
+    }
+
+    /// The key the next [`SessionTable::insert`] returns, for a driver that hands it to the
+    /// session's handle before the session is in the table.
+    pub fn next_key(&self) -> Key {
+        match self.free.last() {
+            Some(&index) => Key {
+                index,
+                generation: self
+                    .slots
+                    .timing(index as usize)
+                    .map_or(0, |t| t.generation),
+            },
+            None => Key {
+                index: self.slots.len() as u32,
+                generation: 0,
+            },
+        }
     }
 
     /// Adds a session for `peer` (replacing none: the caller checks `key_of` first) and
@@ -783,6 +816,24 @@ mod tests {
             let key = table.key_of(&addr(port)).expect("every peer is found");
             assert_eq!(table.peer(key), Some(addr(port)));
         }
+    }
+
+    #[test]
+    fn the_next_key_is_the_one_insert_returns_and_a_freed_slot_gets_a_new_generation() {
+        let t0 = Instant::now();
+        let mut table = SessionTable::new();
+        for port in 1..=3 {
+            let next = table.next_key();
+            assert_eq!(table.insert(addr(port), Fake(Some(t0))), next);
+        }
+        let old = table.key_of(&addr(2)).unwrap();
+        table.remove(old);
+        let next = table.next_key();
+        assert_ne!(next, old, "a reused slot is a new key");
+        assert_eq!(table.insert(addr(4), Fake(Some(t0))), next);
+        // A handle's stale key (as bits) finds nothing, the new one its session.
+        assert!(table.get(Key::from_bits(old.to_bits())).is_none());
+        assert_eq!(table.peer(Key::from_bits(next.to_bits())), Some(addr(4)));
     }
 
     #[test]
