@@ -16,7 +16,7 @@
 //! creating sessions never meet a burst there.
 //!
 //! Bounded as `load` is: loopback peers only, never the CoAP ports 5683 / 5684, at most
-//! [`MAX_SESSIONS`] sessions and [`MAX_WINDOW`] of measurement.
+//! [`MAX_SESSIONS`](crate::load::MAX_SESSIONS) sessions and [`MAX_WINDOW`] of measurement.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -32,7 +32,7 @@ use coap_keepalive::proto::wire::signal::{ABORT, CSM, PING, PONG, RELEASE};
 use coap_keepalive::proto::wire::tcp::FrameDecoder;
 
 use crate::args::parse_secs;
-use crate::load::MAX_SESSIONS;
+use crate::load::check_target;
 use crate::proc::{cpu_secs, net_counter, status_kb};
 
 /// Longest window: at one ping a second, a session's pings fit the 128 bits of
@@ -167,21 +167,7 @@ pub async fn run(args: BurstArgs) -> Result<ExitCode> {
 }
 
 fn check(args: &BurstArgs, target: SocketAddr) -> Result<()> {
-    if !target.ip().is_loopback() {
-        return Err(Error::Config(format!(
-            "{target}: the burst only targets loopback addresses"
-        )));
-    }
-    if matches!(target.port(), 5683 | 5684) {
-        return Err(Error::Config(
-            "the burst never targets the CoAP ports 5683 / 5684: use another port".into(),
-        ));
-    }
-    if args.sessions == 0 || args.sessions > MAX_SESSIONS {
-        return Err(Error::Config(format!(
-            "--sessions must be between 1 and {MAX_SESSIONS}"
-        )));
-    }
+    check_target("the burst", target, args.sessions)?;
     if args.window.is_zero() || args.window > MAX_WINDOW || args.spread >= args.window {
         return Err(Error::Config(format!(
             "--window must be positive, at most {} s and longer than --spread",

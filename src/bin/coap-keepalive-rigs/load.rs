@@ -368,22 +368,29 @@ pub async fn run(args: LoadArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn check(args: &LoadArgs, target: SocketAddr) -> Result<()> {
+/// The bounds every rig that opens sessions keeps: loopback only, never the CoAP ports, at
+/// most [`MAX_SESSIONS`] sessions. `rig` names it in the errors ("the load generator").
+pub fn check_target(rig: &str, target: SocketAddr, sessions: usize) -> Result<()> {
     if !target.ip().is_loopback() {
         return Err(Error::Config(format!(
-            "{target}: the load generator only targets loopback addresses"
+            "{target}: {rig} only targets loopback addresses"
         )));
     }
     if matches!(target.port(), 5683 | 5684) {
-        return Err(Error::Config(
-            "the load generator never targets the CoAP ports 5683 / 5684: use another port".into(),
-        ));
+        return Err(Error::Config(format!(
+            "{rig} never targets the CoAP ports 5683 / 5684: use another port"
+        )));
     }
-    if args.sessions == 0 || args.sessions > MAX_SESSIONS {
+    if sessions == 0 || sessions > MAX_SESSIONS {
         return Err(Error::Config(format!(
             "--sessions must be between 1 and {MAX_SESSIONS}"
         )));
     }
+    Ok(())
+}
+
+fn check(args: &LoadArgs, target: SocketAddr) -> Result<()> {
+    check_target("the load generator", target, args.sessions)?;
     if !(args.rate.is_finite() && (0.0..=MAX_RATE).contains(&args.rate)) {
         return Err(Error::Config(format!(
             "--rate must be between 0 and {MAX_RATE}"
