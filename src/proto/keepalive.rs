@@ -390,7 +390,18 @@ impl Keepalive {
     /// that what it publishes is never behind a transmission, a retransmission or a pong, and
     /// costs nothing when nothing changed.
     pub fn poll_stats(&mut self) -> Option<Stats> {
-        std::mem::take(&mut self.stats_changed).then(|| self.stats.snapshot())
+        self.poll_counters().map(|counters| counters.snapshot())
+    }
+
+    /// [`Keepalive::poll_stats`] packed as the machine keeps them, for a driver that stores
+    /// them packed too (the session handle): no unpacking and packing again at every input.
+    pub(crate) fn poll_counters(&mut self) -> Option<Counters> {
+        std::mem::take(&mut self.stats_changed).then_some(self.stats)
+    }
+
+    /// [`Keepalive::stats`] packed (see [`Keepalive::poll_counters`]).
+    pub(crate) fn counters(&self) -> Counters {
+        self.stats
     }
 
     /// The last instant something was received from the peer (or reported by `mark_active`).
@@ -835,7 +846,7 @@ impl Overrides {
 /// A session's transmit and event queues are empty or hold one item nearly always; with a
 /// `VecDeque` each would keep a heap buffer per session once used (memory, and one more cache
 /// miss per keepalive event with many sessions). Items past the first spill to a boxed
-/// `VecDeque`, allocated the first time one does.
+/// `VecDeque`, allocated when one does and dropped when the spill is drained.
 #[derive(Debug, Clone)]
 pub(crate) struct SmallQueue<T> {
     /// The oldest item, if any.
@@ -868,9 +879,16 @@ impl<T> SmallQueue<T> {
     }
 
     pub(crate) fn pop_front(&mut self) -> Option<T> {
-        self.head
+        let item = self
+            .head
             .take()
-            .or_else(|| self.rest.as_mut().and_then(|r| r.pop_front()))
+            .or_else(|| self.rest.as_mut().and_then(|r| r.pop_front()));
+        if self.rest.as_ref().is_some_and(|r| r.is_empty()) {
+            // A spill is over: its buffer goes too, so that a session that once queued several
+            // items (a CSM exchange, a burst of responses) holds none while it idles for hours.
+            self.rest = None;
+        }
+        item
     }
 
     pub(crate) fn clear(&mut self) {

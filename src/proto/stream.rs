@@ -1,6 +1,5 @@
 //! One TCP or TLS session: RFC 8323 frames in, CSM / Pong / Abort / Release and pings out.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +12,7 @@ use crate::proto::blockwise::{
 use crate::proto::config::KeepaliveConfig;
 use crate::proto::error::NackReason;
 use crate::proto::exchange::{Exchanges, Notified, Pending, PendingKind, RequestError};
-use crate::proto::keepalive::{Keepalive, PingStyle};
+use crate::proto::keepalive::{Keepalive, PingStyle, SmallQueue};
 use crate::proto::message::{Request, Response};
 use crate::proto::rng::Rng;
 use crate::proto::wire::options::{self as wire_options, OptionProblem};
@@ -70,8 +69,8 @@ pub struct StreamSession {
     blockwise: Blockwise,
     /// Block sizes and limits; `None`: the defaults.
     blockwise_config: Option<Arc<BlockwiseConfig>>,
-    transmits: VecDeque<Vec<u8>>,
-    events: VecDeque<ProtocolEvent>,
+    transmits: SmallQueue<Vec<u8>>,
+    events: SmallQueue<ProtocolEvent>,
 }
 
 impl StreamSession {
@@ -99,8 +98,8 @@ impl StreamSession {
             released_at: None,
             blockwise: Blockwise::default(),
             blockwise_config: None,
-            transmits: VecDeque::new(),
-            events: VecDeque::new(),
+            transmits: SmallQueue::default(),
+            events: SmallQueue::default(),
         };
         let csm = Signal::Csm {
             max_message_size: Some(max_message_size),
@@ -880,23 +879,12 @@ impl StreamSession {
 
     /// The next bytes to write.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        let next = self.transmits.pop_front();
-        if next.is_none() && self.transmits.capacity() > 0 {
-            // An idle session holds no queue: servers hold thousands of idle sessions, and
-            // a queue kept from the last exchange would cost each its capacity for good.
-            self.transmits = VecDeque::new();
-        }
-        next
+        self.transmits.pop_front()
     }
 
     /// The next event.
     pub fn poll_event(&mut self) -> Option<ProtocolEvent> {
-        let next = self.events.pop_front();
-        if next.is_none() && self.events.capacity() > 0 {
-            // As in `poll_transmit`: nothing held while idle.
-            self.events = VecDeque::new();
-        }
-        next
+        self.events.pop_front()
     }
 
     /// When [`StreamSession::handle_timeout`] must next be called.

@@ -626,9 +626,9 @@ impl Session {
 
     /// Publishes the machine's counters; `fulfilled` settles one ping counted by
     /// [`Session::ping`] (the driver has handled its command).
-    pub(crate) fn publish_stats(&self, stats: Stats, awaiting_pong: bool, fulfilled: bool) {
+    pub(crate) fn publish_stats(&self, stats: Counters, awaiting_pong: bool, fulfilled: bool) {
         let mut published = lock(&self.shared.stats);
-        published.stats = Counters::pack(&stats);
+        published.stats = stats;
         if fulfilled {
             published.requested_pings = published.requested_pings.saturating_sub(1);
         }

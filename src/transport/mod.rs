@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::proto::error::NackReason;
-use crate::proto::keepalive::Stats;
+use crate::proto::keepalive::{Counters, Stats};
 use crate::runtime::dispatch::session_failed;
 use crate::runtime::session::{CommandSender, Role, Session, Transport};
 use crate::runtime::Runtime;
@@ -68,10 +68,23 @@ pub(crate) fn report_failed_start(
         failures: 1,
         ..Stats::default()
     };
-    session.publish_stats(stats, false, false);
+    session.publish_stats(Counters::pack(&stats), false, false);
     // As the dispatch ends every failed session; nothing of it is waiting.
     session_failed(rt, &session, reason);
     session
+}
+
+/// Sleeps until the earlier of two deadlines (a session table's next one and a drain's),
+/// for ever when neither is set: the timer branch of every endpoint driver's wait.
+pub(crate) async fn sleep_until_earlier(a: Option<Instant>, b: Option<Instant>) {
+    let deadline = match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The unspecified address of `peer`'s family, for a session whose local end never existed.

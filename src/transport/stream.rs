@@ -38,7 +38,7 @@ use crate::runtime::session::{
 };
 use crate::runtime::waiters::Waiters;
 use crate::runtime::Runtime;
-use crate::transport::Admitted;
+use crate::transport::{sleep_until_earlier, Admitted};
 
 /// The read buffer every connection of a driver shares: a TLS record's plaintext at most, and
 /// room for a few coalesced frames over TCP.
@@ -533,16 +533,7 @@ where
     /// shutdown.
     async fn wait<I: Incoming<S>>(&mut self, incoming: Option<&mut I>) -> Wakeup<S> {
         let drain_deadline = self.draining.filter(|_| !self.drained);
-        let deadline = match (self.table.next_deadline(), drain_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let sleep = async {
-            match deadline {
-                Some(at) => tokio::time::sleep_until(at.into()).await,
-                None => std::future::pending().await,
-            }
-        };
+        let sleep = sleep_until_earlier(self.table.next_deadline(), drain_deadline);
         let accept = async {
             match incoming {
                 Some(incoming) => incoming.next().await,

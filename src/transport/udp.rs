@@ -24,7 +24,7 @@ use crate::runtime::session::{
 };
 use crate::runtime::waiters::Waiters;
 use crate::runtime::Runtime;
-use crate::transport::Endpoint;
+use crate::transport::{sleep_until_earlier, Endpoint};
 
 /// Largest datagram we read (the UDP maximum).
 const MAX_DATAGRAM: usize = 65_536;
@@ -282,16 +282,7 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
         // Set once shutdown began: sessions with requests in flight may finish until then.
         let mut draining: Option<Instant> = None;
         loop {
-            let deadline = match (self.table.next_deadline(), draining) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let sleep = async {
-                match deadline {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let sleep = sleep_until_earlier(self.table.next_deadline(), draining);
             tokio::select! {
                 received = self.socket.recv(&mut buf) => match received {
                     Ok(Received::Datagram(len, peer)) => self.on_datagram(peer, &buf[..len]).await,
