@@ -283,6 +283,45 @@ async fn dtls_largest_records_do_not_kill_the_session() {
     .await
 }
 
+/// The server keeps no reader per DTLS connection: it reads a connection's decrypted records
+/// when the connection's waker says one is there, one at a time (webrtc-dtls queues one record
+/// and holds the rest back). Records sent back to back on several connections at once, and
+/// again after a pause, are each read and answered once.
+#[tokio::test]
+async fn dtls_records_sent_back_to_back_are_all_read() {
+    const PINGS: u16 = 48;
+    bounded(TEST_LIMIT, async {
+        let server = DatagramServer::start(Transport::Dtls).await;
+        let peers = [
+            server.peer().await,
+            server.peer().await,
+            server.peer().await,
+        ];
+        for round in 0..2u16 {
+            for ping in 0..PINGS {
+                for (n, peer) in peers.iter().enumerate() {
+                    let [high, low] = (round << 12 | (n as u16) << 8 | ping).to_be_bytes();
+                    peer.send(&[0x40, 0x00, high, low]).await;
+                }
+            }
+            for (n, peer) in peers.iter().enumerate() {
+                for ping in 0..PINGS {
+                    let [high, low] = (round << 12 | (n as u16) << 8 | ping).to_be_bytes();
+                    assert_eq!(peer.recv().await, vec![0x70, 0x00, high, low]);
+                }
+                peer.assert_quiet("the answered pings").await;
+            }
+            // Idle: every connection's waker waits for the next record.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for peer in peers {
+            peer.close().await;
+        }
+        server.assert_serves_another_session().await;
+    })
+    .await
+}
+
 // ---- TCP and TLS ----
 
 /// A library server on a stream transport, with its nacks.

@@ -4,15 +4,18 @@
 //! A server endpoint runs one driver, with one session table and deadline queue, for all its
 //! connections (`DtlsEndpointIo`): [`DtlsListener`] demultiplexes the socket and runs the
 //! handshakes, each under the context's connect timeout; a completed one becomes a session of
-//! the driver, and each connection keeps only a small task that hands its decrypted records to
-//! the driver. A handshake that fails is reported as a session that failed with
+//! the driver, and a connection keeps no task or buffer of ours: the driver reads a connection's
+//! decrypted records into its own buffer when the connection's waker says one is there. A handshake that fails is reported as a session that failed with
 //! [`NackReason::TlsFailed`], its cause in [`Session::failure_cause`]. A client runs a driver
 //! of its own over its one connection (`DtlsIo`).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
 
 use tokio::sync::mpsc;
@@ -34,14 +37,10 @@ use crate::transport::{report_failed_start, unspecified_like, Endpoint};
 /// peer retransmits it).
 const MAX_HANDSHAKES_IN_PROGRESS: usize = 256;
 
-/// The largest decrypted record a server connection hands to the driver: each connection's
-/// reader holds a buffer this big for as long as it lives. A CoAP message over DTLS fits one
-/// datagram (RFC 7252 §4.6: 1152 bytes unless the path MTU is known, a 1024-byte block and its
-/// header); a larger record is dropped, as an oversized datagram would be.
+/// The largest decrypted record a server connection hands to the driver. A CoAP message over
+/// DTLS fits one datagram (RFC 7252 §4.6: 1152 bytes unless the path MTU is known, a 1024-byte
+/// block and its header); a larger record is dropped, as an oversized datagram would be.
 const MAX_RECORD: usize = 1536;
-
-/// Decrypted records and closes queued from all connections for the driver.
-const READER_QUEUE: usize = 256;
 
 /// One DTLS connection as the datagram driver's socket: every datagram comes from, and goes
 /// to, the connection's one peer.
@@ -88,20 +87,41 @@ fn into_io(error: Error) -> io::Error {
     }
 }
 
-/// What a connection's reader hands the driver.
-enum Record {
-    /// A decrypted record.
-    Data(Vec<u8>),
-    /// The connection is over (close_notify, fatal alert, or a broken transport).
-    Closed,
-}
-
 /// One live connection of a server endpoint.
 struct Live {
     /// Tells this connection from a later one of the same address.
     id: u64,
     conn: Arc<DTLSConn>,
-    reader: tokio::task::AbortHandle,
+    /// Wakes the driver when the connection has a decrypted record (or has ended).
+    ready: Arc<ReadyWaker>,
+}
+
+/// A connection's waker: puts the connection on the endpoint's ready queue, once until the
+/// driver has looked at it.
+///
+/// A connection holds no reader of its own: the driver polls `DTLSConn::read` once, with its
+/// own buffer and this waker, and drops the future when it is pending. webrtc-dtls hands
+/// decrypted records over a tokio channel, whose `poll_recv` keeps the waker of its last
+/// pending poll and wakes it on the next record or on the channel's close, so the record waits
+/// in the channel until the driver reads it.
+struct ReadyWaker {
+    peer: SocketAddr,
+    id: u64,
+    queued: AtomicBool,
+    ready: mpsc::UnboundedSender<(SocketAddr, u64)>,
+}
+
+impl Wake for ReadyWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.queued.swap(true, Ordering::AcqRel) {
+            // The driver is gone when this fails: nothing is left to wake.
+            let _ = self.ready.send((self.peer, self.id));
+        }
+    }
 }
 
 /// Every DTLS connection of a server endpoint as one datagram socket: handshakes come out of
@@ -112,22 +132,23 @@ struct DtlsEndpointIo {
     listener: DtlsListener,
     local: SocketAddr,
     live: Mutex<HashMap<SocketAddr, Live>>,
-    next_id: std::sync::atomic::AtomicU64,
-    records_tx: mpsc::Sender<(SocketAddr, u64, Record)>,
-    records: tokio::sync::Mutex<mpsc::Receiver<(SocketAddr, u64, Record)>>,
+    next_id: AtomicU64,
+    ready_tx: mpsc::UnboundedSender<(SocketAddr, u64)>,
+    /// Connections whose waker fired: a record (or the end) may be there to read.
+    ready: tokio::sync::Mutex<mpsc::UnboundedReceiver<(SocketAddr, u64)>>,
 }
 
 impl DtlsEndpointIo {
     fn new(rt: &Arc<Runtime>, listener: DtlsListener) -> DtlsEndpointIo {
-        let (records_tx, records) = mpsc::channel(READER_QUEUE);
+        let (ready_tx, ready) = mpsc::unbounded_channel();
         DtlsEndpointIo {
             rt: Arc::clone(rt),
             local: listener.local_addr(),
             listener,
             live: Mutex::new(HashMap::new()),
-            next_id: std::sync::atomic::AtomicU64::new(0),
-            records_tx,
-            records: tokio::sync::Mutex::new(records),
+            next_id: AtomicU64::new(0),
+            ready_tx,
+            ready: tokio::sync::Mutex::new(ready),
         }
     }
 
@@ -136,19 +157,18 @@ impl DtlsEndpointIo {
         self.live.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Starts reading `conn` and routes `peer` to it.
+    /// Routes `peer` to `conn`, and has the driver look for records at once: the first may
+    /// have come with the handshake's last flight.
     fn register(&self, conn: Arc<DTLSConn>, peer: SocketAddr) {
-        let id = self
-            .next_id
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let reader = tokio::spawn(read_records(
-            Arc::clone(&conn),
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let ready = Arc::new(ReadyWaker {
             peer,
             id,
-            self.records_tx.clone(),
-        ))
-        .abort_handle();
-        if let Some(old) = self.live().insert(peer, Live { id, conn, reader }) {
+            queued: AtomicBool::new(false),
+            ready: self.ready_tx.clone(),
+        });
+        ready.wake_by_ref();
+        if let Some(old) = self.live().insert(peer, Live { id, conn, ready }) {
             close_live(old);
         }
     }
@@ -182,25 +202,32 @@ impl DtlsEndpointIo {
         }
     }
 
-    /// A record from a reader; `None` when it is from a connection that is no longer live.
-    fn on_record(
-        &self,
-        peer: SocketAddr,
-        id: u64,
-        record: Record,
-        buf: &mut [u8],
-    ) -> Option<Received> {
+    /// Reads what the connection `(peer, id)` has for the driver into `buf`: `None` when it has
+    /// nothing yet (its waker will say when), or when it is no longer live.
+    fn on_ready(&self, peer: SocketAddr, id: u64, buf: &mut [u8]) -> Option<Received> {
         let mut live = self.live();
-        if live.get(&peer).is_none_or(|l| l.id != id) {
-            return None;
-        }
-        match record {
-            Record::Data(data) => {
-                let len = data.len().min(buf.len());
-                buf[..len].copy_from_slice(&data[..len]);
+        let conn = live.get(&peer).filter(|l| l.id == id)?;
+        conn.ready.queued.store(false, Ordering::Release);
+        let limit = buf.len().min(MAX_RECORD);
+        let waker = Waker::from(Arc::clone(&conn.ready));
+        match poll_read(&conn.conn, &mut buf[..limit], &waker) {
+            Poll::Pending => None,
+            Poll::Ready(Ok(len)) => {
+                // More may be queued behind it: look again before waiting for the waker.
+                waker.wake_by_ref();
                 Some(Received::Datagram(len, peer))
             }
-            Record::Closed => {
+            Poll::Ready(Err(webrtc_dtls::Error::ErrBufferTooSmall)) => {
+                // At info, as other refused input: an operator running `serve -v` sees it.
+                tracing::info!(%peer, "a DTLS record above {MAX_RECORD} bytes dropped");
+                waker.wake_by_ref();
+                None
+            }
+            Poll::Ready(Err(error)) => {
+                // close_notify, a fatal alert, or a broken transport.
+                if !is_close_notify(&error) {
+                    tracing::debug!(%peer, %error, "DTLS receive failed");
+                }
                 if let Some(old) = live.remove(&peer) {
                     close_live(old);
                 }
@@ -212,7 +239,7 @@ impl DtlsEndpointIo {
 
 impl DatagramIo for DtlsEndpointIo {
     async fn recv<'a>(&'a self, buf: &'a mut [u8]) -> io::Result<Received> {
-        let mut records = self.records.lock().await;
+        let mut ready = self.ready.lock().await;
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
@@ -223,8 +250,8 @@ impl DatagramIo for DtlsEndpointIo {
                     }
                     Err(error) => return Err(into_io(error)),
                 },
-                Some((peer, id, record)) = records.recv() => {
-                    if let Some(received) = self.on_record(peer, id, record, buf) {
+                Some((peer, id)) = ready.recv() => {
+                    if let Some(received) = self.on_ready(peer, id, buf) {
                         return Ok(received);
                     }
                 }
@@ -266,44 +293,24 @@ impl DatagramIo for DtlsEndpointIo {
     }
 }
 
-/// Stops a connection's reader and closes it (close_notify) in the background.
+/// Closes a connection (close_notify) in the background.
 fn close_live(live: Live) {
-    live.reader.abort();
     let conn = live.conn;
     tokio::spawn(async move {
         let _ = conn.close().await;
     });
 }
 
-/// The reader of one server connection: hands each decrypted record to the endpoint's driver,
-/// then the connection's end.
-async fn read_records(
-    conn: Arc<DTLSConn>,
-    peer: SocketAddr,
-    id: u64,
-    records: mpsc::Sender<(SocketAddr, u64, Record)>,
-) {
-    let mut buf = vec![0u8; MAX_RECORD];
-    loop {
-        let record = match conn.read(&mut buf, None).await {
-            Ok(len) => Record::Data(buf[..len].to_vec()),
-            Err(webrtc_dtls::Error::ErrBufferTooSmall) => {
-                // At info, as other refused input: an operator running `serve -v` sees it.
-                tracing::info!(%peer, "a DTLS record above {MAX_RECORD} bytes dropped");
-                continue;
-            }
-            Err(error) => {
-                if !is_close_notify(&error) {
-                    tracing::debug!(%peer, %error, "DTLS receive failed");
-                }
-                Record::Closed
-            }
-        };
-        let closed = matches!(record, Record::Closed);
-        if records.send((peer, id, record)).await.is_err() || closed {
-            return;
-        }
-    }
+/// Polls `conn.read` once with `waker`, then drops the read: a pending one leaves the waker
+/// with webrtc-dtls's channel of decrypted records (see [`ReadyWaker`]), and nothing is taken
+/// from the connection unless the read completed.
+fn poll_read(
+    conn: &DTLSConn,
+    buf: &mut [u8],
+    waker: &Waker,
+) -> Poll<std::result::Result<usize, webrtc_dtls::Error>> {
+    let read = std::pin::pin!(conn.read(buf, None));
+    read.poll(&mut Context::from_waker(waker))
 }
 
 /// The cause in a handshake error (`handshake with PEER failed: CAUSE`).
