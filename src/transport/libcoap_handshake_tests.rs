@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use webrtc_dtls::cipher_suite::CipherSuiteId;
 use webrtc_dtls::config::Config;
 use webrtc_dtls::conn::DTLSConn;
@@ -501,7 +500,6 @@ async fn coap_client_against_tls_acceptor(
     let set = &pki.set;
     let client_ca = require_client_cert.then_some(set.ca_cert_pem.as_str());
     let config = tls_server_config(&set.server_identity(), client_ca);
-    let acceptor = TlsAcceptor::from(config);
     let listener = TcpListener::bind(loopback(0)).await.unwrap();
     let uri = format!(
         "coaps+tcp://127.0.0.1:{}/",
@@ -525,9 +523,9 @@ async fn coap_client_against_tls_acceptor(
         .await
         .unwrap_or_else(|_| panic!("no connection from {client_program}\n{}", client.report()))
         .unwrap();
-    let outcome = tls_accept(&acceptor, tcp, HANDSHAKE)
+    let outcome = tls_accept(&config, tcp, HANDSHAKE)
         .await
-        .map(|tls| tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec));
+        .map(|tls| tls.alpn_protocol().map(<[u8]>::to_vec));
     // The directory goes with this function: the client has read its files by now.
     (outcome, client)
 }

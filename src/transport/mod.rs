@@ -14,6 +14,7 @@ pub(crate) mod stream;
 pub(crate) mod tcp;
 pub(crate) mod tls;
 pub(crate) mod tls_conn;
+pub(crate) mod tls_server_stream;
 pub(crate) mod udp;
 
 use std::net::SocketAddr;

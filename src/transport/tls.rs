@@ -14,7 +14,6 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio_rustls::TlsAcceptor;
 
 use crate::credentials::{ClientCredentials, ServerCredentials};
 use crate::proto::error::{Error, NackReason, Result};
@@ -24,6 +23,7 @@ use crate::runtime::Runtime;
 use crate::transport::stream::{Accepted, Incoming, StreamDriver};
 use crate::transport::tcp::{bind_listener, configure, wait_established};
 use crate::transport::tls_conn::{tls_accept, tls_handshake};
+use crate::transport::tls_server_stream::TlsServerStream;
 use crate::transport::{report_failed_start, unspecified_like, Endpoint, SessionLimit};
 
 /// Binds `addr` and runs a handshake for every connection accepted on it, each in a task of
@@ -34,7 +34,7 @@ pub(crate) async fn listen(
     addr: SocketAddr,
     credentials: &ServerCredentials,
 ) -> Result<Endpoint> {
-    let acceptor = TlsAcceptor::from(credentials.tls_config()?);
+    let config = credentials.tls_config()?;
     let listener = bind_listener(addr)?;
     let local_addr = listener.local_addr()?;
     let (handshaken, established) = mpsc::unbounded_channel();
@@ -43,7 +43,7 @@ pub(crate) async fn listen(
         listener,
         local_addr,
         limit: SessionLimit::new(rt),
-        acceptor,
+        config,
         handshaken,
         established,
     };
@@ -57,7 +57,7 @@ pub(crate) async fn listen(
 }
 
 /// A server's TLS connection past its handshake.
-type ServerTls = tokio_rustls::server::TlsStream<TcpStream>;
+type ServerTls = TlsServerStream;
 
 /// The connections of a TLS listener: accepted and admitted to the endpoint's session limit
 /// (a handshake in progress holds a place too), then handshaken in tasks of their own.
@@ -66,7 +66,7 @@ struct TlsIncoming {
     listener: TcpListener,
     local_addr: SocketAddr,
     limit: SessionLimit,
-    acceptor: TlsAcceptor,
+    config: Arc<rustls::ServerConfig>,
     handshaken: mpsc::UnboundedSender<Accepted<ServerTls>>,
     established: mpsc::UnboundedReceiver<Accepted<ServerTls>>,
 }
@@ -83,7 +83,7 @@ impl Incoming<ServerTls> for TlsIncoming {
                             let local = stream.local_addr().unwrap_or(self.local_addr);
                             let handshake = handshake(
                                 Arc::clone(&self.rt),
-                                self.acceptor.clone(),
+                                Arc::clone(&self.config),
                                 stream,
                                 peer,
                                 local,
@@ -121,7 +121,7 @@ impl Incoming<ServerTls> for TlsIncoming {
 /// failed. `None` too when shutdown began meanwhile.
 async fn handshake(
     rt: Arc<Runtime>,
-    acceptor: TlsAcceptor,
+    config: Arc<rustls::ServerConfig>,
     stream: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
@@ -130,7 +130,7 @@ async fn handshake(
     if *shutdown.borrow_and_update() {
         return None;
     }
-    let handshake = tls_accept(&acceptor, stream, rt.settings.connect_timeout);
+    let handshake = tls_accept(&config, stream, rt.settings.connect_timeout);
     let accepted = tokio::select! {
         accepted = handshake => accepted,
         _ = shutdown.changed() => return None,

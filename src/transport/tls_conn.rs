@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
-use tokio_rustls::{client, server, TlsAcceptor, TlsConnector};
+use tokio_rustls::{client, TlsConnector};
 
 use crate::proto::error::{Error, Result};
+use crate::transport::tls_server_stream::{self, TlsServerStream};
 
 /// Connects to `peer` over TCP and runs a TLS client handshake, both within `timeout`.
 ///
@@ -85,15 +86,15 @@ async fn handshake_client(
 
 /// Runs the TLS server handshake on an accepted TCP connection within `timeout`.
 pub async fn tls_accept(
-    acceptor: &TlsAcceptor,
+    config: &Arc<rustls::ServerConfig>,
     tcp: TcpStream,
     timeout: Duration,
-) -> Result<server::TlsStream<TcpStream>> {
+) -> Result<TlsServerStream> {
     let peer = tcp
         .peer_addr()
         .map_or_else(|_| "peer".to_owned(), |a| a.to_string());
     tcp.set_nodelay(true)?;
-    tokio::time::timeout(timeout, acceptor.accept(tcp))
+    tokio::time::timeout(timeout, tls_server_stream::accept(Arc::clone(config), tcp))
         .await
         .map_err(|_| Error::Tls(format!("handshake with {peer} timed out after {timeout:?}")))?
         .map_err(|e| Error::Tls(format!("handshake with {peer} failed: {e}")))
@@ -143,7 +144,6 @@ mod tests {
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
-    use tokio_rustls::TlsAcceptor;
 
     use super::*;
     use crate::credentials::rustls::{tls_client_config, tls_server_config};
@@ -162,8 +162,8 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await?;
-            let mut tls = tls_accept(&TlsAcceptor::from(config), tcp, TIMEOUT).await?;
-            let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+            let mut tls = tls_accept(&config, tcp, TIMEOUT).await?;
+            let alpn = tls.alpn_protocol().map(<[u8]>::to_vec);
             let mut buf = [0u8; 64];
             loop {
                 let n = tls.read(&mut buf).await?;
@@ -369,7 +369,7 @@ mod tests {
             .await
             .unwrap();
         let (tcp, _) = listener.accept().await.unwrap();
-        let error = tls_accept(&TlsAcceptor::from(server), tcp, Duration::from_millis(300))
+        let error = tls_accept(&server, tcp, Duration::from_millis(300))
             .await
             .unwrap_err();
         assert!(error.to_string().contains("timed out"), "{error}");
