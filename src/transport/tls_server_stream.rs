@@ -506,3 +506,153 @@ fn shrunk(mut buf: Vec<u8>) -> Vec<u8> {
         buf
     }
 }
+
+#[cfg(all(test, feature = "test-certs"))]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio_rustls::client::TlsStream;
+    use tokio_rustls::TlsConnector;
+
+    use super::*;
+    use crate::credentials::rustls::{tls_client_config, tls_server_config};
+    use crate::credentials::CertificateSet;
+
+    const LIMIT: Duration = Duration::from_secs(10);
+
+    /// A handshaken pair on loopback: a tokio-rustls client and our server stream.
+    async fn pair() -> (TlsStream<TcpStream>, TlsServerStream) {
+        let set = CertificateSet::generate().unwrap();
+        let server = tls_server_config(&set.server_identity(), None).unwrap();
+        let client = tls_client_config(Some(&set.ca_cert_pem), None, false).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connect = async {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            TlsConnector::from(client).connect(name, tcp).await.unwrap()
+        };
+        let accept = async {
+            let (tcp, _) = listener.accept().await.unwrap();
+            accept(server, tcp).await.unwrap()
+        };
+        tokio::time::timeout(LIMIT, async { tokio::join!(connect, accept) })
+            .await
+            .unwrap()
+    }
+
+    /// Reads exactly `n` bytes from the server stream with a reader buffer of `chunk` bytes.
+    async fn read_n(server: &mut TlsServerStream, n: usize, chunk: usize) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; chunk];
+        while got.len() < n {
+            let k = tokio::time::timeout(LIMIT, server.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(k > 0, "end of stream after {} of {n} bytes", got.len());
+            got.extend_from_slice(&buf[..k]);
+        }
+        got
+    }
+
+    fn holds_nothing(server: &TlsServerStream) -> bool {
+        server.incoming.capacity() == 0
+            && server.outgoing.capacity() == 0
+            && server.plaintext.capacity() == 0
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_holds_no_buffer() {
+        let (mut client, mut server) = pair().await;
+        assert!(holds_nothing(&server));
+        for size in [1, 100, 16_384, 40_000] {
+            let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            client.write_all(&data).await.unwrap();
+            client.flush().await.unwrap();
+            // A 16 KiB reader, as the stream driver's: large bodies come in several records,
+            // some of them split across reads.
+            assert_eq!(read_n(&mut server, size, 16_384).await, data);
+            server.write_all(&data).await.unwrap();
+            server.flush().await.unwrap();
+            let mut back = vec![0u8; size];
+            client.read_exact(&mut back).await.unwrap();
+            assert_eq!(back, data);
+            assert!(holds_nothing(&server), "after {size} bytes: {server:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_small_reader_gets_the_rest_of_a_record_next() {
+        let (mut client, mut server) = pair().await;
+        let data: Vec<u8> = (0..5_000u32).map(|i| (i % 13) as u8).collect();
+        client.write_all(&data).await.unwrap();
+        client.flush().await.unwrap();
+        assert_eq!(read_n(&mut server, data.len(), 7).await, data);
+        assert!(holds_nothing(&server));
+    }
+
+    #[tokio::test]
+    async fn key_updates_are_answered() {
+        let (mut client, mut server) = pair().await;
+        for round in 0..3u8 {
+            // The client's KeyUpdate asks for ours (RFC 8446 §4.6.3): the server's next read
+            // processes it and queues its own before the data that follows.
+            client.get_mut().1.refresh_traffic_keys().unwrap();
+            client.write_all(&[round; 10]).await.unwrap();
+            client.flush().await.unwrap();
+            assert_eq!(read_n(&mut server, 10, 64).await, vec![round; 10]);
+            server.write_all(&[round + 1; 10]).await.unwrap();
+            server.flush().await.unwrap();
+            let mut back = [0u8; 10];
+            client.read_exact(&mut back).await.unwrap();
+            assert_eq!(back, [round + 1; 10]);
+        }
+        assert!(holds_nothing(&server));
+    }
+
+    #[tokio::test]
+    async fn close_notify_ends_the_stream_and_a_bare_close_is_an_unexpected_eof() {
+        let (mut client, mut server) = pair().await;
+        client.write_all(b"last").await.unwrap();
+        client.shutdown().await.unwrap();
+        assert_eq!(read_n(&mut server, 4, 64).await, b"last");
+        let mut buf = [0u8; 64];
+        assert_eq!(server.read(&mut buf).await.unwrap(), 0);
+        // Our close_notify reaches the client, which reads it as the end.
+        server.shutdown().await.unwrap();
+        assert_eq!(client.read(&mut buf).await.unwrap(), 0);
+
+        let (mut client, mut server) = pair().await;
+        // A round trip first: the client reads our session tickets, so that its socket closes
+        // with a FIN, not a reset for unread data.
+        server.write_all(b"hi").await.unwrap();
+        server.flush().await.unwrap();
+        client.read_exact(&mut buf[..2]).await.unwrap();
+        drop(client.into_inner().0);
+        let error = server.read(&mut buf).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof, "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_record_is_a_tls_error_and_alerts_the_peer() {
+        let (client, mut server) = pair().await;
+        let (mut tcp, _) = client.into_inner();
+        // An application-data record whose ciphertext cannot authenticate.
+        let mut record = vec![0x17, 0x03, 0x03, 0x00, 0x20];
+        record.extend([0x5a; 32]);
+        tcp.write_all(&record).await.unwrap();
+        let mut buf = [0u8; 64];
+        let error = server.read(&mut buf).await.unwrap_err();
+        assert!(crate::transport::tls_conn::is_tls_error(&error), "{error}");
+        // The alert record (content type 21, encrypted as application data under TLS 1.3:
+        // 23) is on its way to the peer.
+        let n = tokio::time::timeout(LIMIT, tcp.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0 && matches!(buf[0], 21 | 23), "{:02x?}", &buf[..n]);
+    }
+}
