@@ -198,28 +198,41 @@ pub(crate) struct Shared {
     pub(crate) stats: Mutex<Published>,
     /// Microseconds after `created` of the last receipt.
     pub(crate) last_rx_micros: AtomicU64,
-    /// Default request timeout, in milliseconds.
-    pub(crate) request_timeout_ms: AtomicU64,
-    pub(crate) next_request: AtomicU64,
     pub(crate) commands: CommandSender,
     /// Set when the session's end is published ([`Session::set_state`] with a terminal state),
     /// which may be after `state` already holds it (see `Runtime::unregister`).
     ended: AtomicBool,
-    /// Wakes [`Session::closed`] when `ended` is set. A `Notify` is 32 bytes in place; a
-    /// `watch` channel cost about 340 bytes of heap per session.
-    ended_notify: Notify,
-    /// What few sessions have, allocated by the first that needs it: 16 bytes here where the
-    /// fields inline took 40.
+    /// What few sessions use, allocated by the first use: 16 bytes here where the fields
+    /// inline took 96 (most server sessions never send a request, and nobody awaits their
+    /// end).
     rare: std::sync::OnceLock<Box<Rare>>,
 }
 
 /// The parts of a session's handle that few sessions use.
-#[derive(Default)]
 struct Rare {
     /// The adaptive keepalive's state and findings, once one runs for this session.
     adaptive: Mutex<Option<crate::proto::adaptive::AdaptiveStats>>,
     /// Why a session failed before it started (a handshake's cause), when known.
     failure_cause: std::sync::OnceLock<Box<str>>,
+    /// Wakes [`Session::closed`] when `ended` is set (a `watch` channel cost about 340 bytes
+    /// of heap per session; a `Notify` 32 bytes in every handle).
+    ended_notify: Notify,
+    /// The timeout of [`Session::request`], in milliseconds.
+    request_timeout_ms: AtomicU64,
+    /// The id of the next request.
+    next_request: AtomicU64,
+}
+
+impl Default for Rare {
+    fn default() -> Rare {
+        Rare {
+            adaptive: Mutex::default(),
+            failure_cause: std::sync::OnceLock::new(),
+            ended_notify: Notify::new(),
+            request_timeout_ms: AtomicU64::new(DEFAULT_REQUEST_TIMEOUT.as_millis() as u64),
+            next_request: AtomicU64::new(1),
+        }
+    }
 }
 
 /// What the driver last published of its session's keepalive machine, and the pings asked for
@@ -283,11 +296,8 @@ impl Session {
                 state: Mutex::new(SessionState::Connecting),
                 stats: Mutex::new(Published::default()),
                 last_rx_micros: AtomicU64::new(0),
-                request_timeout_ms: AtomicU64::new(DEFAULT_REQUEST_TIMEOUT.as_millis() as u64),
-                next_request: AtomicU64::new(1),
                 commands,
                 ended: AtomicBool::new(false),
-                ended_notify: Notify::new(),
                 rare: std::sync::OnceLock::new(),
             }),
         }
@@ -492,12 +502,16 @@ impl Session {
 
     /// Waits until the session has ended and returns how.
     pub async fn closed(&self) -> SessionState {
+        let rare = self.rare();
         loop {
-            // Registered before the check, so an end published in between still wakes it.
-            let notified = self.shared.ended_notify.notified();
+            // Registered before the check, so an end published in between still wakes it. The
+            // fence pairs with `set_state`'s: either this load sees the end, or that side sees
+            // `rare` (made above) and notifies.
+            let notified = rare.ended_notify.notified();
             let mut notified = std::pin::pin!(notified);
             notified.as_mut().enable();
-            if self.shared.ended.load(Ordering::Acquire) {
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if self.shared.ended.load(Ordering::SeqCst) {
                 return self.state();
             }
             notified.await;
@@ -506,12 +520,17 @@ impl Session {
 
     /// How long [`Session::request`] waits for a response. Default 30 s.
     pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.shared.request_timeout_ms.load(Ordering::Relaxed))
+        self.shared
+            .rare
+            .get()
+            .map_or(DEFAULT_REQUEST_TIMEOUT, |rare| {
+                Duration::from_millis(rare.request_timeout_ms.load(Ordering::Relaxed))
+            })
     }
 
     /// Changes how long [`Session::request`] waits for a response.
     pub fn set_request_timeout(&self, timeout: Duration) {
-        self.shared
+        self.rare()
             .request_timeout_ms
             .store(timeout.as_millis() as u64, Ordering::Relaxed);
     }
@@ -584,7 +603,7 @@ impl Session {
 
     fn send_request(&self, request: Request, timeout: Duration, waiter: Waiter) -> Result<u64> {
         request.check_options()?;
-        let id = self.shared.next_request.fetch_add(1, Ordering::Relaxed);
+        let id = self.rare().next_request.fetch_add(1, Ordering::Relaxed);
         let command = Command::Request {
             id,
             request,
@@ -614,8 +633,12 @@ impl Session {
     pub(crate) fn set_state(&self, state: SessionState) {
         self.record_state(state);
         if state.is_terminal() {
-            self.shared.ended.store(true, Ordering::Release);
-            self.shared.ended_notify.notify_waiters();
+            self.shared.ended.store(true, Ordering::SeqCst);
+            // Pairs with the fence in `closed`: a waiter that missed the end made `rare`.
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if let Some(rare) = self.shared.rare.get() {
+                rare.ended_notify.notify_waiters();
+            }
         }
     }
 
@@ -818,4 +841,21 @@ impl fmt::Display for Session {
 /// Locks a mutex, recovering the data if a handler panicked while holding it.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every session, idle or not, holds one handle for its life: what few sessions use lives
+    /// behind `rare`, allocated by its first use.
+    #[test]
+    fn a_handle_is_small() {
+        let shared = std::mem::size_of::<Shared>();
+        println!(
+            "Shared {shared} bytes (Rare {})",
+            std::mem::size_of::<Rare>()
+        );
+        assert!(shared <= 264, "Shared is {shared} bytes");
+    }
 }
