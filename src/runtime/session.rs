@@ -244,9 +244,11 @@ pub(crate) struct Published {
     /// A ping of ours is out (so [`Session::ping`] adds none).
     awaiting_pong: bool,
     /// `Session::ping` calls counted but not yet handled by the driver.
-    requested_pings: u64,
-    /// The [`Ping`] futures waiting for the next pong (or for the session's end).
-    ping_waiters: Vec<oneshot::Sender<Result<Duration>>>,
+    requested_pings: u32,
+    /// The [`Ping`] futures waiting for the next pong (or for the session's end): boxed, as
+    /// most sessions never have one (8 bytes where the list took 24).
+    #[allow(clippy::box_collection)] // the box is the point: 8 bytes in every handle
+    ping_waiters: Option<Box<Vec<oneshot::Sender<Result<Duration>>>>>,
 }
 
 /// Where a session's commands go: its own task, or the endpoint task that serves it.
@@ -349,7 +351,7 @@ impl Session {
     pub fn stats(&self) -> Stats {
         let published = lock(&self.shared.stats);
         let mut stats = published.stats.snapshot();
-        stats.pings_sent += published.requested_pings;
+        stats.pings_sent += u64::from(published.requested_pings);
         stats
     }
 
@@ -488,8 +490,9 @@ impl Session {
         }
         // Futures dropped unawaited leave closed senders: shed them so a loop of `ping();`
         // holds none.
-        published.ping_waiters.retain(|waiter| !waiter.is_closed());
-        published.ping_waiters.push(tx);
+        let waiters = published.ping_waiters.get_or_insert_with(Box::default);
+        waiters.retain(|waiter| !waiter.is_closed());
+        waiters.push(tx);
         Ping {
             outcome: PingOutcome::Waiting(rx),
         }
@@ -668,8 +671,8 @@ impl Session {
 
     /// Resolves every waiting [`Ping`] with `outcome()`.
     pub(crate) fn settle_pings(&self, outcome: impl Fn() -> Result<Duration>) {
-        let waiters = std::mem::take(&mut lock(&self.shared.stats).ping_waiters);
-        for waiter in waiters {
+        let waiters = lock(&self.shared.stats).ping_waiters.take();
+        for waiter in waiters.into_iter().flat_map(|waiters| *waiters) {
             let _ = waiter.send(outcome());
         }
     }
@@ -683,9 +686,9 @@ impl Session {
             if published.awaiting_pong || published.stats.failed() {
                 return;
             }
-            std::mem::take(&mut published.ping_waiters)
+            published.ping_waiters.take()
         };
-        for waiter in waiters {
+        for waiter in waiters.into_iter().flat_map(|waiters| *waiters) {
             let _ = waiter.send(Err(Error::Timeout(format!(
                 "ping unanswered ({count} in a row)"
             ))));
@@ -856,6 +859,6 @@ mod tests {
             "Shared {shared} bytes (Rare {})",
             std::mem::size_of::<Rare>()
         );
-        assert!(shared <= 264, "Shared is {shared} bytes");
+        assert!(shared <= 240, "Shared is {shared} bytes");
     }
 }
