@@ -305,6 +305,53 @@ async fn tls_observe_notifications() {
     observe_notifications(Transport::Tls).await;
 }
 
+/// Dropping an observation ends it at the server: over UDP and DTLS the next notification is
+/// rejected with an RST (RFC 7641 §3.6); over TCP and TLS, which have no RST, the client
+/// deregisters at once (RFC 8323 §7), before any notification.
+async fn a_dropped_observation_ends_at_the_server(transport: Transport) {
+    let server = server().await;
+    let (_ctx, session) = client(&server, transport).await;
+    timeout(LIMIT, async {
+        let observation = session.observe("/counter").await.unwrap();
+        while server.ctx.observer_count("/counter") == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop(observation);
+        if matches!(transport, Transport::Udp | Transport::Dtls) {
+            server.counter.store(1, Ordering::SeqCst);
+            assert_eq!(server.ctx.notify("/counter"), 1);
+        }
+        while server.ctx.observer_count("/counter") > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The session goes on.
+        let response = session.get("/hello").await.unwrap();
+        assert_eq!(response.payload_str(), "hello world");
+    })
+    .await
+    .expect("the server forgets the observer");
+}
+
+#[tokio::test]
+async fn udp_a_dropped_observation_ends_at_the_server() {
+    a_dropped_observation_ends_at_the_server(Transport::Udp).await;
+}
+
+#[tokio::test]
+async fn tcp_a_dropped_observation_ends_at_the_server() {
+    a_dropped_observation_ends_at_the_server(Transport::Tcp).await;
+}
+
+#[tokio::test]
+async fn dtls_a_dropped_observation_ends_at_the_server() {
+    a_dropped_observation_ends_at_the_server(Transport::Dtls).await;
+}
+
+#[tokio::test]
+async fn tls_a_dropped_observation_ends_at_the_server() {
+    a_dropped_observation_ends_at_the_server(Transport::Tls).await;
+}
+
 /// RFC 7641 §3.2: a notification that is not a 2.xx one ends the observation. The server
 /// forgets the observer as it sends it, and the client hands it up as the last item of the
 /// stream, which then ends.

@@ -715,8 +715,10 @@ impl Session {
 }
 
 /// An observation of a resource: its first representation and the notifications that follow.
-/// Dropping it stops delivery (the next notification is rejected, which ends the observation
-/// at the server); [`Observation::cancel`] deregisters explicitly.
+/// Dropping it stops delivery and ends the observation at the server: over UDP and DTLS the
+/// next notification is rejected with an RST, over TCP and TLS a deregistration (GET with
+/// Observe = 1) goes at once. [`Observation::cancel`] deregisters on every transport and
+/// returns the server's answer.
 #[derive(Debug)]
 pub struct Observation {
     session: Session,
@@ -807,12 +809,24 @@ impl Future for Ping {
 
 impl Drop for Observation {
     fn drop(&mut self) {
-        if self.id != 0 {
-            self.session.command(Command::Cancel {
-                id: self.id,
-                deregister: None,
-            });
+        if self.id == 0 {
+            return;
         }
+        // Over UDP / DTLS the next notification is answered with an RST, which ends the
+        // observation at the server (RFC 7641 §3.6). A stream has no RST: there the client
+        // must deregister (RFC 8323 §7, updating RFC 7641 §3.6), with a GET whose answer
+        // nobody waits for.
+        let deregister =
+            matches!(self.session.transport(), Transport::Tcp | Transport::Tls).then(|| {
+                let mut request = self.request.clone();
+                request.observe = Some(crate::proto::message::OBSERVE_DEREGISTER);
+                let (tx, _) = oneshot::channel();
+                (request, Waiter::Once(tx))
+            });
+        self.session.command(Command::Cancel {
+            id: self.id,
+            deregister,
+        });
     }
 }
 
