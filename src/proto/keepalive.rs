@@ -186,13 +186,20 @@ impl Stats {
 
 /// [`Stats`] as a session keeps them: RTTs in nanoseconds ([`NO_RTT`] for none), 32 bytes less
 /// per session than four `Option<Duration>`s.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Counters {
+    tally: Tally,
+    failures: u64,
+}
+
+/// The counters of [`Counters`] a [`Keepalive`] stores: its failure count is not stored but
+/// read from its probe (a machine fails once, and stays failed), 8 bytes less per session.
+#[derive(Debug, Clone, Copy)]
+struct Tally {
     pings_sent: u64,
     retransmissions: u64,
     pongs: u64,
     pings_received: u64,
-    failures: u64,
     /// Last, min, smoothed and max RTT.
     rtt_nanos: [u64; 4],
 }
@@ -200,20 +207,24 @@ pub(crate) struct Counters {
 /// A missing RTT sample in [`Counters`]; longer RTTs are stored as one nanosecond less.
 const NO_RTT: u64 = u64::MAX;
 
-impl Default for Counters {
+/// An RTT as [`Tally::rtt_nanos`] holds it.
+fn pack_rtt(rtt: Option<Duration>) -> u64 {
+    rtt.map_or(NO_RTT, |d| d.as_nanos().min(u128::from(NO_RTT - 1)) as u64)
+}
+
+impl Default for Tally {
     fn default() -> Self {
-        Counters {
+        Tally {
             pings_sent: 0,
             retransmissions: 0,
             pongs: 0,
             pings_received: 0,
-            failures: 0,
             rtt_nanos: [NO_RTT; 4],
         }
     }
 }
 
-impl Counters {
+impl Tally {
     fn rtt(&self) -> RttStats {
         let unpack = |nanos: u64| (nanos != NO_RTT).then(|| Duration::from_nanos(nanos));
         let [last, min, smoothed, max] = self.rtt_nanos.map(unpack);
@@ -228,26 +239,24 @@ impl Counters {
     fn record_rtt(&mut self, rtt: Duration) {
         let mut stats = self.rtt();
         stats.record(rtt);
-        let pack = |d: Option<Duration>| {
-            d.map_or(NO_RTT, |d| d.as_nanos().min(u128::from(NO_RTT - 1)) as u64)
-        };
-        self.rtt_nanos = [stats.last, stats.min, stats.smoothed, stats.max].map(pack);
+        self.rtt_nanos = [stats.last, stats.min, stats.smoothed, stats.max].map(pack_rtt);
     }
+}
 
+impl Counters {
     /// `stats` packed; [`Counters::snapshot`] gives them back unchanged (an RTT above 584
     /// years excepted).
     pub(crate) fn pack(stats: &Stats) -> Counters {
-        let pack = |d: Option<Duration>| {
-            d.map_or(NO_RTT, |d| d.as_nanos().min(u128::from(NO_RTT - 1)) as u64)
-        };
         let rtt = &stats.rtt;
         Counters {
-            pings_sent: stats.pings_sent,
-            retransmissions: stats.retransmissions,
-            pongs: stats.pongs,
-            pings_received: stats.pings_received,
+            tally: Tally {
+                pings_sent: stats.pings_sent,
+                retransmissions: stats.retransmissions,
+                pongs: stats.pongs,
+                pings_received: stats.pings_received,
+                rtt_nanos: [rtt.last, rtt.min, rtt.smoothed, rtt.max].map(pack_rtt),
+            },
             failures: stats.failures,
-            rtt_nanos: [rtt.last, rtt.min, rtt.smoothed, rtt.max].map(pack),
         }
     }
 
@@ -257,13 +266,14 @@ impl Counters {
     }
 
     pub(crate) fn snapshot(&self) -> Stats {
+        let tally = &self.tally;
         Stats {
-            pings_sent: self.pings_sent,
-            retransmissions: self.retransmissions,
-            pongs: self.pongs,
-            pings_received: self.pings_received,
+            pings_sent: tally.pings_sent,
+            retransmissions: tally.retransmissions,
+            pongs: tally.pongs,
+            pings_received: tally.pings_received,
             failures: self.failures,
-            rtt: self.rtt(),
+            rtt: tally.rtt(),
         }
     }
 }
@@ -275,19 +285,58 @@ enum ProbeId {
     Token([u8; PING_TOKEN_LEN]),
 }
 
+/// An instant as the machine stores it: signed nanoseconds from its `last_rx` (8 bytes, an
+/// `Instant`'s 16), exact within 292 years either way, which the deadlines ([`FAR_FUTURE`])
+/// stay inside. The offsets are moved whenever `last_rx` moves.
+type Offset = i64;
+
+/// [`Probe::Idle`] without a deadline (no real offset comes near it: deadlines are capped at
+/// [`FAR_FUTURE`]).
+const NOT_DUE: Offset = Offset::MAX;
+
+/// `b - a` in signed nanoseconds, saturating beyond 292 years.
+fn offset_between(a: Instant, b: Instant) -> Offset {
+    let clamp = |d: Duration| d.as_nanos().min(Offset::MAX as u128 - 1) as Offset;
+    match b.checked_duration_since(a) {
+        Some(after) => clamp(after),
+        None => -clamp(a.duration_since(b)),
+    }
+}
+
+/// `at` moved by `offset` nanoseconds. An offset made from a real instant never leaves
+/// `Instant`'s range; one that would is not followed (no panic).
+fn shift(at: Instant, offset: Offset) -> Instant {
+    let by = Duration::from_nanos(offset.unsigned_abs());
+    if offset >= 0 {
+        at.checked_add(by).unwrap_or(at)
+    } else {
+        at.checked_sub(by).unwrap_or(at)
+    }
+}
+
+/// A timeout as [`Probe::Outstanding`] stores it: nanoseconds, saturating (a timeout is only
+/// ever used capped at [`FAR_FUTURE`], far below `u64::MAX` nanoseconds, so saturating here
+/// changes no deadline).
+fn timeout_nanos(timeout: Duration) -> u64 {
+    timeout.as_nanos().min(u128::from(u64::MAX)) as u64
+}
+
+/// The ping state. Its instants are [`Offset`]s from the machine's `last_rx`: 40 bytes, not
+/// 64 with `Instant`s and a `Duration`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Probe {
-    /// No ping outstanding. The next one is due at `due`, computed when the last receipt was
-    /// `from`; `None` while keepalive is off, before the CSM, or while a request stands in.
-    Idle { due: Option<Instant>, from: Instant },
-    /// A ping is out and waits for its answer until `timeout` after its last transmission
-    /// (`sent_at`): see [`Probe::deadline`].
+    /// No ping outstanding. The next one is due at `due` ([`NOT_DUE`]: none), computed when
+    /// the last receipt was `from`; none while keepalive is off, before the CSM, or while a
+    /// request stands in.
+    Idle { due: Offset, from: Offset },
+    /// A ping is out and waits for its answer until `timeout_nanos` after its last transmission
+    /// (`sent_at`): see [`Keepalive::deadline`].
     Outstanding {
         id: ProbeId,
-        first_sent: Instant,
-        sent_at: Instant,
+        first_sent: Offset,
+        sent_at: Offset,
         retransmits: u32,
-        timeout: Duration,
+        timeout_nanos: u64,
     },
     /// Failed with this reason; terminal.
     Failed(NackReason),
@@ -296,40 +345,82 @@ enum Probe {
 }
 
 impl Probe {
-    /// When an outstanding ping is retransmitted or given up (computed, not stored: 16 bytes
-    /// less per session).
-    fn deadline(&self) -> Option<Instant> {
-        match *self {
+    /// The probe with its instants moved `by` nanoseconds earlier: `last_rx`, which they count
+    /// from, moved `by` later.
+    fn rebased(self, by: Offset) -> Probe {
+        let back = |at: Offset| at.saturating_sub(by);
+        match self {
+            Probe::Idle { due, from } => Probe::Idle {
+                due: if due == NOT_DUE { NOT_DUE } else { back(due) },
+                from: back(from),
+            },
             Probe::Outstanding {
-                sent_at, timeout, ..
-            } => Some(deadline_after(sent_at, timeout)),
-            _ => None,
+                id,
+                first_sent,
+                sent_at,
+                retransmits,
+                timeout_nanos,
+            } => Probe::Outstanding {
+                id,
+                first_sent: back(first_sent),
+                sent_at: back(sent_at),
+                retransmits,
+                timeout_nanos,
+            },
+            finished => finished,
+        }
+    }
+}
+
+/// The machine's flags and ping style, one byte per session instead of one per flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Flags(u8);
+
+impl Flags {
+    /// The ping style is [`PingStyle::Stream`] (else [`PingStyle::Datagram`]).
+    const STREAM: Flags = Flags(1);
+    /// The session may ping (datagram: always; stream: after the peer's CSM).
+    const ESTABLISHED: Flags = Flags(1 << 1);
+    /// A Confirmable request to the peer is outstanding.
+    const REQUEST_IN_FLIGHT: Flags = Flags(1 << 2);
+    /// Something was counted, or a ping went out or ended, since [`Keepalive::poll_stats`].
+    const STATS_CHANGED: Flags = Flags(1 << 3);
+
+    fn contains(self, flag: Flags) -> bool {
+        self.0 & flag.0 == flag.0
+    }
+
+    fn set(&mut self, flag: Flags, on: bool) {
+        if on {
+            self.0 |= flag.0;
+        } else {
+            self.0 &= !flag.0;
         }
     }
 }
 
 /// The keepalive state machine of one session. Time is always an argument.
+///
+/// Kept small (it is most of an idle session): one `Instant`, the others as offsets from it,
+/// the flags in one byte.
 #[derive(Debug, Clone)]
 pub struct Keepalive {
-    style: PingStyle,
     /// Shared by every session created with the same configuration (one word per session);
     /// copied on write when this session's own settings ([`Overrides`]) change it.
     config: Arc<KeepaliveConfig>,
+    rng: Rng,
+    /// The last receipt; the probe's instants are offsets from it.
+    last_rx: Instant,
+    probe: Probe,
+    stats: Tally,
+    transmits: SmallQueue<PingTransmit>,
+    events: SmallQueue<KeepaliveEvent>,
+    unanswered: u32,
+    next_message_id: u16,
     /// The settings of `config` that are this session's own, kept when a new configuration is
     /// inherited ([`Keepalive::inherit_config`]).
     overrides: Overrides,
-    rng: Rng,
-    last_rx: Instant,
-    established: bool,
-    request_in_flight: bool,
-    /// Something was counted, or a ping went out or ended, since [`Keepalive::poll_stats`].
-    stats_changed: bool,
-    probe: Probe,
-    unanswered: u32,
-    next_message_id: u16,
-    transmits: SmallQueue<PingTransmit>,
-    events: SmallQueue<KeepaliveEvent>,
-    stats: Counters,
+    flags: Flags,
 }
 
 impl Keepalive {
@@ -345,24 +436,24 @@ impl Keepalive {
     ) -> Self {
         let config = config.into();
         let next_message_id = rng.next_u64() as u16;
+        let mut flags = Flags(0);
+        flags.set(Flags::STREAM, style == PingStyle::Stream);
+        flags.set(Flags::ESTABLISHED, style == PingStyle::Datagram);
         let mut keepalive = Keepalive {
-            style,
             config,
-            overrides: Overrides::NONE,
             rng,
             last_rx: now,
-            established: style == PingStyle::Datagram,
-            request_in_flight: false,
-            stats_changed: false,
             probe: Probe::Idle {
-                due: None,
-                from: now,
+                due: NOT_DUE,
+                from: 0,
             },
-            unanswered: 0,
-            next_message_id,
+            stats: Tally::default(),
             transmits: SmallQueue::default(),
             events: SmallQueue::default(),
-            stats: Counters::default(),
+            unanswered: 0,
+            next_message_id,
+            overrides: Overrides::NONE,
+            flags,
         };
         keepalive.schedule();
         keepalive
@@ -372,7 +463,11 @@ impl Keepalive {
 
     /// The ping style (datagram or stream).
     pub fn style(&self) -> PingStyle {
-        self.style
+        if self.flags.contains(Flags::STREAM) {
+            PingStyle::Stream
+        } else {
+            PingStyle::Datagram
+        }
     }
 
     /// The configuration in force.
@@ -382,7 +477,7 @@ impl Keepalive {
 
     /// The counters of this session (a snapshot).
     pub fn stats(&self) -> Stats {
-        self.stats.snapshot()
+        self.counters().snapshot()
     }
 
     /// The counters, when anything was counted or a ping went out or ended since the last call;
@@ -396,12 +491,51 @@ impl Keepalive {
     /// [`Keepalive::poll_stats`] packed as the machine keeps them, for a driver that stores
     /// them packed too (the session handle): no unpacking and packing again at every input.
     pub(crate) fn poll_counters(&mut self) -> Option<Counters> {
-        std::mem::take(&mut self.stats_changed).then_some(self.stats)
+        let changed = self.flags.contains(Flags::STATS_CHANGED);
+        self.flags.set(Flags::STATS_CHANGED, false);
+        changed.then(|| self.counters())
     }
 
     /// [`Keepalive::stats`] packed (see [`Keepalive::poll_counters`]).
     pub(crate) fn counters(&self) -> Counters {
-        self.stats
+        Counters {
+            tally: self.stats,
+            // `fail` is the only place failures are counted, once, as the probe turns Failed
+            // for good: the count is whether it did.
+            failures: u64::from(matches!(self.probe, Probe::Failed(_))),
+        }
+    }
+
+    /// Notes that something was counted, or a ping went out or ended (see
+    /// [`Keepalive::poll_stats`]).
+    fn stats_changed(&mut self) {
+        self.flags.set(Flags::STATS_CHANGED, true);
+    }
+
+    /// `at` as an offset from `last_rx`.
+    fn offset(&self, at: Instant) -> Offset {
+        offset_between(self.last_rx, at)
+    }
+
+    /// The instant an offset from `last_rx` stands for.
+    fn instant(&self, offset: Offset) -> Instant {
+        shift(self.last_rx, offset)
+    }
+
+    /// When an outstanding ping is retransmitted or given up (computed, not stored: 16 bytes
+    /// less per session).
+    fn deadline(&self) -> Option<Instant> {
+        match self.probe {
+            Probe::Outstanding {
+                sent_at,
+                timeout_nanos,
+                ..
+            } => Some(deadline_after(
+                self.instant(sent_at),
+                Duration::from_nanos(timeout_nanos),
+            )),
+            _ => None,
+        }
     }
 
     /// The last instant something was received from the peer (or reported by `mark_active`).
@@ -416,7 +550,7 @@ impl Keepalive {
 
     /// True once the session may ping (datagram: always; stream: after the peer's CSM).
     pub fn is_established(&self) -> bool {
-        self.established
+        self.flags.contains(Flags::ESTABLISHED)
     }
 
     /// True while one of our pings waits for its answer.
@@ -445,6 +579,8 @@ impl Keepalive {
     /// it is dropped without retransmission or failure.
     pub fn handle_activity(&mut self, now: Instant) {
         if now > self.last_rx {
+            // The probe's instants count from `last_rx`: they stay where they are.
+            self.probe = self.probe.rebased(self.offset(now));
             self.last_rx = now;
         }
         if !self.is_finished() {
@@ -459,9 +595,9 @@ impl Keepalive {
 
     /// A stream session's peer sent its CSM: pings may start. Counts as activity.
     pub fn handle_established(&mut self, now: Instant) {
-        self.established = true;
+        self.flags.set(Flags::ESTABLISHED, true);
         self.handle_activity(now);
-        if let Probe::Idle { due: None, .. } = self.probe {
+        if let Probe::Idle { due: NOT_DUE, .. } = self.probe {
             self.schedule();
         }
     }
@@ -485,7 +621,7 @@ impl Keepalive {
     /// The peer pinged us (counted; the answer is the session's business).
     pub fn note_peer_ping(&mut self, now: Instant) {
         self.stats.pings_received += 1;
-        self.stats_changed = true;
+        self.stats_changed();
         self.handle_activity(now);
     }
 
@@ -493,10 +629,10 @@ impl Keepalive {
         self.handle_activity(now);
         if matched {
             if let Probe::Outstanding { sent_at, .. } = self.probe {
-                let rtt = now.saturating_duration_since(sent_at);
+                let rtt = now.saturating_duration_since(self.instant(sent_at));
                 self.stats.pongs += 1;
                 self.stats.record_rtt(rtt);
-                self.stats_changed = true;
+                self.stats_changed();
                 self.events.push_back(KeepaliveEvent::Pong { rtt });
                 self.schedule();
             }
@@ -507,10 +643,10 @@ impl Keepalive {
     /// Marks whether a Confirmable request to the peer is outstanding (NSTART = 1). While one is,
     /// no ping is scheduled: the request is the probe. A ping already out is left to finish.
     pub fn set_request_in_flight(&mut self, _now: Instant, in_flight: bool) {
-        if self.request_in_flight == in_flight {
+        if self.flags.contains(Flags::REQUEST_IN_FLIGHT) == in_flight {
             return;
         }
-        self.request_in_flight = in_flight;
+        self.flags.set(Flags::REQUEST_IN_FLIGHT, in_flight);
         if let Probe::Idle { .. } = self.probe {
             // schedule() yields no deadline while a request is in flight
             self.schedule();
@@ -598,9 +734,9 @@ impl Keepalive {
         if self.is_finished() {
             return;
         }
+        // Counted by this (see `counters`).
         self.probe = Probe::Failed(reason);
-        self.stats.failures += 1;
-        self.stats_changed = true;
+        self.stats_changed();
         self.transmits.clear();
         self.events.push_back(KeepaliveEvent::Failed(reason));
     }
@@ -609,7 +745,7 @@ impl Keepalive {
     pub fn close(&mut self) {
         if !self.is_finished() {
             self.probe = Probe::Closed;
-            self.stats_changed = true;
+            self.stats_changed();
             self.transmits.clear();
         }
     }
@@ -617,55 +753,51 @@ impl Keepalive {
     /// Advances the timers to `now`: sends a due ping, retransmits, or gives up.
     pub fn handle_timeout(&mut self, now: Instant) {
         // An outstanding ping's deadline, computed once (it is not stored).
-        let expired = self
-            .probe
-            .deadline()
-            .is_some_and(|deadline| now >= deadline);
+        let expired = self.deadline().is_some_and(|deadline| now >= deadline);
+        // Offsets count from `last_rx`: an instant after the last receipt is a positive one.
+        let now_offset = self.offset(now);
         match self.probe {
-            Probe::Idle {
-                due: Some(due),
-                from,
-            } if now >= due => {
-                if self.last_rx > from {
+            Probe::Idle { due, from } if due != NOT_DUE && now_offset >= due => {
+                if from < 0 {
                     // Traffic arrived since this deadline was set: move it, lazily, so that
                     // receiving costs no timer update.
                     self.schedule();
-                    if matches!(self.probe, Probe::Idle { due: Some(d), .. } if d > now) {
+                    if matches!(self.probe, Probe::Idle { due, .. } if due != NOT_DUE && due > now_offset)
+                    {
                         return;
                     }
                 }
                 self.send_ping(now);
             }
             Probe::Outstanding { first_sent, .. }
-                if expired && self.last_rx > first_sent && self.config.interval.is_some() =>
+                if expired && first_sent < 0 && self.config.interval.is_some() =>
             {
                 // No answer to the ping itself, but the peer was heard from since it went out:
                 // it is alive. Drop the probe quietly. Strictly after: a ping sent at the very
                 // instant of the last receipt (at the session's start, say) heard nothing since.
                 // Only with keepalive on: with it off every ping is the application's own
                 // question (`ping`), which gets its answer or runs its whole schedule.
-                self.stats_changed = true;
+                self.stats_changed();
                 self.schedule();
             }
             Probe::Outstanding {
                 id,
                 first_sent,
                 retransmits,
-                timeout,
+                timeout_nanos,
                 ..
-            } if expired => match (self.style, id) {
+            } if expired => match (self.style(), id) {
                 (PingStyle::Datagram, ProbeId::MessageId(message_id)) => {
                     if retransmits < self.config.transmission.max_retransmit {
-                        let timeout = timeout.saturating_mul(2);
                         self.probe = Probe::Outstanding {
                             id,
                             first_sent,
-                            sent_at: now,
+                            sent_at: now_offset,
                             retransmits: retransmits + 1,
-                            timeout,
+                            timeout_nanos: timeout_nanos.saturating_mul(2),
                         };
                         self.stats.retransmissions += 1;
-                        self.stats_changed = true;
+                        self.stats_changed();
                         self.transmits.push_back(PingTransmit::Datagram {
                             message_id,
                             retransmission: true,
@@ -677,7 +809,7 @@ impl Keepalive {
                 _ => {
                     self.unanswered += 1;
                     // The probe ends here, whatever follows: the handle's view must follow.
-                    self.stats_changed = true;
+                    self.stats_changed();
                     self.events.push_back(KeepaliveEvent::Unanswered {
                         count: self.unanswered,
                     });
@@ -698,7 +830,7 @@ impl Keepalive {
     /// Sends a ping now, whatever the schedule (an application's explicit probe). Ignored while a
     /// ping is already outstanding, before a stream session is established, or once finished.
     pub fn ping_now(&mut self, now: Instant) {
-        if self.established && matches!(self.probe, Probe::Idle { .. }) {
+        if self.is_established() && matches!(self.probe, Probe::Idle { .. }) {
             self.send_ping(now);
         }
     }
@@ -732,8 +864,8 @@ impl Keepalive {
     /// later.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.probe {
-            Probe::Idle { due, .. } => due,
-            Probe::Outstanding { .. } => self.probe.deadline(),
+            Probe::Idle { due, .. } => (due != NOT_DUE).then(|| self.instant(due)),
+            Probe::Outstanding { .. } => self.deadline(),
             Probe::Failed(_) | Probe::Closed => None,
         }
     }
@@ -743,16 +875,15 @@ impl Keepalive {
     /// Recomputes the idle deadline from the last receipt.
     fn schedule(&mut self) {
         let due = match self.config.interval {
-            Some(interval) if self.established && !self.request_in_flight => {
+            Some(interval)
+                if self.is_established() && !self.flags.contains(Flags::REQUEST_IN_FLIGHT) =>
+            {
                 let early = interval.mul_f64(self.config.jitter * self.rng.next_f64());
-                Some(deadline_after(self.last_rx, interval.saturating_sub(early)))
+                self.offset(deadline_after(self.last_rx, interval.saturating_sub(early)))
             }
-            _ => None,
+            _ => NOT_DUE,
         };
-        self.probe = Probe::Idle {
-            due,
-            from: self.last_rx,
-        };
+        self.probe = Probe::Idle { due, from: 0 };
     }
 
     /// A datagram ping went through its whole retransmission schedule unanswered: one unanswered
@@ -762,7 +893,7 @@ impl Keepalive {
     /// first exhausted ping, as before the setting applied to datagrams).
     fn datagram_ping_exhausted(&mut self, now: Instant) {
         self.unanswered += 1;
-        self.stats_changed = true;
+        self.stats_changed();
         if self.unanswered >= self.config.max_unanswered {
             self.fail(NackReason::TooManyRetries);
             return;
@@ -770,7 +901,7 @@ impl Keepalive {
         self.events.push_back(KeepaliveEvent::Unanswered {
             count: self.unanswered,
         });
-        if self.request_in_flight || self.config.interval.is_none() {
+        if self.flags.contains(Flags::REQUEST_IN_FLIGHT) || self.config.interval.is_none() {
             // NSTART = 1: a Confirmable request is out, and it is the probe now; its failure
             // fails the session, its answer resets the count. With keepalive off the
             // application sends its pings itself (`ping` counts every one it sends).
@@ -781,7 +912,7 @@ impl Keepalive {
     }
 
     fn send_ping(&mut self, now: Instant) {
-        let (id, timeout, transmit) = match self.style {
+        let (id, timeout, transmit) = match self.style() {
             PingStyle::Datagram => {
                 let message_id = self.allocate_message_id();
                 let params = &self.config.transmission;
@@ -808,15 +939,16 @@ impl Keepalive {
                 )
             }
         };
+        let now_offset = self.offset(now);
         self.probe = Probe::Outstanding {
             id,
-            first_sent: now,
-            sent_at: now,
+            first_sent: now_offset,
+            sent_at: now_offset,
             retransmits: 0,
-            timeout,
+            timeout_nanos: timeout_nanos(timeout),
         };
         self.stats.pings_sent += 1;
-        self.stats_changed = true;
+        self.stats_changed();
         self.transmits.push_back(transmit);
     }
 }
