@@ -413,8 +413,7 @@ pub struct Keepalive {
     last_rx: Instant,
     probe: Probe,
     stats: Tally,
-    transmits: SmallQueue<PingTransmit>,
-    events: SmallQueue<KeepaliveEvent>,
+    outbox: Outbox,
     unanswered: u32,
     next_message_id: u16,
     /// The settings of `config` that are this session's own, kept when a new configuration is
@@ -448,8 +447,7 @@ impl Keepalive {
                 from: 0,
             },
             stats: Tally::default(),
-            transmits: SmallQueue::default(),
-            events: SmallQueue::default(),
+            outbox: Outbox::default(),
             unanswered: 0,
             next_message_id,
             overrides: Overrides::NONE,
@@ -633,7 +631,7 @@ impl Keepalive {
                 self.stats.pongs += 1;
                 self.stats.record_rtt(rtt);
                 self.stats_changed();
-                self.events.push_back(KeepaliveEvent::Pong { rtt });
+                self.outbox.push_event(KeepaliveEvent::Pong { rtt });
                 self.schedule();
             }
         }
@@ -737,8 +735,8 @@ impl Keepalive {
         // Counted by this (see `counters`).
         self.probe = Probe::Failed(reason);
         self.stats_changed();
-        self.transmits.clear();
-        self.events.push_back(KeepaliveEvent::Failed(reason));
+        self.outbox.clear_transmits();
+        self.outbox.push_event(KeepaliveEvent::Failed(reason));
     }
 
     /// Stops the machine without a failure (graceful close).
@@ -746,7 +744,7 @@ impl Keepalive {
         if !self.is_finished() {
             self.probe = Probe::Closed;
             self.stats_changed();
-            self.transmits.clear();
+            self.outbox.clear_transmits();
         }
     }
 
@@ -798,7 +796,7 @@ impl Keepalive {
                         };
                         self.stats.retransmissions += 1;
                         self.stats_changed();
-                        self.transmits.push_back(PingTransmit::Datagram {
+                        self.outbox.push_transmit(PingTransmit::Datagram {
                             message_id,
                             retransmission: true,
                         });
@@ -810,7 +808,7 @@ impl Keepalive {
                     self.unanswered += 1;
                     // The probe ends here, whatever follows: the handle's view must follow.
                     self.stats_changed();
-                    self.events.push_back(KeepaliveEvent::Unanswered {
+                    self.outbox.push_event(KeepaliveEvent::Unanswered {
                         count: self.unanswered,
                     });
                     if self.unanswered >= self.config.max_unanswered {
@@ -851,12 +849,12 @@ impl Keepalive {
 
     /// The next ping to send, if any.
     pub fn poll_transmit(&mut self) -> Option<PingTransmit> {
-        self.transmits.pop_front()
+        self.outbox.pop_transmit()
     }
 
     /// The next event for the application, if any.
     pub fn poll_event(&mut self) -> Option<KeepaliveEvent> {
-        self.events.pop_front()
+        self.outbox.pop_event()
     }
 
     /// The next instant [`Keepalive::handle_timeout`] must be called at; `None` when nothing is
@@ -898,7 +896,7 @@ impl Keepalive {
             self.fail(NackReason::TooManyRetries);
             return;
         }
-        self.events.push_back(KeepaliveEvent::Unanswered {
+        self.outbox.push_event(KeepaliveEvent::Unanswered {
             count: self.unanswered,
         });
         if self.flags.contains(Flags::REQUEST_IN_FLIGHT) || self.config.interval.is_none() {
@@ -949,7 +947,7 @@ impl Keepalive {
         };
         self.stats.pings_sent += 1;
         self.stats_changed();
-        self.transmits.push_back(transmit);
+        self.outbox.push_transmit(transmit);
     }
 }
 
@@ -970,6 +968,105 @@ impl Overrides {
 
     fn contains(self, other: Overrides) -> bool {
         self.0 & other.0 == other.0
+    }
+}
+
+/// The pings a machine has to send and the events it has to report: two FIFO queues whose
+/// oldest items are held inline (nearly always all there is), the later ones in one boxed
+/// spill for both, allocated when one spills and dropped when both are drained. One word per
+/// session, not a [`SmallQueue`]'s one per queue.
+#[derive(Debug, Clone, Default)]
+struct Outbox {
+    transmit: Option<PingTransmit>,
+    event: Option<KeepaliveEvent>,
+    spill: Option<Box<Spill>>,
+}
+
+/// The items queued after [`Outbox`]'s inline ones, in order.
+#[derive(Debug, Clone, Default)]
+struct Spill {
+    transmits: VecDeque<PingTransmit>,
+    events: VecDeque<KeepaliveEvent>,
+}
+
+impl Spill {
+    fn transmits(&mut self) -> &mut VecDeque<PingTransmit> {
+        &mut self.transmits
+    }
+
+    fn events(&mut self) -> &mut VecDeque<KeepaliveEvent> {
+        &mut self.events
+    }
+}
+
+impl Outbox {
+    fn push_transmit(&mut self, transmit: PingTransmit) {
+        push(
+            &mut self.transmit,
+            &mut self.spill,
+            Spill::transmits,
+            transmit,
+        );
+    }
+
+    fn push_event(&mut self, event: KeepaliveEvent) {
+        push(&mut self.event, &mut self.spill, Spill::events, event);
+    }
+
+    fn pop_transmit(&mut self) -> Option<PingTransmit> {
+        pop(&mut self.transmit, &mut self.spill, Spill::transmits)
+    }
+
+    fn pop_event(&mut self) -> Option<KeepaliveEvent> {
+        pop(&mut self.event, &mut self.spill, Spill::events)
+    }
+
+    fn clear_transmits(&mut self) {
+        self.transmit = None;
+        if let Some(spill) = self.spill.as_mut() {
+            spill.transmits.clear();
+        }
+        release_if_drained(&mut self.spill);
+    }
+}
+
+/// Queues `item` in one lane of an [`Outbox`]: inline when the lane is empty, else after
+/// what is there.
+fn push<T>(
+    head: &mut Option<T>,
+    spill: &mut Option<Box<Spill>>,
+    lane: fn(&mut Spill) -> &mut VecDeque<T>,
+    item: T,
+) {
+    let spilled = spill.as_deref_mut().is_some_and(|s| !lane(s).is_empty());
+    if head.is_none() && !spilled {
+        *head = Some(item);
+    } else {
+        lane(spill.get_or_insert_with(Box::default)).push_back(item);
+    }
+}
+
+/// The oldest item of one lane of an [`Outbox`].
+fn pop<T>(
+    head: &mut Option<T>,
+    spill: &mut Option<Box<Spill>>,
+    lane: fn(&mut Spill) -> &mut VecDeque<T>,
+) -> Option<T> {
+    let item = head
+        .take()
+        .or_else(|| spill.as_deref_mut().and_then(|s| lane(s).pop_front()));
+    release_if_drained(spill);
+    item
+}
+
+/// Drops a drained spill: a session that once queued several items holds no buffer while it
+/// idles (as [`SmallQueue`] does).
+fn release_if_drained(spill: &mut Option<Box<Spill>>) {
+    if spill
+        .as_deref()
+        .is_some_and(|s| s.transmits.is_empty() && s.events.is_empty())
+    {
+        *spill = None;
     }
 }
 
