@@ -49,8 +49,29 @@ pub struct DatagramSession {
     /// Block sizes and limits (RFC 7959); `None`: the defaults.
     blockwise: Option<Arc<BlockwiseConfig>>,
     /// Usually empty or one item: held inline, not in a buffer per session.
-    transmits: SmallQueue<Vec<u8>>,
+    transmits: Transmits,
     events: SmallQueue<ProtocolEvent>,
+}
+
+/// The datagrams a session has to send, each held as a boxed slice (two words, a `Vec`'s
+/// three: 8 bytes less per session for the one held inline), handed out as the `Vec` it was.
+#[derive(Debug, Default)]
+struct Transmits(SmallQueue<Box<[u8]>>);
+
+impl Transmits {
+    /// Queues a datagram. Its spare capacity, if any, is given back (the pings and RSTs of
+    /// idle sessions have none).
+    fn push_back(&mut self, datagram: Vec<u8>) {
+        self.0.push_back(datagram.into_boxed_slice());
+    }
+
+    fn pop_front(&mut self) -> Option<Vec<u8>> {
+        self.0.pop_front().map(Vec::from)
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
 }
 
 /// The request / response state of a session. Most sessions only ping, so it lives behind
@@ -280,7 +301,7 @@ impl DatagramSession {
             observed: false,
             idle_timeout_ms: None,
             blockwise: None,
-            transmits: SmallQueue::default(),
+            transmits: Transmits::default(),
             events: SmallQueue::default(),
         }
     }
