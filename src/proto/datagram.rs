@@ -14,7 +14,7 @@ use crate::proto::blockwise::{
 use crate::proto::config::{IcmpPolicy, KeepaliveConfig};
 use crate::proto::error::NackReason;
 use crate::proto::exchange::{Exchanges, Notified, Pending, PendingKind, RequestError, Retransmit};
-use crate::proto::keepalive::{Keepalive, PingStyle, SmallQueue};
+use crate::proto::keepalive::{Keepalive, Outbox, PingStyle};
 use crate::proto::message::{Request, Response};
 use crate::proto::rng::Rng;
 use crate::proto::wire::options::{self, OptionProblem};
@@ -48,30 +48,11 @@ pub struct DatagramSession {
     idle_timeout_ms: Option<NonZeroU64>,
     /// Block sizes and limits (RFC 7959); `None`: the defaults.
     blockwise: Option<Arc<BlockwiseConfig>>,
-    /// Usually empty or one item: held inline, not in a buffer per session.
-    transmits: Transmits,
-    events: SmallQueue<ProtocolEvent>,
-}
-
-/// The datagrams a session has to send, each held as a boxed slice (two words, a `Vec`'s
-/// three: 8 bytes less per session for the one held inline), handed out as the `Vec` it was.
-#[derive(Debug, Default)]
-struct Transmits(SmallQueue<Box<[u8]>>);
-
-impl Transmits {
-    /// Queues a datagram. Its spare capacity, if any, is given back (the pings and RSTs of
-    /// idle sessions have none).
-    fn push_back(&mut self, datagram: Vec<u8>) {
-        self.0.push_back(datagram.into_boxed_slice());
-    }
-
-    fn pop_front(&mut self) -> Option<Vec<u8>> {
-        self.0.pop_front().map(Vec::from)
-    }
-
-    fn clear(&mut self) {
-        self.0.clear();
-    }
+    /// The datagrams to send and the events to report: usually empty or one item each, held
+    /// inline, not in a buffer per session. A datagram is held as a boxed slice (two words, a
+    /// `Vec`'s three) and handed out as the `Vec` it was; its spare capacity, if any, is given
+    /// back when it is queued (the pings and RSTs of idle sessions have none).
+    outbox: Outbox<Box<[u8]>, ProtocolEvent>,
 }
 
 /// The request / response state of a session. Most sessions only ping, so it lives behind
@@ -301,8 +282,7 @@ impl DatagramSession {
             observed: false,
             idle_timeout_ms: None,
             blockwise: None,
-            transmits: Transmits::default(),
-            events: SmallQueue::default(),
+            outbox: Outbox::default(),
         }
     }
 
@@ -390,15 +370,15 @@ impl DatagramSession {
                 if let Some(rst) = error.rejection() {
                     // A well-formed header from the peer still shows it is there.
                     self.keepalive.handle_activity(now);
-                    self.transmits.push_back(rst.to_vec());
+                    self.outbox.push_transmit(rst.to_vec());
                 }
-                self.events
-                    .push_back(ProtocolEvent::Rejected(format!("datagram: {error}")));
+                self.outbox
+                    .push_event(ProtocolEvent::Rejected(format!("datagram: {error}")));
             }
             Ok(Datagram::Ping { message_id }) | Ok(Datagram::EmptyNon { message_id }) => {
                 self.keepalive.note_peer_ping(now);
-                self.events
-                    .push_back(ProtocolEvent::PeerPing(PeerPing::Datagram { message_id }));
+                self.outbox
+                    .push_event(ProtocolEvent::PeerPing(PeerPing::Datagram { message_id }));
             }
             Ok(Datagram::EmptyAck { message_id }) => {
                 // Never answered (RFC 7252 §4.2).
@@ -460,7 +440,8 @@ impl DatagramSession {
         {
             self.keepalive.handle_activity(now);
             if let Some((_, token)) = self.requests.notifications.remove(at) {
-                self.events.push_back(ProtocolEvent::ObserverGone { token });
+                self.outbox
+                    .push_event(ProtocolEvent::ObserverGone { token });
             }
             return true;
         }
@@ -471,7 +452,7 @@ impl DatagramSession {
         let pending = self.requests.exchanges.pending.remove(index);
         if pending.kind == PendingKind::Request {
             if let Some(token) = self.requests.exchanges.failure_token(pending) {
-                self.events.push_back(ProtocolEvent::RequestFailed {
+                self.outbox.push_event(ProtocolEvent::RequestFailed {
                     token,
                     error: RequestError::Reset,
                 });
@@ -493,13 +474,13 @@ impl DatagramSession {
                     match self.requests.dedup.check(now, lifetime, message_id) {
                         Some(Some(answer)) => {
                             let answer = answer.to_vec();
-                            self.transmits.push_back(answer);
-                            self.events
-                                .push_back(ProtocolEvent::Rejected("duplicate request".into()));
+                            self.outbox.push_transmit(answer);
+                            self.outbox
+                                .push_event(ProtocolEvent::Rejected("duplicate request".into()));
                         }
                         Some(None) => self
-                            .events
-                            .push_back(ProtocolEvent::Rejected("duplicate request".into())),
+                            .outbox
+                            .push_event(ProtocolEvent::Rejected("duplicate request".into())),
                         None => match options::check_request(options::packet_options(&packet)) {
                             Ok(()) => self.handle_request(now, packet),
                             Err(problem) => self.refuse_request(&packet, problem),
@@ -525,16 +506,16 @@ impl DatagramSession {
                 // RFC 7252 §5.8: a request with a method we do not know gets 4.05 (on the ACK
                 // of a CON); kept for its duplicates like any answer.
                 self.answer(&packet, method_not_allowed());
-                self.events.push_back(ProtocolEvent::Rejected(format!(
+                self.outbox.push_event(ProtocolEvent::Rejected(format!(
                     "request with unknown method {} answered 4.05",
                     packet.header.code
                 )));
             }
             _ => {
                 if message_type == MessageType::Confirmable {
-                    self.transmits.push_back(udp::reset(message_id).to_vec());
+                    self.outbox.push_transmit(udp::reset(message_id).to_vec());
                 }
-                self.events.push_back(ProtocolEvent::Rejected(format!(
+                self.outbox.push_event(ProtocolEvent::Rejected(format!(
                     "unexpected code {} over UDP",
                     packet.header.code
                 )));
@@ -558,7 +539,7 @@ impl DatagramSession {
                     // Cannot happen for a request code; said rather than dropped.
                     None => ProtocolEvent::Rejected("unparsable request".into()),
                 };
-                self.events.push_back(event);
+                self.outbox.push_event(event);
             }
             ServerStep::Answer(answer) => self.answer(&packet, answer),
         }
@@ -574,13 +555,13 @@ impl DatagramSession {
             // instead of waiting for a response that never comes. Duplicates get it again.
             let rst = udp::reset(message_id);
             self.requests.dedup.store(message_id, &rst);
-            self.transmits.push_back(rst.to_vec());
+            self.outbox.push_transmit(rst.to_vec());
         } else {
             // 4.02 Bad Option piggybacked on the ACK of a CON; 5.05 to a proxy request of
             // either type (§5.10.2 asks for a response, and the option was recognised).
             self.answer(request, option_rejection(problem));
         }
-        self.events.push_back(ProtocolEvent::Rejected(format!(
+        self.outbox.push_event(ProtocolEvent::Rejected(format!(
             "request refused: {problem}"
         )));
     }
@@ -606,8 +587,8 @@ impl DatagramSession {
                     self.complete(now, index, &packet, response);
                 }
                 _ => self
-                    .events
-                    .push_back(ProtocolEvent::Rejected("ACK matches no request".into())),
+                    .outbox
+                    .push_event(ProtocolEvent::Rejected("ACK matches no request".into())),
             }
             return;
         }
@@ -626,16 +607,16 @@ impl DatagramSession {
                 .any(|o| o.token == token);
         if pending.is_none() && !observed {
             // Nobody waits for it: reject (this also cancels a forgotten observation).
-            self.transmits.push_back(udp::reset(message_id).to_vec());
-            self.events.push_back(ProtocolEvent::Rejected(
+            self.outbox.push_transmit(udp::reset(message_id).to_vec());
+            self.outbox.push_event(ProtocolEvent::Rejected(
                 "response matches no request".into(),
             ));
             return;
         }
         if message_type == MessageType::Confirmable {
             // Acknowledged before anything it leads to (the request for a next block) goes out.
-            self.transmits
-                .push_back(udp::empty_ack(message_id).to_vec());
+            self.outbox
+                .push_transmit(udp::empty_ack(message_id).to_vec());
         }
         match pending {
             Some(index) => self.complete(now, index, &packet, response),
@@ -655,7 +636,7 @@ impl DatagramSession {
             .exchanges
             .judge_notification(now, packet, &response)
         {
-            Notified::LaterBlock => self.events.push_back(ProtocolEvent::Rejected(
+            Notified::LaterBlock => self.outbox.push_event(ProtocolEvent::Rejected(
                 "notification carries a later block, not the first".into(),
             )),
             Notified::Ignored => {}
@@ -664,7 +645,7 @@ impl DatagramSession {
                 if more {
                     self.fetch_rest(now, &token, packet);
                 } else {
-                    self.events.push_back(ProtocolEvent::Response {
+                    self.outbox.push_event(ProtocolEvent::Response {
                         token,
                         response: Box::new(response),
                     });
@@ -715,7 +696,7 @@ impl DatagramSession {
             }
             ClientStep::Deliver(whole) => {
                 if let Some(whole) = Response::from_packet(&whole) {
-                    self.events.push_back(ProtocolEvent::Response {
+                    self.outbox.push_event(ProtocolEvent::Response {
                         token: token.to_vec(),
                         response: Box::new(whole),
                     });
@@ -739,7 +720,7 @@ impl DatagramSession {
     /// The observation `token` ends with `error`, reported under its token.
     fn end_observation(&mut self, token: &[u8], error: RequestError) {
         self.requests.exchanges.forget_observation(token);
-        self.events.push_back(ProtocolEvent::RequestFailed {
+        self.outbox.push_event(ProtocolEvent::RequestFailed {
             token: token.to_vec(),
             error,
         });
@@ -773,8 +754,8 @@ impl DatagramSession {
             let pending = self.requests.exchanges.pending.remove(index);
             self.requests.queued.retain(|(t, _)| *t != pending.token);
             if let Some(token) = self.requests.exchanges.failure_token(pending) {
-                self.events
-                    .push_back(ProtocolEvent::RequestFailed { token, error });
+                self.outbox
+                    .push_event(ProtocolEvent::RequestFailed { token, error });
             }
             self.confirmable_done(now);
             true
@@ -792,9 +773,9 @@ impl DatagramSession {
         if message_type != MessageType::Acknowledgement {
             // §4.2: a rejected CON is answered with an RST; §4.3 allows one for a NON. An ACK is
             // rejected by ignoring it: never answered.
-            self.transmits.push_back(udp::reset(message_id).to_vec());
+            self.outbox.push_transmit(udp::reset(message_id).to_vec());
         }
-        self.events.push_back(ProtocolEvent::Rejected(if known {
+        self.outbox.push_event(ProtocolEvent::Rejected(if known {
             format!("response rejected: {problem}")
         } else {
             format!("response matches no request (and has {problem})")
@@ -864,7 +845,7 @@ impl DatagramSession {
             Some(ClientStep::Fail(error)) => {
                 let pending = self.requests.exchanges.pending.remove(index);
                 if let Some(token) = self.requests.exchanges.failure_token(pending) {
-                    self.events.push_back(ProtocolEvent::RequestFailed {
+                    self.outbox.push_event(ProtocolEvent::RequestFailed {
                         token,
                         error: RequestError::Blockwise(error),
                     });
@@ -894,7 +875,7 @@ impl DatagramSession {
                 // §3.2), and the application sees why.
                 self.requests.exchanges.forget_observation(&owner);
             }
-            self.events.push_back(ProtocolEvent::Response {
+            self.outbox.push_event(ProtocolEvent::Response {
                 token: owner,
                 response: Box::new(response),
             });
@@ -912,7 +893,7 @@ impl DatagramSession {
             // Not (or no longer) observed: a re-registration's observation is over.
             self.requests.exchanges.forget_observation(&pending.token);
         }
-        self.events.push_back(ProtocolEvent::Response {
+        self.outbox.push_event(ProtocolEvent::Response {
             token: pending.token,
             response: Box::new(response),
         });
@@ -946,7 +927,7 @@ impl DatagramSession {
             .choose_token(&request.token, self.keepalive.rng());
         if self.keepalive.is_finished() {
             // Nothing goes out once the session ended; the request ends at once, typed.
-            self.events.push_back(ProtocolEvent::RequestFailed {
+            self.outbox.push_event(ProtocolEvent::RequestFailed {
                 token: token.clone(),
                 error: RequestError::SessionEnded,
             });
@@ -1020,7 +1001,7 @@ impl DatagramSession {
                 {
                     self.requests.exchanges.pending.remove(index);
                 }
-                self.events.push_back(ProtocolEvent::Rejected(format!(
+                self.outbox.push_event(ProtocolEvent::Rejected(format!(
                     "request not encodable: {error:?}"
                 )));
                 return;
@@ -1039,7 +1020,7 @@ impl DatagramSession {
         if confirmable {
             self.keepalive.set_request_in_flight(now, true);
         }
-        self.transmits.push_back(bytes);
+        self.outbox.push_transmit(bytes);
     }
 
     fn first_retransmit(&mut self, now: Instant, bytes: Vec<u8>) -> Retransmit {
@@ -1116,9 +1097,9 @@ impl DatagramSession {
         match response.to_bytes_unlimited() {
             Ok(bytes) => {
                 self.requests.dedup.store(request.header.message_id, &bytes);
-                self.transmits.push_back(bytes);
+                self.outbox.push_transmit(bytes);
             }
-            Err(error) => self.events.push_back(ProtocolEvent::Rejected(format!(
+            Err(error) => self.outbox.push_event(ProtocolEvent::Rejected(format!(
                 "response not encodable: {error:?}"
             ))),
         }
@@ -1132,7 +1113,7 @@ impl DatagramSession {
         if request.header.get_type() == MessageType::Confirmable && !self.keepalive.is_finished() {
             let ack = udp::empty_ack(request.header.message_id);
             self.requests.dedup.store(request.header.message_id, &ack);
-            self.transmits.push_back(ack.to_vec());
+            self.outbox.push_transmit(ack.to_vec());
         }
     }
 
@@ -1175,7 +1156,7 @@ impl DatagramSession {
                 notification: None,
             });
         }
-        self.transmits.push_back(bytes);
+        self.outbox.push_transmit(bytes);
         self.pump();
     }
 
@@ -1212,7 +1193,7 @@ impl DatagramSession {
             self.requests
                 .notifications
                 .push_back((message_id, token.to_vec()));
-            self.transmits.push_back(bytes);
+            self.outbox.push_transmit(bytes);
         }
     }
 
@@ -1236,7 +1217,7 @@ impl DatagramSession {
                         retransmit.count += 1;
                         retransmit.timeout *= 2;
                         retransmit.next = now + retransmit.timeout;
-                        self.transmits.push_back(retransmit.bytes.clone());
+                        self.outbox.push_transmit(retransmit.bytes.clone());
                     } else {
                         // Never acknowledged: the peer is gone, and so is the session. Its waiters
                         // learn it from the session's failure (TooManyRetries).
@@ -1257,7 +1238,7 @@ impl DatagramSession {
                 let pending = self.requests.exchanges.pending.remove(index);
                 self.requests.queued.retain(|(t, _)| *t != pending.token);
                 if let Some(token) = self.requests.exchanges.failure_token(pending) {
-                    self.events.push_back(ProtocolEvent::RequestFailed {
+                    self.outbox.push_event(ProtocolEvent::RequestFailed {
                         token,
                         error: RequestError::TimedOut,
                     });
@@ -1295,7 +1276,7 @@ impl DatagramSession {
         if self.is_finished() {
             return false;
         }
-        self.transmits.push_back(ping.answer());
+        self.outbox.push_transmit(ping.answer());
         true
     }
 
@@ -1318,7 +1299,7 @@ impl DatagramSession {
         }
         match self.keepalive.config().icmp {
             IcmpPolicy::Fail => self.fail(NackReason::IcmpError),
-            IcmpPolicy::Soft => self.events.push_back(ProtocolEvent::Rejected(format!(
+            IcmpPolicy::Soft => self.outbox.push_event(ProtocolEvent::Rejected(format!(
                 "ICMP error kept soft, retransmissions go on: {detail}"
             ))),
         }
@@ -1349,8 +1330,8 @@ impl DatagramSession {
     pub fn close(&mut self) {
         if !self.keepalive.is_finished() {
             self.keepalive.close();
-            self.transmits.clear();
-            self.events.push_back(ProtocolEvent::Closed);
+            self.outbox.clear_transmits();
+            self.outbox.push_event(ProtocolEvent::Closed);
         }
     }
 
@@ -1361,12 +1342,12 @@ impl DatagramSession {
 
     /// The next datagram to send.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.transmits.pop_front()
+        self.outbox.pop_transmit().map(Vec::from)
     }
 
     /// The next event.
     pub fn poll_event(&mut self) -> Option<ProtocolEvent> {
-        self.events.pop_front()
+        self.outbox.pop_event()
     }
 
     /// When [`DatagramSession::handle_timeout`] must next be called.
@@ -1388,11 +1369,11 @@ impl DatagramSession {
 
     fn pump(&mut self) {
         while let Some(ping) = self.keepalive.poll_transmit() {
-            self.transmits.push_back(ping.encode());
-            self.events.push_back(ProtocolEvent::PingSent(ping));
+            self.outbox.push_transmit(ping.encode());
+            self.outbox.push_event(ProtocolEvent::PingSent(ping));
         }
         while let Some(event) = self.keepalive.poll_event() {
-            self.events.push_back(ProtocolEvent::from_keepalive(event));
+            self.outbox.push_event(ProtocolEvent::from_keepalive(event));
         }
     }
 }

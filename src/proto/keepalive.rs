@@ -413,7 +413,7 @@ pub struct Keepalive {
     last_rx: Instant,
     probe: Probe,
     stats: Tally,
-    outbox: Outbox,
+    outbox: Outbox<PingTransmit, KeepaliveEvent>,
     unanswered: u32,
     next_message_id: u16,
     /// The settings of `config` that are this session's own, kept when a new configuration is
@@ -971,57 +971,74 @@ impl Overrides {
     }
 }
 
-/// The pings a machine has to send and the events it has to report: two FIFO queues whose
-/// oldest items are held inline (nearly always all there is), the later ones in one boxed
-/// spill for both, allocated when one spills and dropped when both are drained. One word per
-/// session, not a [`SmallQueue`]'s one per queue.
-#[derive(Debug, Clone, Default)]
-struct Outbox {
-    transmit: Option<PingTransmit>,
-    event: Option<KeepaliveEvent>,
-    spill: Option<Box<Spill>>,
+/// What a session has to send and to report: two FIFO queues, transmits and events.
+///
+/// They are empty or hold one item each nearly always; with a `VecDeque` each would keep a
+/// heap buffer per session once used (memory, and one more cache miss per keepalive event with
+/// many sessions). So the oldest item of each is held inline, and the later ones go to one
+/// boxed spill for both queues (one word per session for the two), allocated when one spills
+/// and dropped when both are drained.
+#[derive(Debug, Clone)]
+pub(crate) struct Outbox<T, E> {
+    transmit: Option<T>,
+    event: Option<E>,
+    spill: Option<Box<Spill<T, E>>>,
 }
 
 /// The items queued after [`Outbox`]'s inline ones, in order.
-#[derive(Debug, Clone, Default)]
-struct Spill {
-    transmits: VecDeque<PingTransmit>,
-    events: VecDeque<KeepaliveEvent>,
+#[derive(Debug, Clone)]
+struct Spill<T, E> {
+    transmits: VecDeque<T>,
+    events: VecDeque<E>,
 }
 
-impl Spill {
-    fn transmits(&mut self) -> &mut VecDeque<PingTransmit> {
+impl<T, E> Spill<T, E> {
+    fn transmits(&mut self) -> &mut VecDeque<T> {
         &mut self.transmits
     }
 
-    fn events(&mut self) -> &mut VecDeque<KeepaliveEvent> {
+    fn events(&mut self) -> &mut VecDeque<E> {
         &mut self.events
+    }
+
+    fn is_empty(&self) -> bool {
+        self.transmits.is_empty() && self.events.is_empty()
     }
 }
 
-impl Outbox {
-    fn push_transmit(&mut self, transmit: PingTransmit) {
+impl<T, E> Default for Outbox<T, E> {
+    fn default() -> Self {
+        Outbox {
+            transmit: None,
+            event: None,
+            spill: None,
+        }
+    }
+}
+
+impl<T, E> Outbox<T, E> {
+    pub(crate) fn push_transmit(&mut self, transmit: impl Into<T>) {
         push(
             &mut self.transmit,
             &mut self.spill,
             Spill::transmits,
-            transmit,
+            transmit.into(),
         );
     }
 
-    fn push_event(&mut self, event: KeepaliveEvent) {
+    pub(crate) fn push_event(&mut self, event: E) {
         push(&mut self.event, &mut self.spill, Spill::events, event);
     }
 
-    fn pop_transmit(&mut self) -> Option<PingTransmit> {
+    pub(crate) fn pop_transmit(&mut self) -> Option<T> {
         pop(&mut self.transmit, &mut self.spill, Spill::transmits)
     }
 
-    fn pop_event(&mut self) -> Option<KeepaliveEvent> {
+    pub(crate) fn pop_event(&mut self) -> Option<E> {
         pop(&mut self.event, &mut self.spill, Spill::events)
     }
 
-    fn clear_transmits(&mut self) {
+    pub(crate) fn clear_transmits(&mut self) {
         self.transmit = None;
         if let Some(spill) = self.spill.as_mut() {
             spill.transmits.clear();
@@ -1032,26 +1049,32 @@ impl Outbox {
 
 /// Queues `item` in one lane of an [`Outbox`]: inline when the lane is empty, else after
 /// what is there.
-fn push<T>(
-    head: &mut Option<T>,
-    spill: &mut Option<Box<Spill>>,
-    lane: fn(&mut Spill) -> &mut VecDeque<T>,
-    item: T,
+fn push<T, E, I>(
+    head: &mut Option<I>,
+    spill: &mut Option<Box<Spill<T, E>>>,
+    lane: fn(&mut Spill<T, E>) -> &mut VecDeque<I>,
+    item: I,
 ) {
     let spilled = spill.as_deref_mut().is_some_and(|s| !lane(s).is_empty());
     if head.is_none() && !spilled {
         *head = Some(item);
     } else {
-        lane(spill.get_or_insert_with(Box::default)).push_back(item);
+        let spill = spill.get_or_insert_with(|| {
+            Box::new(Spill {
+                transmits: VecDeque::new(),
+                events: VecDeque::new(),
+            })
+        });
+        lane(spill).push_back(item);
     }
 }
 
 /// The oldest item of one lane of an [`Outbox`].
-fn pop<T>(
-    head: &mut Option<T>,
-    spill: &mut Option<Box<Spill>>,
-    lane: fn(&mut Spill) -> &mut VecDeque<T>,
-) -> Option<T> {
+fn pop<T, E, I>(
+    head: &mut Option<I>,
+    spill: &mut Option<Box<Spill<T, E>>>,
+    lane: fn(&mut Spill<T, E>) -> &mut VecDeque<I>,
+) -> Option<I> {
     let item = head
         .take()
         .or_else(|| spill.as_deref_mut().and_then(|s| lane(s).pop_front()));
@@ -1059,70 +1082,11 @@ fn pop<T>(
     item
 }
 
-/// Drops a drained spill: a session that once queued several items holds no buffer while it
-/// idles (as [`SmallQueue`] does).
-fn release_if_drained(spill: &mut Option<Box<Spill>>) {
-    if spill
-        .as_deref()
-        .is_some_and(|s| s.transmits.is_empty() && s.events.is_empty())
-    {
+/// Drops a drained spill: a session that once queued several items (a CSM exchange, a burst
+/// of responses) holds no buffer while it idles for hours.
+fn release_if_drained<T, E>(spill: &mut Option<Box<Spill<T, E>>>) {
+    if spill.as_deref().is_some_and(Spill::is_empty) {
         *spill = None;
-    }
-}
-
-/// A FIFO queue whose oldest item is held inline.
-///
-/// A session's transmit and event queues are empty or hold one item nearly always; with a
-/// `VecDeque` each would keep a heap buffer per session once used (memory, and one more cache
-/// miss per keepalive event with many sessions). Items past the first spill to a boxed
-/// `VecDeque`, allocated when one does and dropped when the spill is drained.
-#[derive(Debug, Clone)]
-pub(crate) struct SmallQueue<T> {
-    /// The oldest item, if any.
-    head: Option<T>,
-    /// The items after it, in order. Boxed so that a queue that never spills costs one word
-    /// of the session, not a `VecDeque`'s four.
-    #[allow(clippy::box_collection)]
-    rest: Option<Box<VecDeque<T>>>,
-}
-
-impl<T> Default for SmallQueue<T> {
-    fn default() -> Self {
-        SmallQueue {
-            head: None,
-            rest: None,
-        }
-    }
-}
-
-impl<T> SmallQueue<T> {
-    pub(crate) fn push_back(&mut self, item: T) {
-        let spilled = self.rest.as_ref().is_some_and(|r| !r.is_empty());
-        if self.head.is_none() && !spilled {
-            self.head = Some(item);
-        } else {
-            self.rest
-                .get_or_insert_with(Default::default)
-                .push_back(item);
-        }
-    }
-
-    pub(crate) fn pop_front(&mut self) -> Option<T> {
-        let item = self
-            .head
-            .take()
-            .or_else(|| self.rest.as_mut().and_then(|r| r.pop_front()));
-        if self.rest.as_ref().is_some_and(|r| r.is_empty()) {
-            // A spill is over: its buffer goes too, so that a session that once queued several
-            // items (a CSM exchange, a burst of responses) holds none while it idles for hours.
-            self.rest = None;
-        }
-        item
-    }
-
-    pub(crate) fn clear(&mut self) {
-        self.head = None;
-        self.rest = None;
     }
 }
 
@@ -2036,17 +2000,28 @@ mod tests {
     }
 
     #[test]
-    fn small_queue_is_first_in_first_out_past_its_inline_item() {
-        let mut q = SmallQueue::default();
-        q.push_back(1);
-        q.push_back(2);
-        assert_eq!(q.pop_front(), Some(1));
-        q.push_back(3);
-        assert_eq!(q.pop_front(), Some(2));
-        assert_eq!(q.pop_front(), Some(3));
-        assert_eq!(q.pop_front(), None);
-        q.push_back(4);
-        q.clear();
-        assert_eq!(q.pop_front(), None);
+    fn outbox_queues_are_first_in_first_out_past_their_inline_items() {
+        let mut q: Outbox<u32, char> = Outbox::default();
+        q.push_transmit(1u32);
+        q.push_event('a');
+        q.push_transmit(2u32);
+        q.push_event('b');
+        assert_eq!(q.pop_transmit(), Some(1));
+        q.push_transmit(3u32);
+        assert_eq!(q.pop_transmit(), Some(2));
+        assert_eq!(q.pop_event(), Some('a'));
+        assert_eq!(q.pop_transmit(), Some(3));
+        assert_eq!(q.pop_transmit(), None);
+        assert!(q.spill.is_some(), "an event is still in the spill");
+        assert_eq!(q.pop_event(), Some('b'));
+        assert_eq!(q.pop_event(), None);
+        assert!(q.spill.is_none(), "a drained spill is dropped");
+        q.push_transmit(4u32);
+        q.push_transmit(5u32);
+        q.push_event('c');
+        q.clear_transmits();
+        assert_eq!(q.pop_transmit(), None);
+        assert_eq!(q.pop_event(), Some('c'));
+        assert!(q.spill.is_none());
     }
 }
