@@ -22,7 +22,7 @@ use crate::proto::wire::udp::{self, Datagram};
 use crate::proto::PeerPing;
 use crate::proto::{
     is_unknown_method, is_unknown_response, method_not_allowed, option_rejection, IncomingRequest,
-    ProtocolEvent,
+    ProtocolEvent, QueuedEvent,
 };
 
 /// Message IDs of received requests remembered per session for deduplication.
@@ -51,8 +51,9 @@ pub struct DatagramSession {
     /// The datagrams to send and the events to report: usually empty or one item each, held
     /// inline, not in a buffer per session. A datagram is held as a boxed slice (two words, a
     /// `Vec`'s three) and handed out as the `Vec` it was; its spare capacity, if any, is given
-    /// back when it is queued (the pings and RSTs of idle sessions have none).
-    outbox: Outbox<Box<[u8]>, ProtocolEvent>,
+    /// back when it is queued (the pings and RSTs of idle sessions have none). The inline event
+    /// is a [`QueuedEvent`] (16 bytes, a `ProtocolEvent`'s 40).
+    outbox: Outbox<Box<[u8]>, ProtocolEvent, QueuedEvent>,
 }
 
 /// The request / response state of a session. Most sessions only ping, so it lives behind

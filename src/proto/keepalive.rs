@@ -977,11 +977,12 @@ impl Overrides {
 /// heap buffer per session once used (memory, and one more cache miss per keepalive event with
 /// many sessions). So the oldest item of each is held inline, and the later ones go to one
 /// boxed spill for both queues (one word per session for the two), allocated when one spills
-/// and dropped when both are drained.
+/// and dropped when both are drained. The inline event is held as an `H`, which may be
+/// smaller than an `E` (see `event::QueuedEvent`).
 #[derive(Debug, Clone)]
-pub(crate) struct Outbox<T, E> {
+pub(crate) struct Outbox<T, E, H = E> {
     transmit: Option<T>,
-    event: Option<E>,
+    event: Option<H>,
     spill: Option<Box<Spill<T, E>>>,
 }
 
@@ -1006,7 +1007,7 @@ impl<T, E> Spill<T, E> {
     }
 }
 
-impl<T, E> Default for Outbox<T, E> {
+impl<T, E, H> Default for Outbox<T, E, H> {
     fn default() -> Self {
         Outbox {
             transmit: None,
@@ -1016,7 +1017,10 @@ impl<T, E> Default for Outbox<T, E> {
     }
 }
 
-impl<T, E> Outbox<T, E> {
+impl<T, E, H: From<E>> Outbox<T, E, H>
+where
+    E: From<H>,
+{
     pub(crate) fn push_transmit(&mut self, transmit: impl Into<T>) {
         push(
             &mut self.transmit,
@@ -1047,17 +1051,17 @@ impl<T, E> Outbox<T, E> {
     }
 }
 
-/// Queues `item` in one lane of an [`Outbox`]: inline when the lane is empty, else after
-/// what is there.
-fn push<T, E, I>(
-    head: &mut Option<I>,
+/// Queues `item` in one lane of an [`Outbox`]: inline (as an `H`) when the lane is empty,
+/// else after what is there.
+fn push<T, E, I, H: From<I>>(
+    head: &mut Option<H>,
     spill: &mut Option<Box<Spill<T, E>>>,
     lane: fn(&mut Spill<T, E>) -> &mut VecDeque<I>,
     item: I,
 ) {
     let spilled = spill.as_deref_mut().is_some_and(|s| !lane(s).is_empty());
     if head.is_none() && !spilled {
-        *head = Some(item);
+        *head = Some(H::from(item));
     } else {
         let spill = spill.get_or_insert_with(|| {
             Box::new(Spill {
@@ -1070,13 +1074,14 @@ fn push<T, E, I>(
 }
 
 /// The oldest item of one lane of an [`Outbox`].
-fn pop<T, E, I>(
-    head: &mut Option<I>,
+fn pop<T, E, I: From<H>, H>(
+    head: &mut Option<H>,
     spill: &mut Option<Box<Spill<T, E>>>,
     lane: fn(&mut Spill<T, E>) -> &mut VecDeque<I>,
 ) -> Option<I> {
     let item = head
         .take()
+        .map(I::from)
         .or_else(|| spill.as_deref_mut().and_then(|s| lane(s).pop_front()));
     release_if_drained(spill);
     item
