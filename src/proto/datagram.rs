@@ -38,11 +38,6 @@ pub struct DatagramSession {
     /// nothing is pending, queued, observed or remembered (the IDs of the last notifications sent
     /// are remembered for good, so a server that notified keeps it).
     requests: Requests,
-    /// Datagrams received from the peer (saturating): a peer heard from twice, or that answered
-    /// a ping, has shown it is real.
-    received: u8,
-    /// This session serves an observation of ours (it must not expire while idle).
-    observed: bool,
     /// Forget the session after this long without hearing from the peer, when keepalive is off.
     /// In milliseconds (8 bytes, not an `Option<Duration>`'s 16).
     idle_timeout_ms: Option<NonZeroU64>,
@@ -67,6 +62,9 @@ struct RequestState {
     notifications: VecDeque<(u16, Vec<u8>)>,
     /// Bodies moving in blocks, both roles.
     blockwise: Blockwise,
+    /// This session serves an observation of ours (it must not expire while idle). Only a
+    /// session that answered a request has it, so it is kept here, not in every session.
+    observed: bool,
 }
 
 impl RequestState {
@@ -78,6 +76,7 @@ impl RequestState {
             && self.dedup.order.is_empty()
             && self.notifications.is_empty()
             && self.blockwise.is_empty()
+            && !self.observed
     }
 }
 
@@ -279,8 +278,6 @@ impl DatagramSession {
         DatagramSession {
             keepalive: Keepalive::new(PingStyle::Datagram, config, rng, now),
             requests: Requests::default(),
-            received: 0,
-            observed: false,
             idle_timeout_ms: None,
             blockwise: None,
             outbox: Outbox::default(),
@@ -309,13 +306,13 @@ impl DatagramSession {
     /// True once the peer showed it is real: heard from twice, or answered one of our pings.
     /// Sessions that are not are the first to be evicted from a full table.
     pub fn is_proven(&self) -> bool {
-        self.received >= 2 || self.keepalive.stats().pongs > 0
+        self.keepalive.messages_counted() >= 2 || self.keepalive.stats().pongs > 0
     }
 
     fn expiry(&self) -> Option<Instant> {
         let timeout = Duration::from_millis(self.idle_timeout_ms?.get());
         let idle_allowed = self.keepalive.config().interval.is_none()
-            && !self.observed
+            && !self.requests.observed
             && self.requests.exchanges.pending.is_empty()
             && self.requests.exchanges.observations.is_empty();
         idle_allowed.then(|| self.keepalive.last_activity() + timeout)
@@ -364,7 +361,7 @@ impl DatagramSession {
     ) {
         if classified.is_ok() {
             // Only well-formed messages count towards proving the peer real.
-            self.received = self.received.saturating_add(1);
+            self.keepalive.count_message();
         }
         match classified {
             Err(error) => {
@@ -1093,7 +1090,7 @@ impl DatagramSession {
             .get_option(coap_lite::CoapOption::Observe)
             .is_some()
         {
-            self.observed = true;
+            self.requests.observed = true;
         }
         match response.to_bytes_unlimited() {
             Ok(bytes) => {
@@ -1527,6 +1524,13 @@ mod tests {
         assert!(ignored(&[0x60, 0x00, 0x12, 0x34]));
         assert!(ignored(&[0x70, 0x00, 0x12, 0x34]));
         assert!(ignored(&[0x60, 0x45, 0x12, 0x34]));
+    }
+
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn an_idle_session_stays_small() {
+        // Issue 15 counts the bytes of an idle UDP session: a field added here costs every one.
+        assert!(std::mem::size_of::<DatagramSession>() <= 240);
     }
 
     #[test]

@@ -385,6 +385,9 @@ impl Flags {
     const REQUEST_IN_FLIGHT: Flags = Flags(1 << 2);
     /// Something was counted, or a ping went out or ended, since [`Keepalive::poll_stats`].
     const STATS_CHANGED: Flags = Flags(1 << 3);
+    /// The two bits of [`Keepalive::messages_counted`], from this one up.
+    const MESSAGES_SHIFT: u8 = 4;
+    const MESSAGES: Flags = Flags(0b11 << Flags::MESSAGES_SHIFT);
 
     fn contains(self, flag: Flags) -> bool {
         self.0 & flag.0 == flag.0
@@ -534,6 +537,23 @@ impl Keepalive {
             )),
             _ => None,
         }
+    }
+
+    /// Counts a well-formed message from the peer, for its session (see
+    /// [`Keepalive::messages_counted`]).
+    pub(crate) fn count_message(&mut self) {
+        let counted = self.messages_counted();
+        if counted < 3 {
+            self.flags.0 =
+                (self.flags.0 & !Flags::MESSAGES.0) | ((counted + 1) << Flags::MESSAGES_SHIFT);
+        }
+    }
+
+    /// The well-formed messages [`Keepalive::count_message`] counted, saturating at 3: a
+    /// datagram session whose peer was heard from twice has shown it is real. Kept in spare
+    /// bits of the flags byte, not in a byte (with padding, a word) of the session.
+    pub(crate) fn messages_counted(&self) -> u8 {
+        (self.flags.0 & Flags::MESSAGES.0) >> Flags::MESSAGES_SHIFT
     }
 
     /// The last instant something was received from the peer (or reported by `mark_active`).
@@ -2002,6 +2022,31 @@ mod tests {
         assert_eq!(total.rtt.smoothed, Some(Duration::from_millis(40)));
         assert_eq!(total.rtt.min, Some(Duration::from_millis(10)));
         assert_eq!(total.rtt.max, Some(Duration::from_millis(50)));
+    }
+
+    #[test]
+    fn messages_are_counted_up_to_three_beside_the_other_flags() {
+        let mut k = Keepalive::new(
+            PingStyle::Stream,
+            KeepaliveConfig::default(),
+            Rng::seeded(1),
+            Instant::now(),
+        );
+        k.set_request_in_flight(Instant::now(), true);
+        for expected in [1, 2, 3, 3, 3] {
+            k.count_message();
+            assert_eq!(k.messages_counted(), expected);
+        }
+        assert_eq!(k.style(), PingStyle::Stream);
+        assert!(!k.is_established());
+        assert!(k.flags.contains(Flags::REQUEST_IN_FLIGHT));
+    }
+
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn the_machine_stays_small() {
+        // Most of an idle session (issue 15): a field added here costs every session.
+        assert!(std::mem::size_of::<Keepalive>() <= 176);
     }
 
     #[test]
