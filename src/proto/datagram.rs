@@ -375,8 +375,7 @@ impl DatagramSession {
             }
             Ok(Datagram::Ping { message_id }) | Ok(Datagram::EmptyNon { message_id }) => {
                 self.keepalive.note_peer_ping(now);
-                self.outbox
-                    .push_event(ProtocolEvent::PeerPing(PeerPing::Datagram { message_id }));
+                self.outbox.push_event(QueuedEvent::PeerPing { message_id });
             }
             Ok(Datagram::EmptyAck { message_id }) => {
                 // Never answered (RFC 7252 §4.2).
@@ -1368,10 +1367,11 @@ impl DatagramSession {
     fn pump(&mut self) {
         while let Some(ping) = self.keepalive.poll_transmit() {
             self.outbox.push_transmit(ping.encode());
-            self.outbox.push_event(ProtocolEvent::PingSent(ping));
+            // Queued as held inline (see `QueuedEvent`).
+            self.outbox.push_event(QueuedEvent::PingSent(ping));
         }
         while let Some(event) = self.keepalive.poll_event() {
-            self.outbox.push_event(ProtocolEvent::from_keepalive(event));
+            self.outbox.push_event(QueuedEvent::from(event));
         }
     }
 }

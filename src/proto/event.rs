@@ -154,6 +154,21 @@ impl From<ProtocolEvent> for QueuedEvent {
     }
 }
 
+impl From<crate::proto::keepalive::KeepaliveEvent> for QueuedEvent {
+    /// As [`ProtocolEvent::from_keepalive`], without building the `ProtocolEvent`.
+    fn from(event: crate::proto::keepalive::KeepaliveEvent) -> Self {
+        use crate::proto::keepalive::KeepaliveEvent;
+        match event {
+            KeepaliveEvent::Pong { rtt } => match u64::try_from(rtt.as_nanos()) {
+                Ok(rtt_nanos) => QueuedEvent::Pong { rtt_nanos },
+                Err(_) => QueuedEvent::Other(Box::new(ProtocolEvent::Pong { rtt })),
+            },
+            KeepaliveEvent::Unanswered { count } => QueuedEvent::PingUnanswered { count },
+            KeepaliveEvent::Failed(reason) => QueuedEvent::Failed(reason),
+        }
+    }
+}
+
 impl From<QueuedEvent> for ProtocolEvent {
     fn from(event: QueuedEvent) -> Self {
         match event {
@@ -388,5 +403,23 @@ mod tests {
             assert_eq!(ProtocolEvent::from(queued), event);
         }
         assert!(std::mem::size_of::<QueuedEvent>() <= 16);
+    }
+
+    #[test]
+    fn a_keepalive_event_is_queued_as_the_event_it_translates_to() {
+        use crate::proto::keepalive::KeepaliveEvent;
+        for event in [
+            KeepaliveEvent::Pong {
+                rtt: Duration::from_nanos(1_234_567),
+            },
+            KeepaliveEvent::Pong { rtt: Duration::MAX },
+            KeepaliveEvent::Unanswered { count: 3 },
+            KeepaliveEvent::Failed(NackReason::TooManyRetries),
+        ] {
+            assert_eq!(
+                ProtocolEvent::from(QueuedEvent::from(event)),
+                ProtocolEvent::from_keepalive(event)
+            );
+        }
     }
 }

@@ -42,9 +42,10 @@ pub const PING_TOKEN_LEN: usize = 4;
 /// would panic).
 const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
-/// `now + delay`, with the delay capped at [`FAR_FUTURE`].
-fn deadline_after(now: Instant, delay: Duration) -> Instant {
-    now + delay.min(FAR_FUTURE)
+/// A delay as an [`Offset`] to add, capped at [`FAR_FUTURE`] (so that adding it to an instant
+/// cannot overflow).
+fn capped(delay: Duration) -> Offset {
+    nanos(delay.min(FAR_FUTURE))
 }
 
 /// Which kind of ping a session sends: decided by its transport.
@@ -294,12 +295,21 @@ type Offset = i64;
 /// [`FAR_FUTURE`]).
 const NOT_DUE: Offset = Offset::MAX;
 
+/// `d` in nanoseconds, saturating below [`NOT_DUE`] (292 years). In 64 bits, not through
+/// `as_nanos`'s 128: this runs at every input.
+fn nanos(d: Duration) -> Offset {
+    d.as_secs()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(d.subsec_nanos()))
+        .min(NOT_DUE as u64 - 1) as Offset
+}
+
 /// `b - a` in signed nanoseconds, saturating beyond 292 years.
 fn offset_between(a: Instant, b: Instant) -> Offset {
-    let clamp = |d: Duration| d.as_nanos().min(Offset::MAX as u128 - 1) as Offset;
-    match b.checked_duration_since(a) {
-        Some(after) => clamp(after),
-        None => -clamp(a.duration_since(b)),
+    if b >= a {
+        nanos(b.duration_since(a))
+    } else {
+        -nanos(a.duration_since(b))
     }
 }
 
@@ -523,18 +533,15 @@ impl Keepalive {
         shift(self.last_rx, offset)
     }
 
-    /// When an outstanding ping is retransmitted or given up (computed, not stored: 16 bytes
-    /// less per session).
-    fn deadline(&self) -> Option<Instant> {
+    /// When an outstanding ping is retransmitted or given up, as an offset (computed, not
+    /// stored: 8 bytes less per session).
+    fn deadline(&self) -> Option<Offset> {
         match self.probe {
             Probe::Outstanding {
                 sent_at,
                 timeout_nanos,
                 ..
-            } => Some(deadline_after(
-                self.instant(sent_at),
-                Duration::from_nanos(timeout_nanos),
-            )),
+            } => Some(sent_at.saturating_add(capped(Duration::from_nanos(timeout_nanos)))),
             _ => None,
         }
     }
@@ -598,7 +605,7 @@ impl Keepalive {
     pub fn handle_activity(&mut self, now: Instant) {
         if now > self.last_rx {
             // The probe's instants count from `last_rx`: they stay where they are.
-            self.probe = self.probe.rebased(self.offset(now));
+            self.probe = self.probe.rebased(nanos(now.duration_since(self.last_rx)));
             self.last_rx = now;
         }
         if !self.is_finished() {
@@ -647,7 +654,13 @@ impl Keepalive {
         self.handle_activity(now);
         if matched {
             if let Probe::Outstanding { sent_at, .. } = self.probe {
-                let rtt = now.saturating_duration_since(self.instant(sent_at));
+                // `now` is the last receipt now, unless an earlier instant was passed.
+                let now_offset = if now == self.last_rx {
+                    0
+                } else {
+                    self.offset(now)
+                };
+                let rtt = Duration::from_nanos(now_offset.saturating_sub(sent_at).max(0) as u64);
                 self.stats.pongs += 1;
                 self.stats.record_rtt(rtt);
                 self.stats_changed();
@@ -771,9 +784,11 @@ impl Keepalive {
     /// Advances the timers to `now`: sends a due ping, retransmits, or gives up.
     pub fn handle_timeout(&mut self, now: Instant) {
         // An outstanding ping's deadline, computed once (it is not stored).
-        let expired = self.deadline().is_some_and(|deadline| now >= deadline);
         // Offsets count from `last_rx`: an instant after the last receipt is a positive one.
         let now_offset = self.offset(now);
+        let expired = self
+            .deadline()
+            .is_some_and(|deadline| now_offset >= deadline);
         match self.probe {
             Probe::Idle { due, from } if due != NOT_DUE && now_offset >= due => {
                 if from < 0 {
@@ -785,7 +800,7 @@ impl Keepalive {
                         return;
                     }
                 }
-                self.send_ping(now);
+                self.send_ping(now_offset);
             }
             Probe::Outstanding { first_sent, .. }
                 if expired && first_sent < 0 && self.config.interval.is_some() =>
@@ -821,7 +836,7 @@ impl Keepalive {
                             retransmission: true,
                         });
                     } else {
-                        self.datagram_ping_exhausted(now);
+                        self.datagram_ping_exhausted(now_offset);
                     }
                 }
                 _ => {
@@ -837,7 +852,7 @@ impl Keepalive {
                         // Keepalive off: the application sends the next ping, if any.
                         self.schedule();
                     } else {
-                        self.send_ping(now);
+                        self.send_ping(now_offset);
                     }
                 }
             },
@@ -849,7 +864,7 @@ impl Keepalive {
     /// ping is already outstanding, before a stream session is established, or once finished.
     pub fn ping_now(&mut self, now: Instant) {
         if self.is_established() && matches!(self.probe, Probe::Idle { .. }) {
-            self.send_ping(now);
+            self.send_ping(self.offset(now));
         }
     }
 
@@ -883,7 +898,7 @@ impl Keepalive {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.probe {
             Probe::Idle { due, .. } => (due != NOT_DUE).then(|| self.instant(due)),
-            Probe::Outstanding { .. } => self.deadline(),
+            Probe::Outstanding { .. } => self.deadline().map(|at| self.instant(at)),
             Probe::Failed(_) | Probe::Closed => None,
         }
     }
@@ -897,7 +912,8 @@ impl Keepalive {
                 if self.is_established() && !self.flags.contains(Flags::REQUEST_IN_FLIGHT) =>
             {
                 let early = interval.mul_f64(self.config.jitter * self.rng.next_f64());
-                self.offset(deadline_after(self.last_rx, interval.saturating_sub(early)))
+                // From `last_rx`, which is where offsets count from.
+                capped(interval.saturating_sub(early))
             }
             _ => NOT_DUE,
         };
@@ -909,7 +925,7 @@ impl Keepalive {
     /// schedule, so that one burst of loss on a live path does not fail the session; the
     /// `max_unanswered`-th fails it, reported as the failure alone (with the default of 1: the
     /// first exhausted ping, as before the setting applied to datagrams).
-    fn datagram_ping_exhausted(&mut self, now: Instant) {
+    fn datagram_ping_exhausted(&mut self, now: Offset) {
         self.unanswered += 1;
         self.stats_changed();
         if self.unanswered >= self.config.max_unanswered {
@@ -929,7 +945,8 @@ impl Keepalive {
         }
     }
 
-    fn send_ping(&mut self, now: Instant) {
+    /// Sends a ping at `now` (an offset from `last_rx`).
+    fn send_ping(&mut self, now: Offset) {
         let (id, timeout, transmit) = match self.style() {
             PingStyle::Datagram => {
                 let message_id = self.allocate_message_id();
@@ -957,11 +974,10 @@ impl Keepalive {
                 )
             }
         };
-        let now_offset = self.offset(now);
         self.probe = Probe::Outstanding {
             id,
-            first_sent: now_offset,
-            sent_at: now_offset,
+            first_sent: now,
+            sent_at: now,
             retransmits: 0,
             timeout_nanos: timeout_nanos(timeout),
         };
@@ -1050,8 +1066,17 @@ where
         );
     }
 
-    pub(crate) fn push_event(&mut self, event: E) {
-        push(&mut self.event, &mut self.spill, Spill::events, event);
+    /// Queues an event, given as an `E` or as the `H` it is held inline as: the oldest, nearly
+    /// always the only one, is then stored as it is given, not built as an `E` and converted.
+    pub(crate) fn push_event<X: Into<E> + Into<H>>(&mut self, event: X) {
+        let spilled = self.spill.as_deref().is_some_and(|s| !s.events.is_empty());
+        if self.event.is_none() && !spilled {
+            self.event = Some(Into::<H>::into(event));
+        } else {
+            new_spill(&mut self.spill)
+                .events
+                .push_back(Into::<E>::into(event));
+        }
     }
 
     pub(crate) fn pop_transmit(&mut self) -> Option<T> {
@@ -1083,14 +1108,18 @@ fn push<T, E, I, H: From<I>>(
     if head.is_none() && !spilled {
         *head = Some(H::from(item));
     } else {
-        let spill = spill.get_or_insert_with(|| {
-            Box::new(Spill {
-                transmits: VecDeque::new(),
-                events: VecDeque::new(),
-            })
-        });
-        lane(spill).push_back(item);
+        lane(new_spill(spill)).push_back(item);
     }
+}
+
+/// The spill of an [`Outbox`], allocated if it has none.
+fn new_spill<T, E>(spill: &mut Option<Box<Spill<T, E>>>) -> &mut Spill<T, E> {
+    spill.get_or_insert_with(|| {
+        Box::new(Spill {
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        })
+    })
 }
 
 /// The oldest item of one lane of an [`Outbox`].
@@ -1099,10 +1128,11 @@ fn pop<T, E, I: From<H>, H>(
     spill: &mut Option<Box<Spill<T, E>>>,
     lane: fn(&mut Spill<T, E>) -> &mut VecDeque<I>,
 ) -> Option<I> {
-    let item = head
-        .take()
-        .map(I::from)
-        .or_else(|| spill.as_deref_mut().and_then(|s| lane(s).pop_front()));
+    if let Some(item) = head.take() {
+        // The oldest; a spill, if any, still holds something (it is dropped once drained).
+        return Some(I::from(item));
+    }
+    let item = lane(spill.as_deref_mut()?).pop_front();
     release_if_drained(spill);
     item
 }
