@@ -14,7 +14,7 @@ use crate::proto::blockwise::{
 use crate::proto::config::{IcmpPolicy, KeepaliveConfig};
 use crate::proto::error::NackReason;
 use crate::proto::exchange::{Exchanges, Notified, Pending, PendingKind, RequestError, Retransmit};
-use crate::proto::keepalive::{Keepalive, PingStyle, SmallQueue};
+use crate::proto::keepalive::{Keepalive, Outbox, PingStyle};
 use crate::proto::message::{Request, Response};
 use crate::proto::rng::Rng;
 use crate::proto::wire::options::{self, OptionProblem};
@@ -22,7 +22,7 @@ use crate::proto::wire::udp::{self, Datagram};
 use crate::proto::PeerPing;
 use crate::proto::{
     is_unknown_method, is_unknown_response, method_not_allowed, option_rejection, IncomingRequest,
-    ProtocolEvent,
+    ProtocolEvent, QueuedEvent,
 };
 
 /// Message IDs of received requests remembered per session for deduplication.
@@ -38,19 +38,17 @@ pub struct DatagramSession {
     /// nothing is pending, queued, observed or remembered (the IDs of the last notifications sent
     /// are remembered for good, so a server that notified keeps it).
     requests: Requests,
-    /// Datagrams received from the peer (saturating): a peer heard from twice, or that answered
-    /// a ping, has shown it is real.
-    received: u8,
-    /// This session serves an observation of ours (it must not expire while idle).
-    observed: bool,
     /// Forget the session after this long without hearing from the peer, when keepalive is off.
     /// In milliseconds (8 bytes, not an `Option<Duration>`'s 16).
     idle_timeout_ms: Option<NonZeroU64>,
     /// Block sizes and limits (RFC 7959); `None`: the defaults.
     blockwise: Option<Arc<BlockwiseConfig>>,
-    /// Usually empty or one item: held inline, not in a buffer per session.
-    transmits: SmallQueue<Vec<u8>>,
-    events: SmallQueue<ProtocolEvent>,
+    /// The datagrams to send and the events to report: usually empty or one item each, held
+    /// inline, not in a buffer per session. A datagram is held as a boxed slice (two words, a
+    /// `Vec`'s three) and handed out as the `Vec` it was; its spare capacity, if any, is given
+    /// back when it is queued (the pings and RSTs of idle sessions have none). The inline event
+    /// is a [`QueuedEvent`] (16 bytes, a `ProtocolEvent`'s 40).
+    outbox: Outbox<Box<[u8]>, ProtocolEvent, QueuedEvent>,
 }
 
 /// The request / response state of a session. Most sessions only ping, so it lives behind
@@ -64,6 +62,9 @@ struct RequestState {
     notifications: VecDeque<(u16, Vec<u8>)>,
     /// Bodies moving in blocks, both roles.
     blockwise: Blockwise,
+    /// This session serves an observation of ours (it must not expire while idle). Only a
+    /// session that answered a request has it, so it is kept here, not in every session.
+    observed: bool,
 }
 
 impl RequestState {
@@ -75,6 +76,7 @@ impl RequestState {
             && self.dedup.order.is_empty()
             && self.notifications.is_empty()
             && self.blockwise.is_empty()
+            && !self.observed
     }
 }
 
@@ -276,12 +278,9 @@ impl DatagramSession {
         DatagramSession {
             keepalive: Keepalive::new(PingStyle::Datagram, config, rng, now),
             requests: Requests::default(),
-            received: 0,
-            observed: false,
             idle_timeout_ms: None,
             blockwise: None,
-            transmits: SmallQueue::default(),
-            events: SmallQueue::default(),
+            outbox: Outbox::default(),
         }
     }
 
@@ -307,13 +306,13 @@ impl DatagramSession {
     /// True once the peer showed it is real: heard from twice, or answered one of our pings.
     /// Sessions that are not are the first to be evicted from a full table.
     pub fn is_proven(&self) -> bool {
-        self.received >= 2 || self.keepalive.stats().pongs > 0
+        self.keepalive.messages_counted() >= 2 || self.keepalive.stats().pongs > 0
     }
 
     fn expiry(&self) -> Option<Instant> {
         let timeout = Duration::from_millis(self.idle_timeout_ms?.get());
         let idle_allowed = self.keepalive.config().interval.is_none()
-            && !self.observed
+            && !self.requests.observed
             && self.requests.exchanges.pending.is_empty()
             && self.requests.exchanges.observations.is_empty();
         idle_allowed.then(|| self.keepalive.last_activity() + timeout)
@@ -362,22 +361,21 @@ impl DatagramSession {
     ) {
         if classified.is_ok() {
             // Only well-formed messages count towards proving the peer real.
-            self.received = self.received.saturating_add(1);
+            self.keepalive.count_message();
         }
         match classified {
             Err(error) => {
                 if let Some(rst) = error.rejection() {
                     // A well-formed header from the peer still shows it is there.
                     self.keepalive.handle_activity(now);
-                    self.transmits.push_back(rst.to_vec());
+                    self.outbox.push_transmit(rst.to_vec());
                 }
-                self.events
-                    .push_back(ProtocolEvent::Rejected(format!("datagram: {error}")));
+                self.outbox
+                    .push_event(ProtocolEvent::Rejected(format!("datagram: {error}")));
             }
             Ok(Datagram::Ping { message_id }) | Ok(Datagram::EmptyNon { message_id }) => {
                 self.keepalive.note_peer_ping(now);
-                self.events
-                    .push_back(ProtocolEvent::PeerPing(PeerPing::Datagram { message_id }));
+                self.outbox.push_event(QueuedEvent::PeerPing { message_id });
             }
             Ok(Datagram::EmptyAck { message_id }) => {
                 // Never answered (RFC 7252 §4.2).
@@ -439,7 +437,8 @@ impl DatagramSession {
         {
             self.keepalive.handle_activity(now);
             if let Some((_, token)) = self.requests.notifications.remove(at) {
-                self.events.push_back(ProtocolEvent::ObserverGone { token });
+                self.outbox
+                    .push_event(ProtocolEvent::ObserverGone { token });
             }
             return true;
         }
@@ -450,7 +449,7 @@ impl DatagramSession {
         let pending = self.requests.exchanges.pending.remove(index);
         if pending.kind == PendingKind::Request {
             if let Some(token) = self.requests.exchanges.failure_token(pending) {
-                self.events.push_back(ProtocolEvent::RequestFailed {
+                self.outbox.push_event(ProtocolEvent::RequestFailed {
                     token,
                     error: RequestError::Reset,
                 });
@@ -472,13 +471,13 @@ impl DatagramSession {
                     match self.requests.dedup.check(now, lifetime, message_id) {
                         Some(Some(answer)) => {
                             let answer = answer.to_vec();
-                            self.transmits.push_back(answer);
-                            self.events
-                                .push_back(ProtocolEvent::Rejected("duplicate request".into()));
+                            self.outbox.push_transmit(answer);
+                            self.outbox
+                                .push_event(ProtocolEvent::Rejected("duplicate request".into()));
                         }
                         Some(None) => self
-                            .events
-                            .push_back(ProtocolEvent::Rejected("duplicate request".into())),
+                            .outbox
+                            .push_event(ProtocolEvent::Rejected("duplicate request".into())),
                         None => match options::check_request(options::packet_options(&packet)) {
                             Ok(()) => self.handle_request(now, packet),
                             Err(problem) => self.refuse_request(&packet, problem),
@@ -504,16 +503,16 @@ impl DatagramSession {
                 // RFC 7252 §5.8: a request with a method we do not know gets 4.05 (on the ACK
                 // of a CON); kept for its duplicates like any answer.
                 self.answer(&packet, method_not_allowed());
-                self.events.push_back(ProtocolEvent::Rejected(format!(
+                self.outbox.push_event(ProtocolEvent::Rejected(format!(
                     "request with unknown method {} answered 4.05",
                     packet.header.code
                 )));
             }
             _ => {
                 if message_type == MessageType::Confirmable {
-                    self.transmits.push_back(udp::reset(message_id).to_vec());
+                    self.outbox.push_transmit(udp::reset(message_id).to_vec());
                 }
-                self.events.push_back(ProtocolEvent::Rejected(format!(
+                self.outbox.push_event(ProtocolEvent::Rejected(format!(
                     "unexpected code {} over UDP",
                     packet.header.code
                 )));
@@ -537,7 +536,7 @@ impl DatagramSession {
                     // Cannot happen for a request code; said rather than dropped.
                     None => ProtocolEvent::Rejected("unparsable request".into()),
                 };
-                self.events.push_back(event);
+                self.outbox.push_event(event);
             }
             ServerStep::Answer(answer) => self.answer(&packet, answer),
         }
@@ -553,13 +552,13 @@ impl DatagramSession {
             // instead of waiting for a response that never comes. Duplicates get it again.
             let rst = udp::reset(message_id);
             self.requests.dedup.store(message_id, &rst);
-            self.transmits.push_back(rst.to_vec());
+            self.outbox.push_transmit(rst.to_vec());
         } else {
             // 4.02 Bad Option piggybacked on the ACK of a CON; 5.05 to a proxy request of
             // either type (§5.10.2 asks for a response, and the option was recognised).
             self.answer(request, option_rejection(problem));
         }
-        self.events.push_back(ProtocolEvent::Rejected(format!(
+        self.outbox.push_event(ProtocolEvent::Rejected(format!(
             "request refused: {problem}"
         )));
     }
@@ -585,8 +584,8 @@ impl DatagramSession {
                     self.complete(now, index, &packet, response);
                 }
                 _ => self
-                    .events
-                    .push_back(ProtocolEvent::Rejected("ACK matches no request".into())),
+                    .outbox
+                    .push_event(ProtocolEvent::Rejected("ACK matches no request".into())),
             }
             return;
         }
@@ -605,16 +604,16 @@ impl DatagramSession {
                 .any(|o| o.token == token);
         if pending.is_none() && !observed {
             // Nobody waits for it: reject (this also cancels a forgotten observation).
-            self.transmits.push_back(udp::reset(message_id).to_vec());
-            self.events.push_back(ProtocolEvent::Rejected(
+            self.outbox.push_transmit(udp::reset(message_id).to_vec());
+            self.outbox.push_event(ProtocolEvent::Rejected(
                 "response matches no request".into(),
             ));
             return;
         }
         if message_type == MessageType::Confirmable {
             // Acknowledged before anything it leads to (the request for a next block) goes out.
-            self.transmits
-                .push_back(udp::empty_ack(message_id).to_vec());
+            self.outbox
+                .push_transmit(udp::empty_ack(message_id).to_vec());
         }
         match pending {
             Some(index) => self.complete(now, index, &packet, response),
@@ -634,7 +633,7 @@ impl DatagramSession {
             .exchanges
             .judge_notification(now, packet, &response)
         {
-            Notified::LaterBlock => self.events.push_back(ProtocolEvent::Rejected(
+            Notified::LaterBlock => self.outbox.push_event(ProtocolEvent::Rejected(
                 "notification carries a later block, not the first".into(),
             )),
             Notified::Ignored => {}
@@ -643,7 +642,7 @@ impl DatagramSession {
                 if more {
                     self.fetch_rest(now, &token, packet);
                 } else {
-                    self.events.push_back(ProtocolEvent::Response {
+                    self.outbox.push_event(ProtocolEvent::Response {
                         token,
                         response: Box::new(response),
                     });
@@ -694,7 +693,7 @@ impl DatagramSession {
             }
             ClientStep::Deliver(whole) => {
                 if let Some(whole) = Response::from_packet(&whole) {
-                    self.events.push_back(ProtocolEvent::Response {
+                    self.outbox.push_event(ProtocolEvent::Response {
                         token: token.to_vec(),
                         response: Box::new(whole),
                     });
@@ -718,7 +717,7 @@ impl DatagramSession {
     /// The observation `token` ends with `error`, reported under its token.
     fn end_observation(&mut self, token: &[u8], error: RequestError) {
         self.requests.exchanges.forget_observation(token);
-        self.events.push_back(ProtocolEvent::RequestFailed {
+        self.outbox.push_event(ProtocolEvent::RequestFailed {
             token: token.to_vec(),
             error,
         });
@@ -752,8 +751,8 @@ impl DatagramSession {
             let pending = self.requests.exchanges.pending.remove(index);
             self.requests.queued.retain(|(t, _)| *t != pending.token);
             if let Some(token) = self.requests.exchanges.failure_token(pending) {
-                self.events
-                    .push_back(ProtocolEvent::RequestFailed { token, error });
+                self.outbox
+                    .push_event(ProtocolEvent::RequestFailed { token, error });
             }
             self.confirmable_done(now);
             true
@@ -771,9 +770,9 @@ impl DatagramSession {
         if message_type != MessageType::Acknowledgement {
             // §4.2: a rejected CON is answered with an RST; §4.3 allows one for a NON. An ACK is
             // rejected by ignoring it: never answered.
-            self.transmits.push_back(udp::reset(message_id).to_vec());
+            self.outbox.push_transmit(udp::reset(message_id).to_vec());
         }
-        self.events.push_back(ProtocolEvent::Rejected(if known {
+        self.outbox.push_event(ProtocolEvent::Rejected(if known {
             format!("response rejected: {problem}")
         } else {
             format!("response matches no request (and has {problem})")
@@ -843,7 +842,7 @@ impl DatagramSession {
             Some(ClientStep::Fail(error)) => {
                 let pending = self.requests.exchanges.pending.remove(index);
                 if let Some(token) = self.requests.exchanges.failure_token(pending) {
-                    self.events.push_back(ProtocolEvent::RequestFailed {
+                    self.outbox.push_event(ProtocolEvent::RequestFailed {
                         token,
                         error: RequestError::Blockwise(error),
                     });
@@ -873,7 +872,7 @@ impl DatagramSession {
                 // §3.2), and the application sees why.
                 self.requests.exchanges.forget_observation(&owner);
             }
-            self.events.push_back(ProtocolEvent::Response {
+            self.outbox.push_event(ProtocolEvent::Response {
                 token: owner,
                 response: Box::new(response),
             });
@@ -891,7 +890,7 @@ impl DatagramSession {
             // Not (or no longer) observed: a re-registration's observation is over.
             self.requests.exchanges.forget_observation(&pending.token);
         }
-        self.events.push_back(ProtocolEvent::Response {
+        self.outbox.push_event(ProtocolEvent::Response {
             token: pending.token,
             response: Box::new(response),
         });
@@ -925,7 +924,7 @@ impl DatagramSession {
             .choose_token(&request.token, self.keepalive.rng());
         if self.keepalive.is_finished() {
             // Nothing goes out once the session ended; the request ends at once, typed.
-            self.events.push_back(ProtocolEvent::RequestFailed {
+            self.outbox.push_event(ProtocolEvent::RequestFailed {
                 token: token.clone(),
                 error: RequestError::SessionEnded,
             });
@@ -999,7 +998,7 @@ impl DatagramSession {
                 {
                     self.requests.exchanges.pending.remove(index);
                 }
-                self.events.push_back(ProtocolEvent::Rejected(format!(
+                self.outbox.push_event(ProtocolEvent::Rejected(format!(
                     "request not encodable: {error:?}"
                 )));
                 return;
@@ -1018,7 +1017,7 @@ impl DatagramSession {
         if confirmable {
             self.keepalive.set_request_in_flight(now, true);
         }
-        self.transmits.push_back(bytes);
+        self.outbox.push_transmit(bytes);
     }
 
     fn first_retransmit(&mut self, now: Instant, bytes: Vec<u8>) -> Retransmit {
@@ -1090,14 +1089,14 @@ impl DatagramSession {
             .get_option(coap_lite::CoapOption::Observe)
             .is_some()
         {
-            self.observed = true;
+            self.requests.observed = true;
         }
         match response.to_bytes_unlimited() {
             Ok(bytes) => {
                 self.requests.dedup.store(request.header.message_id, &bytes);
-                self.transmits.push_back(bytes);
+                self.outbox.push_transmit(bytes);
             }
-            Err(error) => self.events.push_back(ProtocolEvent::Rejected(format!(
+            Err(error) => self.outbox.push_event(ProtocolEvent::Rejected(format!(
                 "response not encodable: {error:?}"
             ))),
         }
@@ -1111,7 +1110,7 @@ impl DatagramSession {
         if request.header.get_type() == MessageType::Confirmable && !self.keepalive.is_finished() {
             let ack = udp::empty_ack(request.header.message_id);
             self.requests.dedup.store(request.header.message_id, &ack);
-            self.transmits.push_back(ack.to_vec());
+            self.outbox.push_transmit(ack.to_vec());
         }
     }
 
@@ -1154,7 +1153,7 @@ impl DatagramSession {
                 notification: None,
             });
         }
-        self.transmits.push_back(bytes);
+        self.outbox.push_transmit(bytes);
         self.pump();
     }
 
@@ -1191,7 +1190,7 @@ impl DatagramSession {
             self.requests
                 .notifications
                 .push_back((message_id, token.to_vec()));
-            self.transmits.push_back(bytes);
+            self.outbox.push_transmit(bytes);
         }
     }
 
@@ -1215,7 +1214,7 @@ impl DatagramSession {
                         retransmit.count += 1;
                         retransmit.timeout *= 2;
                         retransmit.next = now + retransmit.timeout;
-                        self.transmits.push_back(retransmit.bytes.clone());
+                        self.outbox.push_transmit(retransmit.bytes.clone());
                     } else {
                         // Never acknowledged: the peer is gone, and so is the session. Its waiters
                         // learn it from the session's failure (TooManyRetries).
@@ -1236,7 +1235,7 @@ impl DatagramSession {
                 let pending = self.requests.exchanges.pending.remove(index);
                 self.requests.queued.retain(|(t, _)| *t != pending.token);
                 if let Some(token) = self.requests.exchanges.failure_token(pending) {
-                    self.events.push_back(ProtocolEvent::RequestFailed {
+                    self.outbox.push_event(ProtocolEvent::RequestFailed {
                         token,
                         error: RequestError::TimedOut,
                     });
@@ -1274,7 +1273,7 @@ impl DatagramSession {
         if self.is_finished() {
             return false;
         }
-        self.transmits.push_back(ping.answer());
+        self.outbox.push_transmit(ping.answer());
         true
     }
 
@@ -1297,7 +1296,7 @@ impl DatagramSession {
         }
         match self.keepalive.config().icmp {
             IcmpPolicy::Fail => self.fail(NackReason::IcmpError),
-            IcmpPolicy::Soft => self.events.push_back(ProtocolEvent::Rejected(format!(
+            IcmpPolicy::Soft => self.outbox.push_event(ProtocolEvent::Rejected(format!(
                 "ICMP error kept soft, retransmissions go on: {detail}"
             ))),
         }
@@ -1328,8 +1327,8 @@ impl DatagramSession {
     pub fn close(&mut self) {
         if !self.keepalive.is_finished() {
             self.keepalive.close();
-            self.transmits.clear();
-            self.events.push_back(ProtocolEvent::Closed);
+            self.outbox.clear_transmits();
+            self.outbox.push_event(ProtocolEvent::Closed);
         }
     }
 
@@ -1340,12 +1339,12 @@ impl DatagramSession {
 
     /// The next datagram to send.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.transmits.pop_front()
+        self.outbox.pop_transmit().map(Vec::from)
     }
 
     /// The next event.
     pub fn poll_event(&mut self) -> Option<ProtocolEvent> {
-        self.events.pop_front()
+        self.outbox.pop_event()
     }
 
     /// When [`DatagramSession::handle_timeout`] must next be called.
@@ -1367,11 +1366,12 @@ impl DatagramSession {
 
     fn pump(&mut self) {
         while let Some(ping) = self.keepalive.poll_transmit() {
-            self.transmits.push_back(ping.encode());
-            self.events.push_back(ProtocolEvent::PingSent(ping));
+            self.outbox.push_transmit(ping.encode());
+            // Queued as held inline (see `QueuedEvent`).
+            self.outbox.push_event(QueuedEvent::PingSent(ping));
         }
         while let Some(event) = self.keepalive.poll_event() {
-            self.events.push_back(ProtocolEvent::from_keepalive(event));
+            self.outbox.push_event(QueuedEvent::from(event));
         }
     }
 }
@@ -1524,6 +1524,13 @@ mod tests {
         assert!(ignored(&[0x60, 0x00, 0x12, 0x34]));
         assert!(ignored(&[0x70, 0x00, 0x12, 0x34]));
         assert!(ignored(&[0x60, 0x45, 0x12, 0x34]));
+    }
+
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn an_idle_session_stays_small() {
+        // Issue 15 counts the bytes of an idle UDP session: a field added here costs every one.
+        assert!(std::mem::size_of::<DatagramSession>() <= 240);
     }
 
     #[test]

@@ -109,6 +109,86 @@ impl ProtocolEvent {
     }
 }
 
+/// A [`ProtocolEvent`] as a datagram session holds the oldest one it queued (see
+/// `keepalive::Outbox`): 16 bytes, not 40. The events of an idle session (a peer's ping, a pong,
+/// a ping sent, a failure) and requests are held as they are; the rarer ones (responses to our
+/// requests, rejections) are boxed.
+#[derive(Debug)]
+pub(crate) enum QueuedEvent {
+    PeerPing {
+        message_id: u16,
+    },
+    /// A [`ProtocolEvent::Pong`] whose RTT fits in 64 bits of nanoseconds (584 years).
+    Pong {
+        rtt_nanos: u64,
+    },
+    PingSent(crate::proto::keepalive::PingTransmit),
+    PingUnanswered {
+        count: u32,
+    },
+    Established,
+    Request(Box<IncomingRequest>),
+    Closed,
+    Failed(NackReason),
+    Other(Box<ProtocolEvent>),
+}
+
+impl From<ProtocolEvent> for QueuedEvent {
+    fn from(event: ProtocolEvent) -> Self {
+        match event {
+            ProtocolEvent::PeerPing(PeerPing::Datagram { message_id }) => {
+                QueuedEvent::PeerPing { message_id }
+            }
+            ProtocolEvent::Pong { rtt } => match u64::try_from(rtt.as_nanos()) {
+                Ok(rtt_nanos) => QueuedEvent::Pong { rtt_nanos },
+                Err(_) => QueuedEvent::Other(Box::new(event)),
+            },
+            ProtocolEvent::PingSent(ping) => QueuedEvent::PingSent(ping),
+            ProtocolEvent::PingUnanswered { count } => QueuedEvent::PingUnanswered { count },
+            ProtocolEvent::Established => QueuedEvent::Established,
+            ProtocolEvent::Request(request) => QueuedEvent::Request(request),
+            ProtocolEvent::Closed => QueuedEvent::Closed,
+            ProtocolEvent::Failed(reason) => QueuedEvent::Failed(reason),
+            other => QueuedEvent::Other(Box::new(other)),
+        }
+    }
+}
+
+impl From<crate::proto::keepalive::KeepaliveEvent> for QueuedEvent {
+    /// As [`ProtocolEvent::from_keepalive`], without building the `ProtocolEvent`.
+    fn from(event: crate::proto::keepalive::KeepaliveEvent) -> Self {
+        use crate::proto::keepalive::KeepaliveEvent;
+        match event {
+            KeepaliveEvent::Pong { rtt } => match u64::try_from(rtt.as_nanos()) {
+                Ok(rtt_nanos) => QueuedEvent::Pong { rtt_nanos },
+                Err(_) => QueuedEvent::Other(Box::new(ProtocolEvent::Pong { rtt })),
+            },
+            KeepaliveEvent::Unanswered { count } => QueuedEvent::PingUnanswered { count },
+            KeepaliveEvent::Failed(reason) => QueuedEvent::Failed(reason),
+        }
+    }
+}
+
+impl From<QueuedEvent> for ProtocolEvent {
+    fn from(event: QueuedEvent) -> Self {
+        match event {
+            QueuedEvent::PeerPing { message_id } => {
+                ProtocolEvent::PeerPing(PeerPing::Datagram { message_id })
+            }
+            QueuedEvent::Pong { rtt_nanos } => ProtocolEvent::Pong {
+                rtt: Duration::from_nanos(rtt_nanos),
+            },
+            QueuedEvent::PingSent(ping) => ProtocolEvent::PingSent(ping),
+            QueuedEvent::PingUnanswered { count } => ProtocolEvent::PingUnanswered { count },
+            QueuedEvent::Established => ProtocolEvent::Established,
+            QueuedEvent::Request(request) => ProtocolEvent::Request(request),
+            QueuedEvent::Closed => ProtocolEvent::Closed,
+            QueuedEvent::Failed(reason) => ProtocolEvent::Failed(reason),
+            QueuedEvent::Other(event) => *event,
+        }
+    }
+}
+
 /// A request the peer sent, as its session handed it up in [`ProtocolEvent::Request`]: the
 /// [`Request`], and what the session needs to answer it (over UDP its Message ID and type,
 /// which pick a piggybacked or a Non-confirmable answer). Pass it back to the session's
@@ -281,4 +361,65 @@ pub(crate) fn is_unknown_response(code: u8) -> bool {
 pub(crate) fn method_not_allowed() -> coap_lite::Packet {
     crate::proto::message::Response::new(crate::proto::message::Status::MethodNotAllowed)
         .to_packet()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::keepalive::PingTransmit;
+
+    #[test]
+    fn a_queued_event_is_the_event_it_was() {
+        let events = [
+            ProtocolEvent::PeerPing(PeerPing::Datagram { message_id: 7 }),
+            ProtocolEvent::PeerPing(PeerPing::Stream {
+                token: vec![1, 2],
+                custody: true,
+            }),
+            ProtocolEvent::Pong {
+                rtt: Duration::new(3, 123_456_789),
+            },
+            // Beyond 64 bits of nanoseconds: boxed, not truncated.
+            ProtocolEvent::Pong { rtt: Duration::MAX },
+            ProtocolEvent::PingSent(PingTransmit::Datagram {
+                message_id: 9,
+                retransmission: true,
+            }),
+            ProtocolEvent::PingUnanswered { count: 2 },
+            ProtocolEvent::Established,
+            ProtocolEvent::Closed,
+            ProtocolEvent::Failed(NackReason::Rst),
+            ProtocolEvent::Rejected("why".into()),
+            ProtocolEvent::ObserverGone { token: vec![3] },
+        ];
+        let mut get = Packet::new();
+        get.header.code = MessageClass::Request(coap_lite::RequestType::Get);
+        let request = IncomingRequest::new(get).expect("a GET is a request");
+        let events = events
+            .into_iter()
+            .chain([ProtocolEvent::Request(Box::new(request))]);
+        for event in events {
+            let queued = QueuedEvent::from(event.clone());
+            assert_eq!(ProtocolEvent::from(queued), event);
+        }
+        assert!(std::mem::size_of::<QueuedEvent>() <= 16);
+    }
+
+    #[test]
+    fn a_keepalive_event_is_queued_as_the_event_it_translates_to() {
+        use crate::proto::keepalive::KeepaliveEvent;
+        for event in [
+            KeepaliveEvent::Pong {
+                rtt: Duration::from_nanos(1_234_567),
+            },
+            KeepaliveEvent::Pong { rtt: Duration::MAX },
+            KeepaliveEvent::Unanswered { count: 3 },
+            KeepaliveEvent::Failed(NackReason::TooManyRetries),
+        ] {
+            assert_eq!(
+                ProtocolEvent::from(QueuedEvent::from(event)),
+                ProtocolEvent::from_keepalive(event)
+            );
+        }
+    }
 }

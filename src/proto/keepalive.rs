@@ -42,9 +42,10 @@ pub const PING_TOKEN_LEN: usize = 4;
 /// would panic).
 const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
-/// `now + delay`, with the delay capped at [`FAR_FUTURE`].
-fn deadline_after(now: Instant, delay: Duration) -> Instant {
-    now + delay.min(FAR_FUTURE)
+/// A delay as an [`Offset`] to add, capped at [`FAR_FUTURE`] (so that adding it to an instant
+/// cannot overflow).
+fn capped(delay: Duration) -> Offset {
+    nanos(delay.min(FAR_FUTURE))
 }
 
 /// Which kind of ping a session sends: decided by its transport.
@@ -186,13 +187,20 @@ impl Stats {
 
 /// [`Stats`] as a session keeps them: RTTs in nanoseconds ([`NO_RTT`] for none), 32 bytes less
 /// per session than four `Option<Duration>`s.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Counters {
+    tally: Tally,
+    failures: u64,
+}
+
+/// The counters of [`Counters`] a [`Keepalive`] stores: its failure count is not stored but
+/// read from its probe (a machine fails once, and stays failed), 8 bytes less per session.
+#[derive(Debug, Clone, Copy)]
+struct Tally {
     pings_sent: u64,
     retransmissions: u64,
     pongs: u64,
     pings_received: u64,
-    failures: u64,
     /// Last, min, smoothed and max RTT.
     rtt_nanos: [u64; 4],
 }
@@ -200,20 +208,24 @@ pub(crate) struct Counters {
 /// A missing RTT sample in [`Counters`]; longer RTTs are stored as one nanosecond less.
 const NO_RTT: u64 = u64::MAX;
 
-impl Default for Counters {
+/// An RTT as [`Tally::rtt_nanos`] holds it.
+fn pack_rtt(rtt: Option<Duration>) -> u64 {
+    rtt.map_or(NO_RTT, |d| d.as_nanos().min(u128::from(NO_RTT - 1)) as u64)
+}
+
+impl Default for Tally {
     fn default() -> Self {
-        Counters {
+        Tally {
             pings_sent: 0,
             retransmissions: 0,
             pongs: 0,
             pings_received: 0,
-            failures: 0,
             rtt_nanos: [NO_RTT; 4],
         }
     }
 }
 
-impl Counters {
+impl Tally {
     fn rtt(&self) -> RttStats {
         let unpack = |nanos: u64| (nanos != NO_RTT).then(|| Duration::from_nanos(nanos));
         let [last, min, smoothed, max] = self.rtt_nanos.map(unpack);
@@ -228,26 +240,24 @@ impl Counters {
     fn record_rtt(&mut self, rtt: Duration) {
         let mut stats = self.rtt();
         stats.record(rtt);
-        let pack = |d: Option<Duration>| {
-            d.map_or(NO_RTT, |d| d.as_nanos().min(u128::from(NO_RTT - 1)) as u64)
-        };
-        self.rtt_nanos = [stats.last, stats.min, stats.smoothed, stats.max].map(pack);
+        self.rtt_nanos = [stats.last, stats.min, stats.smoothed, stats.max].map(pack_rtt);
     }
+}
 
+impl Counters {
     /// `stats` packed; [`Counters::snapshot`] gives them back unchanged (an RTT above 584
     /// years excepted).
     pub(crate) fn pack(stats: &Stats) -> Counters {
-        let pack = |d: Option<Duration>| {
-            d.map_or(NO_RTT, |d| d.as_nanos().min(u128::from(NO_RTT - 1)) as u64)
-        };
         let rtt = &stats.rtt;
         Counters {
-            pings_sent: stats.pings_sent,
-            retransmissions: stats.retransmissions,
-            pongs: stats.pongs,
-            pings_received: stats.pings_received,
+            tally: Tally {
+                pings_sent: stats.pings_sent,
+                retransmissions: stats.retransmissions,
+                pongs: stats.pongs,
+                pings_received: stats.pings_received,
+                rtt_nanos: [rtt.last, rtt.min, rtt.smoothed, rtt.max].map(pack_rtt),
+            },
             failures: stats.failures,
-            rtt_nanos: [rtt.last, rtt.min, rtt.smoothed, rtt.max].map(pack),
         }
     }
 
@@ -257,13 +267,14 @@ impl Counters {
     }
 
     pub(crate) fn snapshot(&self) -> Stats {
+        let tally = &self.tally;
         Stats {
-            pings_sent: self.pings_sent,
-            retransmissions: self.retransmissions,
-            pongs: self.pongs,
-            pings_received: self.pings_received,
+            pings_sent: tally.pings_sent,
+            retransmissions: tally.retransmissions,
+            pongs: tally.pongs,
+            pings_received: tally.pings_received,
             failures: self.failures,
-            rtt: self.rtt(),
+            rtt: tally.rtt(),
         }
     }
 }
@@ -275,19 +286,67 @@ enum ProbeId {
     Token([u8; PING_TOKEN_LEN]),
 }
 
+/// An instant as the machine stores it: signed nanoseconds from its `last_rx` (8 bytes, an
+/// `Instant`'s 16), exact within 292 years either way, which the deadlines ([`FAR_FUTURE`])
+/// stay inside. The offsets are moved whenever `last_rx` moves.
+type Offset = i64;
+
+/// [`Probe::Idle`] without a deadline (no real offset comes near it: deadlines are capped at
+/// [`FAR_FUTURE`]).
+const NOT_DUE: Offset = Offset::MAX;
+
+/// `d` in nanoseconds, saturating below [`NOT_DUE`] (292 years). In 64 bits, not through
+/// `as_nanos`'s 128: this runs at every input.
+fn nanos(d: Duration) -> Offset {
+    d.as_secs()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(d.subsec_nanos()))
+        .min(NOT_DUE as u64 - 1) as Offset
+}
+
+/// `b - a` in signed nanoseconds, saturating beyond 292 years.
+fn offset_between(a: Instant, b: Instant) -> Offset {
+    if b >= a {
+        nanos(b.duration_since(a))
+    } else {
+        -nanos(a.duration_since(b))
+    }
+}
+
+/// `at` moved by `offset` nanoseconds. An offset made from a real instant never leaves
+/// `Instant`'s range; one that would is not followed (no panic).
+fn shift(at: Instant, offset: Offset) -> Instant {
+    let by = Duration::from_nanos(offset.unsigned_abs());
+    if offset >= 0 {
+        at.checked_add(by).unwrap_or(at)
+    } else {
+        at.checked_sub(by).unwrap_or(at)
+    }
+}
+
+/// A timeout as [`Probe::Outstanding`] stores it: nanoseconds, saturating (a timeout is only
+/// ever used capped at [`FAR_FUTURE`], far below `u64::MAX` nanoseconds, so saturating here
+/// changes no deadline).
+fn timeout_nanos(timeout: Duration) -> u64 {
+    timeout.as_nanos().min(u128::from(u64::MAX)) as u64
+}
+
+/// The ping state. Its instants are [`Offset`]s from the machine's `last_rx`: 40 bytes, not
+/// 64 with `Instant`s and a `Duration`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Probe {
-    /// No ping outstanding. The next one is due at `due`, computed when the last receipt was
-    /// `from`; `None` while keepalive is off, before the CSM, or while a request stands in.
-    Idle { due: Option<Instant>, from: Instant },
-    /// A ping is out and waits for its answer until `timeout` after its last transmission
-    /// (`sent_at`): see [`Probe::deadline`].
+    /// No ping outstanding. The next one is due at `due` ([`NOT_DUE`]: none), computed when
+    /// the last receipt was `from`; none while keepalive is off, before the CSM, or while a
+    /// request stands in.
+    Idle { due: Offset, from: Offset },
+    /// A ping is out and waits for its answer until `timeout_nanos` after its last transmission
+    /// (`sent_at`): see [`Keepalive::deadline`].
     Outstanding {
         id: ProbeId,
-        first_sent: Instant,
-        sent_at: Instant,
+        first_sent: Offset,
+        sent_at: Offset,
         retransmits: u32,
-        timeout: Duration,
+        timeout_nanos: u64,
     },
     /// Failed with this reason; terminal.
     Failed(NackReason),
@@ -296,40 +355,84 @@ enum Probe {
 }
 
 impl Probe {
-    /// When an outstanding ping is retransmitted or given up (computed, not stored: 16 bytes
-    /// less per session).
-    fn deadline(&self) -> Option<Instant> {
-        match *self {
+    /// The probe with its instants moved `by` nanoseconds earlier: `last_rx`, which they count
+    /// from, moved `by` later.
+    fn rebased(self, by: Offset) -> Probe {
+        let back = |at: Offset| at.saturating_sub(by);
+        match self {
+            Probe::Idle { due, from } => Probe::Idle {
+                due: if due == NOT_DUE { NOT_DUE } else { back(due) },
+                from: back(from),
+            },
             Probe::Outstanding {
-                sent_at, timeout, ..
-            } => Some(deadline_after(sent_at, timeout)),
-            _ => None,
+                id,
+                first_sent,
+                sent_at,
+                retransmits,
+                timeout_nanos,
+            } => Probe::Outstanding {
+                id,
+                first_sent: back(first_sent),
+                sent_at: back(sent_at),
+                retransmits,
+                timeout_nanos,
+            },
+            finished => finished,
+        }
+    }
+}
+
+/// The machine's flags and ping style, one byte per session instead of one per flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Flags(u8);
+
+impl Flags {
+    /// The ping style is [`PingStyle::Stream`] (else [`PingStyle::Datagram`]).
+    const STREAM: Flags = Flags(1);
+    /// The session may ping (datagram: always; stream: after the peer's CSM).
+    const ESTABLISHED: Flags = Flags(1 << 1);
+    /// A Confirmable request to the peer is outstanding.
+    const REQUEST_IN_FLIGHT: Flags = Flags(1 << 2);
+    /// Something was counted, or a ping went out or ended, since [`Keepalive::poll_stats`].
+    const STATS_CHANGED: Flags = Flags(1 << 3);
+    /// The two bits of [`Keepalive::messages_counted`], from this one up.
+    const MESSAGES_SHIFT: u8 = 4;
+    const MESSAGES: Flags = Flags(0b11 << Flags::MESSAGES_SHIFT);
+
+    fn contains(self, flag: Flags) -> bool {
+        self.0 & flag.0 == flag.0
+    }
+
+    fn set(&mut self, flag: Flags, on: bool) {
+        if on {
+            self.0 |= flag.0;
+        } else {
+            self.0 &= !flag.0;
         }
     }
 }
 
 /// The keepalive state machine of one session. Time is always an argument.
+///
+/// Kept small (it is most of an idle session): one `Instant`, the others as offsets from it,
+/// the flags in one byte.
 #[derive(Debug, Clone)]
 pub struct Keepalive {
-    style: PingStyle,
     /// Shared by every session created with the same configuration (one word per session);
     /// copied on write when this session's own settings ([`Overrides`]) change it.
     config: Arc<KeepaliveConfig>,
+    rng: Rng,
+    /// The last receipt; the probe's instants are offsets from it.
+    last_rx: Instant,
+    probe: Probe,
+    stats: Tally,
+    outbox: Outbox<PingTransmit, KeepaliveEvent>,
+    unanswered: u32,
+    next_message_id: u16,
     /// The settings of `config` that are this session's own, kept when a new configuration is
     /// inherited ([`Keepalive::inherit_config`]).
     overrides: Overrides,
-    rng: Rng,
-    last_rx: Instant,
-    established: bool,
-    request_in_flight: bool,
-    /// Something was counted, or a ping went out or ended, since [`Keepalive::poll_stats`].
-    stats_changed: bool,
-    probe: Probe,
-    unanswered: u32,
-    next_message_id: u16,
-    transmits: SmallQueue<PingTransmit>,
-    events: SmallQueue<KeepaliveEvent>,
-    stats: Counters,
+    flags: Flags,
 }
 
 impl Keepalive {
@@ -345,24 +448,23 @@ impl Keepalive {
     ) -> Self {
         let config = config.into();
         let next_message_id = rng.next_u64() as u16;
+        let mut flags = Flags(0);
+        flags.set(Flags::STREAM, style == PingStyle::Stream);
+        flags.set(Flags::ESTABLISHED, style == PingStyle::Datagram);
         let mut keepalive = Keepalive {
-            style,
             config,
-            overrides: Overrides::NONE,
             rng,
             last_rx: now,
-            established: style == PingStyle::Datagram,
-            request_in_flight: false,
-            stats_changed: false,
             probe: Probe::Idle {
-                due: None,
-                from: now,
+                due: NOT_DUE,
+                from: 0,
             },
+            stats: Tally::default(),
+            outbox: Outbox::default(),
             unanswered: 0,
             next_message_id,
-            transmits: SmallQueue::default(),
-            events: SmallQueue::default(),
-            stats: Counters::default(),
+            overrides: Overrides::NONE,
+            flags,
         };
         keepalive.schedule();
         keepalive
@@ -372,7 +474,11 @@ impl Keepalive {
 
     /// The ping style (datagram or stream).
     pub fn style(&self) -> PingStyle {
-        self.style
+        if self.flags.contains(Flags::STREAM) {
+            PingStyle::Stream
+        } else {
+            PingStyle::Datagram
+        }
     }
 
     /// The configuration in force.
@@ -382,7 +488,7 @@ impl Keepalive {
 
     /// The counters of this session (a snapshot).
     pub fn stats(&self) -> Stats {
-        self.stats.snapshot()
+        self.counters().snapshot()
     }
 
     /// The counters, when anything was counted or a ping went out or ended since the last call;
@@ -396,12 +502,65 @@ impl Keepalive {
     /// [`Keepalive::poll_stats`] packed as the machine keeps them, for a driver that stores
     /// them packed too (the session handle): no unpacking and packing again at every input.
     pub(crate) fn poll_counters(&mut self) -> Option<Counters> {
-        std::mem::take(&mut self.stats_changed).then_some(self.stats)
+        let changed = self.flags.contains(Flags::STATS_CHANGED);
+        self.flags.set(Flags::STATS_CHANGED, false);
+        changed.then(|| self.counters())
     }
 
     /// [`Keepalive::stats`] packed (see [`Keepalive::poll_counters`]).
     pub(crate) fn counters(&self) -> Counters {
-        self.stats
+        Counters {
+            tally: self.stats,
+            // `fail` is the only place failures are counted, once, as the probe turns Failed
+            // for good: the count is whether it did.
+            failures: u64::from(matches!(self.probe, Probe::Failed(_))),
+        }
+    }
+
+    /// Notes that something was counted, or a ping went out or ended (see
+    /// [`Keepalive::poll_stats`]).
+    fn stats_changed(&mut self) {
+        self.flags.set(Flags::STATS_CHANGED, true);
+    }
+
+    /// `at` as an offset from `last_rx`.
+    fn offset(&self, at: Instant) -> Offset {
+        offset_between(self.last_rx, at)
+    }
+
+    /// The instant an offset from `last_rx` stands for.
+    fn instant(&self, offset: Offset) -> Instant {
+        shift(self.last_rx, offset)
+    }
+
+    /// When an outstanding ping is retransmitted or given up, as an offset (computed, not
+    /// stored: 8 bytes less per session).
+    fn deadline(&self) -> Option<Offset> {
+        match self.probe {
+            Probe::Outstanding {
+                sent_at,
+                timeout_nanos,
+                ..
+            } => Some(sent_at.saturating_add(capped(Duration::from_nanos(timeout_nanos)))),
+            _ => None,
+        }
+    }
+
+    /// Counts a well-formed message from the peer, for its session (see
+    /// [`Keepalive::messages_counted`]).
+    pub(crate) fn count_message(&mut self) {
+        let counted = self.messages_counted();
+        if counted < 3 {
+            self.flags.0 =
+                (self.flags.0 & !Flags::MESSAGES.0) | ((counted + 1) << Flags::MESSAGES_SHIFT);
+        }
+    }
+
+    /// The well-formed messages [`Keepalive::count_message`] counted, saturating at 3: a
+    /// datagram session whose peer was heard from twice has shown it is real. Kept in spare
+    /// bits of the flags byte, not in a byte (with padding, a word) of the session.
+    pub(crate) fn messages_counted(&self) -> u8 {
+        (self.flags.0 & Flags::MESSAGES.0) >> Flags::MESSAGES_SHIFT
     }
 
     /// The last instant something was received from the peer (or reported by `mark_active`).
@@ -416,7 +575,7 @@ impl Keepalive {
 
     /// True once the session may ping (datagram: always; stream: after the peer's CSM).
     pub fn is_established(&self) -> bool {
-        self.established
+        self.flags.contains(Flags::ESTABLISHED)
     }
 
     /// True while one of our pings waits for its answer.
@@ -445,6 +604,8 @@ impl Keepalive {
     /// it is dropped without retransmission or failure.
     pub fn handle_activity(&mut self, now: Instant) {
         if now > self.last_rx {
+            // The probe's instants count from `last_rx`: they stay where they are.
+            self.probe = self.probe.rebased(nanos(now.duration_since(self.last_rx)));
             self.last_rx = now;
         }
         if !self.is_finished() {
@@ -459,9 +620,9 @@ impl Keepalive {
 
     /// A stream session's peer sent its CSM: pings may start. Counts as activity.
     pub fn handle_established(&mut self, now: Instant) {
-        self.established = true;
+        self.flags.set(Flags::ESTABLISHED, true);
         self.handle_activity(now);
-        if let Probe::Idle { due: None, .. } = self.probe {
+        if let Probe::Idle { due: NOT_DUE, .. } = self.probe {
             self.schedule();
         }
     }
@@ -485,7 +646,7 @@ impl Keepalive {
     /// The peer pinged us (counted; the answer is the session's business).
     pub fn note_peer_ping(&mut self, now: Instant) {
         self.stats.pings_received += 1;
-        self.stats_changed = true;
+        self.stats_changed();
         self.handle_activity(now);
     }
 
@@ -493,11 +654,17 @@ impl Keepalive {
         self.handle_activity(now);
         if matched {
             if let Probe::Outstanding { sent_at, .. } = self.probe {
-                let rtt = now.saturating_duration_since(sent_at);
+                // `now` is the last receipt now, unless an earlier instant was passed.
+                let now_offset = if now == self.last_rx {
+                    0
+                } else {
+                    self.offset(now)
+                };
+                let rtt = Duration::from_nanos(now_offset.saturating_sub(sent_at).max(0) as u64);
                 self.stats.pongs += 1;
                 self.stats.record_rtt(rtt);
-                self.stats_changed = true;
-                self.events.push_back(KeepaliveEvent::Pong { rtt });
+                self.stats_changed();
+                self.outbox.push_event(KeepaliveEvent::Pong { rtt });
                 self.schedule();
             }
         }
@@ -507,10 +674,10 @@ impl Keepalive {
     /// Marks whether a Confirmable request to the peer is outstanding (NSTART = 1). While one is,
     /// no ping is scheduled: the request is the probe. A ping already out is left to finish.
     pub fn set_request_in_flight(&mut self, _now: Instant, in_flight: bool) {
-        if self.request_in_flight == in_flight {
+        if self.flags.contains(Flags::REQUEST_IN_FLIGHT) == in_flight {
             return;
         }
-        self.request_in_flight = in_flight;
+        self.flags.set(Flags::REQUEST_IN_FLIGHT, in_flight);
         if let Probe::Idle { .. } = self.probe {
             // schedule() yields no deadline while a request is in flight
             self.schedule();
@@ -598,87 +765,85 @@ impl Keepalive {
         if self.is_finished() {
             return;
         }
+        // Counted by this (see `counters`).
         self.probe = Probe::Failed(reason);
-        self.stats.failures += 1;
-        self.stats_changed = true;
-        self.transmits.clear();
-        self.events.push_back(KeepaliveEvent::Failed(reason));
+        self.stats_changed();
+        self.outbox.clear_transmits();
+        self.outbox.push_event(KeepaliveEvent::Failed(reason));
     }
 
     /// Stops the machine without a failure (graceful close).
     pub fn close(&mut self) {
         if !self.is_finished() {
             self.probe = Probe::Closed;
-            self.stats_changed = true;
-            self.transmits.clear();
+            self.stats_changed();
+            self.outbox.clear_transmits();
         }
     }
 
     /// Advances the timers to `now`: sends a due ping, retransmits, or gives up.
     pub fn handle_timeout(&mut self, now: Instant) {
         // An outstanding ping's deadline, computed once (it is not stored).
+        // Offsets count from `last_rx`: an instant after the last receipt is a positive one.
+        let now_offset = self.offset(now);
         let expired = self
-            .probe
             .deadline()
-            .is_some_and(|deadline| now >= deadline);
+            .is_some_and(|deadline| now_offset >= deadline);
         match self.probe {
-            Probe::Idle {
-                due: Some(due),
-                from,
-            } if now >= due => {
-                if self.last_rx > from {
+            Probe::Idle { due, from } if due != NOT_DUE && now_offset >= due => {
+                if from < 0 {
                     // Traffic arrived since this deadline was set: move it, lazily, so that
                     // receiving costs no timer update.
                     self.schedule();
-                    if matches!(self.probe, Probe::Idle { due: Some(d), .. } if d > now) {
+                    if matches!(self.probe, Probe::Idle { due, .. } if due != NOT_DUE && due > now_offset)
+                    {
                         return;
                     }
                 }
-                self.send_ping(now);
+                self.send_ping(now_offset);
             }
             Probe::Outstanding { first_sent, .. }
-                if expired && self.last_rx > first_sent && self.config.interval.is_some() =>
+                if expired && first_sent < 0 && self.config.interval.is_some() =>
             {
                 // No answer to the ping itself, but the peer was heard from since it went out:
                 // it is alive. Drop the probe quietly. Strictly after: a ping sent at the very
                 // instant of the last receipt (at the session's start, say) heard nothing since.
                 // Only with keepalive on: with it off every ping is the application's own
                 // question (`ping`), which gets its answer or runs its whole schedule.
-                self.stats_changed = true;
+                self.stats_changed();
                 self.schedule();
             }
             Probe::Outstanding {
                 id,
                 first_sent,
                 retransmits,
-                timeout,
+                timeout_nanos,
                 ..
-            } if expired => match (self.style, id) {
+            } if expired => match (self.style(), id) {
                 (PingStyle::Datagram, ProbeId::MessageId(message_id)) => {
                     if retransmits < self.config.transmission.max_retransmit {
-                        let timeout = timeout.saturating_mul(2);
                         self.probe = Probe::Outstanding {
                             id,
                             first_sent,
-                            sent_at: now,
+                            sent_at: now_offset,
                             retransmits: retransmits + 1,
-                            timeout,
+                            timeout_nanos: timeout_nanos.saturating_mul(2),
                         };
                         self.stats.retransmissions += 1;
-                        self.stats_changed = true;
-                        self.transmits.push_back(PingTransmit::Datagram {
+                        self.stats_changed();
+                        self.outbox.push_transmit(PingTransmit::Datagram {
                             message_id,
                             retransmission: true,
                         });
                     } else {
-                        self.datagram_ping_exhausted(now);
+                        self.datagram_ping_exhausted(now_offset);
                     }
                 }
                 _ => {
                     self.unanswered += 1;
                     // The probe ends here, whatever follows: the handle's view must follow.
-                    self.stats_changed = true;
-                    self.events.push_back(KeepaliveEvent::Unanswered {
+                    self.stats_changed();
+                    self.outbox.push_event(KeepaliveEvent::Unanswered {
                         count: self.unanswered,
                     });
                     if self.unanswered >= self.config.max_unanswered {
@@ -687,7 +852,7 @@ impl Keepalive {
                         // Keepalive off: the application sends the next ping, if any.
                         self.schedule();
                     } else {
-                        self.send_ping(now);
+                        self.send_ping(now_offset);
                     }
                 }
             },
@@ -698,8 +863,8 @@ impl Keepalive {
     /// Sends a ping now, whatever the schedule (an application's explicit probe). Ignored while a
     /// ping is already outstanding, before a stream session is established, or once finished.
     pub fn ping_now(&mut self, now: Instant) {
-        if self.established && matches!(self.probe, Probe::Idle { .. }) {
-            self.send_ping(now);
+        if self.is_established() && matches!(self.probe, Probe::Idle { .. }) {
+            self.send_ping(self.offset(now));
         }
     }
 
@@ -719,12 +884,12 @@ impl Keepalive {
 
     /// The next ping to send, if any.
     pub fn poll_transmit(&mut self) -> Option<PingTransmit> {
-        self.transmits.pop_front()
+        self.outbox.pop_transmit()
     }
 
     /// The next event for the application, if any.
     pub fn poll_event(&mut self) -> Option<KeepaliveEvent> {
-        self.events.pop_front()
+        self.outbox.pop_event()
     }
 
     /// The next instant [`Keepalive::handle_timeout`] must be called at; `None` when nothing is
@@ -732,8 +897,8 @@ impl Keepalive {
     /// later.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.probe {
-            Probe::Idle { due, .. } => due,
-            Probe::Outstanding { .. } => self.probe.deadline(),
+            Probe::Idle { due, .. } => (due != NOT_DUE).then(|| self.instant(due)),
+            Probe::Outstanding { .. } => self.deadline().map(|at| self.instant(at)),
             Probe::Failed(_) | Probe::Closed => None,
         }
     }
@@ -743,16 +908,16 @@ impl Keepalive {
     /// Recomputes the idle deadline from the last receipt.
     fn schedule(&mut self) {
         let due = match self.config.interval {
-            Some(interval) if self.established && !self.request_in_flight => {
+            Some(interval)
+                if self.is_established() && !self.flags.contains(Flags::REQUEST_IN_FLIGHT) =>
+            {
                 let early = interval.mul_f64(self.config.jitter * self.rng.next_f64());
-                Some(deadline_after(self.last_rx, interval.saturating_sub(early)))
+                // From `last_rx`, which is where offsets count from.
+                capped(interval.saturating_sub(early))
             }
-            _ => None,
+            _ => NOT_DUE,
         };
-        self.probe = Probe::Idle {
-            due,
-            from: self.last_rx,
-        };
+        self.probe = Probe::Idle { due, from: 0 };
     }
 
     /// A datagram ping went through its whole retransmission schedule unanswered: one unanswered
@@ -760,17 +925,17 @@ impl Keepalive {
     /// schedule, so that one burst of loss on a live path does not fail the session; the
     /// `max_unanswered`-th fails it, reported as the failure alone (with the default of 1: the
     /// first exhausted ping, as before the setting applied to datagrams).
-    fn datagram_ping_exhausted(&mut self, now: Instant) {
+    fn datagram_ping_exhausted(&mut self, now: Offset) {
         self.unanswered += 1;
-        self.stats_changed = true;
+        self.stats_changed();
         if self.unanswered >= self.config.max_unanswered {
             self.fail(NackReason::TooManyRetries);
             return;
         }
-        self.events.push_back(KeepaliveEvent::Unanswered {
+        self.outbox.push_event(KeepaliveEvent::Unanswered {
             count: self.unanswered,
         });
-        if self.request_in_flight || self.config.interval.is_none() {
+        if self.flags.contains(Flags::REQUEST_IN_FLIGHT) || self.config.interval.is_none() {
             // NSTART = 1: a Confirmable request is out, and it is the probe now; its failure
             // fails the session, its answer resets the count. With keepalive off the
             // application sends its pings itself (`ping` counts every one it sends).
@@ -780,8 +945,9 @@ impl Keepalive {
         }
     }
 
-    fn send_ping(&mut self, now: Instant) {
-        let (id, timeout, transmit) = match self.style {
+    /// Sends a ping at `now` (an offset from `last_rx`).
+    fn send_ping(&mut self, now: Offset) {
+        let (id, timeout, transmit) = match self.style() {
             PingStyle::Datagram => {
                 let message_id = self.allocate_message_id();
                 let params = &self.config.transmission;
@@ -813,11 +979,11 @@ impl Keepalive {
             first_sent: now,
             sent_at: now,
             retransmits: 0,
-            timeout,
+            timeout_nanos: timeout_nanos(timeout),
         };
         self.stats.pings_sent += 1;
-        self.stats_changed = true;
-        self.transmits.push_back(transmit);
+        self.stats_changed();
+        self.outbox.push_transmit(transmit);
     }
 }
 
@@ -841,59 +1007,141 @@ impl Overrides {
     }
 }
 
-/// A FIFO queue whose oldest item is held inline.
+/// What a session has to send and to report: two FIFO queues, transmits and events.
 ///
-/// A session's transmit and event queues are empty or hold one item nearly always; with a
-/// `VecDeque` each would keep a heap buffer per session once used (memory, and one more cache
-/// miss per keepalive event with many sessions). Items past the first spill to a boxed
-/// `VecDeque`, allocated when one does and dropped when the spill is drained.
+/// They are empty or hold one item each nearly always; with a `VecDeque` each would keep a
+/// heap buffer per session once used (memory, and one more cache miss per keepalive event with
+/// many sessions). So the oldest item of each is held inline, and the later ones go to one
+/// boxed spill for both queues (one word per session for the two), allocated when one spills
+/// and dropped when both are drained. The inline event is held as an `H`, which may be
+/// smaller than an `E` (see `event::QueuedEvent`).
 #[derive(Debug, Clone)]
-pub(crate) struct SmallQueue<T> {
-    /// The oldest item, if any.
-    head: Option<T>,
-    /// The items after it, in order. Boxed so that a queue that never spills costs one word
-    /// of the session, not a `VecDeque`'s four.
-    #[allow(clippy::box_collection)]
-    rest: Option<Box<VecDeque<T>>>,
+pub(crate) struct Outbox<T, E, H = E> {
+    transmit: Option<T>,
+    event: Option<H>,
+    spill: Option<Box<Spill<T, E>>>,
 }
 
-impl<T> Default for SmallQueue<T> {
+/// The items queued after [`Outbox`]'s inline ones, in order.
+#[derive(Debug, Clone)]
+struct Spill<T, E> {
+    transmits: VecDeque<T>,
+    events: VecDeque<E>,
+}
+
+impl<T, E> Spill<T, E> {
+    fn transmits(&mut self) -> &mut VecDeque<T> {
+        &mut self.transmits
+    }
+
+    fn events(&mut self) -> &mut VecDeque<E> {
+        &mut self.events
+    }
+
+    fn is_empty(&self) -> bool {
+        self.transmits.is_empty() && self.events.is_empty()
+    }
+}
+
+impl<T, E, H> Default for Outbox<T, E, H> {
     fn default() -> Self {
-        SmallQueue {
-            head: None,
-            rest: None,
+        Outbox {
+            transmit: None,
+            event: None,
+            spill: None,
         }
     }
 }
 
-impl<T> SmallQueue<T> {
-    pub(crate) fn push_back(&mut self, item: T) {
-        let spilled = self.rest.as_ref().is_some_and(|r| !r.is_empty());
-        if self.head.is_none() && !spilled {
-            self.head = Some(item);
+impl<T, E, H: From<E>> Outbox<T, E, H>
+where
+    E: From<H>,
+{
+    pub(crate) fn push_transmit(&mut self, transmit: impl Into<T>) {
+        push(
+            &mut self.transmit,
+            &mut self.spill,
+            Spill::transmits,
+            transmit.into(),
+        );
+    }
+
+    /// Queues an event, given as an `E` or as the `H` it is held inline as: the oldest, nearly
+    /// always the only one, is then stored as it is given, not built as an `E` and converted.
+    pub(crate) fn push_event<X: Into<E> + Into<H>>(&mut self, event: X) {
+        let spilled = self.spill.as_deref().is_some_and(|s| !s.events.is_empty());
+        if self.event.is_none() && !spilled {
+            self.event = Some(Into::<H>::into(event));
         } else {
-            self.rest
-                .get_or_insert_with(Default::default)
-                .push_back(item);
+            new_spill(&mut self.spill)
+                .events
+                .push_back(Into::<E>::into(event));
         }
     }
 
-    pub(crate) fn pop_front(&mut self) -> Option<T> {
-        let item = self
-            .head
-            .take()
-            .or_else(|| self.rest.as_mut().and_then(|r| r.pop_front()));
-        if self.rest.as_ref().is_some_and(|r| r.is_empty()) {
-            // A spill is over: its buffer goes too, so that a session that once queued several
-            // items (a CSM exchange, a burst of responses) holds none while it idles for hours.
-            self.rest = None;
-        }
-        item
+    pub(crate) fn pop_transmit(&mut self) -> Option<T> {
+        pop(&mut self.transmit, &mut self.spill, Spill::transmits)
     }
 
-    pub(crate) fn clear(&mut self) {
-        self.head = None;
-        self.rest = None;
+    pub(crate) fn pop_event(&mut self) -> Option<E> {
+        pop(&mut self.event, &mut self.spill, Spill::events)
+    }
+
+    pub(crate) fn clear_transmits(&mut self) {
+        self.transmit = None;
+        if let Some(spill) = self.spill.as_mut() {
+            spill.transmits.clear();
+        }
+        release_if_drained(&mut self.spill);
+    }
+}
+
+/// Queues `item` in one lane of an [`Outbox`]: inline (as an `H`) when the lane is empty,
+/// else after what is there.
+fn push<T, E, I, H: From<I>>(
+    head: &mut Option<H>,
+    spill: &mut Option<Box<Spill<T, E>>>,
+    lane: fn(&mut Spill<T, E>) -> &mut VecDeque<I>,
+    item: I,
+) {
+    let spilled = spill.as_deref_mut().is_some_and(|s| !lane(s).is_empty());
+    if head.is_none() && !spilled {
+        *head = Some(H::from(item));
+    } else {
+        lane(new_spill(spill)).push_back(item);
+    }
+}
+
+/// The spill of an [`Outbox`], allocated if it has none.
+fn new_spill<T, E>(spill: &mut Option<Box<Spill<T, E>>>) -> &mut Spill<T, E> {
+    spill.get_or_insert_with(|| {
+        Box::new(Spill {
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        })
+    })
+}
+
+/// The oldest item of one lane of an [`Outbox`].
+fn pop<T, E, I: From<H>, H>(
+    head: &mut Option<H>,
+    spill: &mut Option<Box<Spill<T, E>>>,
+    lane: fn(&mut Spill<T, E>) -> &mut VecDeque<I>,
+) -> Option<I> {
+    if let Some(item) = head.take() {
+        // The oldest; a spill, if any, still holds something (it is dropped once drained).
+        return Some(I::from(item));
+    }
+    let item = lane(spill.as_deref_mut()?).pop_front();
+    release_if_drained(spill);
+    item
+}
+
+/// Drops a drained spill: a session that once queued several items (a CSM exchange, a burst
+/// of responses) holds no buffer while it idles for hours.
+fn release_if_drained<T, E>(spill: &mut Option<Box<Spill<T, E>>>) {
+    if spill.as_deref().is_some_and(Spill::is_empty) {
+        *spill = None;
     }
 }
 
@@ -1807,17 +2055,53 @@ mod tests {
     }
 
     #[test]
-    fn small_queue_is_first_in_first_out_past_its_inline_item() {
-        let mut q = SmallQueue::default();
-        q.push_back(1);
-        q.push_back(2);
-        assert_eq!(q.pop_front(), Some(1));
-        q.push_back(3);
-        assert_eq!(q.pop_front(), Some(2));
-        assert_eq!(q.pop_front(), Some(3));
-        assert_eq!(q.pop_front(), None);
-        q.push_back(4);
-        q.clear();
-        assert_eq!(q.pop_front(), None);
+    fn messages_are_counted_up_to_three_beside_the_other_flags() {
+        let mut k = Keepalive::new(
+            PingStyle::Stream,
+            KeepaliveConfig::default(),
+            Rng::seeded(1),
+            Instant::now(),
+        );
+        k.set_request_in_flight(Instant::now(), true);
+        for expected in [1, 2, 3, 3, 3] {
+            k.count_message();
+            assert_eq!(k.messages_counted(), expected);
+        }
+        assert_eq!(k.style(), PingStyle::Stream);
+        assert!(!k.is_established());
+        assert!(k.flags.contains(Flags::REQUEST_IN_FLIGHT));
+    }
+
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn the_machine_stays_small() {
+        // Most of an idle session (issue 15): a field added here costs every session.
+        assert!(std::mem::size_of::<Keepalive>() <= 176);
+    }
+
+    #[test]
+    fn outbox_queues_are_first_in_first_out_past_their_inline_items() {
+        let mut q: Outbox<u32, char> = Outbox::default();
+        q.push_transmit(1u32);
+        q.push_event('a');
+        q.push_transmit(2u32);
+        q.push_event('b');
+        assert_eq!(q.pop_transmit(), Some(1));
+        q.push_transmit(3u32);
+        assert_eq!(q.pop_transmit(), Some(2));
+        assert_eq!(q.pop_event(), Some('a'));
+        assert_eq!(q.pop_transmit(), Some(3));
+        assert_eq!(q.pop_transmit(), None);
+        assert!(q.spill.is_some(), "an event is still in the spill");
+        assert_eq!(q.pop_event(), Some('b'));
+        assert_eq!(q.pop_event(), None);
+        assert!(q.spill.is_none(), "a drained spill is dropped");
+        q.push_transmit(4u32);
+        q.push_transmit(5u32);
+        q.push_event('c');
+        q.clear_transmits();
+        assert_eq!(q.pop_transmit(), None);
+        assert_eq!(q.pop_event(), Some('c'));
+        assert!(q.spill.is_none());
     }
 }

@@ -39,6 +39,7 @@ pub mod stream;
 pub mod table;
 pub mod wire;
 
+pub(crate) use event::QueuedEvent;
 pub(crate) use event::{
     is_unknown_method, is_unknown_response, method_not_allowed, option_rejection,
 };

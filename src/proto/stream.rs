@@ -12,7 +12,7 @@ use crate::proto::blockwise::{
 use crate::proto::config::KeepaliveConfig;
 use crate::proto::error::NackReason;
 use crate::proto::exchange::{Exchanges, Notified, Pending, PendingKind, RequestError};
-use crate::proto::keepalive::{Keepalive, PingStyle, SmallQueue};
+use crate::proto::keepalive::{Keepalive, Outbox, PingStyle};
 use crate::proto::message::{Request, Response};
 use crate::proto::rng::Rng;
 use crate::proto::wire::options::{self as wire_options, OptionProblem};
@@ -69,8 +69,9 @@ pub struct StreamSession {
     blockwise: Blockwise,
     /// Block sizes and limits; `None`: the defaults.
     blockwise_config: Option<Arc<BlockwiseConfig>>,
-    transmits: SmallQueue<Vec<u8>>,
-    events: SmallQueue<ProtocolEvent>,
+    /// The bytes to send and the events to report: usually empty or one item each, held inline
+    /// with one spill buffer for both.
+    outbox: Outbox<Vec<u8>, ProtocolEvent>,
 }
 
 impl StreamSession {
@@ -98,14 +99,13 @@ impl StreamSession {
             released_at: None,
             blockwise: Blockwise::default(),
             blockwise_config: None,
-            transmits: SmallQueue::default(),
-            events: SmallQueue::default(),
+            outbox: Outbox::default(),
         };
         let csm = Signal::Csm {
             max_message_size: Some(max_message_size),
             block_wise_transfer: true,
         };
-        session.transmits.push_back(csm.encode(&[]));
+        session.outbox.push_transmit(csm.encode(&[]));
         session
     }
 
@@ -236,7 +236,7 @@ impl StreamSession {
                         // types: every request is answered): 4.02 Bad Option, or 5.05 for a
                         // proxy request, instead of reaching a handler.
                         self.answer(&packet, option_rejection(problem));
-                        self.events.push_back(ProtocolEvent::Rejected(format!(
+                        self.outbox.push_event(ProtocolEvent::Rejected(format!(
                             "request refused: {problem}"
                         )));
                     }
@@ -255,12 +255,12 @@ impl StreamSession {
                 MessageClass::Reserved(code) if is_unknown_method(code) => {
                     // RFC 7252 §5.8: a request with a method we do not know gets 4.05.
                     self.answer(&packet, method_not_allowed());
-                    self.events.push_back(ProtocolEvent::Rejected(format!(
+                    self.outbox.push_event(ProtocolEvent::Rejected(format!(
                         "request with unknown method {} answered 4.05",
                         packet.header.code
                     )));
                 }
-                _ => self.events.push_back(ProtocolEvent::Rejected(format!(
+                _ => self.outbox.push_event(ProtocolEvent::Rejected(format!(
                     "unexpected code {} over TCP",
                     packet.header.code
                 ))),
@@ -314,13 +314,13 @@ impl StreamSession {
                     self.phase = Phase::Established;
                     self.csm_deadline = None;
                     self.keepalive.handle_established(now);
-                    self.events.push_back(ProtocolEvent::Established);
+                    self.outbox.push_event(ProtocolEvent::Established);
                 }
             }
             Signal::Ping { custody } => {
                 self.keepalive.note_peer_ping(now);
-                self.events
-                    .push_back(ProtocolEvent::PeerPing(PeerPing::Stream {
+                self.outbox
+                    .push_event(ProtocolEvent::PeerPing(PeerPing::Stream {
                         token: frame.token,
                         custody,
                     }));
@@ -352,7 +352,7 @@ impl StreamSession {
                     // Cannot happen for a request code; said rather than dropped.
                     None => ProtocolEvent::Rejected("unparsable request".into()),
                 };
-                self.events.push_back(event);
+                self.outbox.push_event(event);
             }
             ServerStep::Answer(answer) => self.answer(&packet, answer),
         }
@@ -361,7 +361,7 @@ impl StreamSession {
     /// The peer sent a 7.05 Abort: the connection is over.
     fn peer_aborted(&mut self, diagnostic: String) {
         self.phase = Phase::Done;
-        self.events.push_back(ProtocolEvent::Rejected(format!(
+        self.outbox.push_event(ProtocolEvent::Rejected(format!(
             "peer aborted: {diagnostic}"
         )));
         self.keepalive.fail(NackReason::NotDeliverable);
@@ -377,7 +377,7 @@ impl StreamSession {
         } else if self.exchanges.observation(&token).is_some() {
             self.notified(now, packet, response);
         } else {
-            self.events.push_back(ProtocolEvent::Rejected(
+            self.outbox.push_event(ProtocolEvent::Rejected(
                 "response matches no request".into(),
             ));
         }
@@ -427,7 +427,7 @@ impl StreamSession {
             Some(ClientStep::Fail(error)) => {
                 let pending = self.exchanges.pending.remove(index);
                 if let Some(token) = self.exchanges.failure_token(pending) {
-                    self.events.push_back(ProtocolEvent::RequestFailed {
+                    self.outbox.push_event(ProtocolEvent::RequestFailed {
                         token,
                         error: RequestError::Blockwise(error),
                     });
@@ -445,7 +445,7 @@ impl StreamSession {
                 // The resource can no longer be had: the observation is over (RFC 7641 §3.2).
                 self.exchanges.forget_observation(&owner);
             }
-            self.events.push_back(ProtocolEvent::Response {
+            self.outbox.push_event(ProtocolEvent::Response {
                 token: owner,
                 response: Box::new(response),
             });
@@ -458,7 +458,7 @@ impl StreamSession {
             // Not (or no longer) observed: a re-registration's observation is over.
             self.exchanges.forget_observation(&token);
         }
-        self.events.push_back(ProtocolEvent::Response {
+        self.outbox.push_event(ProtocolEvent::Response {
             token,
             response: Box::new(response),
         });
@@ -471,7 +471,7 @@ impl StreamSession {
     fn notified(&mut self, now: Instant, packet: &Packet, response: Response) {
         let token = packet.get_token().to_vec();
         match self.exchanges.judge_notification(now, packet, &response) {
-            Notified::LaterBlock => self.events.push_back(ProtocolEvent::Rejected(
+            Notified::LaterBlock => self.outbox.push_event(ProtocolEvent::Rejected(
                 "notification carries a later block, not the first".into(),
             )),
             Notified::Ignored => {}
@@ -480,7 +480,7 @@ impl StreamSession {
                 if more {
                     self.fetch_rest(now, &token, packet);
                 } else {
-                    self.events.push_back(ProtocolEvent::Response {
+                    self.outbox.push_event(ProtocolEvent::Response {
                         token,
                         response: Box::new(response),
                     });
@@ -524,7 +524,7 @@ impl StreamSession {
             }
             ClientStep::Deliver(whole) => {
                 if let Some(whole) = Response::from_packet(&whole) {
-                    self.events.push_back(ProtocolEvent::Response {
+                    self.outbox.push_event(ProtocolEvent::Response {
                         token: token.to_vec(),
                         response: Box::new(whole),
                     });
@@ -545,7 +545,7 @@ impl StreamSession {
     /// The observation `token` ends with `error`, reported under its token.
     fn end_observation(&mut self, token: &[u8], error: RequestError) {
         self.exchanges.forget_observation(token);
-        self.events.push_back(ProtocolEvent::RequestFailed {
+        self.outbox.push_event(ProtocolEvent::RequestFailed {
             token: token.to_vec(),
             error,
         });
@@ -554,8 +554,8 @@ impl StreamSession {
     /// Sends a request of ours (a later block) unless the session is ending.
     fn send(&mut self, request: &Packet) {
         if !matches!(self.phase, Phase::Done | Phase::Draining) {
-            self.transmits
-                .push_back(Frame::from_packet(request).encode());
+            self.outbox
+                .push_transmit(Frame::from_packet(request).encode());
         }
     }
 
@@ -570,8 +570,8 @@ impl StreamSession {
         let known = if let Some(index) = self.exchanges.by_token(&token, PendingKind::Request) {
             let pending = self.exchanges.pending.remove(index);
             if let Some(token) = self.exchanges.failure_token(pending) {
-                self.events
-                    .push_back(ProtocolEvent::RequestFailed { token, error });
+                self.outbox
+                    .push_event(ProtocolEvent::RequestFailed { token, error });
             }
             true
         } else if self.exchanges.observation(&token).is_some() {
@@ -583,7 +583,7 @@ impl StreamSession {
         } else {
             false
         };
-        self.events.push_back(ProtocolEvent::Rejected(if known {
+        self.outbox.push_event(ProtocolEvent::Rejected(if known {
             format!("response rejected: {problem}")
         } else {
             format!("response matches no request (and has {problem})")
@@ -615,13 +615,13 @@ impl StreamSession {
             // Nothing new goes out once the session ended or the peer released it; the
             // request ends at once, typed.
             self.exchanges.pending.retain(|p| p.token != token);
-            self.events.push_back(ProtocolEvent::RequestFailed {
+            self.outbox.push_event(ProtocolEvent::RequestFailed {
                 token: token.clone(),
                 error: RequestError::SessionEnded,
             });
         } else {
-            self.transmits
-                .push_back(Frame::from_packet(&packet).encode());
+            self.outbox
+                .push_transmit(Frame::from_packet(&packet).encode());
         }
         token
     }
@@ -674,8 +674,8 @@ impl StreamSession {
             self.blockwise
                 .server_response(config, now, None, response.to_packet(), limits);
         packet.set_token(token.to_vec());
-        self.transmits
-            .push_back(Frame::from_packet(&packet).encode());
+        self.outbox
+            .push_transmit(Frame::from_packet(&packet).encode());
     }
 
     /// Answers `request` with `response` (token copied): in blocks when it does not fit one
@@ -703,7 +703,7 @@ impl StreamSession {
         }
         response.set_token(request.get_token().to_vec());
         let bytes = Frame::from_packet(&response).encode();
-        self.transmits.push_back(bytes);
+        self.outbox.push_transmit(bytes);
     }
 
     /// The connection reached end of file, or was reset, at `now`.
@@ -737,7 +737,7 @@ impl StreamSession {
             self.keepalive.fail(NackReason::NotDeliverable);
         } else {
             self.keepalive.close();
-            self.events.push_back(ProtocolEvent::Closed);
+            self.outbox.push_event(ProtocolEvent::Closed);
         }
     }
 
@@ -783,7 +783,7 @@ impl StreamSession {
             if self.exchanges.pending[index].deadline <= now {
                 let pending = self.exchanges.pending.remove(index);
                 if let Some(token) = self.exchanges.failure_token(pending) {
-                    self.events.push_back(ProtocolEvent::RequestFailed {
+                    self.outbox.push_event(ProtocolEvent::RequestFailed {
                         token,
                         error: RequestError::TimedOut,
                     });
@@ -802,8 +802,8 @@ impl StreamSession {
                 self.exchanges
                     .pending
                     .push(Pending::request(token, now, timeout, true, None));
-                self.transmits
-                    .push_back(Frame::from_packet(&registration).encode());
+                self.outbox
+                    .push_transmit(Frame::from_packet(&registration).encode());
             }
         }
         self.pump();
@@ -817,7 +817,7 @@ impl StreamSession {
         if self.phase == Phase::Done {
             return false;
         }
-        self.transmits.push_back(ping.answer());
+        self.outbox.push_transmit(ping.answer());
         true
     }
 
@@ -836,7 +836,7 @@ impl StreamSession {
         if self.phase != Phase::Done && !self.keepalive.is_finished() {
             self.phase = Phase::Done;
             self.keepalive.close();
-            self.transmits.push_back(
+            self.outbox.push_transmit(
                 Signal::Release {
                     alternative_addresses: Vec::new(),
                     hold_off: None,
@@ -844,7 +844,7 @@ impl StreamSession {
                 }
                 .encode(&[]),
             );
-            self.events.push_back(ProtocolEvent::Closed);
+            self.outbox.push_event(ProtocolEvent::Closed);
         }
     }
 
@@ -860,14 +860,14 @@ impl StreamSession {
         if self.phase == Phase::Done {
             return;
         }
-        self.transmits.push_back(
+        self.outbox.push_transmit(
             Signal::Abort {
                 bad_csm_option,
                 diagnostic: diagnostic.clone(),
             }
             .encode(&[]),
         );
-        self.events.push_back(ProtocolEvent::Rejected(diagnostic));
+        self.outbox.push_event(ProtocolEvent::Rejected(diagnostic));
         self.phase = Phase::Done;
         self.keepalive.fail(NackReason::ProtocolError);
     }
@@ -879,12 +879,12 @@ impl StreamSession {
 
     /// The next bytes to write.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.transmits.pop_front()
+        self.outbox.pop_transmit()
     }
 
     /// The next event.
     pub fn poll_event(&mut self) -> Option<ProtocolEvent> {
-        self.events.pop_front()
+        self.outbox.pop_event()
     }
 
     /// When [`StreamSession::handle_timeout`] must next be called.
@@ -921,11 +921,11 @@ impl StreamSession {
 
     fn pump(&mut self) {
         while let Some(ping) = self.keepalive.poll_transmit() {
-            self.transmits.push_back(ping.encode());
-            self.events.push_back(ProtocolEvent::PingSent(ping));
+            self.outbox.push_transmit(ping.encode());
+            self.outbox.push_event(ProtocolEvent::PingSent(ping));
         }
         while let Some(event) = self.keepalive.poll_event() {
-            self.events.push_back(ProtocolEvent::from_keepalive(event));
+            self.outbox.push_event(ProtocolEvent::from_keepalive(event));
         }
         if self.keepalive.is_finished() {
             // A failed keepalive (no Pong) ends the connection too: nothing more is answered.
