@@ -30,10 +30,13 @@ use tokio::net::TcpStream;
 /// The most plaintext one write encrypts: one TLS record's worth (RFC 8446 §5.1).
 const MAX_PLAINTEXT: usize = 16_384;
 
-/// The scratch buffer's size: the largest TLS record (a 5-byte header, 2^14 bytes of
-/// plaintext and 256 of expansion, RFC 8446 §5.2), which a partial record carried over from
-/// the last read never fills, plus room to read behind it.
-const SCRATCH: usize = 5 + 16_384 + 256 + 2_048;
+/// The largest TLS record on the wire: a 5-byte header and 2^14 bytes of plaintext with up to
+/// 2048 of expansion (RFC 5246 §6.2.3; TLS 1.3 allows 256, RFC 8446 §5.2). rustls refuses a
+/// longer one, so a record carried over in part is always shorter.
+const MAX_RECORD: usize = 5 + 16_384 + 2_048;
+
+/// The scratch buffer's size: a record carried over in part, and room to read behind it.
+const SCRATCH: usize = MAX_RECORD + 4_096;
 
 thread_local! {
     /// Where every connection served on this thread reads its ciphertext. A read borrows it
@@ -517,16 +520,25 @@ mod tests {
     use tokio_rustls::TlsConnector;
 
     use super::*;
-    use crate::credentials::rustls::{tls_client_config, tls_server_config};
+    use crate::credentials::rustls::{
+        ring_provider, root_store, tls_client_config, tls_server_config,
+    };
     use crate::credentials::CertificateSet;
 
     const LIMIT: Duration = Duration::from_secs(10);
 
     /// A handshaken pair on loopback: a tokio-rustls client and our server stream.
     async fn pair() -> (TlsStream<TcpStream>, TlsServerStream) {
+        pair_with(|set| tls_client_config(Some(&set.ca_cert_pem), None, false).unwrap()).await
+    }
+
+    /// A pair whose client has the configuration `client` makes for the test CA.
+    async fn pair_with(
+        client: impl FnOnce(&CertificateSet) -> Arc<rustls::ClientConfig>,
+    ) -> (TlsStream<TcpStream>, TlsServerStream) {
         let set = CertificateSet::generate().unwrap();
         let server = tls_server_config(&set.server_identity(), None).unwrap();
-        let client = tls_client_config(Some(&set.ca_cert_pem), None, false).unwrap();
+        let client = client(&set);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let connect = async {
@@ -584,6 +596,34 @@ mod tests {
         }
     }
 
+    /// TLS 1.2 (the `tls12` feature; older clients) goes through the same unbuffered states.
+    #[tokio::test]
+    async fn a_tls12_client_is_served() {
+        let (mut client, mut server) = pair_with(|set| {
+            let config = rustls::ClientConfig::builder_with_provider(ring_provider())
+                .with_protocol_versions(&[&rustls::version::TLS12])
+                .unwrap()
+                .with_root_certificates(root_store(&set.ca_cert_pem).unwrap())
+                .with_no_client_auth();
+            Arc::new(config)
+        })
+        .await;
+        assert_eq!(
+            client.get_ref().1.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_2)
+        );
+        let data: Vec<u8> = (0..40_000u32).map(|i| (i % 241) as u8).collect();
+        client.write_all(&data).await.unwrap();
+        client.flush().await.unwrap();
+        assert_eq!(read_n(&mut server, data.len(), 16_384).await, data);
+        server.write_all(&data).await.unwrap();
+        server.flush().await.unwrap();
+        let mut back = vec![0u8; data.len()];
+        client.read_exact(&mut back).await.unwrap();
+        assert_eq!(back, data);
+        assert!(holds_nothing(&server));
+    }
+
     #[tokio::test]
     async fn a_small_reader_gets_the_rest_of_a_record_next() {
         let (mut client, mut server) = pair().await;
@@ -592,6 +632,48 @@ mod tests {
         client.flush().await.unwrap();
         assert_eq!(read_n(&mut server, data.len(), 7).await, data);
         assert!(holds_nothing(&server));
+    }
+
+    /// Records that arrive a byte at a time are carried over in part between reads.
+    #[tokio::test]
+    async fn records_that_trickle_in_are_put_together() {
+        let (client, mut server) = pair().await;
+        let (mut tcp, mut conn) = client.into_inner();
+        tcp.set_nodelay(true).unwrap();
+        let data: Vec<u8> = (0..3_000u32).map(|i| (i % 199) as u8).collect();
+        std::io::Write::write_all(&mut conn.writer(), &data).unwrap();
+        let mut records = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut records).unwrap();
+        }
+        let writer = tokio::spawn(async move {
+            for byte in records {
+                tcp.write_all(&[byte]).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            tcp
+        });
+        assert_eq!(read_n(&mut server, data.len(), 16_384).await, data);
+        let _tcp = writer.await.unwrap();
+        assert!(holds_nothing(&server));
+    }
+
+    /// A connection that ends inside a record is an unexpected end, not a clean one.
+    #[tokio::test]
+    async fn an_end_inside_a_record_is_an_unexpected_eof() {
+        let (client, mut server) = pair().await;
+        let (mut tcp, _) = client.into_inner();
+        // The first 10 bytes of a 32-byte application-data record, then the end.
+        tcp.write_all(&[0x17, 0x03, 0x03, 0x00, 0x20, 1, 2, 3, 4, 5])
+            .await
+            .unwrap();
+        tcp.shutdown().await.unwrap();
+        let mut buf = [0u8; 64];
+        let error = tokio::time::timeout(LIMIT, server.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof, "{error}");
     }
 
     #[tokio::test]
