@@ -222,6 +222,8 @@ async fn silenced_server_fails_the_session(mode: Mode) {
     assert!(client.sessions().is_empty());
     assert!(client_pongs.try_recv().is_err());
     assert_eq!(session.stats().failures, 1);
+    // Failed, after it was established.
+    assert!(session.was_established());
     client.shutdown().await;
     server.shutdown().await;
 }
@@ -332,6 +334,7 @@ async fn rejected(
     );
     assert_eq!(session.peer(), addr);
     assert_eq!(session.state(), SessionState::Failed(NackReason::TlsFailed));
+    assert!(!session.was_established());
     assert!(client.sessions().is_empty());
     assert_eq!(client.stats().failures, 1);
 
@@ -343,6 +346,7 @@ async fn rejected(
         (session.transport(), session.role()),
         (transport, Role::Server)
     );
+    assert!(!session.was_established());
     assert!(server.sessions().is_empty());
     server.shutdown().await;
 }

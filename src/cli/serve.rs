@@ -1,6 +1,5 @@
 //! `coap-keepalive serve`: a server on each address given.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,7 +11,7 @@ use coap_keepalive::credentials::{ServerCredentials, ServerPsk};
 use coap_keepalive::Context;
 use coap_keepalive::{Error, Result};
 use coap_keepalive::{PeerPing, PingDecision, SessionEvent};
-use coap_keepalive::{Session, SessionId, Stats, Transport};
+use coap_keepalive::{Session, Stats, Transport};
 
 use super::output::{ms, refuse_multicast, Printer, Signals};
 use super::secure;
@@ -240,7 +239,7 @@ fn summary_json(tally: &Tally, elapsed: Duration, stats: &Stats) -> String {
         json!({
             "sessions_served": tally.served,
             "closed": tally.closed,
-            "open_at_exit": tally.open.len(),
+            "open_at_exit": tally.open,
             "failed": tally.failed,
             "failed_before_session": tally.failed_early,
             "pings_received": stats.pings_received,
@@ -288,8 +287,9 @@ struct Tally {
     failed: u64,
     /// Connections that failed before they became a session (handshake, CSM).
     failed_early: u64,
-    /// The sessions established and not ended yet.
-    open: HashSet<SessionId>,
+    /// Sessions established and not ended yet (a count: the session itself says whether it
+    /// was established, so no set of ids is kept for every session).
+    open: u64,
 }
 
 /// The exit summary: `served N sessions in Ts (C closed, O open at exit): P pings received,
@@ -302,7 +302,7 @@ fn summary(tally: &Tally, elapsed: std::time::Duration, stats: &Stats) -> String
         tally.served,
         elapsed.as_secs_f64(),
         tally.closed,
-        tally.open.len(),
+        tally.open,
         stats.pings_received,
         stats.pings_sent,
         stats.pongs,
@@ -444,9 +444,10 @@ fn install_handlers(ctx: &Context, out: Out, quiet: bool, tally: Arc<Mutex<Tally
     let failures = tally.clone();
     ctx.register_nack_handler(move |session, reason| {
         let mut tally = lock(&failures);
-        let established = tally.open.remove(&session.id());
+        let established = session.was_established();
         if established {
             tally.failed += 1;
+            tally.open = tally.open.saturating_sub(1);
         } else {
             tally.failed_early += 1;
         }
@@ -480,12 +481,13 @@ fn install_handlers(ctx: &Context, out: Out, quiet: bool, tally: Arc<Mutex<Tally
             SessionEvent::Established => {
                 let mut tally = lock(&tally);
                 tally.served += 1;
-                tally.open.insert(session.id());
+                tally.open += 1;
             }
             SessionEvent::Closed => {
                 let mut tally = lock(&tally);
-                if tally.open.remove(&session.id()) {
+                if session.was_established() {
                     tally.closed += 1;
+                    tally.open = tally.open.saturating_sub(1);
                 }
             }
             _ => {}

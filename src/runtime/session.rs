@@ -202,6 +202,8 @@ pub(crate) struct Shared {
     /// Set when the session's end is published ([`Session::set_state`] with a terminal state),
     /// which may be after `state` already holds it (see `Runtime::unregister`).
     ended: AtomicBool,
+    /// Set when the session became established (see [`Session::was_established`]).
+    established: AtomicBool,
     /// What few sessions use, allocated by the first use: 16 bytes here where the fields
     /// inline took 96 (most server sessions never send a request, and nobody awaits their
     /// end).
@@ -300,6 +302,7 @@ impl Session {
                 last_rx_micros: AtomicU64::new(0),
                 commands,
                 ended: AtomicBool::new(false),
+                established: AtomicBool::new(false),
                 rare: std::sync::OnceLock::new(),
             }),
         }
@@ -648,6 +651,17 @@ impl Session {
     /// Sets the state without waking [`Session::closed`] (see `Runtime::unregister`).
     pub(crate) fn record_state(&self, state: SessionState) {
         *lock(&self.shared.state) = state;
+        if state == SessionState::Established {
+            self.shared.established.store(true, Ordering::Release);
+        }
+    }
+
+    /// Whether the session ever was established, whatever its state now: false for one that
+    /// ended before, such as a (D)TLS handshake that failed or a TCP peer whose first message
+    /// was not a CSM. An application that counts its sessions tells with it a session that
+    /// ended from a connection that never became one, without a set of its own.
+    pub fn was_established(&self) -> bool {
+        self.shared.established.load(Ordering::Acquire)
     }
 
     /// Publishes the machine's counters; `fulfilled` settles one ping counted by
