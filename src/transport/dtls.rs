@@ -4,8 +4,9 @@
 //! A server endpoint runs one driver, with one session table and deadline queue, for all its
 //! connections (`DtlsEndpointIo`): [`DtlsListener`] demultiplexes the socket and runs the
 //! handshakes, each under the context's connect timeout; a completed one becomes a session of
-//! the driver, and a connection keeps no task or buffer of ours: the driver reads a connection's
-//! decrypted records into its own buffer when the connection's waker says one is there. A handshake that fails is reported as a session that failed with
+//! the driver, and a connection keeps no task or buffer of ours: the driver reads a
+//! connection's decrypted records into its own buffer when the connection's waker says one is
+//! there. A handshake that fails is reported as a session that failed with
 //! [`NackReason::TlsFailed`], its cause in [`Session::failure_cause`]. A client runs a driver
 //! of its own over its one connection (`DtlsIo`).
 
