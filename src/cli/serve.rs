@@ -239,7 +239,7 @@ fn summary_json(tally: &Tally, elapsed: Duration, stats: &Stats) -> String {
         json!({
             "sessions_served": tally.served,
             "closed": tally.closed,
-            "open_at_exit": tally.open,
+            "open_at_exit": tally.open(),
             "failed": tally.failed,
             "failed_before_session": tally.failed_early,
             "pings_received": stats.pings_received,
@@ -287,9 +287,15 @@ struct Tally {
     failed: u64,
     /// Connections that failed before they became a session (handshake, CSM).
     failed_early: u64,
-    /// Sessions established and not ended yet (a count: the session itself says whether it
-    /// was established, so no set of ids is kept for every session).
-    open: u64,
+}
+
+impl Tally {
+    /// Sessions established and not ended yet. Each established session ends once, closed or
+    /// failed, and says itself whether it was established ([`Session::was_established`]), so
+    /// no set of ids is kept for every session.
+    fn open(&self) -> u64 {
+        self.served.saturating_sub(self.closed + self.failed)
+    }
 }
 
 /// The exit summary: `served N sessions in Ts (C closed, O open at exit): P pings received,
@@ -302,7 +308,7 @@ fn summary(tally: &Tally, elapsed: std::time::Duration, stats: &Stats) -> String
         tally.served,
         elapsed.as_secs_f64(),
         tally.closed,
-        tally.open,
+        tally.open(),
         stats.pings_received,
         stats.pings_sent,
         stats.pongs,
@@ -447,7 +453,6 @@ fn install_handlers(ctx: &Context, out: Out, quiet: bool, tally: Arc<Mutex<Tally
         let established = session.was_established();
         if established {
             tally.failed += 1;
-            tally.open = tally.open.saturating_sub(1);
         } else {
             tally.failed_early += 1;
         }
@@ -481,13 +486,11 @@ fn install_handlers(ctx: &Context, out: Out, quiet: bool, tally: Arc<Mutex<Tally
             SessionEvent::Established => {
                 let mut tally = lock(&tally);
                 tally.served += 1;
-                tally.open += 1;
             }
             SessionEvent::Closed => {
                 let mut tally = lock(&tally);
                 if session.was_established() {
                     tally.closed += 1;
-                    tally.open = tally.open.saturating_sub(1);
                 }
             }
             _ => {}
