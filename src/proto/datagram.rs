@@ -1530,7 +1530,9 @@ mod tests {
     #[cfg(target_pointer_width = "64")]
     fn an_idle_session_stays_small() {
         // Issue 15 counts the bytes of an idle UDP session: a field added here costs every one.
-        assert!(std::mem::size_of::<DatagramSession>() <= 240);
+        let size = std::mem::size_of::<DatagramSession>();
+        println!("DatagramSession {size} bytes");
+        assert!(size <= 216, "DatagramSession is {size} bytes");
     }
 
     #[test]

@@ -36,10 +36,11 @@ pub(crate) fn apply_command<P: SessionProtocol>(
         Command::PingNow { counted } => {
             core.ping_now(now);
             // Published now, with the ping `Session::ping` counted settled in the same step.
-            let stats = core.keepalive_mut().poll_counters();
-            let stats = stats.unwrap_or_else(|| core.keepalive().counters());
             let awaiting_pong = core.keepalive().is_awaiting_pong();
-            session.publish_stats(stats, awaiting_pong, counted);
+            let keepalive = core.keepalive_mut();
+            // Marks them published.
+            let _ = keepalive.poll_counters();
+            session.publish_stats(keepalive.counters(), awaiting_pong, counted);
             if !awaiting_pong {
                 // Not established (or no longer): no pong will come for `Session::ping`'s future.
                 session.settle_unsent_pings();
@@ -83,8 +84,9 @@ pub(crate) fn apply_command<P: SessionProtocol>(
 /// Publishes the session's statistics to its handle when anything changed: called by the
 /// drivers after every input, before each event's handlers run.
 pub(crate) fn publish_stats<P: SessionProtocol>(core: &mut P, session: &Session) {
+    let awaiting_pong = core.keepalive().is_awaiting_pong();
     if let Some(stats) = core.keepalive_mut().poll_counters() {
-        session.publish_stats(stats, core.keepalive().is_awaiting_pong(), false);
+        session.publish_stats(stats, awaiting_pong, false);
     }
 }
 

@@ -368,10 +368,9 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::runtime::session::{CommandSender, Role, SessionId, Transport};
+    use crate::runtime::session::{EndpointLink, Role, SessionId, Transport};
 
     fn session() -> Session {
-        let (commands, _) = tokio::sync::mpsc::unbounded_channel();
         let addr = "127.0.0.1:5683".parse().unwrap();
         Session::new(
             SessionId(1),
@@ -379,7 +378,8 @@ mod tests {
             addr,
             Transport::Udp,
             Role::Client,
-            CommandSender::Own(commands),
+            EndpointLink::unserved(addr),
+            0,
             Instant::now(),
         )
     }

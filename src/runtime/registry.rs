@@ -282,7 +282,7 @@ fn info_of(session: &Session, now: Instant, observations: usize) -> SessionInfo 
         role: session.role(),
         state: session.state(),
         idle: now.saturating_duration_since(session.last_receipt()),
-        age: now.saturating_duration_since(session.shared.created),
+        age: now.saturating_duration_since(session.created()),
         stats: session.stats(),
         observations,
     }

@@ -12,6 +12,7 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use futures_core::Stream;
+use once_cell::race::OnceBox;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::proto::error::{Error, NackReason, Result};
@@ -187,27 +188,58 @@ pub struct Session {
     pub(crate) shared: Arc<Shared>,
 }
 
+/// What a session's handle holds: one allocation per session, 136 bytes, so that a server
+/// holding a hundred thousand idle sessions spends little on them (152 with the `Arc`'s
+/// counts, one 160-byte heap chunk). What the session's endpoint has once for all of its
+/// sessions (its command channel, its address) is shared through `link`; what few sessions use
+/// is in `rare`. `a_handle_is_small` keeps the size.
 pub(crate) struct Shared {
     pub(crate) id: SessionId,
     pub(crate) peer: SocketAddr,
-    pub(crate) local: SocketAddr,
+    /// The endpoint serving the session.
+    link: Arc<EndpointLink>,
+    /// The session's place in the endpoint's table (`proto::table::Key::index`): the driver
+    /// finds the session without a map of its own, and checks the id, as a slot may hold a
+    /// later session by the time a command arrives.
+    slot: u32,
     pub(crate) transport: Transport,
     pub(crate) role: Role,
-    pub(crate) created: Instant,
-    pub(crate) state: Mutex<SessionState>,
-    pub(crate) stats: Mutex<Published>,
-    /// Microseconds after `created` of the last receipt.
-    pub(crate) last_rx_micros: AtomicU64,
-    pub(crate) commands: CommandSender,
     /// Set when the session's end is published ([`Session::set_state`] with a terminal state),
-    /// which may be after `state` already holds it (see `Runtime::unregister`).
+    /// which may be after the state already holds it (see `Runtime::unregister`).
     ended: AtomicBool,
     /// Set when the session became established (see [`Session::was_established`]).
     established: AtomicBool,
-    /// What few sessions use, allocated by the first use: 16 bytes here where the fields
-    /// inline took 96 (most server sessions never send a request, and nobody awaits their
-    /// end).
-    rare: std::sync::OnceLock<Box<Rare>>,
+    /// The creation, in microseconds after [`epoch`] (8 bytes, an `Instant`'s 16).
+    created_micros: u64,
+    /// Microseconds after the creation of the last receipt.
+    pub(crate) last_rx_micros: AtomicU64,
+    /// The state and the published statistics, under one lock: `ping` decides whether a ping
+    /// counts from both at once.
+    published: Mutex<Published>,
+    /// What few sessions use, allocated by the first use (one word here).
+    rare: OnceBox<Rare>,
+}
+
+/// What every session of an endpoint shares: where their commands go, and the endpoint's
+/// address.
+#[derive(Debug)]
+pub(crate) struct EndpointLink {
+    tx: mpsc::UnboundedSender<EndpointCommand>,
+    local: SocketAddr,
+}
+
+impl EndpointLink {
+    /// The link of an endpoint at `local` whose driver reads `tx`'s commands.
+    pub(crate) fn new(tx: mpsc::UnboundedSender<EndpointCommand>, local: SocketAddr) -> Arc<Self> {
+        Arc::new(EndpointLink { tx, local })
+    }
+
+    /// The link of a session nobody serves (one that failed before it started): its commands
+    /// go nowhere.
+    pub(crate) fn unserved(local: SocketAddr) -> Arc<Self> {
+        let (tx, _) = mpsc::unbounded_channel();
+        EndpointLink::new(tx, local)
+    }
 }
 
 /// The parts of a session's handle that few sessions use.
@@ -216,9 +248,15 @@ struct Rare {
     adaptive: Mutex<Option<crate::proto::adaptive::AdaptiveStats>>,
     /// Why a session failed before it started (a handshake's cause), when known.
     failure_cause: std::sync::OnceLock<Box<str>>,
+    /// Our address, when it is not the endpoint's (a connection accepted on a wildcard
+    /// address has its own).
+    local: std::sync::OnceLock<SocketAddr>,
     /// Wakes [`Session::closed`] when `ended` is set (a `watch` channel cost about 340 bytes
     /// of heap per session; a `Notify` 32 bytes in every handle).
     ended_notify: Notify,
+    /// The [`Ping`] futures waiting for the next pong (or for the session's end). Locked
+    /// after `Shared::published` when both are.
+    ping_waiters: Mutex<Vec<oneshot::Sender<Result<Duration>>>>,
     /// The timeout of [`Session::request`], in milliseconds.
     request_timeout_ms: AtomicU64,
     /// The id of the next request.
@@ -230,82 +268,88 @@ impl Default for Rare {
         Rare {
             adaptive: Mutex::default(),
             failure_cause: std::sync::OnceLock::new(),
+            local: std::sync::OnceLock::new(),
             ended_notify: Notify::new(),
+            ping_waiters: Mutex::default(),
             request_timeout_ms: AtomicU64::new(DEFAULT_REQUEST_TIMEOUT.as_millis() as u64),
             next_request: AtomicU64::new(1),
         }
     }
 }
 
-/// What the driver last published of its session's keepalive machine, and the pings asked for
-/// that it has not handled yet.
-#[derive(Debug, Default)]
+/// The session's state, what the driver last published of its keepalive machine, and the
+/// pings asked for that it has not handled yet.
+#[derive(Debug)]
 pub(crate) struct Published {
-    /// Packed as the machine keeps them (72 bytes, where `Stats` takes 104).
+    /// The counters, as the machine keeps them.
     stats: Counters,
+    /// The machine failed (its failure counts even while the state is not yet `Failed`).
+    failed: bool,
+    state: SessionState,
     /// A ping of ours is out (so [`Session::ping`] adds none).
     awaiting_pong: bool,
     /// `Session::ping` calls counted but not yet handled by the driver.
     requested_pings: u32,
-    /// The [`Ping`] futures waiting for the next pong (or for the session's end): boxed, as
-    /// most sessions never have one (8 bytes where the list took 24).
-    #[allow(clippy::box_collection)] // the box is the point: 8 bytes in every handle
-    ping_waiters: Option<Box<Vec<oneshot::Sender<Result<Duration>>>>>,
-}
-
-/// Where a session's commands go: its own task, or the endpoint task that serves it.
-#[derive(Clone)]
-pub(crate) enum CommandSender {
-    Own(mpsc::UnboundedSender<Command>),
-    /// The endpoint's channel, and the session's place in the endpoint's table (its key as
-    /// `proto::table::Key::to_bits`): the driver finds the session without a map of its own.
-    Endpoint {
-        tx: mpsc::UnboundedSender<EndpointCommand>,
-        slot: u64,
-    },
 }
 
 /// A command to one session of an endpoint: its table slot, its id (checked against the
 /// slot's session: a slot reused by a later session is not that session), the command.
-pub(crate) type EndpointCommand = (u64, SessionId, Command);
+pub(crate) type EndpointCommand = (u32, SessionId, Command);
 
-impl CommandSender {
-    /// Sends a command; an error when the session's task is gone (the session ended).
-    fn send(&self, id: SessionId, command: Command) -> std::result::Result<(), ()> {
-        match self {
-            CommandSender::Own(tx) => tx.send(command).map_err(|_| ()),
-            CommandSender::Endpoint { tx, slot } => tx.send((*slot, id, command)).map_err(|_| ()),
-        }
-    }
+/// The instant creation times count from: the first session's creation.
+fn epoch(now: Instant) -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(|| now)
 }
 
 impl Session {
+    /// A session of the endpoint behind `link`, in its table's slot `slot`. `local` is our
+    /// address for it, kept only when it is not the endpoint's.
+    #[allow(clippy::too_many_arguments)] // the identity of a session, each part needed
     pub(crate) fn new(
         id: SessionId,
         peer: SocketAddr,
         local: SocketAddr,
         transport: Transport,
         role: Role,
-        commands: CommandSender,
+        link: Arc<EndpointLink>,
+        slot: u32,
         now: Instant,
     ) -> Session {
-        Session {
+        // A session made with an instant before the epoch (another thread made the first
+        // session meanwhile) counts from the epoch: microseconds off at most.
+        let created_micros = now.saturating_duration_since(epoch(now)).as_micros() as u64;
+        let session = Session {
             shared: Arc::new(Shared {
                 id,
                 peer,
-                local,
+                slot,
                 transport,
                 role,
-                created: now,
-                state: Mutex::new(SessionState::Connecting),
-                stats: Mutex::new(Published::default()),
+                created_micros,
+                published: Mutex::new(Published {
+                    stats: Counters::default(),
+                    failed: false,
+                    state: SessionState::Connecting,
+                    awaiting_pong: false,
+                    requested_pings: 0,
+                }),
                 last_rx_micros: AtomicU64::new(0),
-                commands,
                 ended: AtomicBool::new(false),
                 established: AtomicBool::new(false),
-                rare: std::sync::OnceLock::new(),
+                rare: OnceBox::new(),
+                link,
             }),
+        };
+        if local != session.shared.link.local {
+            let _ = session.rare().local.set(local);
         }
+        session
+    }
+
+    /// When the session was created.
+    pub(crate) fn created(&self) -> Instant {
+        epoch(Instant::now()) + Duration::from_micros(self.shared.created_micros)
     }
 
     /// The context-unique id.
@@ -320,7 +364,11 @@ impl Session {
 
     /// Our address for this session.
     pub fn local_addr(&self) -> SocketAddr {
-        self.shared.local
+        self.shared
+            .rare
+            .get()
+            .and_then(|rare| rare.local.get().copied())
+            .unwrap_or(self.shared.link.local)
     }
 
     /// The transport.
@@ -342,7 +390,7 @@ impl Session {
 
     /// The current state.
     pub fn state(&self) -> SessionState {
-        *lock(&self.shared.state)
+        lock(&self.shared.published).state
     }
 
     /// The session's counters and RTTs, live: the driver publishes them at every transmission,
@@ -352,8 +400,8 @@ impl Session {
     /// `pings_sent` also counts the pings [`Session::ping`] asked for that the driver is about to
     /// send: a ping counts from the moment `ping()` returns, not from when the driver got to it.
     pub fn stats(&self) -> Stats {
-        let published = lock(&self.shared.stats);
-        let mut stats = published.stats.snapshot();
+        let published = lock(&self.shared.published);
+        let mut stats = published.stats.snapshot(u64::from(published.failed));
         stats.pings_sent += u64::from(published.requested_pings);
         stats
     }
@@ -379,6 +427,17 @@ impl Session {
         self.shared.rare.get_or_init(Box::default)
     }
 
+    /// Sends a command to the session's driver; an error when the driver is gone (the session
+    /// ended).
+    fn send(&self, command: Command) -> std::result::Result<(), ()> {
+        let shared = &self.shared;
+        shared
+            .link
+            .tx
+            .send((shared.slot, shared.id, command))
+            .map_err(|_| ())
+    }
+
     /// How long nothing has been received from the peer.
     pub fn idle(&self) -> Duration {
         Instant::now().saturating_duration_since(self.last_receipt())
@@ -386,8 +445,7 @@ impl Session {
 
     /// When the peer was last heard from (the session's creation before that).
     pub(crate) fn last_receipt(&self) -> Instant {
-        self.shared.created
-            + Duration::from_micros(self.shared.last_rx_micros.load(Ordering::Relaxed))
+        self.created() + Duration::from_micros(self.shared.last_rx_micros.load(Ordering::Relaxed))
     }
 
     /// Overrides the keepalive interval of this session only, in seconds (0 turns its pings
@@ -467,22 +525,18 @@ impl Session {
     /// that ends first is dropped.
     pub fn ping(&self) -> Ping {
         let (tx, rx) = oneshot::channel();
-        let mut published = lock(&self.shared.stats);
+        let rare = self.rare();
+        let mut published = lock(&self.shared.published);
         // The state is read under the statistics' lock: a session that ends records its state
         // before it drops the pings asked for (`Runtime::unregister`), so none is counted after
         // (and no waiter is left behind).
-        let state = self.state();
+        let state = published.state;
         if state.is_terminal() {
             drop(published);
             return Ping::ready(Err(self.ended_error()));
         }
         let counted = state == SessionState::Established && !published.awaiting_pong;
-        if self
-            .shared
-            .commands
-            .send(self.shared.id, Command::PingNow { counted })
-            .is_err()
-        {
+        if self.send(Command::PingNow { counted }).is_err() {
             drop(published);
             return Ping::ready(Err(self.ended_error()));
         }
@@ -493,7 +547,7 @@ impl Session {
         }
         // Futures dropped unawaited leave closed senders: shed them so a loop of `ping();`
         // holds none.
-        let waiters = published.ping_waiters.get_or_insert_with(Box::default);
+        let mut waiters = lock(&rare.ping_waiters);
         waiters.retain(|waiter| !waiter.is_closed());
         waiters.push(tx);
         Ping {
@@ -616,10 +670,7 @@ impl Session {
             timeout,
             waiter,
         };
-        self.shared
-            .commands
-            .send(self.shared.id, command)
-            .map_err(|_| self.ended_error())?;
+        self.send(command).map_err(|_| self.ended_error())?;
         Ok(id)
     }
 
@@ -633,7 +684,7 @@ impl Session {
 
     pub(crate) fn command(&self, command: Command) {
         // A command to a session that ended has nothing left to act on.
-        let _ = self.shared.commands.send(self.shared.id, command);
+        let _ = self.send(command);
     }
 
     pub(crate) fn set_state(&self, state: SessionState) {
@@ -650,7 +701,7 @@ impl Session {
 
     /// Sets the state without waking [`Session::closed`] (see `Runtime::unregister`).
     pub(crate) fn record_state(&self, state: SessionState) {
-        *lock(&self.shared.state) = state;
+        lock(&self.shared.published).state = state;
         if state == SessionState::Established {
             self.shared.established.store(true, Ordering::Release);
         }
@@ -666,9 +717,15 @@ impl Session {
 
     /// Publishes the machine's counters; `fulfilled` settles one ping counted by
     /// [`Session::ping`] (the driver has handled its command).
-    pub(crate) fn publish_stats(&self, stats: Counters, awaiting_pong: bool, fulfilled: bool) {
-        let mut published = lock(&self.shared.stats);
-        published.stats = stats;
+    pub(crate) fn publish_stats(
+        &self,
+        (stats, failed): (&Counters, bool),
+        awaiting_pong: bool,
+        fulfilled: bool,
+    ) {
+        let mut published = lock(&self.shared.published);
+        published.stats.clone_from(stats);
+        published.failed = failed;
         if fulfilled {
             published.requested_pings = published.requested_pings.saturating_sub(1);
         }
@@ -680,13 +737,16 @@ impl Session {
 
     /// The session ended: pings asked for and never handled were never sent.
     pub(crate) fn drop_requested_pings(&self) {
-        lock(&self.shared.stats).requested_pings = 0;
+        lock(&self.shared.published).requested_pings = 0;
     }
 
     /// Resolves every waiting [`Ping`] with `outcome()`.
     pub(crate) fn settle_pings(&self, outcome: impl Fn() -> Result<Duration>) {
-        let waiters = lock(&self.shared.stats).ping_waiters.take();
-        for waiter in waiters.into_iter().flat_map(|waiters| *waiters) {
+        let Some(rare) = self.shared.rare.get() else {
+            return;
+        };
+        let waiters = std::mem::take(&mut *lock(&rare.ping_waiters));
+        for waiter in waiters {
             let _ = waiter.send(outcome());
         }
     }
@@ -695,14 +755,17 @@ impl Session {
     /// wait for that one's pong) or is failing (they get its reason). The driver published the
     /// machine's state after the timeout, before this event, so both are known here.
     pub(crate) fn settle_unanswered_pings(&self, count: u32) {
+        let Some(rare) = self.shared.rare.get() else {
+            return;
+        };
         let waiters = {
-            let mut published = lock(&self.shared.stats);
-            if published.awaiting_pong || published.stats.failed() {
+            let published = lock(&self.shared.published);
+            if published.awaiting_pong || published.failed {
                 return;
             }
-            published.ping_waiters.take()
+            std::mem::take(&mut *lock(&rare.ping_waiters))
         };
-        for waiter in waiters.into_iter().flat_map(|waiters| *waiters) {
+        for waiter in waiters {
             let _ = waiter.send(Err(Error::Timeout(format!(
                 "ping unanswered ({count} in a row)"
             ))));
@@ -721,9 +784,7 @@ impl Session {
     }
 
     pub(crate) fn note_receipt(&self, now: Instant) {
-        let micros = now
-            .saturating_duration_since(self.shared.created)
-            .as_micros() as u64;
+        let micros = now.saturating_duration_since(self.created()).as_micros() as u64;
         self.shared.last_rx_micros.store(micros, Ordering::Relaxed);
     }
 }
@@ -767,9 +828,7 @@ impl Observation {
         };
         self.id = 0;
         self.session
-            .shared
-            .commands
-            .send(self.session.shared.id, command)
+            .send(command)
             .map_err(|_| self.session.ended_error())?;
         rx.await.unwrap_or(Err(Error::Closed))
     }
@@ -887,6 +946,6 @@ mod tests {
             "Shared {shared} bytes (Rare {})",
             std::mem::size_of::<Rare>()
         );
-        assert!(shared <= 240, "Shared is {shared} bytes");
+        assert!(shared <= 136, "Shared is {shared} bytes");
     }
 }

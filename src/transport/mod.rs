@@ -23,9 +23,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::proto::error::NackReason;
-use crate::proto::keepalive::{Counters, Stats};
+use crate::proto::keepalive::Counters;
 use crate::runtime::dispatch::session_failed;
-use crate::runtime::session::{CommandSender, Role, Session, Transport};
+use crate::runtime::session::{EndpointLink, Role, Session, Transport};
 use crate::runtime::Runtime;
 
 /// A listening endpoint of a context.
@@ -51,25 +51,21 @@ pub(crate) fn report_failed_start(
 ) -> Session {
     let now = Instant::now();
     // Nobody serves its commands: the session is over before anyone could send one.
-    let (commands, _) = tokio::sync::mpsc::unbounded_channel();
     let session = Session::new(
         rt.next_session_id(),
         peer,
         local,
         transport,
         role,
-        CommandSender::Own(commands),
+        EndpointLink::unserved(local),
+        0,
         now,
     );
     if let Some(cause) = cause {
         session.set_failure_cause(cause);
     }
     rt.register(&session);
-    let stats = Stats {
-        failures: 1,
-        ..Stats::default()
-    };
-    session.publish_stats(Counters::pack(&stats), false, false);
+    session.publish_stats((&Counters::default(), true), false, false);
     // As the dispatch ends every failed session; nothing of it is waiting.
     session_failed(rt, &session, reason);
     session

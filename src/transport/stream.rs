@@ -33,8 +33,7 @@ use crate::proto::stream::StreamSession;
 use crate::proto::table::{Key, SessionTable, Timed};
 use crate::runtime::dispatch::{apply_command, publish_stats, react};
 use crate::runtime::session::{
-    lock, Command, CommandSender, EndpointCommand, Role, Session, SessionId, SessionState,
-    Transport,
+    lock, Command, EndpointCommand, EndpointLink, Role, Session, SessionId, SessionState, Transport,
 };
 use crate::runtime::waiters::Waiters;
 use crate::runtime::Runtime;
@@ -371,7 +370,7 @@ fn write_some<S: AsyncWrite + Unpin>(
 enum Wakeup<S> {
     Ready,
     Timers,
-    Command(u64, SessionId, Command),
+    Command(u32, SessionId, Command),
     Accepted(Accepted<S>),
     Shutdown,
 }
@@ -382,7 +381,8 @@ pub(crate) struct StreamDriver<S> {
     transport: Transport,
     table: SessionTable<Conn<S>>,
     ready: Arc<ReadyQueue>,
-    commands_tx: mpsc::UnboundedSender<EndpointCommand>,
+    /// What the driver's sessions share: its command channel and the listener's address.
+    link: Arc<EndpointLink>,
     commands: mpsc::UnboundedReceiver<EndpointCommand>,
     shutdown: watch::Receiver<bool>,
     /// Set once shutdown began: sessions with requests of ours in flight may finish until then.
@@ -395,15 +395,16 @@ impl<S> StreamDriver<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    /// A driver with no connection yet.
-    pub(crate) fn new(rt: &Arc<Runtime>, transport: Transport) -> Self {
+    /// A driver with no connection yet, for a listener at `local` (or a client's connection
+    /// from there).
+    pub(crate) fn new(rt: &Arc<Runtime>, transport: Transport, local: SocketAddr) -> Self {
         let (commands_tx, commands) = mpsc::unbounded_channel();
         StreamDriver {
             rt: Arc::clone(rt),
             transport,
             table: SessionTable::new(),
             ready: Arc::new(ReadyQueue::default()),
-            commands_tx,
+            link: EndpointLink::new(commands_tx, local),
             commands,
             shutdown: rt.shutdown_signal(),
             draining: None,
@@ -430,10 +431,8 @@ where
             local,
             self.transport,
             role,
-            CommandSender::Endpoint {
-                tx: self.commands_tx.clone(),
-                slot: slot.to_bits(),
-            },
+            Arc::clone(&self.link),
+            slot.index(),
             now,
         );
         // Registered before the configuration is read: a context-wide keepalive change made
@@ -631,8 +630,11 @@ where
         }
     }
 
-    fn on_command(&mut self, buf: &mut [u8], slot: u64, id: SessionId, command: Command) {
-        let key = Key::from_bits(slot);
+    fn on_command(&mut self, buf: &mut [u8], slot: u32, id: SessionId, command: Command) {
+        let Some(key) = self.table.key_at(slot) else {
+            // The session ended: nothing left to act on.
+            return;
+        };
         if self
             .table
             .get(key)

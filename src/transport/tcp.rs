@@ -56,7 +56,7 @@ pub(crate) async fn listen(rt: &Arc<Runtime>, addr: SocketAddr) -> Result<Endpoi
         local_addr,
         limit: SessionLimit::new(rt),
     };
-    let driver = StreamDriver::<TcpStream>::new(rt, Transport::Tcp);
+    let driver = StreamDriver::<TcpStream>::new(rt, Transport::Tcp, local_addr);
     rt.spawn(driver.run(Some(incoming)));
     tracing::info!(%local_addr, "listening on tcp");
     Ok(Endpoint {
@@ -111,7 +111,7 @@ pub(crate) async fn connect(rt: &Arc<Runtime>, peer: SocketAddr) -> Result<Sessi
         .map_err(|_| Error::Timeout(format!("TCP connect to {peer}")))??;
     configure(rt, &stream);
     let local = stream.local_addr()?;
-    let mut driver = StreamDriver::new(rt, Transport::Tcp);
+    let mut driver = StreamDriver::new(rt, Transport::Tcp, local);
     let session = driver.add(stream, peer, local, Role::Client, None);
     rt.spawn(driver.run_client());
     wait_established(&session, timeout).await?;

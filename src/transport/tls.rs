@@ -47,7 +47,7 @@ pub(crate) async fn listen(
         handshaken,
         established,
     };
-    let driver = StreamDriver::<ServerTls>::new(rt, Transport::Tls);
+    let driver = StreamDriver::<ServerTls>::new(rt, Transport::Tls, local_addr);
     rt.spawn(driver.run(Some(incoming)));
     tracing::info!(%local_addr, "listening on tls");
     Ok(Endpoint {
@@ -213,7 +213,7 @@ pub(crate) async fn connect(
 
     let stream = FirstError::new(tls);
     let first_error = stream.error.clone();
-    let mut driver = StreamDriver::new(rt, Transport::Tls);
+    let mut driver = StreamDriver::new(rt, Transport::Tls, local);
     let session = driver.add(stream, peer, local, Role::Client, None);
     rt.spawn(driver.run_client());
     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());

@@ -20,7 +20,7 @@ use crate::proto::ProtocolEvent;
 use crate::runtime::dispatch::{apply_command, publish_stats, react};
 use crate::runtime::metrics::AtLimit;
 use crate::runtime::session::{
-    Command, CommandSender, EndpointCommand, Role, Session, SessionId, SessionState, Transport,
+    Command, EndpointCommand, EndpointLink, Role, Session, SessionId, SessionState, Transport,
 };
 use crate::runtime::waiters::Waiters;
 use crate::runtime::Runtime;
@@ -174,9 +174,10 @@ pub(crate) struct DatagramDriver<IO> {
     local: SocketAddr,
     accept: bool,
     table: SessionTable<Peer>,
+    /// What the endpoint's sessions share: its command channel and address.
+    link: Arc<EndpointLink>,
     /// Server sessions in creation order, the candidates for eviction from a full table.
     unproven: std::collections::VecDeque<Key>,
-    commands_tx: mpsc::UnboundedSender<EndpointCommand>,
     commands: mpsc::UnboundedReceiver<EndpointCommand>,
     shutdown: watch::Receiver<bool>,
 }
@@ -197,8 +198,8 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
             local,
             accept,
             table: SessionTable::new(),
+            link: EndpointLink::new(commands_tx, local),
             unproven: std::collections::VecDeque::new(),
-            commands_tx,
             commands,
             shutdown: rt.shutdown_signal(),
         }
@@ -214,10 +215,8 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
             self.local,
             self.transport,
             role,
-            CommandSender::Endpoint {
-                tx: self.commands_tx.clone(),
-                slot: slot.to_bits(),
-            },
+            Arc::clone(&self.link),
+            slot.index(),
             now,
         );
         handle.set_state(SessionState::Established);
@@ -441,9 +440,11 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
         }
     }
 
-    async fn on_command(&mut self, slot: u64, id: SessionId, command: Command) {
-        let key = Key::from_bits(slot);
-        // A slot whose session ended (its generation moved on) holds none, or a later one.
+    async fn on_command(&mut self, slot: u32, id: SessionId, command: Command) {
+        // A slot whose session ended holds none, or a later one.
+        let Some(key) = self.table.key_at(slot) else {
+            return;
+        };
         if self.table.get(key).is_none_or(|p| p.handle.id() != id) {
             return;
         }

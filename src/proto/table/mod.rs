@@ -51,6 +51,12 @@ impl Key {
             generation: bits as u32,
         }
     }
+
+    /// The slot's number, without its generation: for a handle that knows its session by
+    /// another means (an id) and finds the live key with [`SessionTable::key_at`].
+    pub fn index(self) -> u32 {
+        self.index
+    }
 }
 
 /// A deadline that is not set (`Timing::scheduled`, `Timing::due`).
@@ -310,6 +316,16 @@ impl<S: Timed> SessionTable<S> {
     /// The session behind `key`, mutably. Call [`SessionTable::reschedule`] after changing it.
     pub fn get_mut(&mut self, key: Key) -> Option<&mut S> {
         self.entry_mut(key).map(|e| &mut e.session)
+    }
+
+    /// The key of the entry in slot `index`, if one is there.
+    pub fn key_at(&self, index: u32) -> Option<Key> {
+        let timing = self.slots.timing(index as usize)?;
+        self.slots.get(index as usize)?;
+        Some(Key {
+            index,
+            generation: timing.generation,
+        })
     }
 
     /// The peer of `key`.
