@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use coap_keepalive::proto::datagram::DatagramSession;
 use coap_keepalive::proto::rng::Rng;
-use coap_keepalive::proto::table::SessionTable;
+use coap_keepalive::proto::table::{Addressed, SessionTable, Timed};
 use coap_keepalive::KeepaliveConfig;
 
 /// The system allocator, counting live bytes and allocations.
@@ -98,8 +98,27 @@ fn peer(index: usize) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::from(0x0a00_0000 + host), port))
 }
 
+/// A session and its peer's address, as a driver's table entry holds them (the driver's keeps
+/// the address in the session's handle).
+struct Entry {
+    peer: SocketAddr,
+    session: DatagramSession,
+}
+
+impl Timed for Entry {
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.session.poll_timeout()
+    }
+}
+
+impl Addressed for Entry {
+    fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+}
+
 /// Runs every due session until `until` (virtual); returns the keepalive events handled.
-fn drive(table: &mut SessionTable<DatagramSession>, until: Instant) -> u64 {
+fn drive(table: &mut SessionTable<Entry>, until: Instant) -> u64 {
     let mut events = 0;
     let mut answers = Vec::new();
     while let Some(now) = table.next_deadline() {
@@ -107,7 +126,7 @@ fn drive(table: &mut SessionTable<DatagramSession>, until: Instant) -> u64 {
             break;
         }
         while let Some(key) = table.pop_due(now) {
-            let Some(session) = table.get_mut(key) else {
+            let Some(Entry { session, .. }) = table.get_mut(key) else {
                 continue;
             };
             session.handle_timeout(now);
@@ -130,7 +149,7 @@ fn drive(table: &mut SessionTable<DatagramSession>, until: Instant) -> u64 {
             let Some(key) = table.key_of(&peer) else {
                 continue;
             };
-            if let Some(session) = table.get_mut(key) {
+            if let Some(Entry { session, .. }) = table.get_mut(key) {
                 session.handle_datagram(at, &rst);
                 while let Some(event) = session.poll_event() {
                     black_box(event);
@@ -164,10 +183,10 @@ fn run(sessions: usize, min_events: u64) -> Row {
     for index in 0..sessions {
         // Sessions arrive over one interval, as clients of a server do.
         let created = t0 + INTERVAL.mul_f64(index as f64 / sessions as f64);
-        table.insert(
-            peer(index),
-            DatagramSession::new(Arc::clone(&config), rng.fork(), created),
-        );
+        table.insert(Entry {
+            peer: peer(index),
+            session: DatagramSession::new(Arc::clone(&config), rng.fork(), created),
+        });
     }
     let bytes_fresh = (live_bytes() - base) as f64 / sessions as f64;
 

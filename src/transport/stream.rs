@@ -30,7 +30,7 @@ use tokio::task::coop;
 
 use crate::proto::error::{Error, NackReason};
 use crate::proto::stream::StreamSession;
-use crate::proto::table::{Key, SessionTable, Timed};
+use crate::proto::table::{Addressed, Key, SessionTable, Timed};
 use crate::runtime::dispatch::{apply_command, publish_stats, react};
 use crate::runtime::session::{
     lock, Command, EndpointCommand, EndpointLink, Role, Session, SessionId, SessionState, Transport,
@@ -158,6 +158,12 @@ struct Conn<S> {
     /// The session is over: its last bytes and the shutdown of its stream may take until then.
     closing: Option<Instant>,
     _place: Option<Admitted>,
+}
+
+impl<S> Addressed for Conn<S> {
+    fn peer(&self) -> SocketAddr {
+        self.handle.peer()
+    }
 }
 
 impl<S> Timed for Conn<S> {
@@ -459,7 +465,7 @@ where
             closing: None,
             _place: place,
         };
-        let key = self.table.insert(peer, conn);
+        let key = self.table.insert(conn);
         debug_assert_eq!(key, slot, "the handle carries the connection's key");
         let wake = Arc::new(ConnWaker {
             key,

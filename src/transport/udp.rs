@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::proto::datagram::{DatagramSession, Stranger};
 use crate::proto::error::{NackReason, Result};
-use crate::proto::table::{Key, SessionTable, Timed};
+use crate::proto::table::{Addressed, Key, SessionTable, Timed};
 use crate::proto::ProtocolEvent;
 use crate::runtime::dispatch::{apply_command, publish_stats, react};
 use crate::runtime::metrics::AtLimit;
@@ -166,6 +166,12 @@ impl Timed for Peer {
     }
 }
 
+impl Addressed for Peer {
+    fn peer(&self) -> SocketAddr {
+        self.handle.peer()
+    }
+}
+
 /// The task serving every session of one datagram socket.
 pub(crate) struct DatagramDriver<IO> {
     rt: Arc<Runtime>,
@@ -228,14 +234,11 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
         if role == Role::Server {
             core.set_idle_timeout(Some(self.rt.settings.idle_timeout));
         }
-        let key = self.table.insert(
-            peer,
-            Peer {
-                core,
-                handle: handle.clone(),
-                waiters: Waiters::default(),
-            },
-        );
+        let key = self.table.insert(Peer {
+            core,
+            handle: handle.clone(),
+            waiters: Waiters::default(),
+        });
         debug_assert_eq!(key, slot, "the handle carries the session's key");
         if role == Role::Server {
             self.unproven.push_back(key);

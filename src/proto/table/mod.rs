@@ -25,6 +25,13 @@ pub trait Timed {
     fn poll_timeout(&self) -> Option<Instant>;
 }
 
+/// Something with a peer's address: a table entry, which the table finds by that address and
+/// keeps no copy of (the driver's entries already hold it, in the session's handle).
+pub trait Addressed {
+    /// The peer's address; it never changes while the entry is in a table.
+    fn peer(&self) -> SocketAddr;
+}
+
 impl Timed for crate::proto::datagram::DatagramSession {
     fn poll_timeout(&self) -> Option<Instant> {
         crate::proto::datagram::DatagramSession::poll_timeout(self)
@@ -61,12 +68,6 @@ impl Key {
 
 /// A deadline that is not set (`Timing::scheduled`, `Timing::due`).
 const NEVER: u64 = u64::MAX;
-
-#[derive(Debug)]
-struct Entry<S> {
-    peer: SocketAddr,
-    session: S,
-}
 
 /// Slots in chunks of at most [`CHUNK`]: only the last chunk grows (by doubling, from a few
 /// slots, as a table of one DTLS or client session needs), so the table never holds more than
@@ -179,7 +180,7 @@ struct Timing {
 /// Sessions by peer, with one deadline queue.
 #[derive(Debug)]
 pub struct SessionTable<S> {
-    slots: Chunks<Entry<S>>,
+    slots: Chunks<S>,
     free: Vec<u32>,
     /// Slot numbers by their entry's peer.
     by_peer: PeerIndex,
@@ -206,7 +207,7 @@ impl<S> Default for SessionTable<S> {
 /// How far before the first deadline the epoch lies, so that earlier deadlines still order.
 const EPOCH_MARGIN: Duration = Duration::from_secs(24 * 3600);
 
-impl<S: Timed> SessionTable<S> {
+impl<S: Timed + Addressed> SessionTable<S> {
     /// An empty table.
     pub fn new() -> Self {
         Self::default()
@@ -228,7 +229,7 @@ impl<S: Timed> SessionTable<S> {
         let index = self.by_peer.find(peer, |index| {
             slots
                 .get(index as usize)
-                .is_some_and(|entry| entry.peer == *peer)
+                .is_some_and(|entry| entry.peer() == *peer)
         })?;
         Some(Key {
             index,
@@ -254,10 +255,11 @@ impl<S: Timed> SessionTable<S> {
         }
     }
 
-    /// Adds a session for `peer` (replacing none: the caller checks `key_of` first) and
+    /// Adds a session (replacing none with its peer: the caller checks `key_of` first) and
     /// schedules its first deadline.
-    pub fn insert(&mut self, peer: SocketAddr, session: S) -> Key {
-        let entry = Some(Entry { peer, session });
+    pub fn insert(&mut self, session: S) -> Key {
+        let peer = session.peer();
+        let entry = Some(session);
         let key = match self.free.pop() {
             Some(index) => {
                 self.slots.set(index as usize, entry);
@@ -292,7 +294,7 @@ impl<S: Timed> SessionTable<S> {
             .filter(|t| t.generation == key.generation)
     }
 
-    fn entry(&self, key: Key) -> Option<&Entry<S>> {
+    fn entry(&self, key: Key) -> Option<&S> {
         let timing = self.slots.timing(key.index as usize)?;
         if timing.generation != key.generation {
             return None;
@@ -300,7 +302,7 @@ impl<S: Timed> SessionTable<S> {
         self.slots.get(key.index as usize)
     }
 
-    fn entry_mut(&mut self, key: Key) -> Option<&mut Entry<S>> {
+    fn entry_mut(&mut self, key: Key) -> Option<&mut S> {
         let timing = self.slots.timing(key.index as usize)?;
         if timing.generation != key.generation {
             return None;
@@ -310,12 +312,12 @@ impl<S: Timed> SessionTable<S> {
 
     /// The session behind `key`.
     pub fn get(&self, key: Key) -> Option<&S> {
-        self.entry(key).map(|e| &e.session)
+        self.entry(key)
     }
 
     /// The session behind `key`, mutably. Call [`SessionTable::reschedule`] after changing it.
     pub fn get_mut(&mut self, key: Key) -> Option<&mut S> {
-        self.entry_mut(key).map(|e| &mut e.session)
+        self.entry_mut(key)
     }
 
     /// The key of the entry in slot `index`, if one is there.
@@ -330,7 +332,7 @@ impl<S: Timed> SessionTable<S> {
 
     /// The peer of `key`.
     pub fn peer(&self, key: Key) -> Option<SocketAddr> {
-        self.entry(key).map(|e| e.peer)
+        self.entry(key).map(Addressed::peer)
     }
 
     /// Removes a session; its heap item goes stale and is dropped when it surfaces.
@@ -343,8 +345,8 @@ impl<S: Timed> SessionTable<S> {
         timing.scheduled = NEVER;
         timing.due = NEVER;
         self.free.push(key.index);
-        self.by_peer.remove(&entry.peer, key.index);
-        Some(entry.session)
+        self.by_peer.remove(&entry.peer(), key.index);
+        Some(entry)
     }
 
     /// Notes the session's deadline and makes sure it is in the queue no later than it is due.
@@ -353,7 +355,7 @@ impl<S: Timed> SessionTable<S> {
         let Some(entry) = self.entry(key) else {
             return;
         };
-        let due = entry.session.poll_timeout();
+        let due = entry.poll_timeout();
         let due = due.map_or(NEVER, |due| self.ticks(due));
         let Some(timing) = self.slots.timing_mut(key.index as usize) else {
             return;
@@ -801,9 +803,15 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    struct Fake(Option<Instant>);
+    /// A session of a peer, due at an instant.
+    struct Fake(SocketAddr, Option<Instant>);
     impl Timed for Fake {
         fn poll_timeout(&self) -> Option<Instant> {
+            self.1
+        }
+    }
+    impl Addressed for Fake {
+        fn peer(&self) -> SocketAddr {
             self.0
         }
     }
@@ -818,13 +826,13 @@ mod tests {
         // chunk of a thousand slots (it did, and a thousand DTLS sessions took 460 MB).
         let t0 = Instant::now();
         let mut table = SessionTable::new();
-        table.insert(addr(1), Fake(Some(t0)));
+        table.insert(Fake(addr(1), Some(t0)));
         let capacity = |table: &SessionTable<Fake>| -> usize {
             table.slots.chunks.iter().map(Vec::capacity).sum()
         };
         assert!(capacity(&table) <= 4, "{}", capacity(&table));
         for port in 2..=2500 {
-            table.insert(addr(port), Fake(Some(t0)));
+            table.insert(Fake(addr(port), Some(t0)));
         }
         assert_eq!(table.slots.chunks.len(), 3);
         assert!(capacity(&table) <= 2 * CHUNK + 512, "{}", capacity(&table));
@@ -840,13 +848,13 @@ mod tests {
         let mut table = SessionTable::new();
         for port in 1..=3 {
             let next = table.next_key();
-            assert_eq!(table.insert(addr(port), Fake(Some(t0))), next);
+            assert_eq!(table.insert(Fake(addr(port), Some(t0))), next);
         }
         let old = table.key_of(&addr(2)).unwrap();
         table.remove(old);
         let next = table.next_key();
         assert_ne!(next, old, "a reused slot is a new key");
-        assert_eq!(table.insert(addr(4), Fake(Some(t0))), next);
+        assert_eq!(table.insert(Fake(addr(4), Some(t0))), next);
         // A handle's stale key (as bits) finds nothing, the new one its session.
         assert!(table.get(Key::from_bits(old.to_bits())).is_none());
         assert_eq!(table.peer(Key::from_bits(next.to_bits())), Some(addr(4)));
@@ -856,9 +864,9 @@ mod tests {
     fn deadlines_pop_in_order_and_removed_sessions_never_fire() {
         let t0 = Instant::now();
         let mut table = SessionTable::new();
-        let a = table.insert(addr(1), Fake(Some(t0 + Duration::from_secs(3))));
-        let b = table.insert(addr(2), Fake(Some(t0 + Duration::from_secs(1))));
-        let c = table.insert(addr(3), Fake(Some(t0 + Duration::from_secs(2))));
+        let a = table.insert(Fake(addr(1), Some(t0 + Duration::from_secs(3))));
+        let b = table.insert(Fake(addr(2), Some(t0 + Duration::from_secs(1))));
+        let c = table.insert(Fake(addr(3), Some(t0 + Duration::from_secs(2))));
         table.remove(c);
         assert_eq!(table.next_deadline(), Some(t0 + Duration::from_secs(1)));
         let now = t0 + Duration::from_secs(5);
@@ -872,15 +880,15 @@ mod tests {
     fn later_deadline_is_armed_lazily_earlier_one_at_once() {
         let t0 = Instant::now();
         let mut table = SessionTable::new();
-        let a = table.insert(addr(1), Fake(Some(t0 + Duration::from_secs(5))));
-        table.get_mut(a).unwrap().0 = Some(t0 + Duration::from_secs(9));
+        let a = table.insert(Fake(addr(1), Some(t0 + Duration::from_secs(5))));
+        table.get_mut(a).unwrap().1 = Some(t0 + Duration::from_secs(9));
         table.reschedule(a);
         assert_eq!(
             table.queued_deadlines(),
             1,
             "no heap push for a later deadline"
         );
-        table.get_mut(a).unwrap().0 = Some(t0 + Duration::from_secs(2));
+        table.get_mut(a).unwrap().1 = Some(t0 + Duration::from_secs(2));
         table.reschedule(a);
         assert_eq!(table.next_deadline(), Some(t0 + Duration::from_secs(2)));
     }
@@ -888,9 +896,9 @@ mod tests {
     #[test]
     fn stale_keys_do_not_reach_new_occupants() {
         let mut table = SessionTable::new();
-        let a = table.insert(addr(1), Fake(None));
+        let a = table.insert(Fake(addr(1), None));
         table.remove(a);
-        let b = table.insert(addr(2), Fake(None));
+        let b = table.insert(Fake(addr(2), None));
         assert!(table.get(a).is_none());
         assert!(table.get(b).is_some());
         assert_eq!(table.key_of(&addr(2)), Some(b));
@@ -900,9 +908,9 @@ mod tests {
     fn a_deadline_that_moved_later_does_not_wake_the_session() {
         let t0 = Instant::now();
         let mut table = SessionTable::new();
-        let a = table.insert(addr(1), Fake(Some(t0 + Duration::from_secs(2))));
+        let a = table.insert(Fake(addr(1), Some(t0 + Duration::from_secs(2))));
         // The ping was answered: the session now wants waking at 30 s, armed lazily.
-        table.get_mut(a).unwrap().0 = Some(t0 + Duration::from_secs(30));
+        table.get_mut(a).unwrap().1 = Some(t0 + Duration::from_secs(30));
         table.reschedule(a);
         assert_eq!(table.next_deadline(), Some(t0 + Duration::from_secs(2)));
         assert_eq!(table.pop_due(t0 + Duration::from_secs(3)), None);
@@ -918,16 +926,16 @@ mod tests {
         let mut expected = Vec::new();
         for port in 1..=2_000u16 {
             let at = t0 + Duration::from_micros(rng.next_u64() % 1_000_000);
-            let key = table.insert(addr(port), Fake(Some(at)));
+            let key = table.insert(Fake(addr(port), Some(at)));
             expected.push((at, key));
         }
         expected.sort();
         let mut popped = Vec::new();
         while let Some(at) = table.next_deadline() {
             let key = table.pop_due(at).unwrap();
-            assert_eq!(table.get(key).unwrap().0, Some(at), "exact instant back");
+            assert_eq!(table.get(key).unwrap().1, Some(at), "exact instant back");
             popped.push((at, key));
-            table.get_mut(key).unwrap().0 = None;
+            table.get_mut(key).unwrap().1 = None;
         }
         assert_eq!(popped, expected);
     }
@@ -937,8 +945,8 @@ mod tests {
         let mut table = SessionTable::new();
         let a: SocketAddr = "[::1]:7000".parse().unwrap();
         let b: SocketAddr = "[::1]:7001".parse().unwrap();
-        let ka = table.insert(a, Fake(None));
-        let kb = table.insert(b, Fake(None));
+        let ka = table.insert(Fake(a, None));
+        let kb = table.insert(Fake(b, None));
         assert_eq!(table.key_of(&a), Some(ka));
         assert_eq!(table.key_of(&b), Some(kb));
         assert_eq!(table.key_of(&addr(7000)), None);
@@ -1024,7 +1032,7 @@ mod tests {
         for i in 0..3_000u32 {
             let peer = SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 9));
             let at = rng.next_u64() % 150_000_000_000;
-            let key = table.insert(peer, Fake(Some(secs(at))));
+            let key = table.insert(Fake(peer, Some(secs(at))));
             model.insert(key, at);
             keys.push(key);
         }
@@ -1041,10 +1049,10 @@ mod tests {
             // The session ran its timers: its next deadline is later, or none.
             let ahead = rng.next_u64() % 100_000_000_000;
             if ahead.is_multiple_of(7) {
-                table.get_mut(want_key).unwrap().0 = None;
+                table.get_mut(want_key).unwrap().1 = None;
                 model.remove(&want_key);
             } else {
-                table.get_mut(want_key).unwrap().0 = Some(secs(want_at + ahead));
+                table.get_mut(want_key).unwrap().1 = Some(secs(want_at + ahead));
                 model.insert(want_key, want_at + ahead);
             }
             table.reschedule(want_key);
@@ -1057,7 +1065,7 @@ mod tests {
                 }
                 (1..=3, Some(at)) if at > want_at => {
                     let earlier = want_at + (at - want_at) / 2;
-                    table.get_mut(other).unwrap().0 = Some(secs(earlier));
+                    table.get_mut(other).unwrap().1 = Some(secs(earlier));
                     table.reschedule(other);
                     model.insert(other, earlier);
                 }

@@ -3,8 +3,8 @@
 //! An open-addressing hash table with linear probing whose buckets are one `u64` each: 32 bits of
 //! the peer's hash and the slot number. A lookup in a table of a million sessions therefore costs
 //! one cache miss (a bucket holds everything the probe compares), where a general-purpose map
-//! costs two (its control bytes and its buckets live apart); the address itself is compared in
-//! the slot, which the caller reads next anyway. At most half the buckets are used, so a probe
+//! costs two (its control bytes and its buckets live apart); the address itself is compared with
+//! the entry's ([`Addressed`](super::Addressed)), which the caller reads next anyway. At most half the buckets are used, so a probe
 //! run is short, and removal shifts the run back instead of leaving tombstones. The hash is the
 //! standard library's keyed one, so peers cannot choose addresses that collide.
 
