@@ -1,6 +1,6 @@
 //! The live sessions of a context, and the counters of those that ended.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -65,10 +65,35 @@ struct Ended {
     at: Instant,
 }
 
+/// A session as the registry's set holds it: found by its id (a set of handles costs one word
+/// per session, a map from id to handle two).
+struct ById(Session);
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id() == other.0.id()
+    }
+}
+
+impl Eq for ById {}
+
+impl std::hash::Hash for ById {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As the id hashes: `Borrow` requires it.
+        self.0.id().hash(state);
+    }
+}
+
+impl std::borrow::Borrow<SessionId> for ById {
+    fn borrow(&self) -> &SessionId {
+        &self.0.shared.id
+    }
+}
+
 /// Every live session of a context by id, and the totals of those that ended.
 #[derive(Default)]
 pub(crate) struct Registry {
-    sessions: Mutex<HashMap<SessionId, Session>>,
+    sessions: Mutex<HashSet<ById>>,
     /// The counters of the sessions that ended, per transport (see `TRANSPORTS`).
     ended: Mutex<[Stats; 4]>,
     /// The most recent ended sessions, newest last.
@@ -85,10 +110,7 @@ pub(crate) struct Registry {
 impl Registry {
     /// Adds a new session.
     pub(crate) fn insert(&self, session: &Session) {
-        if lock(&self.sessions)
-            .insert(session.id(), session.clone())
-            .is_none()
-        {
+        if lock(&self.sessions).insert(ById(session.clone())) {
             self.opened[index(session.transport())].fetch_add(1, Ordering::AcqRel);
         }
     }
@@ -97,7 +119,7 @@ impl Registry {
     /// (or no longer) in.
     pub(crate) fn remove(&self, session: &Session, state: SessionState) -> bool {
         let mut sessions = lock(&self.sessions);
-        if sessions.remove(&session.id()).is_none() {
+        if !sessions.remove(&session.id()) {
             return false;
         }
         // Recorded before the pings asked for are dropped, so that `Session::ping` counts
@@ -136,7 +158,7 @@ impl Registry {
 
     /// Calls `f` for every live session, under the table's lock.
     pub(crate) fn for_each(&self, f: impl FnMut(&Session)) {
-        lock(&self.sessions).values().for_each(f);
+        lock(&self.sessions).iter().map(|s| &s.0).for_each(f);
     }
 
     /// How many sessions are live.
@@ -146,7 +168,7 @@ impl Registry {
 
     /// The live sessions, ordered by id.
     pub(crate) fn sessions(&self) -> Vec<Session> {
-        let mut sessions: Vec<Session> = lock(&self.sessions).values().cloned().collect();
+        let mut sessions: Vec<Session> = lock(&self.sessions).iter().map(|s| s.0.clone()).collect();
         sessions.sort_by_key(Session::id);
         sessions
     }
@@ -173,7 +195,7 @@ impl Registry {
         // from the one to the other under it, so none is missed or counted twice.
         let sessions = lock(&self.sessions);
         let mut totals = *lock(&self.ended);
-        for session in sessions.values() {
+        for ById(session) in sessions.iter() {
             totals[index(session.transport())].accumulate(&session.stats());
         }
         totals
@@ -224,8 +246,8 @@ impl Registry {
     pub(crate) fn listing(&self, observations: &HashMap<SessionId, usize>) -> Vec<SessionInfo> {
         let now = Instant::now();
         let mut live: Vec<SessionInfo> = lock(&self.sessions)
-            .values()
-            .map(|s| info_of(s, now, observations.get(&s.id()).copied().unwrap_or(0)))
+            .iter()
+            .map(|ById(s)| info_of(s, now, observations.get(&s.id()).copied().unwrap_or(0)))
             .collect();
         live.sort_by_key(|info| info.id);
         let recent = lock(&self.recent);
