@@ -625,3 +625,41 @@ async fn tcp_client_closing_its_socket_ends_the_session_normally() {
     })
     .await
 }
+
+// ---- our address on a wildcard listener ----
+
+/// A TCP listener on a wildcard address: each connection's session reports the address the
+/// connection arrived at, not the listener's, and sessions at two addresses keep theirs.
+#[tokio::test]
+async fn a_wildcard_listener_reports_each_connections_own_address() {
+    bounded(TEST_LIMIT, async {
+        let server = Context::new();
+        let endpoint = server
+            .listen_tcp(SocketAddr::from(([0, 0, 0, 0], 0)))
+            .await
+            .expect("listen");
+        let port = endpoint.local_addr.port();
+        assert!(endpoint.local_addr.ip().is_unspecified());
+        let client = Context::new();
+        // Two addresses of this host that reach the wildcard listener.
+        let targets = [[127, 0, 0, 1], [127, 0, 0, 2]].map(|ip| SocketAddr::from((ip, port)));
+        let mut clients = Vec::new();
+        for target in targets {
+            clients.push(connect(&client, Transport::Tcp, target).await);
+            eventually(ms(2000), "the server session", || {
+                server.sessions().len() == clients.len()
+            })
+            .await;
+        }
+        for (session, target) in clients.iter().zip(targets) {
+            let theirs = server.sessions();
+            let theirs = theirs
+                .iter()
+                .find(|s| s.peer() == session.local_addr())
+                .expect("the server's session of this client");
+            assert_eq!(theirs.local_addr(), target, "{theirs}");
+            assert_eq!(session.peer(), target);
+        }
+    })
+    .await
+}

@@ -189,7 +189,7 @@ impl Stats {
 /// to): the four counts, and the RTTs in nanoseconds behind a box that the first pong
 /// allocates. 40 bytes where `Stats` takes 104: most server sessions never send a ping, so
 /// they never have an RTT. The failure count is not stored: a machine reads it from its probe
-/// (it fails once, and stays failed), a handle from its state.
+/// (it fails once, and stays failed), a handle keeps whether it failed beside them.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pings_sent: u64,

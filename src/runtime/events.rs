@@ -375,7 +375,6 @@ mod tests {
         Session::new(
             SessionId(1),
             addr,
-            addr,
             Transport::Udp,
             Role::Client,
             EndpointLink::unserved(addr),

@@ -220,8 +220,9 @@ pub(crate) struct Shared {
     rare: OnceBox<Rare>,
 }
 
-/// What every session of an endpoint shares: where their commands go, and the endpoint's
-/// address.
+/// What every session of an endpoint with the same address of ours shares: where their
+/// commands go, and that address. A listener on a wildcard address has one link per address
+/// its connections arrived at (`StreamDriver::link_for`), a handful, not one per session.
 #[derive(Debug)]
 pub(crate) struct EndpointLink {
     tx: mpsc::UnboundedSender<EndpointCommand>,
@@ -229,9 +230,19 @@ pub(crate) struct EndpointLink {
 }
 
 impl EndpointLink {
-    /// The link of an endpoint at `local` whose driver reads `tx`'s commands.
+    /// The link of sessions at `local` whose driver reads `tx`'s commands.
     pub(crate) fn new(tx: mpsc::UnboundedSender<EndpointCommand>, local: SocketAddr) -> Arc<Self> {
         Arc::new(EndpointLink { tx, local })
+    }
+
+    /// Our address for the sessions of this link.
+    pub(crate) fn local(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Another link to the same driver, for sessions at `local`.
+    pub(crate) fn at(&self, local: SocketAddr) -> Arc<Self> {
+        EndpointLink::new(self.tx.clone(), local)
     }
 
     /// The link of a session nobody serves (one that failed before it started): its commands
@@ -248,9 +259,6 @@ struct Rare {
     adaptive: Mutex<Option<crate::proto::adaptive::AdaptiveStats>>,
     /// Why a session failed before it started (a handshake's cause), when known.
     failure_cause: std::sync::OnceLock<Box<str>>,
-    /// Our address, when it is not the endpoint's (a connection accepted on a wildcard
-    /// address has its own).
-    local: std::sync::OnceLock<SocketAddr>,
     /// Wakes [`Session::closed`] when `ended` is set (a `watch` channel cost about 340 bytes
     /// of heap per session; a `Notify` 32 bytes in every handle).
     ended_notify: Notify,
@@ -268,7 +276,6 @@ impl Default for Rare {
         Rare {
             adaptive: Mutex::default(),
             failure_cause: std::sync::OnceLock::new(),
-            local: std::sync::OnceLock::new(),
             ended_notify: Notify::new(),
             ping_waiters: Mutex::default(),
             request_timeout_ms: AtomicU64::new(DEFAULT_REQUEST_TIMEOUT.as_millis() as u64),
@@ -296,30 +303,31 @@ pub(crate) struct Published {
 /// slot's session: a slot reused by a later session is not that session), the command.
 pub(crate) type EndpointCommand = (u32, SessionId, Command);
 
-/// The instant creation times count from: the first session's creation.
-fn epoch(now: Instant) -> Instant {
+/// The instant creation times count from: a day before the first session (a session made
+/// with an instant from before that counts from the epoch).
+fn epoch() -> Instant {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    *EPOCH.get_or_init(|| now)
+    *EPOCH.get_or_init(|| {
+        let now = Instant::now();
+        now.checked_sub(Duration::from_secs(24 * 3600))
+            .unwrap_or(now)
+    })
 }
 
 impl Session {
-    /// A session of the endpoint behind `link`, in its table's slot `slot`. `local` is our
-    /// address for it, kept only when it is not the endpoint's.
-    #[allow(clippy::too_many_arguments)] // the identity of a session, each part needed
+    /// A session of the endpoint behind `link` (our address for it is the link's), in its
+    /// table's slot `slot`.
     pub(crate) fn new(
         id: SessionId,
         peer: SocketAddr,
-        local: SocketAddr,
         transport: Transport,
         role: Role,
         link: Arc<EndpointLink>,
         slot: u32,
         now: Instant,
     ) -> Session {
-        // A session made with an instant before the epoch (another thread made the first
-        // session meanwhile) counts from the epoch: microseconds off at most.
-        let created_micros = now.saturating_duration_since(epoch(now)).as_micros() as u64;
-        let session = Session {
+        let created_micros = now.saturating_duration_since(epoch()).as_micros() as u64;
+        Session {
             shared: Arc::new(Shared {
                 id,
                 peer,
@@ -340,16 +348,12 @@ impl Session {
                 rare: OnceBox::new(),
                 link,
             }),
-        };
-        if local != session.shared.link.local {
-            let _ = session.rare().local.set(local);
         }
-        session
     }
 
     /// When the session was created.
     pub(crate) fn created(&self) -> Instant {
-        epoch(Instant::now()) + Duration::from_micros(self.shared.created_micros)
+        epoch() + Duration::from_micros(self.shared.created_micros)
     }
 
     /// The context-unique id.
@@ -364,11 +368,7 @@ impl Session {
 
     /// Our address for this session.
     pub fn local_addr(&self) -> SocketAddr {
-        self.shared
-            .rare
-            .get()
-            .and_then(|rare| rare.local.get().copied())
-            .unwrap_or(self.shared.link.local)
+        self.shared.link.local
     }
 
     /// The transport.

@@ -54,7 +54,6 @@ pub(crate) fn report_failed_start(
     let session = Session::new(
         rt.next_session_id(),
         peer,
-        local,
         transport,
         role,
         EndpointLink::unserved(local),

@@ -387,8 +387,9 @@ pub(crate) struct StreamDriver<S> {
     transport: Transport,
     table: SessionTable<Conn<S>>,
     ready: Arc<ReadyQueue>,
-    /// What the driver's sessions share: its command channel and the listener's address.
-    link: Arc<EndpointLink>,
+    /// What the driver's sessions share: its command channel and our address, one link per
+    /// address (a listener on a wildcard address gets connections at each of the host's).
+    links: Vec<Arc<EndpointLink>>,
     commands: mpsc::UnboundedReceiver<EndpointCommand>,
     shutdown: watch::Receiver<bool>,
     /// Set once shutdown began: sessions with requests of ours in flight may finish until then.
@@ -410,12 +411,23 @@ where
             transport,
             table: SessionTable::new(),
             ready: Arc::new(ReadyQueue::default()),
-            link: EndpointLink::new(commands_tx, local),
+            links: vec![EndpointLink::new(commands_tx, local)],
             commands,
             shutdown: rt.shutdown_signal(),
             draining: None,
             drained: false,
         }
+    }
+
+    /// The link for sessions at our address `local`: the listener's own, or one made for the
+    /// first connection at that address (of a listener on a wildcard address).
+    fn link_for(&mut self, local: SocketAddr) -> Arc<EndpointLink> {
+        if let Some(link) = self.links.iter().find(|link| link.local() == local) {
+            return Arc::clone(link);
+        }
+        let link = self.links[0].at(local);
+        self.links.push(Arc::clone(&link));
+        link
     }
 
     /// Opens a session over `stream`, registered in the context. Our CSM goes out on the
@@ -428,16 +440,16 @@ where
         role: Role,
         place: Option<Admitted>,
     ) -> Session {
+        let link = self.link_for(local);
         let rt = &self.rt;
         let now = Instant::now();
         let slot = self.table.next_key();
         let handle = Session::new(
             rt.next_session_id(),
             peer,
-            local,
             self.transport,
             role,
-            Arc::clone(&self.link),
+            link,
             slot.index(),
             now,
         );

@@ -218,7 +218,6 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
         let handle = Session::new(
             id,
             peer,
-            self.local,
             self.transport,
             role,
             Arc::clone(&self.link),
