@@ -210,6 +210,12 @@ impl Exchanges {
         self.observations.iter_mut().find(|o| o.token == token)
     }
 
+    /// True when an observation of ours has `token`. Read-only, unlike
+    /// [`Exchanges::observation`], so a lookup through a shared empty state stays possible.
+    pub fn is_observing(&self, token: &[u8]) -> bool {
+        self.observations.iter().any(|o| o.token == token)
+    }
+
     /// Judges a notification (`packet`, read as `response`) of the observation its token
     /// names, for both session protocols: it carries block 0 or no block (RFC 7959 §3.4: the
     /// later blocks are fetched, never notified), and it must be fresher than what the

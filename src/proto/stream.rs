@@ -51,7 +51,9 @@ enum Phase {
 pub struct StreamSession {
     keepalive: Keepalive,
     decoder: FrameDecoder,
-    exchanges: Exchanges,
+    /// Requests both ways, observations and block-wise transfers: allocated by the first one,
+    /// dropped once nothing is pending, observed or held (most connections only ping).
+    requests: Requests,
     phase: Phase,
     input_timeout: Duration,
     /// The peer's CSM must arrive by then.
@@ -65,13 +67,79 @@ pub struct StreamSession {
     peer_block_wise: bool,
     /// When the peer's Release arrived (set while draining).
     released_at: Option<Instant>,
-    /// Bodies moving in blocks (RFC 7959 over RFC 8323 §6), both roles.
-    blockwise: Blockwise,
     /// Block sizes and limits; `None`: the defaults.
     blockwise_config: Option<Arc<BlockwiseConfig>>,
     /// The bytes to send and the events to report: usually empty or one item each, held inline
     /// with one spill buffer for both.
     outbox: Outbox<Vec<u8>, ProtocolEvent>,
+}
+
+/// The request / response state of a session. Most connections only ping, so it lives behind
+/// [`Requests`], which costs one word until a request, an observation or a block-wise transfer
+/// needs it.
+#[derive(Debug, Default)]
+struct RequestState {
+    exchanges: Exchanges,
+    /// Bodies moving in blocks (RFC 7959 over RFC 8323 §6), both roles.
+    blockwise: Blockwise,
+}
+
+impl RequestState {
+    /// Nothing pending, observed or held: the state can be dropped.
+    fn is_empty(&self) -> bool {
+        self.exchanges.pending.is_empty()
+            && self.exchanges.observations.is_empty()
+            && self.blockwise.is_empty()
+    }
+}
+
+/// A [`RequestState`] allocated on first write. Reading an unallocated one reads a shared empty
+/// state, so the lookups on the ping path (and a response that matches no request) allocate
+/// nothing.
+#[derive(Debug, Default)]
+struct Requests(Option<Box<RequestState>>);
+
+impl Requests {
+    /// Frees the state once nothing is left in it.
+    fn release_if_empty(&mut self) {
+        if self.0.as_deref().is_some_and(RequestState::is_empty) {
+            self.0 = None;
+        }
+    }
+
+    /// Runs `f` on the state, allocating it only when `f` left something in it: a request of
+    /// the peer's, or our answer, that needs no block-wise state (the usual case) costs no
+    /// allocation. An empty `RequestState` holds only empty `Vec`s, so the stand-in for an
+    /// unallocated one allocates nothing either.
+    fn update<R>(&mut self, f: impl FnOnce(&mut RequestState) -> R) -> R {
+        if let Some(state) = self.0.as_deref_mut() {
+            return f(state);
+        }
+        let mut state = RequestState::default();
+        let result = f(&mut state);
+        if !state.is_empty() {
+            self.0 = Some(Box::new(state));
+        }
+        result
+    }
+}
+
+impl std::ops::Deref for Requests {
+    type Target = RequestState;
+
+    fn deref(&self) -> &RequestState {
+        static EMPTY: std::sync::OnceLock<RequestState> = std::sync::OnceLock::new();
+        match &self.0 {
+            Some(state) => state,
+            None => EMPTY.get_or_init(RequestState::default),
+        }
+    }
+}
+
+impl std::ops::DerefMut for Requests {
+    fn deref_mut(&mut self) -> &mut RequestState {
+        self.0.get_or_insert_with(Box::default)
+    }
 }
 
 impl StreamSession {
@@ -88,7 +156,7 @@ impl StreamSession {
         let mut session = StreamSession {
             keepalive: Keepalive::new(PingStyle::Stream, config, rng, now),
             decoder: FrameDecoder::new(max_message_size),
-            exchanges: Exchanges::default(),
+            requests: Requests::default(),
             phase: Phase::AwaitingCsm,
             input_timeout: DEFAULT_INPUT_TIMEOUT,
             csm_deadline: Some(now + DEFAULT_INPUT_TIMEOUT),
@@ -97,7 +165,6 @@ impl StreamSession {
             max_message_size,
             peer_block_wise: false,
             released_at: None,
-            blockwise: Blockwise::default(),
             blockwise_config: None,
             outbox: Outbox::default(),
         };
@@ -206,6 +273,8 @@ impl StreamSession {
         if self.decoder.buffered() > 0 {
             self.partial_since.get_or_insert(now);
         }
+        // A response that completed the last request of ours leaves nothing to keep.
+        self.requests.release_if_empty();
         self.pump();
     }
 
@@ -345,7 +414,10 @@ impl StreamSession {
     fn handle_request(&mut self, now: Instant, packet: Packet) {
         let limits = self.limits();
         let config = block_config(&self.blockwise_config);
-        match self.blockwise.server_request(config, now, &packet, limits) {
+        let step = self
+            .requests
+            .update(|state| state.blockwise.server_request(config, now, &packet, limits));
+        match step {
             ServerStep::HandUp(whole) => {
                 let event = match IncomingRequest::new(whole.unwrap_or(packet)) {
                     Some(request) => ProtocolEvent::Request(Box::new(request)),
@@ -372,9 +444,13 @@ impl StreamSession {
         let Some(response) = Response::from_packet(packet) else {
             return;
         };
-        if let Some(index) = self.exchanges.by_token(&token, PendingKind::Request) {
+        if let Some(index) = self
+            .requests
+            .exchanges
+            .by_token(&token, PendingKind::Request)
+        {
             self.complete(now, index, packet, response);
-        } else if self.exchanges.observation(&token).is_some() {
+        } else if self.requests.exchanges.is_observing(&token) {
             self.notified(now, packet, response);
         } else {
             self.outbox.push_event(ProtocolEvent::Rejected(
@@ -386,11 +462,11 @@ impl StreamSession {
     /// The response to pending request `index`: handed up, or, when it is one block of a
     /// block-wise transfer, followed by the request for the next block.
     fn complete(&mut self, now: Instant, index: usize, packet: &Packet, response: Response) {
-        let pending = &self.exchanges.pending[index];
+        let pending = &self.requests.exchanges.pending[index];
         let token = pending.token.clone();
         let registration = pending
             .observe
-            .then(|| self.blockwise.client_request_of(&token).cloned())
+            .then(|| self.requests.blockwise.client_request_of(&token).cloned())
             .flatten();
         let registered = pending.observe && response.observe.is_some();
         if registered
@@ -401,17 +477,23 @@ impl StreamSession {
             // fetched as a notification's is, without Observe and under another token, so the
             // server does not take the fetch for a deregistration (RFC 7959 §3.4, RFC 7641
             // §4.1).
-            let pending = self.exchanges.pending.remove(index);
-            self.blockwise.client_forget(&token);
-            self.exchanges
-                .registered(now, &token, registration, pending.timeout, &response);
+            let pending = self.requests.exchanges.pending.remove(index);
+            self.requests.blockwise.client_forget(&token);
+            self.requests.exchanges.registered(
+                now,
+                &token,
+                registration,
+                pending.timeout,
+                &response,
+            );
             self.fetch_rest(now, &token, packet);
             return;
         }
         let limits = self.limits();
         let config = block_config(&self.blockwise_config);
-        let observing = !self.exchanges.observations.is_empty();
+        let observing = !self.requests.exchanges.observations.is_empty();
         let response = match self
+            .requests
             .blockwise
             .client_response(config, &token, packet, limits, observing)
         {
@@ -419,14 +501,14 @@ impl StreamSession {
             Some(ClientStep::Deliver(whole)) => Response::from_packet(&whole).unwrap_or(response),
             Some(ClientStep::Send(next)) => {
                 // The next block: a request of its own under the same token.
-                let pending = &mut self.exchanges.pending[index];
+                let pending = &mut self.requests.exchanges.pending[index];
                 pending.deadline = now + pending.timeout;
                 self.send(&next);
                 return;
             }
             Some(ClientStep::Fail(error)) => {
-                let pending = self.exchanges.pending.remove(index);
-                if let Some(token) = self.exchanges.failure_token(pending) {
+                let pending = self.requests.exchanges.pending.remove(index);
+                if let Some(token) = self.requests.exchanges.failure_token(pending) {
                     self.outbox.push_event(ProtocolEvent::RequestFailed {
                         token,
                         error: RequestError::Blockwise(error),
@@ -435,15 +517,15 @@ impl StreamSession {
                 return;
             }
         };
-        let pending = self.exchanges.pending.remove(index);
+        let pending = self.requests.exchanges.pending.remove(index);
         if let Some(owner) = pending.notification {
             // The last block of a notification's fetch: that notification, whole.
-            if self.exchanges.observation(&owner).is_none() {
+            if self.requests.exchanges.observation(&owner).is_none() {
                 return;
             }
             if !response.is_success() {
                 // The resource can no longer be had: the observation is over (RFC 7641 §3.2).
-                self.exchanges.forget_observation(&owner);
+                self.requests.exchanges.forget_observation(&owner);
             }
             self.outbox.push_event(ProtocolEvent::Response {
                 token: owner,
@@ -452,11 +534,16 @@ impl StreamSession {
             return;
         }
         if pending.observe && response.observe.is_some() {
-            self.exchanges
-                .registered(now, &token, registration, pending.timeout, &response);
+            self.requests.exchanges.registered(
+                now,
+                &token,
+                registration,
+                pending.timeout,
+                &response,
+            );
         } else if pending.observe {
             // Not (or no longer) observed: a re-registration's observation is over.
-            self.exchanges.forget_observation(&token);
+            self.requests.exchanges.forget_observation(&token);
         }
         self.outbox.push_event(ProtocolEvent::Response {
             token,
@@ -470,7 +557,11 @@ impl StreamSession {
     /// older one's blocks, so two versions are never spliced.
     fn notified(&mut self, now: Instant, packet: &Packet, response: Response) {
         let token = packet.get_token().to_vec();
-        match self.exchanges.judge_notification(now, packet, &response) {
+        match self
+            .requests
+            .exchanges
+            .judge_notification(now, packet, &response)
+        {
             Notified::LaterBlock => self.outbox.push_event(ProtocolEvent::Rejected(
                 "notification carries a later block, not the first".into(),
             )),
@@ -492,7 +583,7 @@ impl StreamSession {
     /// Starts fetching blocks 1.. of the representation whose block 0 `first` brought for the
     /// observation `token`, as a request of its own under a fresh token.
     fn fetch_rest(&mut self, now: Instant, token: &[u8], first: &Packet) {
-        let Some(observation) = self.exchanges.observation(token) else {
+        let Some(observation) = self.requests.exchanges.observation(token) else {
             return;
         };
         let timeout = observation.timeout;
@@ -505,15 +596,21 @@ impl StreamSession {
             );
             return;
         };
-        let fetch = self.exchanges.choose_token(&[], self.keepalive.rng());
+        let fetch = self
+            .requests
+            .exchanges
+            .choose_token(&[], self.keepalive.rng());
         let limits = self.limits();
         let config = block_config(&self.blockwise_config);
-        match self
-            .blockwise
-            .notification_fetch(config, &fetch, registration, first, limits)
-        {
+        match self.requests.blockwise.notification_fetch(
+            config,
+            &fetch,
+            registration,
+            first,
+            limits,
+        ) {
             ClientStep::Send(next) => {
-                self.exchanges.pending.push(Pending::request(
+                self.requests.exchanges.pending.push(Pending::request(
                     fetch,
                     now,
                     timeout,
@@ -536,15 +633,15 @@ impl StreamSession {
 
     /// Stops fetching the later blocks of a notification of the observation `token`.
     fn abandon_fetch(&mut self, token: &[u8]) {
-        while let Some(index) = self.exchanges.fetch_of(token) {
-            let fetch = self.exchanges.pending.remove(index);
-            self.blockwise.client_forget(&fetch.token);
+        while let Some(index) = self.requests.exchanges.fetch_of(token) {
+            let fetch = self.requests.exchanges.pending.remove(index);
+            self.requests.blockwise.client_forget(&fetch.token);
         }
     }
 
     /// The observation `token` ends with `error`, reported under its token.
     fn end_observation(&mut self, token: &[u8], error: RequestError) {
-        self.exchanges.forget_observation(token);
+        self.requests.exchanges.forget_observation(token);
         self.outbox.push_event(ProtocolEvent::RequestFailed {
             token: token.to_vec(),
             error,
@@ -567,14 +664,18 @@ impl StreamSession {
         let error = RequestError::UnrecognisedOption {
             number: problem.number(),
         };
-        let known = if let Some(index) = self.exchanges.by_token(&token, PendingKind::Request) {
-            let pending = self.exchanges.pending.remove(index);
-            if let Some(token) = self.exchanges.failure_token(pending) {
+        let known = if let Some(index) = self
+            .requests
+            .exchanges
+            .by_token(&token, PendingKind::Request)
+        {
+            let pending = self.requests.exchanges.pending.remove(index);
+            if let Some(token) = self.requests.exchanges.failure_token(pending) {
                 self.outbox
                     .push_event(ProtocolEvent::RequestFailed { token, error });
             }
             true
-        } else if self.exchanges.observation(&token).is_some() {
+        } else if self.requests.exchanges.is_observing(&token) {
             // The notification cannot be processed: the observation ends, and the fetch of
             // an older one's blocks with it.
             self.abandon_fetch(&token);
@@ -595,16 +696,21 @@ impl StreamSession {
     /// before the peer's CSM wait in the connection's order behind our own CSM.
     pub fn send_request(&mut self, now: Instant, request: &Request, timeout: Duration) -> Vec<u8> {
         let token = self
+            .requests
             .exchanges
             .choose_token(&request.token, self.keepalive.rng());
         let mut packet = request.to_packet();
         packet.set_token(token.clone());
         let limits = self.limits();
         let config = block_config(&self.blockwise_config);
-        let packet =
-            self.blockwise
-                .client_request(config, &token, packet, request.block_size, limits);
-        self.exchanges.pending.push(Pending::request(
+        let packet = self.requests.blockwise.client_request(
+            config,
+            &token,
+            packet,
+            request.block_size,
+            limits,
+        );
+        self.requests.exchanges.pending.push(Pending::request(
             token.clone(),
             now,
             timeout,
@@ -614,7 +720,11 @@ impl StreamSession {
         if matches!(self.phase, Phase::Done | Phase::Draining) {
             // Nothing new goes out once the session ended or the peer released it; the
             // request ends at once, typed.
-            self.exchanges.pending.retain(|p| p.token != token);
+            self.requests.exchanges.pending.retain(|p| p.token != token);
+            // Its transfer too, which nothing would sweep once the session is done, so that
+            // the state can be released.
+            self.requests.blockwise.client_forget(&token);
+            self.requests.release_if_empty();
             self.outbox.push_event(ProtocolEvent::RequestFailed {
                 token: token.clone(),
                 error: RequestError::SessionEnded,
@@ -628,22 +738,39 @@ impl StreamSession {
 
     /// Stops waiting for the response to `token` and forgets its observation.
     pub fn cancel(&mut self, _now: Instant, token: &[u8]) {
-        self.abandon_fetch(token);
-        self.blockwise.client_forget(token);
-        self.exchanges.forget_observation(token);
-        if let Some(index) = self.exchanges.by_token(token, PendingKind::Request) {
-            self.exchanges.pending.remove(index);
+        if self.requests.0.is_none() {
+            // Nothing of ours is pending or observed: nothing to cancel, and no state to
+            // allocate for forgetting nothing.
+            return;
         }
+        self.abandon_fetch(token);
+        self.requests.blockwise.client_forget(token);
+        self.requests.exchanges.forget_observation(token);
+        if let Some(index) = self
+            .requests
+            .exchanges
+            .by_token(token, PendingKind::Request)
+        {
+            self.requests.exchanges.pending.remove(index);
+        }
+        self.requests.release_if_empty();
     }
 
     /// Requests of ours still waiting for a response (a shutdown lets them finish).
     pub fn pending_requests(&self) -> usize {
-        self.exchanges.pending.len()
+        self.requests.exchanges.pending.len()
     }
 
     /// Observations of ours still receiving notifications.
     pub fn observations(&self) -> usize {
-        self.exchanges.observations.len()
+        self.requests.exchanges.observations.len()
+    }
+
+    /// True while the request / response state is allocated (the tests check that the ping
+    /// path never allocates it and that it is released once nothing is pending).
+    #[cfg(test)]
+    pub(crate) fn holds_request_state(&self) -> bool {
+        self.requests.0.is_some()
     }
 
     /// A deferred answer needs nothing now over a stream (no ACK exists).
@@ -670,9 +797,12 @@ impl StreamSession {
         let limits = self.limits();
         let config = block_config(&self.blockwise_config);
         let now = self.keepalive.last_activity();
-        let mut packet =
-            self.blockwise
-                .server_response(config, now, None, response.to_packet(), limits);
+        // Without a request nothing is stored, so this never allocates the state.
+        let mut packet = self.requests.update(|state| {
+            state
+                .blockwise
+                .server_response(config, now, None, response.to_packet(), limits)
+        });
         packet.set_token(token.to_vec());
         self.outbox
             .push_transmit(Frame::from_packet(&packet).encode());
@@ -685,13 +815,16 @@ impl StreamSession {
         let config = block_config(&self.blockwise_config);
         // The request has just arrived: its arrival is the transfer's clock.
         let now = self.keepalive.last_activity();
-        let packet = self.blockwise.server_response(
-            config,
-            now,
-            Some(request.packet()),
-            response.to_packet(),
-            limits,
-        );
+        // Allocates the state only when the response is held for its later blocks.
+        let packet = self.requests.update(|state| {
+            state.blockwise.server_response(
+                config,
+                now,
+                Some(request.packet()),
+                response.to_packet(),
+                limits,
+            )
+        });
         self.answer(request.packet(), packet);
     }
 
@@ -726,7 +859,7 @@ impl StreamSession {
     pub fn is_awaiting_peer(&self) -> bool {
         self.phase == Phase::AwaitingCsm
             || self.keepalive.is_awaiting_pong()
-            || !self.exchanges.pending.is_empty()
+            || !self.requests.exchanges.pending.is_empty()
     }
 
     /// The peer closed the connection or sent its Release.
@@ -771,18 +904,11 @@ impl StreamSession {
         } else {
             self.keepalive.handle_timeout(now);
         }
-        if !self.blockwise.is_empty() {
-            let lifetime = self.keepalive.config().transmission.exchange_lifetime();
-            self.blockwise.expire(now, lifetime);
-            let exchanges = &self.exchanges;
-            self.blockwise
-                .client_retain(|token| exchanges.by_token(token, PendingKind::Request).is_some());
-        }
         let mut index = 0;
-        while index < self.exchanges.pending.len() {
-            if self.exchanges.pending[index].deadline <= now {
-                let pending = self.exchanges.pending.remove(index);
-                if let Some(token) = self.exchanges.failure_token(pending) {
+        while index < self.requests.exchanges.pending.len() {
+            if self.requests.exchanges.pending[index].deadline <= now {
+                let pending = self.requests.exchanges.pending.remove(index);
+                if let Some(token) = self.requests.exchanges.failure_token(pending) {
                     self.outbox.push_event(ProtocolEvent::RequestFailed {
                         token,
                         error: RequestError::TimedOut,
@@ -792,20 +918,37 @@ impl StreamSession {
                 index += 1;
             }
         }
-        if !self.exchanges.observations.is_empty() {
+        // After the timeouts, as the datagram core does, so that the transfer of a request that
+        // just timed out goes with it (and the state can be released below) instead of
+        // lingering until the next timeout.
+        if let Some(state) = self.requests.0.as_deref_mut() {
+            if !state.blockwise.is_empty() {
+                let lifetime = self.keepalive.config().transmission.exchange_lifetime();
+                state.blockwise.expire(now, lifetime);
+                let exchanges = &state.exchanges;
+                state.blockwise.client_retain(|token| {
+                    exchanges.by_token(token, PendingKind::Request).is_some()
+                });
+            }
+        }
+        if !self.requests.exchanges.observations.is_empty() {
             // RFC 7641 §3.3.1: registrations of stale observations go again, under their
             // tokens; the responses come back as their notifications. Not once the peer
             // released the connection: nothing new of ours goes out then.
-            let due = self.exchanges.due_reregistrations(now);
+            let due = self.requests.exchanges.due_reregistrations(now);
             let due = due.into_iter().filter(|_| self.phase == Phase::Established);
             for (token, registration, timeout) in due.collect::<Vec<_>>() {
-                self.exchanges
+                self.requests
+                    .exchanges
                     .pending
                     .push(Pending::request(token, now, timeout, true, None));
                 self.outbox
                     .push_transmit(Frame::from_packet(&registration).encode());
             }
         }
+        // A request that timed out, or a transfer that expired, may have been the last thing
+        // held.
+        self.requests.release_if_empty();
         self.pump();
     }
 
@@ -899,7 +1042,7 @@ impl StreamSession {
             }
             return [
                 Some(released_at + self.input_timeout),
-                self.exchanges.next_deadline(),
+                self.requests.exchanges.next_deadline(),
                 self.partial_since.map(|since| since + self.input_timeout),
             ]
             .into_iter()
@@ -909,8 +1052,8 @@ impl StreamSession {
         let lifetime = self.keepalive.config().transmission.exchange_lifetime();
         [
             self.keepalive.poll_timeout(),
-            self.exchanges.next_deadline(),
-            self.blockwise.next_expiry(lifetime),
+            self.requests.exchanges.next_deadline(),
+            self.requests.blockwise.next_expiry(lifetime),
             self.csm_deadline,
             self.partial_since.map(|since| since + self.input_timeout),
         ]
@@ -1141,6 +1284,72 @@ mod tests {
         });
         assert!(notified);
         assert_eq!(s.observations(), 1);
+    }
+
+    /// Most connections only ping: CSMs, pings both ways, Pongs, timeouts and a request of the
+    /// peer's answered whole never allocate the request state; a request of ours does, until
+    /// its response (or its timeout) ends it.
+    #[test]
+    fn the_request_state_is_allocated_only_while_a_request_of_ours_is_pending() {
+        let (mut s, t0) = established(2);
+        assert!(!s.holds_request_state(), "CSMs exchanged");
+        // The peer pings; we answer.
+        s.handle_bytes(t0, &[0x00, 0xe2]);
+        let Some(ProtocolEvent::PeerPing(ping)) = s.poll_event() else {
+            panic!("the peer's ping is reported")
+        };
+        assert!(s.answer_ping(&ping));
+        // We ping; the peer answers.
+        let at = t0 + Duration::from_secs(2);
+        s.handle_timeout(at);
+        while let Some(bytes) = s.poll_transmit() {
+            let frame = decode(&bytes);
+            if frame.code == 0xe2 {
+                let mut pong = Frame::new(0xe3);
+                pong.token = frame.token;
+                s.handle_bytes(at, &pong.encode());
+            }
+        }
+        assert_eq!(s.keepalive().stats().pongs, 1);
+        s.handle_timeout(at + Duration::from_secs(1));
+        let _ = s.poll_timeout();
+        s.cancel(at, &[1, 2, 3, 4]);
+        assert!(!s.holds_request_state(), "pings, pongs and timeouts");
+        // A request of the peer's answered in one message: nothing to keep.
+        s.handle_bytes(at, &[0x01, 0x01, 0x5a]); // GET, token 0x5a
+        let request = std::iter::from_fn(|| s.poll_event())
+            .find_map(|e| match e {
+                ProtocolEvent::Request(request) => Some(request),
+                _ => None,
+            })
+            .expect("the request is handed up");
+        s.respond(
+            &request,
+            &Response::new(Status::Content).with_payload(b"ok".to_vec()),
+        );
+        assert!(!s.holds_request_state(), "a request of the peer's answered");
+        // A request of ours holds it until its response.
+        let token = s.send_request(at, &Request::get("/a"), Duration::from_secs(60));
+        assert!(s.holds_request_state());
+        let mut response = Frame::new(0x45);
+        response.token = token.clone();
+        s.handle_bytes(at, &response.encode());
+        assert!(events_of(&mut s)
+            .iter()
+            .any(|e| matches!(e, ProtocolEvent::Response { token: t, .. } if *t == token)));
+        assert!(!s.holds_request_state(), "released once the response came");
+        // ... or until it times out.
+        s.send_request(at, &Request::get("/b"), Duration::from_secs(1));
+        assert!(s.holds_request_state());
+        s.handle_timeout(at + Duration::from_secs(1));
+        assert!(events_of(&mut s)
+            .iter()
+            .any(|e| matches!(e, ProtocolEvent::RequestFailed { .. })));
+        assert!(
+            !s.holds_request_state(),
+            "released once the request timed out"
+        );
+        assert!(!s.is_done());
     }
 
     #[test]
