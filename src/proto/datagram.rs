@@ -15,6 +15,7 @@ use crate::proto::config::{IcmpPolicy, KeepaliveConfig};
 use crate::proto::error::NackReason;
 use crate::proto::exchange::{Exchanges, Notified, Pending, PendingKind, RequestError, Retransmit};
 use crate::proto::keepalive::{Keepalive, Outbox, PingStyle};
+use crate::proto::lazy_state::{LazyState, Transient};
 use crate::proto::message::{Request, Response};
 use crate::proto::rng::Rng;
 use crate::proto::wire::options::{self, OptionProblem};
@@ -67,7 +68,7 @@ struct RequestState {
     observed: bool,
 }
 
-impl RequestState {
+impl Transient for RequestState {
     /// Nothing pending, queued, remembered or observed: the state can be dropped.
     fn is_empty(&self) -> bool {
         self.exchanges.pending.is_empty()
@@ -78,39 +79,15 @@ impl RequestState {
             && self.blockwise.is_empty()
             && !self.observed
     }
-}
 
-/// A [`RequestState`] allocated on first write. Reading an unallocated one reads a shared empty
-/// state, so lookups on the ping path (an RST that matches no request) allocate nothing.
-#[derive(Debug, Default)]
-struct Requests(Option<Box<RequestState>>);
-
-impl Requests {
-    /// Frees the state once nothing is left in it.
-    fn release_if_empty(&mut self) {
-        if self.0.as_deref().is_some_and(RequestState::is_empty) {
-            self.0 = None;
-        }
-    }
-}
-
-impl std::ops::Deref for Requests {
-    type Target = RequestState;
-
-    fn deref(&self) -> &RequestState {
+    fn empty() -> &'static Self {
         static EMPTY: std::sync::OnceLock<RequestState> = std::sync::OnceLock::new();
-        match &self.0 {
-            Some(state) => state,
-            None => EMPTY.get_or_init(RequestState::default),
-        }
+        EMPTY.get_or_init(RequestState::default)
     }
 }
 
-impl std::ops::DerefMut for Requests {
-    fn deref_mut(&mut self) -> &mut RequestState {
-        self.0.get_or_insert_with(Box::default)
-    }
-}
+/// The request state, allocated by the first request or notification (see [`LazyState`]).
+type Requests = LazyState<RequestState>;
 
 /// Received Confirmable / Non-confirmable requests by Message ID, with the answer sent, so a
 /// duplicate is answered from here instead of being processed again (RFC 7252 §4.5).
@@ -1252,7 +1229,7 @@ impl DatagramSession {
         if !self.requests.exchanges.observations.is_empty() {
             self.reregister(now);
         }
-        if let Some(state) = self.requests.0.as_deref_mut() {
+        if let Some(state) = self.requests.allocated_mut() {
             if !state.blockwise.is_empty() {
                 let lifetime = self.keepalive.config().transmission.exchange_lifetime();
                 state.blockwise.expire(now, lifetime);

@@ -32,6 +32,7 @@ mod event;
 pub mod exchange;
 pub mod keepalive;
 pub mod keepalive_probe;
+mod lazy_state;
 pub mod message;
 pub mod option;
 pub mod rng;

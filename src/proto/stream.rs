@@ -13,6 +13,7 @@ use crate::proto::config::KeepaliveConfig;
 use crate::proto::error::NackReason;
 use crate::proto::exchange::{Exchanges, Notified, Pending, PendingKind, RequestError};
 use crate::proto::keepalive::{Keepalive, Outbox, PingStyle};
+use crate::proto::lazy_state::{LazyState, Transient};
 use crate::proto::message::{Request, Response};
 use crate::proto::rng::Rng;
 use crate::proto::wire::options::{self as wire_options, OptionProblem};
@@ -84,63 +85,23 @@ struct RequestState {
     blockwise: Blockwise,
 }
 
-impl RequestState {
+impl Transient for RequestState {
     /// Nothing pending, observed or held: the state can be dropped.
     fn is_empty(&self) -> bool {
         self.exchanges.pending.is_empty()
             && self.exchanges.observations.is_empty()
             && self.blockwise.is_empty()
     }
-}
 
-/// A [`RequestState`] allocated on first write. Reading an unallocated one reads a shared empty
-/// state, so the lookups on the ping path (and a response that matches no request) allocate
-/// nothing.
-#[derive(Debug, Default)]
-struct Requests(Option<Box<RequestState>>);
-
-impl Requests {
-    /// Frees the state once nothing is left in it.
-    fn release_if_empty(&mut self) {
-        if self.0.as_deref().is_some_and(RequestState::is_empty) {
-            self.0 = None;
-        }
-    }
-
-    /// Runs `f` on the state, allocating it only when `f` left something in it: a request of
-    /// the peer's, or our answer, that needs no block-wise state (the usual case) costs no
-    /// allocation. An empty `RequestState` holds only empty `Vec`s, so the stand-in for an
-    /// unallocated one allocates nothing either.
-    fn update<R>(&mut self, f: impl FnOnce(&mut RequestState) -> R) -> R {
-        if let Some(state) = self.0.as_deref_mut() {
-            return f(state);
-        }
-        let mut state = RequestState::default();
-        let result = f(&mut state);
-        if !state.is_empty() {
-            self.0 = Some(Box::new(state));
-        }
-        result
-    }
-}
-
-impl std::ops::Deref for Requests {
-    type Target = RequestState;
-
-    fn deref(&self) -> &RequestState {
+    fn empty() -> &'static Self {
         static EMPTY: std::sync::OnceLock<RequestState> = std::sync::OnceLock::new();
-        match &self.0 {
-            Some(state) => state,
-            None => EMPTY.get_or_init(RequestState::default),
-        }
+        EMPTY.get_or_init(RequestState::default)
     }
 }
 
-impl std::ops::DerefMut for Requests {
-    fn deref_mut(&mut self) -> &mut RequestState {
-        self.0.get_or_insert_with(Box::default)
-    }
-}
+/// The request state, allocated by the first request, observation or block-wise transfer (see
+/// [`LazyState`]).
+type Requests = LazyState<RequestState>;
 
 impl StreamSession {
     /// A session whose connection opened at `now`. Our CSM is queued at once: neither side waits
@@ -738,7 +699,7 @@ impl StreamSession {
 
     /// Stops waiting for the response to `token` and forgets its observation.
     pub fn cancel(&mut self, _now: Instant, token: &[u8]) {
-        if self.requests.0.is_none() {
+        if !self.requests.is_allocated() {
             // Nothing of ours is pending or observed: nothing to cancel, and no state to
             // allocate for forgetting nothing.
             return;
@@ -770,7 +731,7 @@ impl StreamSession {
     /// path never allocates it and that it is released once nothing is pending).
     #[cfg(test)]
     pub(crate) fn holds_request_state(&self) -> bool {
-        self.requests.0.is_some()
+        self.requests.is_allocated()
     }
 
     /// A deferred answer needs nothing now over a stream (no ACK exists).
@@ -921,7 +882,7 @@ impl StreamSession {
         // After the timeouts, as the datagram core does, so that the transfer of a request that
         // just timed out goes with it (and the state can be released below) instead of
         // lingering until the next timeout.
-        if let Some(state) = self.requests.0.as_deref_mut() {
+        if let Some(state) = self.requests.allocated_mut() {
             if !state.blockwise.is_empty() {
                 let lifetime = self.keepalive.config().transmission.exchange_lifetime();
                 state.blockwise.expire(now, lifetime);

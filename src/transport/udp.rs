@@ -177,7 +177,6 @@ pub(crate) struct DatagramDriver<IO> {
     rt: Arc<Runtime>,
     socket: Arc<IO>,
     transport: Transport,
-    local: SocketAddr,
     accept: bool,
     table: SessionTable<Peer>,
     /// What the endpoint's sessions share: its command channel and address.
@@ -201,7 +200,6 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
             rt: Arc::clone(rt),
             socket: Arc::new(socket),
             transport,
-            local,
             accept,
             table: SessionTable::new(),
             link: EndpointLink::new(commands_tx, local),
@@ -266,8 +264,7 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
 
     /// Serves until shutdown, a fatal socket error, or (without `accept`) the last session's end.
     pub(crate) async fn run(mut self) {
-        let span =
-            tracing::debug_span!("endpoint", transport = %self.transport, local = %self.local);
+        let span = tracing::debug_span!("endpoint", transport = %self.transport, local = %self.link.local());
         tracing::Instrument::instrument(self.serve(), span).await;
         self.socket.close().await;
     }
@@ -294,7 +291,7 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
                         tracing::trace!(%error, "udp receive error ignored");
                     }
                     Err(error) => {
-                        tracing::warn!(%error, local = %self.local, "datagram endpoint failed");
+                        tracing::warn!(%error, local = %self.link.local(), "datagram endpoint failed");
                         self.fail_all(NackReason::NotDeliverable).await;
                         return;
                     }
@@ -399,7 +396,7 @@ impl<IO: DatagramIo> DatagramDriver<IO> {
         let Some(peer) = self.socket.connected_peer() else {
             // An unconnected socket serving many peers cannot tell which one: the
             // retransmission schedules decide, and nobody else is harmed.
-            tracing::trace!(%error, local = %self.local, "ICMP error not attributable to a peer");
+            tracing::trace!(%error, local = %self.link.local(), "ICMP error not attributable to a peer");
             return;
         };
         let Some(key) = self.table.key_of(&peer) else {
